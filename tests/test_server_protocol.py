@@ -1,0 +1,291 @@
+"""Tests for the job server's connections, txgear.server._protocol, over StringTransport."""
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, capturedLogs
+
+from txgear._packet import PacketDecoder, PacketType, encodeRequest, encodeResponse, splitArguments
+from txgear.server import GearmanServerFactory, JobServerState
+
+P = PacketType
+
+
+class Conn:
+    """One fake connection to a server factory."""
+
+    def __init__(self, factory, port=5000):
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", port))
+        self.protocol = factory.buildProtocol(self.transport.getPeer())
+        self.protocol.makeConnection(self.transport)
+        self.decoder = PacketDecoder(expectRequests=False)
+
+    def send(self, kind, *args, bytewise=False):
+        self.sendBytes(encodeRequest(kind, *args), bytewise)
+
+    def sendBytes(self, data, bytewise=False):
+        if bytewise:
+            for i in range(len(data)):
+                self.protocol.dataReceived(data[i:i + 1])
+        else:
+            self.protocol.dataReceived(data)
+
+    def packets(self):
+        data = self.transport.value()
+        self.transport.clear()
+        return [(kind, splitArguments(kind, body)) for kind, body in self.decoder.feed(data)]
+
+    def text(self):
+        data = self.transport.value()
+        self.transport.clear()
+        return data
+
+    def close(self):
+        self.protocol.connectionLost(None)
+
+
+@pytest.fixture
+def factory():
+    return GearmanServerFactory(JobServerState(clock=Clock(), handlePrefix=b"H:t"))
+
+
+def test_roundTripByteByByte(factory):
+    client, worker = Conn(factory), Conn(factory, 5001)
+    worker.send(P.CAN_DO, b"rev", bytewise=True)
+    worker.send(P.PRE_SLEEP, bytewise=True)
+    client.send(P.SUBMIT_JOB, b"rev", b"", b"he\0llo", bytewise=True)
+    assert client.packets() == [(P.JOB_CREATED, [b"H:t:1"])]
+    assert worker.packets() == [(P.NOOP, [])]
+    worker.send(P.GRAB_JOB_UNIQ, bytewise=True)
+    assert worker.packets() == [(P.JOB_ASSIGN_UNIQ, [b"H:t:1", b"rev", b"", b"he\0llo"])]
+    for kind, args in [(P.WORK_STATUS, [b"H:t:1", b"1", b"2"]), (P.WORK_DATA, [b"H:t:1", b"d"]),
+                       (P.WORK_WARNING, [b"H:t:1", b"w"]), (P.WORK_COMPLETE, [b"H:t:1", b"ol\0leh"])]:
+        worker.send(kind, *args, bytewise=True)
+        assert client.packets() == [(kind, args)]
+
+
+def test_textAndBinaryOnOneConnection(factory):
+    conn = Conn(factory)
+    conn.send(P.ECHO_REQ, b"a\0b")
+    assert conn.packets() == [(P.ECHO_RES, [b"a\0b"])]
+    conn.sendBytes(b"version\r\n")
+    assert conn.text().startswith(b"OK ")
+    conn.send(P.ECHO_REQ, b"again")
+    assert conn.packets() == [(P.ECHO_RES, [b"again"])]
+
+
+def test_adminStatusAndWorkers(factory):
+    worker, client, admin = Conn(factory, 1), Conn(factory, 2), Conn(factory, 3)
+    worker.send(P.SET_CLIENT_ID, b"img-worker-1")
+    worker.send(P.CAN_DO, b"thumb")
+    worker.send(P.CAN_DO, b"resize")
+    client.send(P.SUBMIT_JOB_HIGH_BG, b"resize", b"r1", b"x")
+    client.send(P.SUBMIT_JOB_BG, b"resize", b"r2", b"x")
+    client.send(P.SUBMIT_JOB_LOW_BG, b"resize", b"r3", b"x")
+    admin.sendBytes(b"status\n")
+    assert admin.text() == b"thumb\t0\t0\t1\nresize\t3\t0\t1\n.\n"
+    admin.sendBytes(b"prioritystatus\n")
+    assert admin.text() == b"thumb\t0\t0\t0\t1\nresize\t1\t1\t1\t1\n.\n"
+    admin.sendBytes(b"workers\n")
+    assert admin.text() == (b"- 127.0.0.1 img-worker-1 : thumb resize\n"
+                            b"- 127.0.0.1 - :\n- 127.0.0.1 - :\n.\n")
+    admin.sendBytes(b"show jobs\n")
+    assert admin.text() == b"H:t:1\t0\t0\t1\nH:t:2\t0\t0\t1\nH:t:3\t0\t0\t1\n.\n"
+    admin.sendBytes(b"show unique jobs\n")
+    assert admin.text() == b"r1\nr2\nr3\n.\n"
+
+
+@pytest.mark.parametrize("line, reply", [
+    (b"", b"ERR UNKNOWN_COMMAND Unknown+server+command\r\n"),
+    (b"FOO bar", b"ERR UNKNOWN_COMMAND Unknown+server+commandFOO\r\n"),
+    (b"shutdown", b"ERR UNKNOWN_COMMAND Unknown+server+commandshutdown\r\n"),
+    (b"show", b"ERR UNKNOWN_COMMAND Unknown+server+commandshow\r\n"),
+    (b"show foo", b"ERR UNKNOWN_SHOW_ARGUMENTS\r\n"),
+    (b"show jobs extra", b"ERR UNKNOWN_SHOW_ARGUMENTS\r\n"),
+    (b"cancel job", b"ERR UNKNOWN_COMMAND Unknown+server+commandcancel\r\n"),
+    (b"cancel job a b", b"ERR UNKNOWN_ERROR\r\n"),
+    (b"cancel job H:t:99", b"ERR UNKNOWN_JOB\r\n"),
+    (b"create function", b"ERR INVALID_ARGUMENTS An+incomplete+set+of+arguments+was+sent+to+this+command+create\r\n"),
+    (b"drop function", b"ERR INVALID_ARGUMENTS An+incomplete+set+of+arguments+was+sent+to+this+command+drop\r\n"),
+    (b"drop function nosuch", b"ERR function not found\r\n"),
+    (b"maxqueue", b"ERR INVALID_ARGUMENTS An+incomplete+set+of+arguments+was+sent+to+this+command+maxqueue\r\n"),
+    (b"maxqueue f 10", b"OK\r\n"),
+    (b"STATUS", b".\n"),
+    (b"verbose", b"OK INFO\n"),
+    (b"getpid", b"OK %d\n" % os.getpid()),
+])
+def test_adminReplies(factory, line, reply):
+    admin = Conn(factory)
+    admin.sendBytes(line + b"\r\n")
+    assert admin.text() == reply
+    assert not admin.transport.disconnecting
+
+
+def test_createFunctionKeepsTheWholeName(factory):
+    # gearmand 1.1.20 drops the last character; txgear does not.
+    admin = Conn(factory)
+    admin.sendBytes(b"create function foo\n")
+    assert admin.text() == b"OK\r\n"
+    admin.sendBytes(b"status\n")
+    assert admin.text() == b"foo\t0\t0\t0\n.\n"
+    admin.sendBytes(b"drop function FOO\n")
+    assert admin.text() == b"OK\r\n"
+
+
+def test_cancelJobByAdmin(factory):
+    client, admin = Conn(factory), Conn(factory)
+    client.send(P.SUBMIT_JOB, b"f", b"", b"x")
+    client.packets()
+    admin.sendBytes(b"cancel job H:t:1\n")
+    assert admin.text() == b"OK\r\n"
+    assert client.packets() == [(P.WORK_FAIL, [b"H:t:1"])]
+
+
+def test_tooManyTokensClosesTheConnection(factory):
+    admin = Conn(factory)
+    admin.sendBytes(b"a b c d e f g h i\n")
+    assert admin.transport.disconnecting and admin.text() == b""
+
+
+def test_shutdownCommandWhenEnabled():
+    calls = []
+    factory = GearmanServerFactory(JobServerState(clock=Clock()), allowShutdown=True,
+                                   shutdown=lambda graceful: calls.append(graceful))
+    admin = Conn(factory)
+    admin.sendBytes(b"shutdown graceful\nshutdown\nshutdown now\n")
+    assert admin.text() == b"OK\nOK\nERR unknown_args Unknown+arguments+to+server+command\r\n"
+    assert calls == [True, False]
+
+
+@pytest.mark.parametrize("data", [
+    b"\0XYZ" + struct.pack(">II", 1, 0),          # bad magic
+    b"\0REQ" + struct.pack(">II", 0, 0),          # type 0
+    b"\0REQ" + struct.pack(">II", 43, 0),         # unknown type
+    b"\0REQ" + struct.pack(">II", 1000, 0),
+    b"x" * 9000,                                  # over-long text line
+])
+def test_framingErrorsAbortOnlyThatConnection(factory, data):
+    bad, good, worker = Conn(factory), Conn(factory), Conn(factory)
+    worker.send(P.CAN_DO, b"f")
+    with capturedLogs() as events:
+        bad.sendBytes(data)
+    assert bad.transport.disconnecting
+    assert any(e["log_level"] == LogLevel.warn for e in events)
+    bad.close()
+    good.send(P.SUBMIT_JOB, b"f", b"", b"x")
+    assert good.packets() == [(P.JOB_CREATED, [b"H:t:1"])]
+
+
+def test_oversizedPacketGetsAnErrorThenClose():
+    factory = GearmanServerFactory(JobServerState(clock=Clock()), maxPacket=1024)
+    conn = Conn(factory)
+    conn.sendBytes(b"\0REQ" + struct.pack(">II", 7, 0xFFFFFFF0))
+    assert conn.packets() == [(P.ERROR, [b"ARGUMENT_TOO_LARGE", b"Packet size exceeds the server's maximum"])]
+    assert conn.transport.disconnecting
+
+
+@pytest.mark.parametrize("kind", [5, 6, 8, 10, 11, 17, 19, 20, 24, 27, 31, 35, 40, 42])
+def test_responseOnlyAndUnimplementedTypesGetInvalidCommand(factory, kind):
+    conn = Conn(factory)
+    conn.sendBytes(encodeRequest(kind) if kind != 35 else
+                   encodeRequest(35, b"f", b"u", b"1", b"2", b"3", b"4", b"5", b"x"))
+    conn.send(P.ECHO_REQ, b"still here")
+    assert conn.packets() == [(P.ERROR, [b"INVALID_COMMAND", b"Command not expected"]),
+                              (P.ECHO_RES, [b"still here"])]
+
+
+def test_responseMagicGetsInvalidMagic(factory):
+    conn = Conn(factory)
+    conn.sendBytes(encodeResponse(P.ECHO_REQ, b"x"))
+    conn.send(P.ECHO_REQ, b"ok")
+    assert conn.packets() == [(P.ERROR, [b"INVALID_MAGIC", b"Request magic expected"]),
+                              (P.ECHO_RES, [b"ok"])]
+
+
+def test_tooFewArgumentsGetsAnErrorInPlaceOfJobCreated(factory):
+    conn = Conn(factory)
+    conn.sendBytes(encodeRequest(P.SUBMIT_JOB, b"only-function") + encodeRequest(P.SUBMIT_JOB, b"f", b"", b"x"))
+    (kind, args), created = conn.packets()
+    assert kind == P.ERROR and args[0] == b"INVALID_PACKET"
+    assert created == (P.JOB_CREATED, [b"H:t:1"])
+    assert not conn.transport.disconnecting
+
+
+def test_optionReq(factory):
+    conn = Conn(factory)
+    conn.send(P.OPTION_REQ, b"EXCEPTIONS")
+    conn.send(P.OPTION_REQ, b"bogus")
+    assert conn.packets() == [(P.OPTION_RES, [b"EXCEPTIONS"]),
+                              (P.ERROR, [b"UNKNOWN_OPTION", b"Server does not recognize given option"])]
+    assert conn.protocol.session.exceptions
+
+
+def test_canDoTimeoutIsInMilliseconds():
+    clock = Clock()
+    factory = GearmanServerFactory(JobServerState(clock=clock))
+    worker, client = Conn(factory), Conn(factory)
+    worker.send(P.CAN_DO_TIMEOUT, b"f", b"1500")
+    client.send(P.SUBMIT_JOB, b"f", b"", b"x")
+    worker.send(P.GRAB_JOB)
+    clock.advance(1.49)
+    assert factory.state.functions[b"f"].running == 1
+    clock.advance(0.02)
+    assert factory.state.functions[b"f"].running == 0 and factory.state.functions[b"f"].queued == 1
+
+
+def test_submitEpochAndReduce(factory):
+    client, worker = Conn(factory), Conn(factory)
+    factory.state.clock.advance(100)
+    client.send(P.SUBMIT_JOB_EPOCH, b"f", b"e", b"1", b"epoch-payload")
+    client.send(P.SUBMIT_REDUCE_JOB, b"f", b"r", b"reducer", b"", b"map-payload")
+    client.send(P.SUBMIT_REDUCE_JOB_BACKGROUND, b"f", b"rb", b"reducer", b"", b"bg-payload")
+    assert [k for k, _ in client.packets()] == [P.JOB_CREATED] * 3
+    worker.send(P.CAN_DO, b"f")
+    worker.send(P.GRAB_JOB_ALL)
+    worker.send(P.GRAB_JOB_ALL)
+    worker.send(P.GRAB_JOB_ALL)
+    assert worker.packets() == [
+        (P.JOB_ASSIGN_UNIQ, [b"H:t:1", b"f", b"e", b"epoch-payload"]),
+        (P.JOB_ASSIGN_ALL, [b"H:t:2", b"f", b"r", b"reducer", b"map-payload"]),
+        (P.JOB_ASSIGN_ALL, [b"H:t:3", b"f", b"rb", b"reducer", b"bg-payload"]),
+    ]
+
+
+def test_workerConnectionLostRequeues(factory):
+    client, w1, w2 = Conn(factory), Conn(factory), Conn(factory)
+    w1.send(P.CAN_DO, b"f")
+    w2.send(P.CAN_DO, b"f")
+    client.send(P.SUBMIT_JOB, b"f", b"", b"x")
+    w1.send(P.GRAB_JOB)
+    w1.close()
+    w2.send(P.GRAB_JOB)
+    assert w2.packets() == [(P.JOB_ASSIGN, [b"H:t:1", b"f", b"x"])]
+
+
+def test_largePayloadIsForwardedIntact(factory):
+    client, worker = Conn(factory), Conn(factory)
+    payload = os.urandom(1 << 20) + b"\0" * 10
+    worker.send(P.CAN_DO, b"f")
+    client.send(P.SUBMIT_JOB, b"f", b"", payload)
+    worker.send(P.GRAB_JOB_UNIQ)
+    (kind, args), = worker.packets()
+    assert args[3] == payload
+    worker.send(P.WORK_COMPLETE, args[0], payload[::-1])
+    assert client.packets()[-1] == (P.WORK_COMPLETE, [args[0], payload[::-1]])
+
+
+def test_slowClientTransportPausesTheWorker(factory):
+    client, worker = Conn(factory), Conn(factory)
+    worker.send(P.CAN_DO, b"f")
+    client.send(P.SUBMIT_JOB, b"f", b"", b"x")
+    worker.send(P.GRAB_JOB)
+    client.transport.producer.pauseProducing()  # what a full TCP write buffer does
+    worker.send(P.WORK_DATA, b"H:t:1", b"chunk")
+    assert worker.transport.producerState == "paused"
+    client.transport.producer.resumeProducing()
+    assert worker.transport.producerState == "producing"

@@ -1,0 +1,295 @@
+# -*- test-case-name: tests.test_packet -*-
+"""
+The Gearman binary packet codec. Pure: no I/O, no Twisted.
+
+A packet is a 12-byte header (magic C{\\0REQ} or C{\\0RES}, type and body size
+as big-endian 32-bit integers) followed by the body, whose arguments are
+separated by NUL bytes; the last argument runs to the end of the body and may
+itself contain NULs.
+
+L{PacketDecoder} turns a byte stream into C{(kind, body)} pairs, optionally
+interleaved with admin text lines (the job server's port accepts both).
+"""
+from __future__ import annotations
+
+import struct
+from enum import IntEnum
+from typing import List, Optional, Tuple
+
+from txgear.errors import ProtocolError
+
+REQ = b"\0REQ"
+RES = b"\0RES"
+HEADER = struct.Struct(">4sII")
+HEADER_SIZE = 12
+
+#: Default largest packet body accepted (16 MiB).
+DEFAULT_MAX_PACKET = 16 * 1024 * 1024
+#: Largest admin text line accepted (gearmand's receive buffer is 8 KiB).
+DEFAULT_MAX_LINE = 8192
+
+#: The C{kind} L{PacketDecoder} gives to an admin text line.
+TEXT = 0
+
+
+class PacketType(IntEnum):
+    """Packet type numbers, as on the wire."""
+
+    CAN_DO = 1
+    CANT_DO = 2
+    RESET_ABILITIES = 3
+    PRE_SLEEP = 4
+    UNUSED = 5
+    NOOP = 6
+    SUBMIT_JOB = 7
+    JOB_CREATED = 8
+    GRAB_JOB = 9
+    NO_JOB = 10
+    JOB_ASSIGN = 11
+    WORK_STATUS = 12
+    WORK_COMPLETE = 13
+    WORK_FAIL = 14
+    GET_STATUS = 15
+    ECHO_REQ = 16
+    ECHO_RES = 17
+    SUBMIT_JOB_BG = 18
+    ERROR = 19
+    STATUS_RES = 20
+    SUBMIT_JOB_HIGH = 21
+    SET_CLIENT_ID = 22
+    CAN_DO_TIMEOUT = 23
+    ALL_YOURS = 24
+    WORK_EXCEPTION = 25
+    OPTION_REQ = 26
+    OPTION_RES = 27
+    WORK_DATA = 28
+    WORK_WARNING = 29
+    GRAB_JOB_UNIQ = 30
+    JOB_ASSIGN_UNIQ = 31
+    SUBMIT_JOB_HIGH_BG = 32
+    SUBMIT_JOB_LOW = 33
+    SUBMIT_JOB_LOW_BG = 34
+    SUBMIT_JOB_SCHED = 35
+    SUBMIT_JOB_EPOCH = 36
+    SUBMIT_REDUCE_JOB = 37
+    SUBMIT_REDUCE_JOB_BACKGROUND = 38
+    GRAB_JOB_ALL = 39
+    JOB_ASSIGN_ALL = 40
+    GET_STATUS_UNIQUE = 41
+    STATUS_RES_UNIQUE = 42
+
+
+#: Highest packet type number that exists.
+MAX_TYPE = 42
+
+#: Number of arguments of each packet type, indexed by type number.
+ARGUMENT_COUNTS: Tuple[int, ...] = (
+    0,  # 0: text (not a binary type)
+    1,  # CAN_DO: function
+    1,  # CANT_DO: function
+    0,  # RESET_ABILITIES
+    0,  # PRE_SLEEP
+    0,  # UNUSED
+    0,  # NOOP
+    3,  # SUBMIT_JOB: function, unique, payload
+    1,  # JOB_CREATED: handle
+    0,  # GRAB_JOB
+    0,  # NO_JOB
+    3,  # JOB_ASSIGN: handle, function, payload
+    3,  # WORK_STATUS: handle, numerator, denominator
+    2,  # WORK_COMPLETE: handle, result
+    1,  # WORK_FAIL: handle
+    1,  # GET_STATUS: handle
+    1,  # ECHO_REQ: data
+    1,  # ECHO_RES: data
+    3,  # SUBMIT_JOB_BG
+    2,  # ERROR: code, text
+    5,  # STATUS_RES: handle, known, running, numerator, denominator
+    3,  # SUBMIT_JOB_HIGH
+    1,  # SET_CLIENT_ID: id
+    2,  # CAN_DO_TIMEOUT: function, timeout
+    0,  # ALL_YOURS
+    2,  # WORK_EXCEPTION: handle, data
+    1,  # OPTION_REQ: option
+    1,  # OPTION_RES: option
+    2,  # WORK_DATA: handle, data
+    2,  # WORK_WARNING: handle, data
+    0,  # GRAB_JOB_UNIQ
+    4,  # JOB_ASSIGN_UNIQ: handle, function, unique, payload
+    3,  # SUBMIT_JOB_HIGH_BG
+    3,  # SUBMIT_JOB_LOW
+    3,  # SUBMIT_JOB_LOW_BG
+    8,  # SUBMIT_JOB_SCHED: function, unique, minute, hour, mday, month, wday, payload
+    4,  # SUBMIT_JOB_EPOCH: function, unique, epoch, payload
+    5,  # SUBMIT_REDUCE_JOB: function, unique, reducer, aggregator, payload
+    5,  # SUBMIT_REDUCE_JOB_BACKGROUND
+    0,  # GRAB_JOB_ALL
+    5,  # JOB_ASSIGN_ALL: handle, function, unique, reducer, payload
+    1,  # GET_STATUS_UNIQUE: unique
+    6,  # STATUS_RES_UNIQUE: unique, known, running, numerator, denominator, clients
+)
+
+_SIZE = struct.Struct(">I")
+_REQ_PREFIX = tuple(REQ + _SIZE.pack(kind) for kind in range(MAX_TYPE + 1))
+_RES_PREFIX = tuple(RES + _SIZE.pack(kind) for kind in range(MAX_TYPE + 1))
+_pack_size = _SIZE.pack
+
+
+def encodeRequest(kind: int, *args: bytes) -> bytes:
+    """Encode a request (C{\\0REQ}) packet with the given arguments."""
+    body = b"\0".join(args)
+    return _REQ_PREFIX[kind] + _pack_size(len(body)) + body
+
+
+def encodeResponse(kind: int, *args: bytes) -> bytes:
+    """Encode a response (C{\\0RES}) packet with the given arguments."""
+    body = b"\0".join(args)
+    return _RES_PREFIX[kind] + _pack_size(len(body)) + body
+
+
+def responseHeader(kind: int, size: int) -> bytes:
+    """The 12-byte header of a response packet whose body is C{size} bytes."""
+    return _RES_PREFIX[kind] + _pack_size(size)
+
+
+def requestHeader(kind: int, size: int) -> bytes:
+    """The 12-byte header of a request packet whose body is C{size} bytes."""
+    return _REQ_PREFIX[kind] + _pack_size(size)
+
+
+def splitArguments(kind: int, body: bytes) -> List[bytes]:
+    """
+    Split a packet body into exactly the number of arguments its type has.
+
+    The split never looks past the body, and the last argument keeps any NULs
+    it contains.
+
+    @raise ProtocolError: the body has fewer separators than the type needs.
+    """
+    count = ARGUMENT_COUNTS[kind]
+    if count == 1:
+        return [body]
+    if count == 0:
+        return []
+    args = body.split(b"\0", count - 1)
+    if len(args) != count:
+        raise ProtocolError(
+            f"packet type {kind} needs {count} arguments, body has {len(args)}"
+        )
+    return args
+
+
+class PacketDecoder:
+    """
+    Incremental decoder of a Gearman byte stream.
+
+    Feed it whatever a read returned; it returns the complete messages found so
+    far as C{(kind, body)} pairs:
+      - a binary packet whose magic is the expected one gives C{(type, body)};
+      - one with the other valid magic gives C{(-type, body)}, so the caller can
+        answer it (gearmand replies C{INVALID_MAGIC} and keeps the connection);
+      - with C{allowText}, a line that starts with a byte other than NUL gives
+        C{(TEXT, line)}, without its line ending (C{\\n} or C{\\r\\n}).
+
+    A framing error (bad magic, type 0 or above L{MAX_TYPE}, a body larger than
+    C{maxPacket}, a text line longer than C{maxLine}, text on a binary-only
+    connection) stops decoding: the messages before it are returned and
+    L{error} is set; every later C{feed} returns nothing.
+
+    Buffering is linear: bytes that do not yet make a whole message are kept as
+    a list of chunks and joined once when enough have arrived.
+
+    @ivar error: the L{ProtocolError} that stopped decoding, or C{None}.
+    """
+
+    def __init__(
+        self,
+        expectRequests: bool = True,
+        allowText: bool = False,
+        maxPacket: int = DEFAULT_MAX_PACKET,
+        maxLine: int = DEFAULT_MAX_LINE,
+    ) -> None:
+        self._magic = REQ if expectRequests else RES
+        self._otherMagic = RES if expectRequests else REQ
+        self._allowText = allowText
+        self.maxPacket = maxPacket
+        self.maxLine = maxLine
+        self._chunks: List[bytes] = []
+        self._buffered = 0
+        # Bytes needed in total before a feed can produce anything new.
+        self._need = 1
+        self.error: Optional[ProtocolError] = None
+
+    def bufferedBytes(self) -> int:
+        """How many received bytes wait for the rest of their message."""
+        return self._buffered
+
+    def feed(self, data: bytes) -> List[Tuple[int, bytes]]:
+        """
+        Add C{data} to the stream and return the messages it completes.
+        """
+        if self.error is not None:
+            return []
+        chunks = self._chunks
+        if chunks:
+            chunks.append(data)
+            self._buffered += len(data)
+            if self._buffered < self._need:
+                return []
+            data = b"".join(chunks)
+            chunks.clear()
+            self._buffered = 0
+        out: List[Tuple[int, bytes]] = []
+        end = len(data)
+        offset = 0
+        magic = self._magic
+        unpack = HEADER.unpack_from
+        while offset < end:
+            if data[offset] == 0:
+                if end - offset < HEADER_SIZE:
+                    self._need = HEADER_SIZE
+                    break
+                head, kind, size = unpack(data, offset)
+                if head != magic:
+                    if head != self._otherMagic:
+                        self._fail(f"bad magic {head!r}")
+                        return out
+                    kind = -kind
+                if kind == 0 or kind > MAX_TYPE or kind < -MAX_TYPE:
+                    self._fail(f"unknown packet type {abs(kind)}")
+                    return out
+                if size > self.maxPacket:
+                    self._fail(f"packet of {size} bytes exceeds the limit of {self.maxPacket}")
+                    return out
+                stop = offset + HEADER_SIZE + size
+                if stop > end:
+                    self._need = HEADER_SIZE + size
+                    break
+                out.append((kind, data[offset + HEADER_SIZE:stop]))
+                offset = stop
+            else:
+                if not self._allowText:
+                    self._fail(f"expected a packet, got byte {data[offset]:#04x}")
+                    return out
+                newline = data.find(b"\n", offset, offset + self.maxLine + 1)
+                if newline < 0:
+                    if end - offset > self.maxLine:
+                        self._fail(f"text line longer than {self.maxLine} bytes")
+                        return out
+                    self._need = end - offset + 1
+                    break
+                stop = newline
+                if stop > offset and data[stop - 1] == 13:  # strip \r
+                    stop -= 1
+                out.append((TEXT, data[offset:stop]))
+                offset = newline + 1
+        if offset < end:
+            rest = data[offset:] if offset else data
+            chunks.append(rest)
+            self._buffered = len(rest)
+        return out
+
+    def _fail(self, message: str) -> None:
+        self.error = ProtocolError(message)
+        self._chunks.clear()
+        self._buffered = 0

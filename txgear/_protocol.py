@@ -1,0 +1,127 @@
+# -*- test-case-name: tests.test_protocol -*-
+"""
+Shared plumbing of every txgear connection: decoding the byte stream,
+dispatching packets to C{packet_<NAME>} methods, and writing packets.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar, List, Optional
+
+from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.protocol import Protocol
+from txgear._log import logger
+
+from txgear._packet import (
+    DEFAULT_MAX_PACKET,
+    MAX_TYPE,
+    PacketDecoder,
+    PacketType,
+    encodeRequest,
+    requestHeader,
+    responseHeader,
+    splitArguments,
+)
+from txgear.errors import ProtocolError
+
+#: Payloads at least this large are written without being copied into the packet.
+_BIG_PAYLOAD = 64 * 1024
+
+
+def setNoDelay(transport: Any) -> None:
+    """
+    Turn Nagle's algorithm off on a TCP transport: Gearman's small packets
+    otherwise wait for delayed ACKs (40 ms stalls on foreground jobs).
+    """
+    if ITCPTransport.providedBy(transport):
+        try:
+            transport.setTcpNoDelay(True)
+        except OSError:
+            pass
+
+
+def _buildDispatch(cls: type) -> List[Optional[Callable[..., None]]]:
+    table: List[Optional[Callable[..., None]]] = [None] * (MAX_TYPE + 1)
+    for kind in PacketType:
+        table[kind] = getattr(cls, "packet_" + kind.name, None)
+    return table
+
+
+class GearmanPeerProtocol(Protocol):
+    """
+    Base class of the client and worker connections (the side that sends
+    C{\\0REQ} packets and receives C{\\0RES} ones).
+
+    Subclasses define C{packet_<NAME>(self, *arguments)} methods; a packet type
+    with no method is a protocol error. Bytes that are not valid framing abort
+    the connection: nothing after them can be trusted.
+
+    @ivar maxPacket: the largest packet body accepted from the server.
+    """
+
+    _log = logger()
+    _dispatch: ClassVar[List[Optional[Callable[..., None]]]] = []
+    maxPacket = DEFAULT_MAX_PACKET
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._dispatch = _buildDispatch(cls)
+
+    def connectionMade(self) -> None:
+        setNoDelay(self.transport)
+        self._decoder = PacketDecoder(expectRequests=False, maxPacket=self.maxPacket)
+
+    def dataReceived(self, data: bytes) -> None:
+        decoder = self._decoder
+        dispatch = self._dispatch
+        for kind, body in decoder.feed(data):
+            if kind < 0:
+                self._protocolViolation(f"request packet {-kind} sent to a client")
+                return
+            handler = dispatch[kind]
+            if handler is None:
+                self._protocolViolation(f"unexpected packet {PacketType(kind).name}")
+                return
+            try:
+                handler(self, *splitArguments(kind, body))
+            except ProtocolError as e:
+                self._protocolViolation(str(e))
+                return
+            if self.transport is None or self.transport.disconnecting:
+                return
+        if decoder.error is not None:
+            self._protocolViolation(str(decoder.error))
+
+    def _protocolViolation(self, message: str) -> None:
+        self._log.warn("Protocol error from {peer}: {message}; closing", peer=self._peerName(), message=message)
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def _peerName(self) -> str:
+        try:
+            return str(self.transport.getPeer())
+        except Exception:
+            return "?"
+
+    def sendPacket(self, kind: int, *args: bytes) -> None:
+        """Write one request packet."""
+        if args and len(args[-1]) >= _BIG_PAYLOAD:
+            self.transport.writeSequence(_sequence(requestHeader, kind, args))
+        else:
+            self.transport.write(encodeRequest(kind, *args))
+
+
+def _sequence(header: Callable[[int, int], bytes], kind: int, args: tuple) -> list:
+    """A packet as a list of buffers, so a large last argument is not copied."""
+    head = b"\0".join(args[:-1])
+    if len(args) > 1:
+        head += b"\0"
+    payload = args[-1]
+    return [header(kind, len(head) + len(payload)) + head, payload]
+
+
+def responseSequence(kind: int, args: tuple) -> list:
+    """A response packet as a list of buffers (see L{_sequence})."""
+    return _sequence(responseHeader, kind, args)
+
+
+__all__ = ["GearmanPeerProtocol", "responseSequence", "setNoDelay"]

@@ -1,0 +1,75 @@
+# -*- test-case-name: tests.test_packet -*-
+"""
+Exceptions raised by txgear.
+
+Every error txgear raises derives from L{GearmanError}, so callers can catch
+one class; the subclasses say what went wrong.
+"""
+from __future__ import annotations
+
+
+class GearmanError(Exception):
+    """Base class of every txgear error."""
+
+
+class ProtocolError(GearmanError):
+    """
+    The peer sent bytes that are not valid Gearman framing (bad magic, an
+    unknown packet type, an oversized packet or text line, a malformed body).
+    The connection cannot be trusted any more and is closed.
+    """
+
+
+class ServerError(GearmanError):
+    """
+    The job server answered with an C{ERROR} packet.
+
+    @ivar code: the error code, e.g. C{b"QUEUE_ERROR"}.
+    @ivar text: the human-readable text.
+    """
+
+    def __init__(self, code: bytes, text: bytes) -> None:
+        GearmanError.__init__(self, code, text)
+        self.code = code
+        self.text = text
+
+    def __str__(self) -> str:
+        return f"{self.code.decode('ascii', 'replace')}: {self.text.decode('utf-8', 'replace')}"
+
+
+class JobFailed(GearmanError):
+    """
+    The job ended with C{WORK_FAIL}. Raise it from a worker function to make
+    the job fail without an exception payload.
+    """
+
+
+class JobException(GearmanError):
+    """
+    The worker's function raised: the job ended with C{WORK_EXCEPTION}.
+
+    @ivar data: the exception payload the worker sent.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        GearmanError.__init__(self, data)
+        self.data = data
+
+
+class ConnectionLost(GearmanError):
+    """The connection to the job server was lost while the job was in flight."""
+
+
+class NoServers(GearmanError):
+    """No job server could be reached."""
+
+
+class StoreError(GearmanError):
+    """A persistent job store failed to record, remove or load jobs."""
+
+
+class StoreSchemaError(StoreError):
+    """
+    The store holds data in a schema this version does not understand (corrupt,
+    or written by another version). Never wiped silently.
+    """

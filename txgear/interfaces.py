@@ -1,0 +1,59 @@
+# -*- test-case-name: tests.test_store_contract -*-
+"""
+The seams of txgear, as zope.interface interfaces.
+"""
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class IJobStore(Interface):
+    """
+    Durable storage for background jobs.
+
+    Every method returns a L{twisted.internet.defer.Deferred} and none blocks
+    the reactor: a store backed by a blocking driver runs it in a thread pool
+    or uses an asynchronous driver. Writes issued during one reactor turn
+    should be committed together, in one transaction.
+
+    Jobs handed to C{add} and C{remove} are objects with the attributes of
+    L{txgear.jobs.StoredJob} (C{key}, C{function}, C{unique}, C{payload},
+    C{priority}, C{when}, C{reducer}, C{clientId}).
+    """
+
+    description = Attribute("A short human-readable description, e.g. 'sqlite:/var/lib/gearman.db'.")
+
+    def open():  # type: ignore[misc]
+        """
+        Connect, create or check the schema, and load every stored job.
+
+        @return: a Deferred firing with a list of L{txgear.jobs.StoredJob},
+            ordered by priority (high first), then by the order of the C{add}
+            calls that recorded them. Fails with
+            L{txgear.errors.StoreSchemaError} for a corrupt store or one of an
+            unknown schema version (never wiping it), and with
+            L{txgear.errors.StoreError} when the store cannot be reached.
+        """
+
+    def add(job):  # type: ignore[misc]
+        """
+        Durably record C{job}.
+
+        @return: a Deferred that fires with C{None} once the job would survive
+            a crash of this process, or fails with L{txgear.errors.StoreError}.
+        """
+
+    def remove(job):  # type: ignore[misc]
+        """
+        Forget C{job} (it completed or failed for good). Removing a job that is
+        not stored is not an error.
+
+        @return: a Deferred firing with C{None} once the removal is durable.
+        """
+
+    def close():  # type: ignore[misc]
+        """
+        Flush pending writes and release connections and threads.
+
+        @return: a Deferred firing once everything is written and released.
+        """

@@ -1,0 +1,79 @@
+# -*- test-case-name: tests.test_store_contract -*-
+"""
+Plain records shared by the server, its stores and the client library.
+"""
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Priority(IntEnum):
+    """
+    Job priorities, in the order workers receive them: every C{HIGH} job
+    before any C{NORMAL} one, every C{NORMAL} before any C{LOW}.
+    """
+
+    HIGH = 0
+    NORMAL = 1
+    LOW = 2
+
+
+class StoredJob:
+    """
+    One background job as a persistent store records it.
+
+    The server hands its stores objects with these attributes (its own job
+    objects, or instances of this class); stores return instances of this class
+    from L{txgear.interfaces.IJobStore.load}.
+
+    @ivar key: an opaque identifier the server gives the job, unique across
+        restarts; stores use it to remove the job.
+    @ivar function: the function name.
+    @ivar unique: the unique id (may be empty).
+    @ivar payload: the workload bytes.
+    @ivar priority: a L{Priority} value (an C{int}).
+    @ivar when: the Unix time before which the job must not run, or C{0}.
+    @ivar reducer: the reducer name of a map/reduce job, or C{b""}.
+    @ivar clientId: the C{SET_CLIENT_ID} of the submitting connection, or C{b""}.
+    """
+
+    __slots__ = ("key", "function", "unique", "payload", "priority", "when", "reducer", "clientId")
+
+    def __init__(
+        self,
+        key: bytes,
+        function: bytes,
+        unique: bytes,
+        payload: bytes,
+        priority: int = Priority.NORMAL,
+        when: int = 0,
+        reducer: bytes = b"",
+        clientId: bytes = b"",
+    ) -> None:
+        self.key = key
+        self.function = function
+        self.unique = unique
+        self.payload = payload
+        self.priority = int(priority)
+        self.when = when
+        self.reducer = reducer
+        self.clientId = clientId
+
+    def _fields(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StoredJob):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return "StoredJob({})".format(", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__))
+
+    @classmethod
+    def fromJob(cls, job: object) -> "StoredJob":
+        """Copy the stored attributes of any job-like object."""
+        return cls(*(getattr(job, name) for name in cls.__slots__))

@@ -1,0 +1,157 @@
+# -*- test-case-name: tests.test_server_admin -*-
+"""
+The admin text commands of the job server (C{status}, C{workers}, ...), run
+against a L{JobServerState}. Replies follow gearmand 1.1.20 byte for byte,
+except where txgear deliberately differs (see docs/server.md):
+
+  - C{create function NAME} creates C{NAME} (gearmand drops the last character);
+  - C{drop function} also refuses a function that still has queued jobs
+    (gearmand drops them silently);
+  - C{shutdown} and C{shutdown graceful} exist only when enabled.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, List, Optional, Tuple
+
+from txgear import _admintext as text
+from txgear._version import __version__
+from txgear.server._state import JobServerState, Session
+
+#: gearmand closes the connection on lines of more than this many tokens.
+MAX_TOKENS = 8
+
+#: What the protocol must do after sending a reply.
+CLOSE = "close"
+SHUTDOWN = "shutdown"
+GRACEFUL = "graceful"
+
+
+class AdminCommands:
+    """
+    Runs admin text commands.
+
+    @param state: the server state to report on and act upon.
+    @param describe: returns C{(fd, ip)} for a session, for C{workers}.
+    @param verbosity: the name C{verbose} reports (gearmand's log level name).
+    @param allowShutdown: accept C{shutdown} / C{shutdown graceful}.
+    """
+
+    def __init__(self, state: JobServerState, describe: Callable[[Session], Tuple[bytes, bytes]],
+                 verbosity: Callable[[], str] = lambda: "INFO", allowShutdown: bool = False) -> None:
+        self.state = state
+        self.describe = describe
+        self.verbosity = verbosity
+        self.allowShutdown = allowShutdown
+
+    def run(self, session: Session, line: bytes) -> Tuple[bytes, Optional[str]]:
+        """Execute one command line; returns the reply and an optional action."""
+        tokens = line.split()
+        if len(tokens) > MAX_TOKENS:
+            return b"", CLOSE
+        if not tokens:
+            return text.unknownCommand(b""), None
+        command = tokens[0].lower()
+        handler = getattr(self, "command_" + command.decode("ascii", "replace"), None)
+        if handler is None or not command.isalpha():
+            return text.unknownCommand(tokens[0]), None
+        return handler(tokens[0], tokens[1:])
+
+    def command_status(self, word: bytes, args: List[bytes]) -> Tuple[bytes, Optional[str]]:
+        rows = [(f.name, f.total(), f.running, f.workers) for f in self.state.functions.values()]
+        return text.formatStatus(rows), None
+
+    def command_prioritystatus(self, word: bytes, args: List[bytes]) -> Tuple[bytes, Optional[str]]:
+        rows = [(f.name, f.priorityCounts[0], f.priorityCounts[1], f.priorityCounts[2], f.workers)
+                for f in self.state.functions.values()]
+        return text.formatPriorityStatus(rows), None
+
+    def command_workers(self, word: bytes, args: List[bytes]) -> Tuple[bytes, Optional[str]]:
+        rows = []
+        for session in self.state.sessions.values():
+            fd, ip = self.describe(session)
+            rows.append((fd, ip, session.clientId, [f.name for f in session.functions]))
+        return text.formatWorkers(rows), None
+
+    def command_show(self, word: bytes, args: List[bytes]) -> Tuple[bytes, Optional[str]]:
+        if not args:
+            return text.unknownCommand(word), None
+        what = [a.lower() for a in args]
+        if what == [b"jobs"]:
+            rows = [(job.handle, job.retries, 0, 1 if job.persisted or job.background else 0)
+                    for job in self.state.jobs.values()]
+            return text.formatShowJobs(rows), None
+        if what == [b"unique", b"jobs"]:
+            return text.formatLines(job.unique for job in self.state.jobs.values()), None
+        return text.err(b"UNKNOWN_SHOW_ARGUMENTS"), None
+
+    def command_cancel(self, word: bytes, args: List[bytes]) -> Tuple[bytes, Optional[str]]:
+        if len(args) < 2 or args[0].lower() != b"job":
+            return text.unknownCommand(word), None
+        if len(args) > 2:
+            return text.err(b"UNKNOWN_ERROR"), None
+        if self.state.cancel(args[1]):
+            return text.OK, None
+        return text.err(b"UNKNOWN_JOB"), None
+
+    def command_create(self, word: bytes, args: List[bytes]) -> Tuple[bytes, Optional[str]]:
+        if len(args) < 2 or args[0].lower() != b"function":
+            return text.incompleteArguments(b"create"), None
+        self.state.function(args[1])
+        return text.OK, None
+
+    def command_drop(self, word: bytes, args: List[bytes]) -> Tuple[bytes, Optional[str]]:
+        if len(args) < 2 or args[0].lower() != b"function":
+            return text.incompleteArguments(b"drop"), None
+        error = self.state.dropFunction(args[1])
+        if error is None:
+            return text.OK, None
+        return b"ERR " + error.encode("ascii") + b"\r\n", None
+
+    def command_maxqueue(self, word: bytes, args: List[bytes]) -> Tuple[bytes, Optional[str]]:
+        if not args:
+            return text.incompleteArguments(b"maxqueue"), None
+        sizes = [_int(a) for a in args[1:4]]
+        if not sizes:
+            limits = [0, 0, 0]
+        elif len(sizes) < 3:
+            limits = [sizes[0]] * 3
+        else:
+            limits = sizes
+        self.state.setMaxQueue(args[0], limits)
+        return text.OK, None
+
+    def command_getpid(self, word: bytes, args: List[bytes]) -> Tuple[bytes, Optional[str]]:
+        return text.ok(b"%d" % os.getpid()), None
+
+    def command_verbose(self, word: bytes, args: List[bytes]) -> Tuple[bytes, Optional[str]]:
+        return text.ok(self.verbosity().encode("ascii")), None
+
+    def command_version(self, word: bytes, args: List[bytes]) -> Tuple[bytes, Optional[str]]:
+        return text.ok(__version__.encode("ascii")), None
+
+    def command_shutdown(self, word: bytes, args: List[bytes]) -> Tuple[bytes, Optional[str]]:
+        if not self.allowShutdown:
+            return text.unknownCommand(word), None
+        if not args:
+            return b"OK\n", SHUTDOWN
+        if [a.lower() for a in args] == [b"graceful"]:
+            return b"OK\n", GRACEFUL
+        return b"ERR unknown_args Unknown+arguments+to+server+command\r\n", None
+
+
+def _int(value: bytes) -> int:
+    """gearmand reads sizes with atoi: junk is 0, negatives mean unlimited."""
+    digits = b""
+    for i, c in enumerate(value):
+        if 48 <= c <= 57 or (i == 0 and c in b"+-"):
+            digits += bytes([c])
+        else:
+            break
+    try:
+        return max(0, int(digits))
+    except ValueError:
+        return 0
+
+
+__all__ = ["AdminCommands", "CLOSE", "SHUTDOWN", "GRACEFUL"]

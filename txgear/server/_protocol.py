@@ -1,0 +1,379 @@
+# -*- test-case-name: tests.test_server_protocol -*-
+"""
+The job server's connections: bytes in, calls on L{JobServerState} out.
+
+Each message is sniffed on its first byte (NUL: a binary packet; anything
+else: an admin text line), so one connection may mix both, as with gearmand.
+
+What bad input gets (also in docs/server.md):
+  - bad magic, packet type 0 or above 42, a text line over 8 KiB, more than 8
+    tokens on a text line: the connection is closed (as gearmand);
+  - a body larger than the maximum packet size: C{ERROR ARGUMENT_TOO_LARGE},
+    then the connection is closed (gearmand would reserve the memory);
+  - a response magic on a request type: C{ERROR INVALID_MAGIC};
+  - a response-only or unimplemented type: C{ERROR INVALID_COMMAND};
+  - a body with too few arguments: C{ERROR INVALID_PACKET} (gearmand reads
+    into the next packet); the connection stays usable.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from txgear._log import logger
+from zope.interface import implementer
+
+from txgear._packet import (
+    ARGUMENT_COUNTS,
+    DEFAULT_MAX_PACKET,
+    MAX_TYPE,
+    TEXT,
+    PacketDecoder,
+    PacketType,
+    encodeResponse,
+)
+from txgear._protocol import setNoDelay
+from txgear.server._admin import CLOSE, GRACEFUL, SHUTDOWN, AdminCommands
+from txgear.server._state import ERR_UNKNOWN_OPTION, HIGH, LOW, NORMAL, JobServerState, Session
+
+ERR_INVALID_MAGIC = encodeResponse(PacketType.ERROR, b"INVALID_MAGIC", b"Request magic expected")
+ERR_INVALID_COMMAND = encodeResponse(PacketType.ERROR, b"INVALID_COMMAND", b"Command not expected")
+ERR_TOO_LARGE = encodeResponse(PacketType.ERROR, b"ARGUMENT_TOO_LARGE",
+                               b"Packet size exceeds the server's maximum")
+_ECHO_HEADER = encodeResponse(PacketType.ECHO_RES)[:8]
+
+
+def _invalidPacket(kind: int, got: int) -> bytes:
+    return encodeResponse(PacketType.ERROR, b"INVALID_PACKET",
+                          b"%s needs %d arguments, got %d"
+                          % (PacketType(kind).name.encode(), ARGUMENT_COUNTS[kind], got))
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _split(body: bytes, kind: int) -> List[bytes]:
+    count = ARGUMENT_COUNTS[kind]
+    args = body.split(b"\0", count - 1)
+    if len(args) != count:
+        raise _Malformed(kind, len(args))
+    return args
+
+
+@implementer(IPushProducer)
+class GearmanServerProtocol(Protocol):
+    """
+    One connection to the job server, in any mix of roles (client, worker,
+    admin). Registered as a streaming producer on its transport so that a
+    client that reads slowly pauses the workers feeding it.
+    """
+
+    _log = logger()
+    factory: "GearmanServerFactory"
+    session: Session
+
+    def connectionMade(self) -> None:
+        factory = self.factory
+        self.state = factory.state
+        self.session = self.state.connect(self)
+        self.session.exceptions = factory.exceptions
+        self._decoder = PacketDecoder(expectRequests=True, allowText=True,
+                                      maxPacket=factory.maxPacket)
+        transport = self.transport
+        setNoDelay(transport)
+        transport.registerProducer(self, True)
+        self.write = transport.write
+        self.writeSequence = transport.writeSequence
+        factory.connections[self.session] = self
+
+    # The state calls these (IServerPeer).
+    def write(self, data: bytes) -> None:  # replaced by the transport's in connectionMade
+        self.transport.write(data)
+
+    def writeSequence(self, data: List[bytes]) -> None:
+        self.transport.writeSequence(data)
+
+    def pauseReading(self) -> None:
+        self.transport.pauseProducing()
+
+    def resumeReading(self) -> None:
+        self.transport.resumeProducing()
+
+    # IPushProducer: the transport's write buffer is full / drained.
+    def pauseProducing(self) -> None:
+        self.state.pauseWriting(self.session)
+
+    def resumeProducing(self) -> None:
+        self.state.resumeWriting(self.session)
+
+    def stopProducing(self) -> None:
+        pass
+
+    def dataReceived(self, data: bytes) -> None:
+        decoder = self._decoder
+        dispatch = _DISPATCH
+        transport = self.transport
+        for kind, body in decoder.feed(data):
+            if kind > 0:
+                try:
+                    dispatch[kind](self, body)
+                except _Malformed as e:
+                    self._log.warn("Malformed {kind} packet from {peer}",
+                                   kind=PacketType(kind).name, peer=self._peer())
+                    self.session.write(_invalidPacket(*e.args))
+            elif kind == TEXT:
+                self._adminLine(body)
+            else:
+                self._log.warn("Response magic on packet {kind} from {peer}",
+                               kind=-kind, peer=self._peer())
+                self.session.write(ERR_INVALID_MAGIC)
+            if transport.disconnecting:
+                return
+        if decoder.error is not None:
+            self._log.warn("Closing connection from {peer}: {error}", peer=self._peer(),
+                           error=str(decoder.error))
+            if "exceeds the limit" in str(decoder.error):
+                # Tell the peer why; loseConnection also stops reading the body.
+                self.transport.write(ERR_TOO_LARGE)
+                self.transport.loseConnection()
+            else:
+                self.transport.abortConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.factory.connections.pop(self.session, None)
+        self.state.disconnect(self.session)
+
+    def _peer(self) -> str:
+        try:
+            return str(self.transport.getPeer())
+        except Exception:
+            return "?"
+
+    def describe(self) -> Tuple[bytes, bytes]:
+        """C{(fd, ip)} for the admin C{workers} listing."""
+        try:
+            fd = b"%d" % self.transport.fileno()
+        except Exception:
+            fd = b"-"
+        peer = self.transport.getPeer()
+        host = getattr(peer, "host", None)
+        if host is None:
+            host = getattr(peer, "name", None) or "-"
+        if isinstance(host, bytes):
+            host = host.decode("utf-8", "replace")
+        return fd, (host or "-").encode("utf-8")
+
+    # -- admin -------------------------------------------------------------
+
+    def _adminLine(self, line: bytes) -> None:
+        reply, action = self.factory.admin.run(self.session, line)
+        if action == CLOSE:
+            self._log.warn("Admin line with too many tokens from {peer}; closing", peer=self._peer())
+            self.transport.loseConnection()
+            return
+        self.session.write(reply)
+        if action == SHUTDOWN:
+            self.factory.requestShutdown(graceful=False)
+        elif action == GRACEFUL:
+            self.factory.requestShutdown(graceful=True)
+
+    # -- packets -------------------------------------------------------------
+
+    def _canDo(self, body: bytes) -> None:
+        self.state.canDo(self.session, body)
+
+    def _canDoTimeout(self, body: bytes) -> None:
+        name, timeout = _split(body, PacketType.CAN_DO_TIMEOUT)
+        if len(timeout) > 20:
+            # gearmand silently ignores an over-long number; so do we.
+            self._log.warn("CAN_DO_TIMEOUT with an over-long timeout from {peer}", peer=self._peer())
+            return
+        try:
+            milliseconds = int(timeout.strip() or b"0")
+        except ValueError:
+            milliseconds = 0
+        self.state.canDo(self.session, name, max(0, milliseconds) / 1000.0)
+
+    def _cantDo(self, body: bytes) -> None:
+        self.state.cantDo(self.session, body)
+
+    def _resetAbilities(self, body: bytes) -> None:
+        self.state.resetAbilities(self.session)
+
+    def _preSleep(self, body: bytes) -> None:
+        self.state.preSleep(self.session)
+
+    def _grabJob(self, body: bytes) -> None:
+        self.state.grab(self.session, PacketType.GRAB_JOB)
+
+    def _grabJobUniq(self, body: bytes) -> None:
+        self.state.grab(self.session, PacketType.GRAB_JOB_UNIQ)
+
+    def _grabJobAll(self, body: bytes) -> None:
+        self.state.grab(self.session, PacketType.GRAB_JOB_ALL)
+
+    def _workStatus(self, body: bytes) -> None:
+        handle, numerator, denominator = _split(body, PacketType.WORK_STATUS)
+        self.state.workStatus(self.session, handle, numerator, denominator, body)
+
+    def _workComplete(self, body: bytes) -> None:
+        end = body.find(b"\0")
+        if end < 0:
+            raise _Malformed(PacketType.WORK_COMPLETE, 1)
+        self.state.workEnd(self.session, PacketType.WORK_COMPLETE, body[:end], body)
+
+    def _workFail(self, body: bytes) -> None:
+        self.state.workEnd(self.session, PacketType.WORK_FAIL, body, body)
+
+    def _workException(self, body: bytes) -> None:
+        end = body.find(b"\0")
+        if end < 0:
+            raise _Malformed(PacketType.WORK_EXCEPTION, 1)
+        self.state.workEnd(self.session, PacketType.WORK_EXCEPTION, body[:end], body)
+
+    def _workData(self, body: bytes) -> None:
+        end = body.find(b"\0")
+        if end < 0:
+            raise _Malformed(PacketType.WORK_DATA, 1)
+        self.state.workData(self.session, PacketType.WORK_DATA, body[:end], body)
+
+    def _workWarning(self, body: bytes) -> None:
+        end = body.find(b"\0")
+        if end < 0:
+            raise _Malformed(PacketType.WORK_WARNING, 1)
+        self.state.workData(self.session, PacketType.WORK_WARNING, body[:end], body)
+
+    def _getStatus(self, body: bytes) -> None:
+        self.state.getStatus(self.session, body)
+
+    def _getStatusUnique(self, body: bytes) -> None:
+        self.state.getStatusUnique(self.session, body)
+
+    def _echo(self, body: bytes) -> None:
+        self.session.write(_ECHO_HEADER + len(body).to_bytes(4, "big") + body)
+
+    def _setClientId(self, body: bytes) -> None:
+        self.state.setClientId(self.session, body)
+
+    def _optionReq(self, body: bytes) -> None:
+        if body.lower() == b"exceptions":
+            self.session.exceptions = True
+            self.session.write(encodeResponse(PacketType.OPTION_RES, body))
+        else:
+            self.session.write(ERR_UNKNOWN_OPTION)
+
+    def _submitEpoch(self, body: bytes) -> None:
+        name, unique, epoch, payload = _split(body, PacketType.SUBMIT_JOB_EPOCH)
+        try:
+            when = int(epoch)
+        except ValueError:
+            when = 0
+        self.state.submit(self.session, name, unique, payload, NORMAL, True, max(0, when))
+
+    def _submitReduce(self, body: bytes) -> None:
+        name, unique, reducer, _aggregator, payload = _split(body, PacketType.SUBMIT_REDUCE_JOB)
+        self.state.submit(self.session, name, unique, payload, NORMAL, False, 0, reducer)
+
+    def _submitReduceBackground(self, body: bytes) -> None:
+        name, unique, reducer, _aggregator, payload = _split(
+            body, PacketType.SUBMIT_REDUCE_JOB_BACKGROUND)
+        self.state.submit(self.session, name, unique, payload, NORMAL, True, 0, reducer)
+
+    def _invalidCommand(self, body: bytes) -> None:
+        self._log.warn("Unexpected packet from {peer}", peer=self._peer())
+        self.session.write(ERR_INVALID_COMMAND)
+
+
+def _submitter(kind: int, priority: int, background: bool) -> Callable[[GearmanServerProtocol, bytes], None]:
+    def submit(self: GearmanServerProtocol, body: bytes) -> None:
+        args = body.split(b"\0", 2)
+        if len(args) != 3:
+            raise _Malformed(kind, len(args))
+        self.state.submit(self.session, args[0], args[1], args[2], priority, background)
+
+    submit.__name__ = "_submit_" + PacketType(kind).name
+    return submit
+
+
+_HANDLERS: Dict[int, Callable[[GearmanServerProtocol, bytes], None]] = {
+    PacketType.CAN_DO: GearmanServerProtocol._canDo,
+    PacketType.CANT_DO: GearmanServerProtocol._cantDo,
+    PacketType.RESET_ABILITIES: GearmanServerProtocol._resetAbilities,
+    PacketType.PRE_SLEEP: GearmanServerProtocol._preSleep,
+    PacketType.SUBMIT_JOB: _submitter(PacketType.SUBMIT_JOB, NORMAL, False),
+    PacketType.GRAB_JOB: GearmanServerProtocol._grabJob,
+    PacketType.WORK_STATUS: GearmanServerProtocol._workStatus,
+    PacketType.WORK_COMPLETE: GearmanServerProtocol._workComplete,
+    PacketType.WORK_FAIL: GearmanServerProtocol._workFail,
+    PacketType.GET_STATUS: GearmanServerProtocol._getStatus,
+    PacketType.ECHO_REQ: GearmanServerProtocol._echo,
+    PacketType.SUBMIT_JOB_BG: _submitter(PacketType.SUBMIT_JOB_BG, NORMAL, True),
+    PacketType.SUBMIT_JOB_HIGH: _submitter(PacketType.SUBMIT_JOB_HIGH, HIGH, False),
+    PacketType.SET_CLIENT_ID: GearmanServerProtocol._setClientId,
+    PacketType.CAN_DO_TIMEOUT: GearmanServerProtocol._canDoTimeout,
+    PacketType.WORK_EXCEPTION: GearmanServerProtocol._workException,
+    PacketType.OPTION_REQ: GearmanServerProtocol._optionReq,
+    PacketType.WORK_DATA: GearmanServerProtocol._workData,
+    PacketType.WORK_WARNING: GearmanServerProtocol._workWarning,
+    PacketType.GRAB_JOB_UNIQ: GearmanServerProtocol._grabJobUniq,
+    PacketType.SUBMIT_JOB_HIGH_BG: _submitter(PacketType.SUBMIT_JOB_HIGH_BG, HIGH, True),
+    PacketType.SUBMIT_JOB_LOW: _submitter(PacketType.SUBMIT_JOB_LOW, LOW, False),
+    PacketType.SUBMIT_JOB_LOW_BG: _submitter(PacketType.SUBMIT_JOB_LOW_BG, LOW, True),
+    PacketType.SUBMIT_JOB_EPOCH: GearmanServerProtocol._submitEpoch,
+    PacketType.SUBMIT_REDUCE_JOB: GearmanServerProtocol._submitReduce,
+    PacketType.SUBMIT_REDUCE_JOB_BACKGROUND: GearmanServerProtocol._submitReduceBackground,
+    PacketType.GRAB_JOB_ALL: GearmanServerProtocol._grabJobAll,
+    PacketType.GET_STATUS_UNIQUE: GearmanServerProtocol._getStatusUnique,
+}
+
+#: Handler per packet type; every type without one is answered INVALID_COMMAND
+#: (response-only types, 5 UNUSED, 24 ALL_YOURS, 35 SUBMIT_JOB_SCHED).
+_DISPATCH: Tuple[Callable[[GearmanServerProtocol, bytes], None], ...] = tuple(
+    _HANDLERS.get(kind, GearmanServerProtocol._invalidCommand) for kind in range(MAX_TYPE + 1)
+)
+
+
+class GearmanServerFactory(Factory):
+    """
+    Makes L{GearmanServerProtocol}s sharing one L{JobServerState}.
+
+    @param state: the server state.
+    @param maxPacket: the largest packet body accepted, in bytes.
+    @param allowShutdown: accept the admin C{shutdown [graceful]} commands.
+    @param shutdown: called with C{graceful=} when such a command arrives.
+    @param verbosity: returns the log level name the C{verbose} command reports.
+    @param exceptions: forward WORK_EXCEPTION to every client, as if each had
+        asked with OPTION_REQ (gearmand's C{--exceptions}).
+    @ivar connections: the live protocols, by session.
+    """
+
+    protocol = GearmanServerProtocol
+    noisy = False
+
+    def __init__(self, state: Optional[JobServerState] = None, maxPacket: int = DEFAULT_MAX_PACKET,
+                 allowShutdown: bool = False,
+                 shutdown: Optional[Callable[..., Any]] = None,
+                 verbosity: Callable[[], str] = lambda: "INFO", exceptions: bool = False) -> None:
+        self.state = state if state is not None else JobServerState()
+        self.exceptions = exceptions
+        self.maxPacket = maxPacket
+        self.connections: Dict[Session, GearmanServerProtocol] = {}
+        self._shutdown = shutdown
+        self.admin = AdminCommands(self.state, self._describe, verbosity, allowShutdown)
+
+    def _describe(self, session: Session) -> Tuple[bytes, bytes]:
+        protocol = self.connections.get(session)
+        if protocol is None:
+            return b"-", b"-"
+        return protocol.describe()
+
+    def requestShutdown(self, graceful: bool) -> None:
+        if self._shutdown is not None:
+            self._shutdown(graceful=graceful)
+
+    def disconnectAll(self) -> None:
+        """Close every connection (after their pending output)."""
+        for protocol in list(self.connections.values()):
+            protocol.transport.loseConnection()

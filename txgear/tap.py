@@ -1,0 +1,144 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+The C{twistd gearman} plugin: command-line options and service construction.
+"""
+from __future__ import annotations
+
+import signal
+from typing import Any, List, Optional
+
+from twisted.application.service import IService
+from twisted.logger import LogLevel
+from twisted.python import usage
+
+from txgear._log import logLevel, setLogLevel
+from txgear._packet import DEFAULT_MAX_PACKET
+from txgear.server import GearmanServerFactory, GearmanServerService, JobServerState
+
+_LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn,
+           "warning": LogLevel.warn, "error": LogLevel.error, "critical": LogLevel.critical}
+# gearmand's names for the `verbose` admin command.
+_GEARMAND_LEVEL_NAMES = {LogLevel.debug: "DEBUG", LogLevel.info: "INFO", LogLevel.warn: "WARNING",
+                         LogLevel.error: "ERROR", LogLevel.critical: "FATAL"}
+
+
+def _nonNegative(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError(f"{value} is negative")
+    return number
+
+
+class Options(usage.Options):
+    """Options of C{twistd gearman}."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run a Gearman job server, a drop-in replacement for gearmand: any Gearman "
+        "client, worker or admin tool can use it. Listens on tcp:4730 unless --port is given."
+    )
+
+    optFlags = [
+        ["round-robin", "R", "Alternate between a worker's functions on each grab, instead of "
+                             "serving strictly by priority then submission order."],
+        ["exceptions", None, "Forward WORK_EXCEPTION to every client, as if each had sent "
+                             "OPTION_REQ exceptions (gearmand's --exceptions)."],
+        ["enable-shutdown-command", None, "Accept the admin commands 'shutdown' and "
+                                          "'shutdown graceful' (off by default: anyone who "
+                                          "reaches the port could stop the server)."],
+    ]
+    optParameters = [
+        ["job-retries", "j", 0, "Fail a job (WORK_FAIL to its clients) after its worker was lost "
+                                "this many times; 0 retries forever.", _nonNegative],
+        ["worker-wakeup", "w", 1, "Sleeping workers woken (NOOP) per newly runnable job; 0 wakes "
+                                  "every sleeping worker of the function, as gearmand's default.",
+         _nonNegative],
+        ["job-handle-prefix", None, None, "Job handles are PREFIX:N [default: H:<hostname>]."],
+        ["max-packet-size", None, DEFAULT_MAX_PACKET, "Largest packet body accepted, in bytes; a "
+                                                      "larger one gets ERROR ARGUMENT_TOO_LARGE "
+                                                      "and the connection is closed.", int],
+        ["log-level", None, "info", "Log level for txgear's messages: debug, info, warn, error."],
+        ["queue", "q", "memory", "Where background jobs are kept: 'memory' (lost on restart)."],
+    ]
+
+    def __init__(self) -> None:
+        usage.Options.__init__(self)
+        self["ports"] = []
+
+    def opt_port(self, value: str) -> None:
+        """Where to listen (repeatable): a port number (tcp:N) or any Twisted server endpoint, e.g. tcp:4730:interface=127.0.0.1, unix:/run/gearman.sock, ssl:4730:privateKey=key.pem [default: tcp:4730]"""
+        self["ports"].append(f"tcp:{value}" if value.isdigit() else value)
+
+    opt_p = opt_port
+
+    def postOptions(self) -> None:
+        if not self["ports"]:
+            self["ports"] = ["tcp:4730"]
+        level = _LEVELS.get(str(self["log-level"]).lower())
+        if level is None:
+            raise usage.UsageError(f"unknown log level {self['log-level']!r}")
+        self["log-level"] = level
+        if self["max-packet-size"] < 1024:
+            raise usage.UsageError("--max-packet-size must be at least 1024")
+
+
+def makeService(options: Any, reactor: Any = None) -> IService:
+    """Build the job server service from parsed L{Options}."""
+    if reactor is None:
+        from twisted.internet import reactor  # type: ignore[no-redef]
+    setLogLevel(options["log-level"])
+    prefix: Optional[bytes] = None
+    if options["job-handle-prefix"]:
+        prefix = options["job-handle-prefix"].encode("utf-8")
+    store = _makeStore(options["queue"], reactor)
+    state = JobServerState(clock=reactor, handlePrefix=prefix, jobRetries=options["job-retries"],
+                           roundRobin=options["round-robin"], workerWakeup=options["worker-wakeup"],
+                           store=store)
+    factory = GearmanServerFactory(state, maxPacket=options["max-packet-size"],
+                                   allowShutdown=options["enable-shutdown-command"],
+                                   verbosity=lambda: _GEARMAND_LEVEL_NAMES.get(logLevel(), "INFO"),
+                                   exceptions=options["exceptions"])
+    service = GearmanServerService(options["ports"], state, factory, reactor=reactor)
+    service.started.addErrback(_fatal, reactor)
+    reactor.callWhenRunning(_installGracefulSignal, service, reactor)
+    return service
+
+
+def _makeStore(description: str, reactor: Any) -> Any:
+    if description == "memory":
+        return None
+    try:
+        from txgear.store import storeFromString
+    except ImportError:
+        raise usage.UsageError(f"unknown --queue {description!r}: only 'memory' is available")
+    try:
+        return storeFromString(description, reactor=reactor)
+    except ValueError as e:
+        raise usage.UsageError(str(e))
+
+
+def _fatal(failure: Any, reactor: Any) -> None:
+    # Already logged by the service; a server that cannot start must not linger.
+    import os
+    import sys
+
+    sys.stderr.write(f"txgear: cannot start: {failure.getErrorMessage()}\n")
+    sys.stderr.flush()
+    os._exit(1)
+
+
+def _installGracefulSignal(service: GearmanServerService, reactor: Any) -> None:
+    """SIGUSR1 stops gracefully, as with gearmand."""
+    if not hasattr(signal, "SIGUSR1"):
+        return
+
+    def onSignal(signum: int, frame: Any) -> None:
+        reactor.callFromThread(service.shutdown, True)
+
+    try:
+        signal.signal(signal.SIGUSR1, onSignal)
+    except ValueError:  # not the main thread (embedded use)
+        pass
+
+
+__all__: List[str] = ["Options", "makeService"]
