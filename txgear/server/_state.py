@@ -125,7 +125,7 @@ class Job:
         self.reducer = reducer
         self.clientId = clientId
         self.key = b""
-        self.clients: List[Session] = []
+        self.clients: Any = ()  # a list once a client attaches; most jobs have none
         self.worker: Optional[Session] = None
         self.numerator = b"0"
         self.denominator = b"0"
@@ -312,10 +312,8 @@ class JobServerState:
         session.timeouts.clear()
         for job in session.waiting:
             clients = job.clients
-            try:
+            if session in clients:
                 clients.remove(session)
-            except ValueError:
-                pass
             if not clients and not job.background and job.state != RUNNING:
                 # Nobody waits for the result: drop it, as gearmand does.
                 self._forget(job)
@@ -452,7 +450,7 @@ class JobServerState:
             else:
                 index.append(job)
         if not background:
-            job.clients.append(session)
+            job.clients = [session]
             session.waiting[job] = None
         if background and self.store is not None:
             self._persist(job, session, True)
@@ -470,7 +468,10 @@ class JobServerState:
                     self._persist(job, session, False)
                     return
         elif session not in job.clients:
-            job.clients.append(session)
+            if job.clients:
+                job.clients.append(session)
+            else:
+                job.clients = [session]
             session.waiting[job] = None
         if job.state == PENDING:
             # Answer once the store has the job, in this session's order.
@@ -801,7 +802,7 @@ class JobServerState:
                 client.write(packet)
             if worker is not None and client.writePaused:
                 self._blockWorker(client, worker)
-        job.clients = []
+        job.clients = ()
         self._forget(job)
 
     def _finishException(self, job: Job, body: bytes, worker: Session) -> None:
@@ -810,7 +811,7 @@ class JobServerState:
         for client in job.clients:
             client.waiting.pop(job, None)
             client.write(exception if client.exceptions else fail)
-        job.clients = []
+        job.clients = ()
         self._forget(job)
 
     def _forget(self, job: Job) -> None:
@@ -840,7 +841,7 @@ class JobServerState:
             self.store.remove(_StoredView(job)).addErrback(self._logStoreFailure, job)
         for client in job.clients:
             client.waiting.pop(job, None)
-        job.clients = []
+        job.clients = ()
         if not self.accepting:
             self._checkIdle()
 
