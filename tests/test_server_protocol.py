@@ -20,6 +20,7 @@ class Conn:
     """One fake connection to a server factory."""
 
     def __init__(self, factory, port=5000):
+        self.factory = factory
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", port))
         self.protocol = factory.buildProtocol(self.transport.getPeer())
         self.protocol.makeConnection(self.transport)
@@ -36,11 +37,13 @@ class Conn:
             self.protocol.dataReceived(data)
 
     def packets(self):
+        self.factory.flush()
         data = self.transport.value()
         self.transport.clear()
         return [(kind, splitArguments(kind, body)) for kind, body in self.decoder.feed(data)]
 
     def text(self):
+        self.factory.flush()
         data = self.transport.value()
         self.transport.clear()
         return data

@@ -34,6 +34,7 @@ from txgear._packet import (
     encodeResponse,
 )
 from txgear._protocol import setNoDelay
+from txgear._turnwriter import TurnWriter
 from txgear.server._admin import CLOSE, GRACEFUL, SHUTDOWN, AdminCommands
 from txgear.server._state import ERR_UNKNOWN_OPTION, HIGH, LOW, NORMAL, JobServerState, Session
 
@@ -84,16 +85,17 @@ class GearmanServerProtocol(Protocol):
         transport = self.transport
         setNoDelay(transport)
         transport.registerProducer(self, True)
-        self.write = transport.write
-        self.writeSequence = transport.writeSequence
+        self._output = output = factory.writer.output(transport)
+        self.write = output.write
+        self.writeSequence = output.writeSequence
         factory.connections[self.session] = self
 
-    # The state calls these (IServerPeer).
-    def write(self, data: bytes) -> None:  # replaced by the transport's in connectionMade
-        self.transport.write(data)
+    # The state calls these (IServerPeer). Output is sent once per reactor turn.
+    def write(self, data: bytes) -> None:  # replaced in connectionMade
+        self._output.write(data)
 
-    def writeSequence(self, data: List[bytes]) -> None:
-        self.transport.writeSequence(data)
+    def writeSequence(self, data: List[bytes]) -> None:  # replaced in connectionMade
+        self._output.writeSequence(data)
 
     def pauseReading(self) -> None:
         self.transport.pauseProducing()
@@ -136,12 +138,15 @@ class GearmanServerProtocol(Protocol):
                            error=str(decoder.error))
             if "exceeds the limit" in str(decoder.error):
                 # Tell the peer why; loseConnection also stops reading the body.
-                self.transport.write(ERR_TOO_LARGE)
+                self.write(ERR_TOO_LARGE)
+                self._output.flush()
                 self.transport.loseConnection()
             else:
+                self._output.discard()
                 self.transport.abortConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
+        self._output.discard()
         self.factory.connections.pop(self.session, None)
         self.state.disconnect(self.session)
 
@@ -171,6 +176,7 @@ class GearmanServerProtocol(Protocol):
         reply, action = self.factory.admin.run(self.session, line)
         if action == CLOSE:
             self._log.warn("Admin line with too many tokens from {peer}; closing", peer=self._peer())
+            self._output.flush()
             self.transport.loseConnection()
             return
         self.session.write(reply)
@@ -357,6 +363,7 @@ class GearmanServerFactory(Factory):
                  shutdown: Optional[Callable[..., Any]] = None,
                  verbosity: Callable[[], str] = lambda: "INFO", exceptions: bool = False) -> None:
         self.state = state if state is not None else JobServerState()
+        self.writer = TurnWriter(self.state.clock)
         self.exceptions = exceptions
         self.maxPacket = maxPacket
         self.connections: Dict[Session, GearmanServerProtocol] = {}
@@ -373,7 +380,12 @@ class GearmanServerFactory(Factory):
         if self._shutdown is not None:
             self._shutdown(graceful=graceful)
 
+    def flush(self) -> None:
+        """Send all output written so far (normally done once per reactor turn)."""
+        self.writer.flush()
+
     def disconnectAll(self) -> None:
         """Close every connection (after their pending output)."""
+        self.writer.flush()
         for protocol in list(self.connections.values()):
             protocol.transport.loseConnection()
