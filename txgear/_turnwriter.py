@@ -54,9 +54,34 @@ class BufferedOutput:
             pending.append(data)
 
     def writeSequence(self, data: List[bytes]) -> None:
-        """Large payloads: flush what is pending, then hand the pieces over uncopied."""
-        self.flush()
-        self.transport.writeSequence(data)
+        """
+        Large payloads: send what is pending and the pieces in one gathering
+        C{sendmsg}, so the payload is not copied into a joined buffer.
+        """
+        pending = self.pending
+        if pending is not None:
+            self.pending = None
+            data = pending + data
+        transport = self.transport
+        sock = self.socket
+        if (sock is not None and transport.connected and not transport.disconnecting
+                and len(transport.dataBuffer) == transport.offset and not transport._tempDataLen):
+            try:
+                sent = sock.sendmsg(data)
+            except OSError:
+                sent = 0
+            if sent:
+                rest = []
+                for piece in data:
+                    if sent >= len(piece):
+                        sent -= len(piece)
+                        continue
+                    rest.append(piece[sent:] if sent else piece)
+                    sent = 0
+                data = rest
+                if not data:
+                    return
+        transport.writeSequence(data)
 
     def flush(self) -> None:
         pending = self.pending

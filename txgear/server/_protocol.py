@@ -38,6 +38,9 @@ from txgear._turnwriter import TurnWriter
 from txgear.server._admin import CLOSE, GRACEFUL, SHUTDOWN, AdminCommands
 from txgear.server._state import ERR_UNKNOWN_OPTION, HIGH, LOW, NORMAL, JobServerState, Session
 
+#: Workloads at least this large are passed around as memoryviews, not copied.
+_BIG = 64 * 1024
+
 ERR_INVALID_MAGIC = encodeResponse(PacketType.ERROR, b"INVALID_MAGIC", b"Request magic expected")
 ERR_INVALID_COMMAND = encodeResponse(PacketType.ERROR, b"INVALID_COMMAND", b"Command not expected")
 ERR_TOO_LARGE = encodeResponse(PacketType.ERROR, b"ARGUMENT_TOO_LARGE",
@@ -294,10 +297,20 @@ class GearmanServerProtocol(Protocol):
 
 def _submitter(kind: int, priority: int, background: bool) -> Callable[[GearmanServerProtocol, bytes], None]:
     def submit(self: GearmanServerProtocol, body: bytes) -> None:
-        args = body.split(b"\0", 2)
-        if len(args) != 3:
-            raise _Malformed(kind, len(args))
-        self.state.submit(self.session, args[0], args[1], args[2], priority, background)
+        if len(body) < _BIG:
+            args = body.split(b"\0", 2)
+            if len(args) != 3:
+                raise _Malformed(kind, len(args))
+            self.state.submit(self.session, args[0], args[1], args[2], priority, background)
+            return
+        # A large workload is kept as a view of the body instead of a copy.
+        first = body.find(b"\0")
+        second = body.find(b"\0", first + 1) if first >= 0 else -1
+        if second < 0:
+            raise _Malformed(kind, 1 if first < 0 else 2)
+        unique = body[first + 1:second]
+        payload: Any = memoryview(body)[second + 1:] if unique != b"-" else body[second + 1:]
+        self.state.submit(self.session, body[:first], unique, payload, priority, background)
 
     submit.__name__ = "_submit_" + PacketType(kind).name
     return submit

@@ -155,7 +155,7 @@ class _StoredView:
     key = property(lambda self: self.job.key)
     function = property(lambda self: self.job.function.name)
     unique = property(lambda self: self.job.unique)
-    payload = property(lambda self: self.job.payload)
+    payload = property(lambda self: bytes(self.job.payload))  # large ones are memoryviews
     priority = property(lambda self: self.job.priority)
     when = property(lambda self: self.job.when)
     reducer = property(lambda self: self.job.reducer)
