@@ -649,3 +649,25 @@ def test_manyQueuedJobsDoNotSlowAGrabOrCancel(count):
     state.canDo(worker, b"f")
     assert grab(state, worker, wpeer)[1][0] == handles[-1]
     assert len(state.functions[b"f"].queues[NORMAL]) == 0
+
+
+def test_gracefulStopWithAStoreLeavesQueuedBackgroundJobsStored():
+    store = RecordingStore()
+    state, _ = makeState(store=store)
+    client, cpeer = connect(state)
+    worker, wpeer = connect(state)
+    state.canDo(worker, b"f")
+    state.submit(client, b"f", b"", b"running", background=True)
+    state.submit(client, b"f", b"", b"queued", background=True)
+    for _, d in store.adds:
+        d.callback(None)
+    fg = [args[0] for kind, args in cpeer.take()]
+    running = grab(state, worker, wpeer)[1][0]
+    state.stopAccepting()
+    idle = state.whenIdle()
+    assert not idle.called and len(state.jobs) == 1 and store.removed == []
+    assert grab(state, worker, wpeer) == (P.NO_JOB, [])
+    state.workEnd(worker, P.WORK_COMPLETE, running, running + b"\0ok")
+    assert idle.called
+    assert store.removed == [store.adds[0][0].key]  # only the completed one
+    assert len(fg) == 2

@@ -933,8 +933,20 @@ class JobServerState:
     # -- graceful shutdown ----------------------------------------------
 
     def stopAccepting(self) -> None:
-        """Refuse new jobs from now on (coalescing onto existing ones still works)."""
+        """
+        Refuse new jobs from now on (coalescing onto existing ones still
+        works). With a store, the background jobs it holds that no worker
+        runs yet are set aside: they wait in the store for the next start
+        instead of delaying this stop.
+        """
         self.accepting = False
+        if self.store is None:
+            return
+        for job in list(self.jobs.values()):
+            if job.persisted and not job.clients and job.state in (QUEUED, SCHEDULED):
+                job.persisted = False  # forget it here, keep it in the store
+                self._forget(job)
+                job.persisted = True
 
     def whenIdle(self) -> "Deferred[None]":
         """Fires once no job is queued or running."""
