@@ -95,7 +95,7 @@ def test_adminStatusAndWorkers(factory):
     admin.sendBytes(b"prioritystatus\n")
     assert admin.text() == b"thumb\t0\t0\t0\t1\nresize\t1\t1\t1\t1\n.\n"
     admin.sendBytes(b"workers\n")
-    assert admin.text() == (b"- 127.0.0.1 img-worker-1 : thumb resize\n"
+    assert admin.text() == (b"- 127.0.0.1 img-worker-1 : resize thumb\n"
                             b"- 127.0.0.1 - :\n- 127.0.0.1 - :\n.\n")
     admin.sendBytes(b"show jobs\n")
     assert admin.text() == b"H:t:1\t0\t0\t1\nH:t:2\t0\t0\t1\nH:t:3\t0\t0\t1\n.\n"

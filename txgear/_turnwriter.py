@@ -81,7 +81,8 @@ class BufferedOutput:
                 data = rest
                 if not data:
                     return
-        transport.writeSequence(data)
+        # Transports take bytes only; large payloads may be memoryviews.
+        transport.writeSequence([bytes(p) if type(p) is memoryview else p for p in data])
 
     def flush(self) -> None:
         pending = self.pending

@@ -70,7 +70,8 @@ class AdminCommands:
         rows = []
         for session in self.state.sessions.values():
             fd, ip = self.describe(session)
-            rows.append((fd, ip, session.clientId, [f.name for f in session.functions]))
+            # Most recently registered first, as gearmand lists them.
+            rows.append((fd, ip, session.clientId, [f.name for f in reversed(session.functions)]))
         return text.formatWorkers(rows), None
 
     def command_show(self, word: bytes, args: List[bytes]) -> Tuple[bytes, Optional[str]]:
@@ -86,9 +87,9 @@ class AdminCommands:
         return text.err(b"UNKNOWN_SHOW_ARGUMENTS"), None
 
     def command_cancel(self, word: bytes, args: List[bytes]) -> Tuple[bytes, Optional[str]]:
-        if len(args) < 2 or args[0].lower() != b"job":
+        if len(args) < 2:
             return text.unknownCommand(word), None
-        if len(args) > 2:
+        if len(args) > 2 or args[0].lower() != b"job":
             return text.err(b"UNKNOWN_ERROR"), None
         if self.state.cancel(args[1]):
             return text.OK, None

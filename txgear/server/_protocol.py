@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from txgear._log import logger
@@ -37,6 +38,10 @@ from txgear._protocol import setNoDelay
 from txgear._turnwriter import TurnWriter
 from txgear.server._admin import CLOSE, GRACEFUL, SHUTDOWN, AdminCommands
 from txgear.server._state import ERR_UNKNOWN_OPTION, HIGH, LOW, NORMAL, JobServerState, Session
+
+#: Room for the arguments besides the workload (function, unique, handle...),
+#: so that a workload of exactly the maximum packet size is accepted.
+ARGUMENT_ALLOWANCE = 64 * 1024
 
 #: Workloads at least this large are passed around as memoryviews, not copied.
 _BIG = 64 * 1024
@@ -78,13 +83,16 @@ class GearmanServerProtocol(Protocol):
     factory: "GearmanServerFactory"
     session: Session
 
+    def __init__(self) -> None:
+        self._closedWaiters: List[Deferred[None]] = []
+
     def connectionMade(self) -> None:
         factory = self.factory
         self.state = factory.state
         self.session = self.state.connect(self)
         self.session.exceptions = factory.exceptions
         self._decoder = PacketDecoder(expectRequests=True, allowText=True,
-                                      maxPacket=factory.maxPacket)
+                                      maxPacket=factory.maxPacket + ARGUMENT_ALLOWANCE)
         transport = self.transport
         setNoDelay(transport)
         transport.registerProducer(self, True)
@@ -152,6 +160,15 @@ class GearmanServerProtocol(Protocol):
         self._output.discard()
         self.factory.connections.pop(self.session, None)
         self.state.disconnect(self.session)
+        waiters, self._closedWaiters = self._closedWaiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def whenClosed(self) -> "Deferred[None]":
+        """Fires once this connection is closed."""
+        d: Deferred[None] = Deferred()
+        self._closedWaiters.append(d)
+        return d
 
     def _peer(self) -> str:
         try:
@@ -359,7 +376,8 @@ class GearmanServerFactory(Factory):
     Makes L{GearmanServerProtocol}s sharing one L{JobServerState}.
 
     @param state: the server state.
-    @param maxPacket: the largest packet body accepted, in bytes.
+    @param maxPacket: the largest workload accepted, in bytes; a packet body
+        may exceed it by L{ARGUMENT_ALLOWANCE} for its other arguments.
     @param allowShutdown: accept the admin C{shutdown [graceful]} commands.
     @param shutdown: called with C{graceful=} when such a command arrives.
     @param verbosity: returns the log level name the C{verbose} command reports.
@@ -397,8 +415,31 @@ class GearmanServerFactory(Factory):
         """Send all output written so far (normally done once per reactor turn)."""
         self.writer.flush()
 
-    def disconnectAll(self) -> None:
-        """Close every connection (after their pending output)."""
+    def disconnectAll(self, grace: float = 5.0) -> "Deferred[None]":
+        """
+        Close every connection once its pending output is written; abort
+        those still open after C{grace} seconds.
+
+        @return: fires when every connection is closed.
+        """
         self.writer.flush()
-        for protocol in list(self.connections.values()):
+        protocols = list(self.connections.values())
+        if not protocols:
+            return succeed(None)
+        waiting = [p.whenClosed() for p in protocols]
+        for protocol in protocols:
             protocol.transport.loseConnection()
+
+        def abortStragglers() -> None:
+            for protocol in protocols:
+                if protocol.session in self.connections:
+                    protocol.transport.abortConnection()
+
+        timer = self.state.clock.callLater(grace, abortStragglers)
+        done = DeferredList(waiting)
+
+        def finished(_: object) -> None:
+            if timer.active():
+                timer.cancel()
+
+        return done.addCallback(finished)

@@ -84,7 +84,7 @@ class GearmanServerService(Service):
         ports, self.ports = self.ports, []
         await DeferredList([maybeDeferred(port.stopListening) for port in ports])
         self.state.cancelTimers()
-        self.factory.disconnectAll()
+        await self.factory.disconnectAll()
         store = self.state.store
         if store is not None:
             await store.close()
@@ -107,6 +107,7 @@ class GearmanServerService(Service):
             self.state.stopAccepting()
             await self.state.whenIdle()
             self._log.info("Graceful stop: all jobs done")
+            await self.factory.disconnectAll()
         if self._reactor.running:
             self._reactor.stop()
 
