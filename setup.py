@@ -28,6 +28,7 @@ setup(
     extras_require={
         "postgresql": ["psycopg[binary]>=3.1"],
         "redis": ["redis>=4.5"],
+        "tls": ["twisted[tls]"],
         "test": [
             "pytest>=7",
             "pytest-twisted>=1.14",
@@ -36,7 +37,13 @@ setup(
             "hypothesis>=6",
         ],
     },
-    entry_points={"console_scripts": []},
+    entry_points={
+        "console_scripts": [
+            "txgear-submit = txgear._cli:submitMain",
+            "txgear-worker = txgear._cli:workerMain",
+            "txgear-admin = txgear._cli:adminMain",
+        ]
+    },
     classifiers=[
         "Framework :: Twisted",
         "Programming Language :: Python :: 3",

@@ -39,6 +39,22 @@ def setNoDelay(transport: Any) -> None:
             pass
 
 
+def toBytes(value: Any, what: str) -> bytes:
+    """
+    Accept C{bytes}, C{str} (encoded as UTF-8), C{bytearray} or C{memoryview}
+    where the API takes bytes.
+
+    @raise TypeError: for anything else, naming C{what}.
+    """
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"{what} must be bytes or str, not {type(value).__name__}")
+
+
 def _buildDispatch(cls: type) -> List[Optional[Callable[..., None]]]:
     table: List[Optional[Callable[..., None]]] = [None] * (MAX_TYPE + 1)
     for kind in PacketType:

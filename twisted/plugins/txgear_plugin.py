@@ -1,5 +1,6 @@
 """
-twistd plugins of txgear: C{twistd gearman} (the job server).
+twistd plugins of txgear: C{twistd gearman} (the job server) and
+C{twistd gearman-worker} (workers).
 """
 from twisted.application.service import ServiceMaker
 
@@ -8,4 +9,11 @@ gearmanServer = ServiceMaker(
     "txgear.tap",
     "A Gearman job server (drop-in for gearmand) with durable background jobs.",
     "gearman",
+)
+
+gearmanWorker = ServiceMaker(
+    "txgear Gearman worker",
+    "txgear.worker_tap",
+    "Run Python functions as Gearman workers against one or more job servers.",
+    "gearman-worker",
 )

@@ -1,0 +1,313 @@
+"""
+Tests of the command-line tools (L{txgear._cli}) and of the
+C{gearman-worker} twistd plugin's options (L{txgear.worker_tap}).
+"""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+
+import pytest
+import pytest_twisted
+from twisted.python import usage
+
+from tests._peers import SOURCE_ROOT, gearmandProcess
+from tests import _peers
+from tests.test_integration_client import closeAll, reverseWorker, started, within
+from txgear import _cli, worker_tap
+from txgear.client import GearmanClient
+from txgear.worker import GearmanWorker
+
+
+# Functions the plugin tests load by name.
+
+def shout(job):
+    return job.payload.upper()
+
+
+def whisper(job):
+    return job.payload.lower()
+
+
+gearmanFunctions = {"whisper": whisper, "shout-slowly": (shout, 5.0)}
+
+
+class _Text(io.StringIO):
+    """A text stream that also collects bytes written to C{.buffer}."""
+
+    def __init__(self) -> None:
+        io.StringIO.__init__(self)
+        self.buffer = io.BytesIO()
+
+    def output(self) -> bytes:
+        return self.getvalue().encode() + self.buffer.getvalue()
+
+
+# Formatting (unit)
+
+
+def test_tableAligns():
+    assert _cli.table(["A", "BB"], [["xyz", "1"], ["q", "22 33"]]) == [
+        "A    BB", "xyz  1", "q    22 33"]
+
+
+def test_formatStatusSorted():
+    lines = [b"resize\t3\t0\t2", b"thumb\t1\t1\t1"]
+    assert _cli.formatAdmin("status", lines[::-1]) == [
+        "FUNCTION  TOTAL  RUNNING  WORKERS",
+        "resize    3      0        2",
+        "thumb     1      1        1"]
+
+
+def test_formatWorkers():
+    lines = [b"28 127.0.0.1 - : resize", b"26 127.0.0.1 - :", b"27 127.0.0.1 img-1 : thumb resize"]
+    assert _cli.formatAdmin("workers", lines) == [
+        "FD  ADDRESS    CLIENT-ID  FUNCTIONS",
+        "28  127.0.0.1  -          resize",
+        "26  127.0.0.1  -",
+        "27  127.0.0.1  img-1      thumb resize"]
+
+
+def test_formatVersion():
+    assert _cli.formatAdmin("version", [b"OK 1.1.20+ds"]) == ["1.1.20+ds"]
+
+
+def test_submitUsageErrors():
+    from twisted.internet.testing import MemoryReactorClock
+
+    reactor = MemoryReactorClock()
+    err = _Text()
+    from twisted.internet.defer import Deferred
+
+    result = []
+    Deferred.fromCoroutine(_cli.runSubmit(reactor, ["-s", "a", "--at", "5", "f", "x"],
+                                          stderr=err)).addBoth(result.append)
+    assert result == [_cli.USAGE]
+    assert "--at needs --background" in err.getvalue()
+    result.clear()
+    Deferred.fromCoroutine(_cli.runSubmit(reactor, ["-s", "host:99999", "f"],
+                                          stderr=err)).addBoth(result.append)
+    assert result == [_cli.USAGE]
+
+
+# worker_tap (unit)
+
+
+def test_workerOptions():
+    options = worker_tap.Options()
+    options.parseOptions(["--server", "127.0.0.1:4999", "-s", "unix:/run/gear.sock",
+                          "--function", "loud=tests.test_cli:shout",
+                          "-f", "tests.test_cli:whisper", "--module", "tests.test_cli",
+                          "--concurrency", "3", "--timeout", "7.5", "--client-id", "w9"])
+    from twisted.internet.testing import MemoryReactorClock
+
+    service = worker_tap.makeService(options, reactor=MemoryReactorClock())
+    assert isinstance(service, GearmanWorker)
+    assert service.concurrency == 3
+    functions = service.factory.functions
+    assert sorted(functions) == [b"loud", b"shout-slowly", b"whisper"]
+    assert functions[b"loud"].callable is shout and functions[b"loud"].timeout == 7.5
+    assert functions[b"shout-slowly"].timeout == 5.0
+    assert service.factory.clientId == b"w9"
+    assert [s.name for s in service.pool.servers] == ["127.0.0.1:4999", "unix:/run/gear.sock"]
+
+
+@pytest.mark.parametrize("argv", [
+    [],
+    ["-f", "nocolon"],
+    ["-f", "x=no.such.module:f"],
+    ["-f", "x=tests.test_cli:nothing"],
+    ["-f", "x=tests.test_cli:gearmanFunctions"],
+    ["-m", "tests._peers"],
+    ["-f", "tests.test_cli:shout", "--concurrency", "0"],
+    ["-s", "host:0", "-f", "tests.test_cli:shout"],
+])
+def test_workerOptionsErrors(argv):
+    with pytest.raises(usage.UsageError):
+        worker_tap.Options().parseOptions(argv)
+
+
+# Against gearmand (loopback)
+
+
+@pytest.fixture
+def gearmand():
+    server = gearmandProcess().start()
+    yield server
+    server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_submitAndAdmin(gearmand):
+    from twisted.internet import reactor
+
+    addr = f"127.0.0.1:{gearmand.port}"
+    worker = reverseWorker([addr])
+    await started(worker)
+    try:
+        out, err = _Text(), _Text()
+        code = await within(Deferred_(_cli.runSubmit(reactor, ["-s", addr, "reverse", "abc"],
+                                                     stdout=out, stderr=err)))
+        assert (code, out.output()) == (0, b"cba\n")
+
+        stdin = _Text()
+        stdin.buffer = io.BytesIO(b"one\ntwo\nthree\n")
+        out, err = _Text(), _Text()
+        code = await within(Deferred_(_cli.runSubmit(
+            reactor, ["-s", addr, "-f", "-", "reverse"], stdin=stdin, stdout=out, stderr=err)))
+        assert code == 0
+        assert out.output() == b"eno\nowt\neerht\n"
+        assert "3/3 done (100%), 0 failed" in err.getvalue()
+
+        out = _Text()
+        code = await within(Deferred_(_cli.runSubmit(
+            reactor, ["-s", addr, "-b", "--high", "-u", "u1", "nobody", "x"], stdout=out)))
+        handle, server = out.getvalue().split()
+        assert code == 0 and server == addr
+        out = _Text()
+        await within(Deferred_(_cli.runSubmit(reactor, ["-s", addr, "--status", handle], stdout=out)))
+        assert out.getvalue() == f"{handle}: queued, progress 0/0 on {addr}\n"
+        out = _Text()
+        await within(Deferred_(_cli.runSubmit(reactor, ["-s", addr, "--status-unique", "u1"],
+                                              stdout=out)))
+        assert out.getvalue() == f"u1: queued, progress 0/0, 0 client(s) waiting on {addr}\n"
+
+        out = _Text()
+        code = await within(Deferred_(_cli.runAdmin(reactor, ["-s", addr, "status"], stdout=out)))
+        lines = out.getvalue().splitlines()
+        assert code == 0 and lines[0].split() == ["FUNCTION", "TOTAL", "RUNNING", "WORKERS"]
+        assert ["nobody", "1", "0", "0"] in [line.split() for line in lines]
+        assert ["reverse", "0", "0", "1"] in [line.split() for line in lines]
+        out = _Text()
+        await within(Deferred_(_cli.runAdmin(reactor, ["-s", addr, "version"], stdout=out)))
+        assert out.getvalue().startswith("1.1.")
+        out = _Text()
+        await within(Deferred_(_cli.runAdmin(reactor, ["-s", addr, "workers"], stdout=out)))
+        assert any(line.split()[-1:] == ["reverse"] for line in out.getvalue().splitlines())
+        out = _Text()
+        await within(Deferred_(_cli.runAdmin(reactor, ["-s", addr, "--raw", "status"], stdout=out)))
+        assert out.output().endswith(b".\n")
+
+        err = _Text()
+        code = await within(Deferred_(_cli.runSubmit(reactor, ["-s", "127.0.0.1:1", "f", "x"],
+                                                     stderr=err)))
+        assert code == _cli.UNREACHABLE and "no Gearman server is reachable" in err.getvalue()
+    finally:
+        await closeAll(worker)
+
+
+def Deferred_(coroutine):
+    from twisted.internet.defer import Deferred
+
+    return Deferred.fromCoroutine(coroutine)
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [SOURCE_ROOT, env.get("PYTHONPATH")]))
+    return env
+
+
+@pytest_twisted.ensureDeferred
+async def test_commandWorker(gearmand):
+    """txgear-worker pipes payloads through a command; exits after --count jobs."""
+    from twisted.internet.utils import getProcessOutputAndValue
+
+    addr = f"127.0.0.1:{gearmand.port}"
+    worker = getProcessOutputAndValue(sys.executable, [
+        "-m", "txgear._cli", "worker", "-s", addr, "-f", "up", "-f", "failing", "-n", "3",
+        "-c", "2", "--", "sh", "-c", 'if [ "$GEARMAN_FUNCTION" = failing ]; then echo oops >&2; '
+                                     'exit 3; fi; tr a-z A-Z'], env=_env())
+    client = GearmanClient([addr])
+    await started(client)
+    try:
+        warnings = []
+        assert await within(client.submit("up", b"hello")) == b"HELLO"
+        assert await within(client.submit("up", b"a\0b")) == b"A\0B"
+        from txgear.errors import JobFailed
+
+        with pytest.raises(JobFailed):
+            await within(client.submit("failing", b"x", onWarning=warnings.append))
+        assert warnings == [b"oops\n"]
+        out, err, code = await within(worker)
+        assert code == 0, err
+    finally:
+        await closeAll(client)
+
+
+def _pluginRegistered() -> bool:
+    from twisted.application.service import IServiceMaker
+    from twisted.plugin import getPlugins
+
+    return any(p.tapname == "gearman-worker" for p in getPlugins(IServiceMaker))
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistdPlugin(gearmand):
+    if not _pluginRegistered():
+        pytest.skip("the gearman-worker ServiceMaker is not in twisted/plugins/ yet")
+    addr = f"127.0.0.1:{gearmand.port}"
+    twistd = getattr(_peers, "TWISTD", [sys.executable, "-c", "import sys; sys.argv[0] = 'twistd'; "
+                                        "from twisted.scripts.twistd import run; run()"])
+    process = subprocess.Popen(
+        twistd + ["--nodaemon", "--pidfile=", "--logfile=-", "gearman-worker", "--server", addr, "--function", "loud=tests.test_cli:shout"],
+        env=_env(), cwd=SOURCE_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    client = GearmanClient([addr])
+    await started(client)
+    try:
+        assert await within(client.submit("loud", b"plugin")) == b"PLUGIN"
+    finally:
+        await closeAll(client)
+        process.terminate()
+        log, _ = process.communicate(timeout=15)
+    # twistd re-raises the signal that stopped it, after a clean shutdown.
+    assert process.returncode in (0, -15), log
+    assert b"Server Shut Down" in log
+
+
+# The documentation's examples run as written.
+
+EXAMPLES = os.path.join(SOURCE_ROOT, "docs", "examples")
+
+
+@pytest_twisted.ensureDeferred
+async def test_asyncioExample(gearmand):
+    from twisted.internet.utils import getProcessOutputAndValue
+
+    out, err, code = await within(getProcessOutputAndValue(
+        sys.executable, [os.path.join(EXAMPLES, "asyncio_example.py"), f"127.0.0.1:{gearmand.port}"],
+        env=_env()), 60)
+    assert code == 0, err
+    assert b"results: [b'JOB 0', b'JOB 1', b'JOB 2']" in out
+    assert b"7/2 = b'3'" in out
+    assert b"the worker raised: ZeroDivisionError" in out
+
+
+@pytest_twisted.ensureDeferred
+async def test_resizeExample(gearmand):
+    from twisted.internet.utils import getProcessOutputAndValue
+
+    sys.path.insert(0, EXAMPLES)
+    try:
+        import resize_jobs
+    finally:
+        sys.path.remove(EXAMPLES)
+    addr = f"127.0.0.1:{gearmand.port}"
+    workers = [GearmanWorker([addr], concurrency=4) for _ in range(2)]
+    for worker in workers:
+        from txgear.worker_tap import registerModule
+
+        assert registerModule(worker, resize_jobs) == ["resize"]
+    await started(*workers)
+    try:
+        out, err, code = await within(getProcessOutputAndValue(
+            sys.executable, [os.path.join(EXAMPLES, "resize_client.py"), addr], env=_env()), 60)
+        assert code == 0, err
+        lines = out.decode().splitlines()
+        assert len(lines) == 21
+        assert lines[0].startswith("photo-000.jpg -> {'name': 'photo-000.jpg', 'width': 800, 'height': 600")
+        assert lines[-1] == "broken.jpg failed"
+    finally:
+        await closeAll(*workers)

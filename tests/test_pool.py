@@ -1,0 +1,107 @@
+"""Tests of L{txgear._pool.ServerPool} with fake endpoints and a fake clock."""
+from __future__ import annotations
+
+from twisted.application.internet import backoffPolicy
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+
+from txgear._pool import ServerPool, uniqueHash
+from txgear.errors import NoServers
+
+from tests.test_client_fakes import FakeEndpoint
+
+
+class _Peer(Protocol):
+    poolServer = None
+
+    def connectionMade(self):
+        self.poolServer.protocolConnected(self)
+
+    def connectionLost(self, reason=None):
+        self.poolServer.protocolLost(self)
+
+
+class PoolTests(SynchronousTestCase):
+    def makePool(self, *modes):
+        self.clock = Clock()
+        self.endpoints = [FakeEndpoint(m, port=5000 + i) for i, m in enumerate(modes)]
+        names = [f"h:{5000 + i}" for i in range(len(modes))]
+        byName = dict(zip(names, self.endpoints))
+        return ServerPool(names, Factory.forProtocol(_Peer), reactor=self.clock, clock=self.clock,
+                          retryPolicy=backoffPolicy(initialDelay=1, factor=2, jitter=lambda: 0),
+                          endpointFor=lambda s: byName[s.name])
+
+    def test_perlCompatibleHash(self):
+        # Gearman::Client: (crc32(uniq) >> 16) & 0x7fff
+        import zlib
+        for u in (b"", b"a", b"job-123", b"\xff" * 40):
+            self.assertEqual(uniqueHash(u), (zlib.crc32(u) >> 16) & 0x7FFF)
+
+    def test_ringOrder(self):
+        pool = self.makePool("accept", "accept", "accept")
+        ring = pool.ringFor(b"abc")
+        start = uniqueHash(b"abc") % 3
+        self.assertEqual([s.index for s in ring], [(start + i) % 3 for i in range(3)])
+
+    def test_duplicateServerRejected(self):
+        self.assertRaises(ValueError, ServerPool, ["a", "a:4730"], Factory(),
+                          reactor=MemoryReactorClock())
+        self.assertRaises(ValueError, ServerPool, [], Factory(), reactor=MemoryReactorClock())
+
+    def test_statesAndRoundRobin(self):
+        pool = self.makePool("accept", "refuse", "hang")
+        self.assertEqual([s.state for s in pool.servers], ["new"] * 3)
+        pool.start()
+        self.assertEqual([s.state for s in pool.servers], ["connected", "down", "connecting"])
+        picks = {pool.pickConnected().index for _ in range(4)}
+        self.assertEqual(picks, {0})
+        self.endpoints[2].finish()
+        picks = [pool.pickConnected().index for _ in range(4)]
+        self.assertEqual(sorted(set(picks)), [0, 2])
+        self.assertEqual(picks.count(0), 2)
+        self.successResultOf(pool.stop())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_waitersFailWhenAllAttemptsFail(self):
+        pool = self.makePool("hang", "hang")
+        pool.start()
+        d = pool.whenReady()
+        self.endpoints[0].finish(accept=False)
+        self.assertNoResult(d)
+        self.endpoints[1].finish(accept=False)
+        f = self.failureResultOf(d, NoServers)
+        self.assertIn("h:5000", str(f.value))
+        # Everything down: fail at once.
+        self.failureResultOf(pool.whenReady(), NoServers)
+        pool.stop()
+
+    def test_waiterExclusion(self):
+        pool = self.makePool("accept", "accept")
+        pool.start()
+        a, b = pool.servers
+        for _ in range(3):
+            self.assertIs(self.successResultOf(pool.whenReady(exclude=[a])), b)
+        self.assertIs(self.successResultOf(pool.whenReady(preferred=[b, a])), b)
+        self.failureResultOf(pool.whenReady(exclude=[a, b]), NoServers)
+        pool.stop()
+
+    def test_lostServerGetsItsRetry(self):
+        pool = self.makePool("accept")
+        pool.start()
+        self.endpoints[0].drop()
+        self.assertEqual(pool.servers[0].state, "lost")
+        d = pool.whenReady()
+        self.assertNoResult(d)
+        self.clock.advance(2)
+        self.assertIs(self.successResultOf(d), pool.servers[0])
+        pool.stop()
+
+    def test_stopFailsWaiters(self):
+        pool = self.makePool("hang")
+        pool.start()
+        d = pool.whenReady()
+        pool.stop()
+        self.failureResultOf(d, NoServers)
+        self.failureResultOf(pool.whenReady(), NoServers)

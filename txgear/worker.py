@@ -1,0 +1,659 @@
+# -*- test-case-name: tests.test_worker -*-
+"""
+The Gearman worker: registering functions and running the jobs servers
+hand out.
+
+  - L{GearmanWorkerFactory} holds the registered functions and the
+    concurrency limit; each L{GearmanWorkerProtocol} it builds is one
+    connection to one job server. Several connections built by one factory
+    share its limit.
+  - L{GearmanWorker} is a service that connects to every listed server
+    (one L{ClientService} each, with backoff), re-registers its functions
+    after each reconnect, and stops gracefully.
+
+A function is called with a L{Job} and may return a value, a L{Deferred},
+or be an C{async def}. Its result completes the job (C{WORK_COMPLETE}):
+C{bytes}, C{str} (UTF-8 encoded) or C{None} (empty result). Raising
+L{JobFailed} fails the job (C{WORK_FAIL}); any other exception sends
+C{WORK_EXCEPTION} with C{"ExceptionType: message"} and is logged with its
+traceback.
+
+Each connection grabs with C{GRAB_JOB_UNIQ} (so L{Job.unique} is known),
+sleeps with C{PRE_SLEEP} after C{NO_JOB}, and grabs again on C{NOOP}. A
+connection asks for another job whenever the worker has a free slot, so up
+to C{concurrency} jobs run at once, whichever servers they come from.
+"""
+from __future__ import annotations
+
+import inspect
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Union
+
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.protocol import ClientFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from txgear._packet import PacketType
+from txgear._pool import PoolServer, ServerPool
+from txgear._protocol import GearmanPeerProtocol, toBytes
+from txgear.errors import JobFailed
+
+JobFunction = Callable[["Job"], Any]
+
+
+_bytes = toBytes
+
+
+def _resultBytes(value: Any) -> bytes:
+    if value is None:
+        return b""
+    return toBytes(value, "a job function's result (bytes, str or None)")
+
+
+# Job states
+_RUNNING = 0
+_DONE = 1
+_TIMED_OUT = 2
+_ABANDONED = 3
+
+
+class Job:
+    """
+    A job a server assigned to this worker.
+
+    @ivar function: the function name (C{bytes}).
+    @ivar handle: the job handle (C{bytes}).
+    @ivar unique: the unique id (C{bytes}; empty if none, or if the server
+        only answered plain C{GRAB_JOB}).
+    @ivar payload: the workload (C{bytes}).
+    @ivar reducer: the reducer of a map/reduce job (C{bytes}, usually empty).
+    @ivar server: the name of the server the job came from, if known.
+    """
+
+    __slots__ = ("function", "handle", "unique", "payload", "reducer", "server",
+                 "_protocol", "_state", "_deferred", "_timer")
+
+    def __init__(self, function: bytes, handle: bytes, unique: bytes, payload: bytes,
+                 reducer: bytes = b"", protocol: Optional["GearmanWorkerProtocol"] = None,
+                 server: Optional[str] = None) -> None:
+        self.function = function
+        self.handle = handle
+        self.unique = unique
+        self.payload = payload
+        self.reducer = reducer
+        self.server = server
+        self._protocol = protocol
+        self._state = _RUNNING
+        self._deferred: Optional[Deferred] = None
+        self._timer: Any = None
+
+    def __repr__(self) -> str:
+        return f"<Job {self.function!r} {self.handle!r} unique={self.unique!r} {len(self.payload)} bytes>"
+
+    @property
+    def active(self) -> bool:
+        """Whether the job still runs and its connection is up (updates reach the server)."""
+        return self._state == _RUNNING and self._protocol is not None
+
+    def _send(self, kind: int, *args: bytes) -> None:
+        if self.active:
+            assert self._protocol is not None
+            self._protocol.sendPacket(kind, self.handle, *args)
+
+    def sendStatus(self, numerator: int, denominator: int) -> None:
+        """Report progress (C{WORK_STATUS}), e.g. C{sendStatus(3, 10)}."""
+        self._send(PacketType.WORK_STATUS, str(int(numerator)).encode("ascii"),
+                   str(int(denominator)).encode("ascii"))
+
+    def sendData(self, data: Union[bytes, str]) -> None:
+        """Send partial results (C{WORK_DATA}) to the waiting clients."""
+        self._send(PacketType.WORK_DATA, _bytes(data, "data"))
+
+    def sendWarning(self, data: Union[bytes, str]) -> None:
+        """Send a warning (C{WORK_WARNING}) to the waiting clients."""
+        self._send(PacketType.WORK_WARNING, _bytes(data, "data"))
+
+
+class _Function:
+    __slots__ = ("name", "callable", "timeout")
+
+    def __init__(self, name: bytes, callable: JobFunction, timeout: Optional[float]) -> None:
+        self.name = name
+        self.callable = callable
+        self.timeout = timeout
+
+    def registration(self) -> tuple:
+        if self.timeout:
+            return (PacketType.CAN_DO_TIMEOUT, self.name,
+                    str(max(1, int(round(self.timeout * 1000)))).encode("ascii"))
+        return (PacketType.CAN_DO, self.name)
+
+
+class GearmanWorkerProtocol(GearmanPeerProtocol):
+    """
+    One worker connection to a job server.
+
+    @ivar poolServer: the L{PoolServer} this connection belongs to, if any.
+    """
+
+    _log = Logger()
+    poolServer: Optional[PoolServer] = None
+
+    def __init__(self) -> None:
+        self.jobs: Dict[bytes, Job] = {}
+        self._grabbing = False
+        self._sleeping = False
+        self._queued = False
+        self._lost = False
+        self._grabKind: int = PacketType.GRAB_JOB_UNIQ
+        self.connected = False
+
+    @property
+    def _core(self) -> "GearmanWorkerFactory":
+        return self.factory  # type: ignore[no-any-return]
+
+    def connectionMade(self) -> None:
+        GearmanPeerProtocol.connectionMade(self)
+        self.connected = True
+        core = self._core
+        if core.clientId is not None:
+            self.sendPacket(PacketType.SET_CLIENT_ID, core.clientId)
+        for function in core.functions.values():
+            self.sendPacket(*function.registration())
+        core._protocols.append(self)
+        if self.poolServer is not None:
+            self.poolServer.protocolConnected(self)
+        self.wantWork()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.connected = False
+        self._lost = True
+        core = self._core
+        try:
+            core._protocols.remove(self)
+        except ValueError:
+            pass
+        jobs, self.jobs = self.jobs, {}
+        for job in jobs.values():
+            # The server requeues (gearmand) or fails (Perl) these jobs; our
+            # results for them can no longer be delivered.
+            job._protocol = None
+        if self._grabbing:
+            self._grabbing = False
+            core._release()
+        if self.poolServer is not None:
+            self.poolServer.protocolLost(self)
+        if jobs:
+            self._log.warn("Lost connection to {server} while running {count} job(s); their "
+                           "results will be dropped", server=self._serverName(), count=len(jobs))
+
+    def _serverName(self) -> str:
+        if self.poolServer is not None:
+            return self.poolServer.name
+        return self._peerName()
+
+    # Grabbing
+
+    def wantWork(self) -> None:
+        """Grab a job if this connection may and the worker has a free slot."""
+        if self._lost or self._grabbing or self._sleeping or self.transport is None:
+            return
+        core = self._core
+        if core.stopping or not core.functions:
+            return
+        if not core._reserve(self):
+            return
+        self._grabbing = True
+        self.sendPacket(self._grabKind)
+
+    def _wake(self) -> None:
+        """Forget any sleep: something may be runnable (new function registered)."""
+        if self._sleeping:
+            self._sleeping = False
+        self.wantWork()
+
+    def packet_NOOP(self) -> None:
+        if self._sleeping:
+            self._sleeping = False
+            self.wantWork()
+
+    def packet_NO_JOB(self) -> None:
+        if not self._grabbing:
+            self._protocolViolation("NO_JOB without a GRAB")
+            return
+        self._grabbing = False
+        self._sleeping = True
+        self.sendPacket(PacketType.PRE_SLEEP)
+        self._core._release()
+
+    def packet_JOB_ASSIGN(self, handle: bytes, function: bytes, payload: bytes) -> None:
+        self._assigned(Job(function, handle, b"", payload))
+
+    def packet_JOB_ASSIGN_UNIQ(self, handle: bytes, function: bytes, unique: bytes, payload: bytes) -> None:
+        self._assigned(Job(function, handle, unique, payload))
+
+    def packet_JOB_ASSIGN_ALL(self, handle: bytes, function: bytes, unique: bytes,
+                              reducer: bytes, payload: bytes) -> None:
+        self._assigned(Job(function, handle, unique, payload, reducer))
+
+    def _assigned(self, job: Job) -> None:
+        if not self._grabbing:
+            self._protocolViolation("job assigned without a GRAB")
+            return
+        self._grabbing = False
+        job._protocol = self
+        job.server = self._serverName()
+        self.jobs[job.handle] = job
+        self._core._run(self, job)
+        self.wantWork()
+
+    def _finish(self, job: Job, kind: int, *args: bytes) -> None:
+        """Send the job's final packet, if its connection still stands."""
+        if job._protocol is self and not self._lost:
+            self.sendPacket(kind, job.handle, *args)
+        self.jobs.pop(job.handle, None)
+
+    def packet_ERROR(self, code: bytes, text: bytes) -> None:
+        if code == b"JOB_NOT_FOUND":
+            self._log.info("Server {server} no longer knows a job we reported on: {text!r}",
+                           server=self._serverName(), text=text)
+            return
+        if self._grabbing and self._grabKind != PacketType.GRAB_JOB:
+            # An old server (Perl) without GRAB_JOB_UNIQ: fall back to GRAB_JOB.
+            self._log.info("Server {server} refused GRAB_JOB_UNIQ ({code!r}); using GRAB_JOB",
+                           server=self._serverName(), code=code)
+            self._grabKind = PacketType.GRAB_JOB
+            self.sendPacket(self._grabKind)
+            return
+        self._log.warn("Server {server} sent ERROR {code!r}: {text!r}",
+                       server=self._serverName(), code=code, text=text)
+
+    def packet_ECHO_RES(self, data: bytes) -> None:
+        pass
+
+    def packet_OPTION_RES(self, data: bytes) -> None:
+        pass
+
+
+class GearmanWorkerFactory(ClientFactory):
+    """
+    The registered functions, the concurrency limit, and the running jobs
+    of a worker; builds L{GearmanWorkerProtocol}s (one per server
+    connection), which all share them.
+
+    @ivar functions: registered functions, by name.
+    @ivar concurrency: the most jobs run at once across all connections.
+    @ivar clientId: sent as C{SET_CLIENT_ID} on connect when not C{None}.
+    @ivar stopping: set by L{stopGrabbing}; no new jobs are asked for.
+    """
+
+    protocol = GearmanWorkerProtocol
+    _log = Logger()
+
+    def __init__(self, concurrency: int = 1, clock: Any = None,
+                 clientId: Optional[Union[bytes, str]] = None, useAsyncio: bool = False) -> None:
+        """
+        @param concurrency: the most jobs run at once, across all connections.
+        @param clock: the clock for job timeouts (default: the global reactor).
+        @param clientId: sent as C{SET_CLIENT_ID} on connect.
+        @param useAsyncio: run C{async def} functions as asyncio tasks (with
+            the asyncio reactor), so they can await asyncio futures; by
+            default they run as Twisted coroutines and await Deferreds.
+        """
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.functions: Dict[bytes, _Function] = {}
+        self.concurrency = concurrency
+        self._clockArg = clock
+        self.clientId = None if clientId is None else _bytes(clientId, "client id")
+        self.stopping = False
+        self.useAsyncio = useAsyncio
+        self._protocols: List[GearmanWorkerProtocol] = []
+        self._busy = 0  # running jobs + outstanding GRABs
+        self._waiting: Deque[GearmanWorkerProtocol] = deque()
+        self._running: Dict[int, Job] = {}
+        self._idleWaiters: List[Deferred] = []
+
+    @property
+    def clock(self) -> Any:
+        if self._clockArg is None:
+            from twisted.internet import reactor
+
+            self._clockArg = reactor
+        return self._clockArg
+
+    def buildProtocol(self, addr: Any) -> GearmanWorkerProtocol:
+        proto = self.protocol()
+        proto.factory = self
+        return proto
+
+    # Registration
+
+    def register(self, name: Union[bytes, str], function: JobFunction,
+                 timeout: Optional[float] = None) -> None:
+        """
+        Register (or replace) a function.
+
+        @param name: the Gearman function name.
+        @param function: called with a L{Job}; see the module docstring.
+        @param timeout: seconds a job may run. Sent to the server as
+            C{CAN_DO_TIMEOUT} (in milliseconds, as gearmand >= 1.1.19
+            expects); the worker also cancels the job's Deferred and sends
+            C{WORK_FAIL} when it passes.
+        """
+        if not callable(function):
+            raise TypeError("function must be callable")
+        entry = _Function(_bytes(name, "function name"), function, timeout)
+        self.functions[entry.name] = entry
+        for proto in list(self._protocols):
+            proto.sendPacket(*entry.registration())
+            proto._wake()
+
+    def unregister(self, name: Union[bytes, str]) -> None:
+        """Stop accepting jobs for C{name} (C{CANT_DO})."""
+        key = _bytes(name, "function name")
+        if self.functions.pop(key, None) is None:
+            return
+        for proto in list(self._protocols):
+            proto.sendPacket(PacketType.CANT_DO, key)
+
+    # Slots
+
+    def runningJobs(self) -> List[Job]:
+        """The jobs running now."""
+        return list(self._running.values())
+
+    def _reserve(self, proto: GearmanWorkerProtocol) -> bool:
+        if self._busy < self.concurrency:
+            self._busy += 1
+            return True
+        if not proto._queued:
+            proto._queued = True
+            self._waiting.append(proto)
+        return False
+
+    def _release(self) -> None:
+        self._busy -= 1
+        waiting = self._waiting
+        while waiting and self._busy < self.concurrency and not self.stopping:
+            proto = waiting.popleft()
+            proto._queued = False
+            proto.wantWork()
+        if self._busy == 0 and self._idleWaiters:
+            waiters, self._idleWaiters = self._idleWaiters, []
+            for d in waiters:
+                d.callback(None)
+
+    # Running
+
+    def _run(self, proto: GearmanWorkerProtocol, job: Job) -> None:
+        entry = self.functions.get(job.function)
+        if entry is None:
+            self._log.warn("Assigned job {handle!r} for unregistered function {function!r}; failing it",
+                           handle=job.handle, function=job.function)
+            job._state = _DONE
+            proto._finish(job, PacketType.WORK_FAIL)
+            self._release()
+            return
+        self._running[id(job)] = job
+        try:
+            result = entry.callable(job)
+        except BaseException:
+            d: Deferred = Deferred()
+            d.errback(Failure())
+        else:
+            if isinstance(result, Deferred):
+                d = result
+            elif inspect.isawaitable(result):
+                if self.useAsyncio:
+                    import asyncio
+
+                    d = Deferred.fromFuture(asyncio.ensure_future(result))
+                elif inspect.iscoroutine(result):
+                    d = Deferred.fromCoroutine(result)
+                else:
+                    d = Deferred.fromFuture(result)  # type: ignore[arg-type]
+            else:
+                d = succeed(result)
+        if d.called:
+            # Finished synchronously: no timer needed.
+            d.addBoth(self._jobDone, job)
+            return
+        job._deferred = d
+        if entry.timeout:
+            job._timer = self.clock.callLater(entry.timeout, self._timedOut, job)
+        d.addBoth(self._jobDone, job)
+
+    def _timedOut(self, job: Job) -> None:
+        job._timer = None
+        if job._state == _RUNNING and job._deferred is not None:
+            job._state = _TIMED_OUT
+            job._deferred.cancel()
+
+    def _jobDone(self, result: Any, job: Job) -> None:
+        if job._timer is not None:
+            if job._timer.active():
+                job._timer.cancel()
+            job._timer = None
+        state, job._state = job._state, _DONE
+        job._deferred = None
+        self._running.pop(id(job), None)
+        proto = job._protocol
+        try:
+            if state == _ABANDONED:
+                self._log.info("Job {handle!r} abandoned at shutdown", handle=job.handle)
+                return
+            if proto is None:
+                self._log.warn("Job {handle!r} finished after its connection was lost; "
+                               "result dropped", handle=job.handle)
+                return
+            if state == _TIMED_OUT:
+                self._log.warn("Job {handle!r} ({function!r}) timed out", handle=job.handle,
+                               function=job.function)
+                proto._finish(job, PacketType.WORK_FAIL)
+                return
+            if isinstance(result, Failure):
+                if result.check(JobFailed):
+                    self._log.info("Job {handle!r} failed: {error}", handle=job.handle,
+                                   error=result.getErrorMessage())
+                    proto._finish(job, PacketType.WORK_FAIL)
+                else:
+                    self._log.failure("Job {handle!r} ({function!r}) raised", result,
+                                      handle=job.handle, function=job.function)
+                    proto._finish(job, PacketType.WORK_EXCEPTION, _describe(result))
+                return
+            try:
+                data = _resultBytes(result)
+            except TypeError:
+                failure = Failure()
+                self._log.failure("Job {handle!r} ({function!r}) returned a bad value", failure,
+                                  handle=job.handle, function=job.function)
+                proto._finish(job, PacketType.WORK_EXCEPTION, _describe(failure))
+                return
+            proto._finish(job, PacketType.WORK_COMPLETE, data)
+        finally:
+            self._release()
+
+    # Stopping
+
+    def stopGrabbing(self) -> None:
+        """Ask for no more jobs; running ones continue."""
+        self.stopping = True
+        for proto in self._waiting:
+            proto._queued = False
+        self._waiting.clear()
+
+    def resumeGrabbing(self) -> None:
+        """Undo L{stopGrabbing}."""
+        self.stopping = False
+        for proto in list(self._protocols):
+            proto._wake()
+
+    def whenIdle(self) -> Deferred[None]:
+        """Fires when no job runs and no GRAB is outstanding."""
+        if self._busy == 0:
+            return succeed(None)
+        def cancel(d: Deferred) -> None:
+            if d in self._idleWaiters:
+                self._idleWaiters.remove(d)
+
+        d: Deferred[None] = Deferred(cancel)
+        self._idleWaiters.append(d)
+        return d
+
+    def abandonRunning(self) -> None:
+        """Cancel every running job, sending nothing for them."""
+        for job in list(self._running.values()):
+            if job._state == _RUNNING:
+                job._state = _ABANDONED
+                if job._deferred is not None:
+                    job._deferred.cancel()
+
+
+def _describe(failure: Failure) -> bytes:
+    value = failure.value
+    if isinstance(value, CancelledError):
+        return b"CancelledError: the job was cancelled"
+    name = type(value).__name__
+    text = str(value)
+    return (f"{name}: {text}" if text else name).encode("utf-8", "replace")
+
+
+class GearmanWorker(Service):
+    """
+    A worker over one or more job servers.
+
+    Connects to every server (reconnecting with backoff), registers the
+    functions on each connection (again after every reconnect), and runs
+    up to C{concurrency} jobs at once from whichever servers are up.
+
+    Use it as a service (C{worker.setServiceParent(application)}) or call
+    L{connect} / L{close}.
+    """
+
+    _log = Logger()
+
+    def __init__(self, servers: Sequence[str], concurrency: int = 1, reactor: Any = None,
+                 clock: Any = None, clientId: Optional[Union[bytes, str]] = None,
+                 grace: float = 30.0, retryPolicy: Optional[Callable[[int], float]] = None,
+                 connectTimeout: float = 30.0,
+                 endpointFor: Optional[Callable[[PoolServer], Any]] = None,
+                 useAsyncio: bool = False) -> None:
+        """
+        @param servers: server addresses (see L{txgear.client.GearmanClient}).
+        @param concurrency: the most jobs run at once, across all servers.
+        @param reactor: the reactor (default: the global one).
+        @param clock: the clock for timeouts, grace and reconnection.
+        @param clientId: sent as C{SET_CLIENT_ID} (shown by C{workers}).
+        @param grace: seconds L{stopService} lets running jobs finish.
+        @param retryPolicy: reconnection delays, see L{ClientService}.
+        @param connectTimeout: connect timeout for C{host:port} addresses.
+        @param endpointFor: makes each server's endpoint (for tests).
+        @param useAsyncio: run C{async def} functions as asyncio tasks (see
+            L{GearmanWorkerFactory}).
+        """
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+
+            reactor = globalReactor
+        self._clock = clock if clock is not None else reactor
+        self.grace = grace
+        self.factory = GearmanWorkerFactory(concurrency, self._clock, clientId, useAsyncio)
+        self._pool = ServerPool(servers, self.factory, reactor=reactor, clock=self._clock,
+                                retryPolicy=retryPolicy, connectTimeout=connectTimeout,
+                                endpointFor=endpointFor)
+
+    @property
+    def pool(self) -> ServerPool:
+        """The L{ServerPool} (for inspection)."""
+        return self._pool
+
+    @property
+    def concurrency(self) -> int:
+        """The most jobs run at once."""
+        return self.factory.concurrency
+
+    def register(self, name: Union[bytes, str], function: JobFunction,
+                 timeout: Optional[float] = None) -> None:
+        """Register a function; see L{GearmanWorkerFactory.register}."""
+        self.factory.register(name, function, timeout)
+
+    def unregister(self, name: Union[bytes, str]) -> None:
+        """Unregister a function; see L{GearmanWorkerFactory.unregister}."""
+        self.factory.unregister(name)
+
+    def function(self, name: Optional[str] = None, timeout: Optional[float] = None) -> Callable[[JobFunction], JobFunction]:
+        """
+        Decorator form of L{register}::
+
+            @worker.function("resize", timeout=60)
+            async def resize(job): ...
+        """
+        def decorate(f: JobFunction) -> JobFunction:
+            self.register(name or f.__name__, f, timeout)
+            return f
+        return decorate
+
+    def runningJobs(self) -> List[Job]:
+        """The jobs running now."""
+        return self.factory.runningJobs()
+
+    def connectedServers(self) -> List[str]:
+        """Addresses of the servers connected now."""
+        return [s.name for s in self._pool.connectedServers()]
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self.factory.resumeGrabbing()
+        self._pool.start()
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop gracefully: ask for no more jobs, let running jobs finish for up
+        to C{grace} seconds (jobs still running then are cancelled and their
+        results dropped, so the server requeues them when the connection
+        closes), then disconnect.
+        """
+        Service.stopService(self)
+        factory = self.factory
+        factory.stopGrabbing()
+        idle = factory.whenIdle()
+        if not idle.called:
+            self._log.info("Waiting up to {grace}s for {count} running job(s)",
+                           grace=self.grace, count=len(factory._running))
+        timer = self._clock.callLater(self.grace, idle.cancel) if not idle.called else None
+
+        def finished(result: Any) -> Deferred[None]:
+            if timer is not None and timer.active():
+                timer.cancel()
+            if isinstance(result, Failure):
+                result.trap(CancelledError)
+                self._log.warn("Grace period over; abandoning {count} running job(s)",
+                               count=len(factory._running))
+                factory.abandonRunning()
+            return self._pool.stop()
+
+        return idle.addBoth(finished)
+
+    def connect(self) -> Deferred["GearmanWorker"]:
+        """
+        Start without a service parent.
+
+        @return: fires with this worker once at least one server is connected,
+            or fails with L{NoServers} when every server failed its first
+            attempt (the worker keeps retrying until L{close}).
+        """
+        if not self.running:
+            self.startService()
+        return self._pool.whenReady().addCallback(lambda _: self)
+
+    def close(self) -> Deferred[None]:
+        """Stop gracefully: the counterpart of L{connect}."""
+        if self.running:
+            return self.stopService()
+        return succeed(None)
+
+
+__all__ = ["GearmanWorker", "GearmanWorkerFactory", "GearmanWorkerProtocol", "Job"]
