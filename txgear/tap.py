@@ -55,11 +55,15 @@ class Options(usage.Options):
                                   "every sleeping worker of the function, as gearmand's default.",
          _nonNegative],
         ["job-handle-prefix", None, None, "Job handles are PREFIX:N [default: H:<hostname>]."],
-        ["max-packet-size", None, DEFAULT_MAX_PACKET, "Largest packet body accepted, in bytes; a "
-                                                      "larger one gets ERROR ARGUMENT_TOO_LARGE "
-                                                      "and the connection is closed.", int],
+        ["max-packet-size", None, DEFAULT_MAX_PACKET, "Largest workload or result accepted, in "
+                                                      "bytes (the packet may hold 64 KiB more "
+                                                      "for its other arguments); a larger packet "
+                                                      "gets ERROR ARGUMENT_TOO_LARGE and the "
+                                                      "connection is closed.", int],
         ["log-level", None, "info", "Log level for txgear's messages: debug, info, warn, error."],
-        ["queue", "q", "memory", "Where background jobs are kept: 'memory' (lost on restart)."],
+        ["queue", "q", None, "Where background jobs are kept: sqlite:PATH (a file, relative to the "
+                             "working directory), postgresql:<dsn>, redis:<url>, or memory (lost on "
+                             "restart). [default: sqlite:txgear-queue.sqlite]"],
     ]
 
     def __init__(self) -> None:
@@ -113,19 +117,21 @@ def _tuneGarbageCollector() -> None:
     a burst arrives. Collect young objects less often; nothing the server
     makes relies on cycle collection to be freed promptly.
     """
-    gc.set_threshold(20000, 50, 100)
+    if hasattr(gc, "set_threshold"):  # CPython; PyPy's collector is incremental
+        gc.set_threshold(20000, 50, 100)
 
 
-def _makeStore(description: str, reactor: Any) -> Any:
-    if description == "memory":
+def _makeStore(description: Optional[str], reactor: Any) -> Any:
+    """The store a --queue description names, or None for memory (no store at all)."""
+    from txgear.errors import StoreError
+    from txgear.store import DEFAULT_QUEUE, storeFromString
+
+    description = description or DEFAULT_QUEUE
+    if description.strip().lower() == "memory":
         return None
     try:
-        from txgear.store import storeFromString
-    except ImportError:
-        raise usage.UsageError(f"unknown --queue {description!r}: only 'memory' is available")
-    try:
         return storeFromString(description, reactor=reactor)
-    except ValueError as e:
+    except (ValueError, StoreError) as e:
         raise usage.UsageError(str(e))
 
 

@@ -1,0 +1,752 @@
+"""
+One contract for every L{IJobStore}: memory, SQLite, PostgreSQL and Redis, the
+last two against real servers (never mocked), each test in a schema or key
+prefix of its own that is removed afterwards. Then the failure behaviour of
+each real store: corrupt or foreign data, an unreachable server, an outage
+while running (a TCP proxy in front of the real server, cut and restored).
+
+PostgreSQL and Redis are found at C{TXGEAR_TEST_POSTGRESQL} (a libpq string,
+default C{host=127.0.0.1 dbname=test user=postgres}) and C{TXGEAR_TEST_REDIS}
+(default C{redis://127.0.0.1:6379/0}); where they are absent the tests skip
+(or fail under C{TXGEAR_REQUIRE_PEERS=1}).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import threading
+import uuid
+from typing import Any, Callable, Dict, List, Optional, Set
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, protocol
+from twisted.internet.task import deferLater
+from twisted.protocols import portforward
+from zope.interface.verify import verifyObject
+
+from tests._peers import freePort, requirePeer
+from txgear.errors import StoreError, StoreSchemaError
+from txgear.interfaces import IJobStore
+from txgear.jobs import Priority, StoredJob
+from txgear.store import (MemoryJobStore, PostgresJobStore, RedisJobStore, SQLiteJobStore,
+                          storeFromString)
+
+POSTGRESQL = os.environ.get("TXGEAR_TEST_POSTGRESQL", "host=127.0.0.1 dbname=test user=postgres")
+REDIS = os.environ.get("TXGEAR_TEST_REDIS", "redis://127.0.0.1:6379/0")
+TIMEOUT = 60
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+    return reactor
+
+
+def wait(d: defer.Deferred) -> defer.Deferred:
+    """Bound a Deferred, so a broken store fails the test instead of hanging it."""
+    return d.addTimeout(TIMEOUT, _reactor())
+
+
+def turn() -> defer.Deferred:
+    """Let the reactor run one more iteration."""
+    return deferLater(_reactor(), 0, lambda: None)
+
+
+_availability: Dict[str, bool] = {}
+
+
+def postgresAvailable() -> bool:
+    if "postgresql" not in _availability:
+        try:
+            import psycopg
+            psycopg.connect(POSTGRESQL, connect_timeout=3).close()
+            _availability["postgresql"] = True
+        except Exception:
+            _availability["postgresql"] = False
+    return _availability["postgresql"]
+
+
+def redisAvailable() -> bool:
+    if "redis" not in _availability:
+        try:
+            import redis
+            client = redis.Redis.from_url(REDIS, socket_connect_timeout=3)
+            client.ping()
+            client.close()
+            _availability["redis"] = True
+        except Exception:
+            _availability["redis"] = False
+    return _availability["redis"]
+
+
+class Backend:
+    """
+    Makes stores of one kind over the same backing data (so a second store is
+    the first one after a restart), closes them and removes the data.
+    """
+
+    name = "?"
+
+    def __init__(self) -> None:
+        self.stores: List[Any] = []
+
+    def make(self, **kwargs: Any) -> Any:
+        store = self._make(**kwargs)
+        self.stores.append(store)
+        return store
+
+    def _make(self, **kwargs: Any) -> Any:
+        raise NotImplementedError()
+
+    def cleanup(self) -> None:
+        for store in self.stores:
+            pytest_twisted.blockon(wait(store.close()))
+        self._drop()
+
+    def _drop(self) -> None:
+        pass
+
+
+class MemoryBackend(Backend):
+    name = "memory"
+
+    def __init__(self) -> None:
+        Backend.__init__(self)
+        self.jobs: Dict[bytes, StoredJob] = {}
+
+    def _make(self, **kwargs: Any) -> Any:
+        return MemoryJobStore(self.jobs)
+
+
+class SQLiteBackend(Backend):
+    name = "sqlite"
+
+    def __init__(self, directory: str) -> None:
+        Backend.__init__(self)
+        self.path = os.path.join(directory, "queue.sqlite")
+
+    def _make(self, **kwargs: Any) -> Any:
+        return SQLiteJobStore(kwargs.pop("path", self.path), reactor=_reactor(), **kwargs)
+
+
+class PostgresBackend(Backend):
+    name = "postgresql"
+
+    def __init__(self) -> None:
+        Backend.__init__(self)
+        requirePeer(postgresAvailable(), f"PostgreSQL at {POSTGRESQL!r}")
+        self.schema = "txgear_test_" + uuid.uuid4().hex[:12]
+
+    def _make(self, **kwargs: Any) -> Any:
+        return PostgresJobStore(kwargs.pop("conninfo", POSTGRESQL), reactor=_reactor(),
+                                schema=self.schema, **kwargs)
+
+    def execute(self, statement: str) -> None:
+        import psycopg
+        with psycopg.connect(POSTGRESQL, autocommit=True) as connection:
+            connection.execute(statement)
+
+    def _drop(self) -> None:
+        self.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+
+
+class RedisBackend(Backend):
+    name = "redis"
+
+    def __init__(self) -> None:
+        Backend.__init__(self)
+        requirePeer(redisAvailable(), f"Redis at {REDIS!r}")
+        self.prefix = "txgear-test:" + uuid.uuid4().hex[:12] + ":"
+
+    def _make(self, **kwargs: Any) -> Any:
+        return RedisJobStore(kwargs.pop("url", REDIS), reactor=_reactor(), prefix=self.prefix,
+                             **kwargs)
+
+    def client(self) -> Any:
+        import redis
+        return redis.Redis.from_url(REDIS)
+
+    def _drop(self) -> None:
+        client = self.client()
+        keys = list(client.scan_iter(match=self.prefix + "*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+def _makeBackend(name: str, tmp_path: Any) -> Backend:
+    if name == "memory":
+        return MemoryBackend()
+    if name == "sqlite":
+        return SQLiteBackend(str(tmp_path))
+    if name == "postgresql":
+        return PostgresBackend()
+    return RedisBackend()
+
+
+@pytest.fixture(autouse=True)
+def noThreadLeft() -> Any:
+    """Every store releases its thread (and shutdown trigger) once closed."""
+    yield
+    left = [t.name for t in threading.enumerate() if "txgear-store" in t.name]
+    assert left == []
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql", "redis"])
+def backend(request: Any, tmp_path: Any) -> Any:
+    made = _makeBackend(request.param, tmp_path)
+    yield made
+    made.cleanup()
+
+
+def _realBackend(name: str) -> Callable[..., Any]:
+    @pytest.fixture
+    def fixture(tmp_path: Any) -> Any:
+        made = _makeBackend(name, tmp_path)
+        yield made
+        made.cleanup()
+    return fixture
+
+
+sqliteBackend = _realBackend("sqlite")
+postgresBackend = _realBackend("postgresql")
+redisBackend = _realBackend("redis")
+
+
+def job(n: int, priority: int = Priority.NORMAL, **kwargs: Any) -> StoredJob:
+    fields: Dict[str, Any] = dict(key=b"H:test:%d" % n, function=b"f", unique=b"u%d" % n,
+                                  payload=b"payload %d" % n, priority=priority)
+    fields.update(kwargs)
+    return StoredJob(**fields)
+
+
+@defer.inlineCallbacks
+def reload(backend: Backend) -> Any:
+    """Open a fresh store on the same data, return its jobs, close it."""
+    store = backend.make()
+    jobs = yield wait(store.open())
+    yield wait(store.close())
+    return jobs
+
+
+# The contract ---------------------------------------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_providesInterface(backend: Backend) -> Any:
+    store = backend.make()
+    assert verifyObject(IJobStore, store)
+    assert isinstance(store.description, str) and store.description
+    yield wait(store.close())
+
+
+@pytest_twisted.inlineCallbacks
+def test_emptyAtFirst(backend: Backend) -> Any:
+    store = backend.make()
+    assert (yield wait(store.open())) == []
+    yield wait(store.close())
+    assert (yield reload(backend)) == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_reloadInPriorityThenAddOrder(backend: Backend) -> Any:
+    store = backend.make()
+    yield wait(store.open())
+    added = [job(1, Priority.LOW), job(2, Priority.NORMAL), job(3, Priority.HIGH),
+             job(4, Priority.LOW), job(5, Priority.HIGH), job(6, Priority.NORMAL)]
+    # Over several turns and batches, not only one.
+    for j in added[:3]:
+        yield wait(store.add(j))
+    yield wait(defer.gatherResults([store.add(j) for j in added[3:]]))
+    yield wait(store.close())
+    loaded = yield reload(backend)
+    assert [j.key for j in loaded] == [b"H:test:3", b"H:test:5", b"H:test:2", b"H:test:6",
+                                       b"H:test:1", b"H:test:4"]
+    assert sorted(loaded, key=lambda j: j.key) == sorted(added, key=lambda j: j.key)
+    assert all(type(j) is StoredJob for j in loaded)
+
+
+@pytest_twisted.inlineCallbacks
+def test_remove(backend: Backend) -> Any:
+    store = backend.make()
+    yield wait(store.open())
+    jobs = [job(n) for n in range(5)]
+    yield wait(defer.gatherResults([store.add(j) for j in jobs]))
+    result = yield wait(store.remove(jobs[1]))
+    assert result is None
+    yield wait(store.remove(StoredJob.fromJob(jobs[3])))
+    yield wait(store.close())
+    loaded = yield reload(backend)
+    assert loaded == [jobs[0], jobs[2], jobs[4]]
+
+
+@pytest_twisted.inlineCallbacks
+def test_removeUnknownKeyIsNoOp(backend: Backend) -> Any:
+    store = backend.make()
+    yield wait(store.open())
+    yield wait(store.add(job(1)))
+    assert (yield wait(store.remove(job(99)))) is None
+    yield wait(store.remove(job(1)))
+    assert (yield wait(store.remove(job(1)))) is None
+    yield wait(store.close())
+    assert (yield reload(backend)) == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_addSameKeyReplacesInPlace(backend: Backend) -> Any:
+    """
+    Adding a key again replaces the record and keeps the job's place: adds
+    are idempotent, retrying one is safe.
+    """
+    store = backend.make()
+    yield wait(store.open())
+    yield wait(store.add(job(1, payload=b"first")))
+    yield wait(store.add(job(2)))
+    yield wait(store.add(job(1, payload=b"second")))
+    # And twice in one batch.
+    yield wait(defer.gatherResults([store.add(job(3, payload=b"a")), store.add(job(3, payload=b"b"))]))
+    yield wait(store.close())
+    loaded = yield reload(backend)
+    assert loaded == [job(1, payload=b"second"), job(2), job(3, payload=b"b")]
+
+
+@pytest_twisted.inlineCallbacks
+def test_emptyUniquesStayDistinct(backend: Backend) -> Any:
+    """
+    gearmand keys its queue by (unique, function), so background jobs with an
+    empty unique overwrite each other. Stores key by the server's key.
+    """
+    store = backend.make()
+    yield wait(store.open())
+    jobs = [job(n, unique=b"", payload=b"same") for n in range(3)]
+    yield wait(defer.gatherResults([store.add(j) for j in jobs]))
+    yield wait(store.close())
+    assert (yield reload(backend)) == jobs
+
+
+@pytest_twisted.inlineCallbacks
+def test_uniquesRoundTripForCoalescing(backend: Backend) -> Any:
+    """
+    The reloaded jobs carry function and unique, so the server can coalesce
+    a new submit with a stored job after a restart.
+    """
+    store = backend.make()
+    yield wait(store.open())
+    yield wait(store.add(job(1, function=b"resize", unique=b"img-42")))
+    yield wait(store.add(job(2, function=b"thumb", unique=b"img-42")))
+    yield wait(store.close())
+    loaded = yield reload(backend)
+    byUnique = {(j.function, j.unique): j.key for j in loaded}
+    assert byUnique == {(b"resize", b"img-42"): b"H:test:1", (b"thumb", b"img-42"): b"H:test:2"}
+
+
+@pytest_twisted.inlineCallbacks
+def test_binaryFieldsAndLargePayload(backend: Backend) -> Any:
+    store = backend.make()
+    yield wait(store.open())
+    big = os.urandom(1024 * 1024)
+    jobs = [
+        StoredJob(b"\x00k\xff\x00", b"f\x00n", b"\x00u\x00", b"\x00\x00a\x00b\x00", Priority.HIGH),
+        StoredJob(b"H:big", b"big", b"", big, Priority.LOW),
+        StoredJob(b"H:empty", b"f", b"", b"", Priority.NORMAL),
+    ]
+    yield wait(defer.gatherResults([store.add(j) for j in jobs]))
+    yield wait(store.close())
+    loaded = yield reload(backend)
+    assert loaded == [jobs[0], jobs[2], jobs[1]]
+    assert loaded[2].payload == big
+
+
+@pytest_twisted.inlineCallbacks
+def test_whenReducerAndClientIdRoundTrip(backend: Backend) -> Any:
+    store = backend.make()
+    yield wait(store.open())
+    scheduled = job(1, when=4102444800, reducer=b"sum", clientId=b"web-7")
+    yield wait(store.add(scheduled))
+    yield wait(store.add(job(2, when=0)))
+    yield wait(store.close())
+    loaded = yield reload(backend)
+    assert loaded == [scheduled, job(2)]
+    assert (loaded[0].when, loaded[0].reducer, loaded[0].clientId) == (4102444800, b"sum", b"web-7")
+    assert isinstance(loaded[0].when, int) and isinstance(loaded[0].priority, int)
+
+
+@pytest_twisted.inlineCallbacks
+def test_closeFlushesPendingWrites(backend: Backend) -> Any:
+    store = backend.make()
+    yield wait(store.open())
+    jobs = [job(n) for n in range(2000)]
+    fired: List[int] = []
+    for j in jobs:
+        store.add(j).addCallback(lambda _: fired.append(1))
+    store.remove(jobs[0])
+    yield wait(store.close())
+    assert len(fired) == len(jobs)
+    assert (yield reload(backend)) == jobs[1:]
+
+
+@pytest_twisted.inlineCallbacks
+def test_mixedBurstInOneTurn(backend: Backend) -> Any:
+    """
+    Adds and removes issued in one turn apply in order: add-remove-add of one
+    key leaves it stored, add-remove leaves it gone.
+    """
+    store = backend.make()
+    yield wait(store.open())
+    jobs = [job(n) for n in range(3000)]
+    results = [store.add(j) for j in jobs]
+    results += [store.remove(j) for j in jobs[::2]]
+    results += [store.add(job(5000)), store.remove(job(5000)), store.add(job(5000, payload=b"again"))]
+    results += [store.add(job(6000)), store.remove(job(6000))]
+    yield wait(defer.gatherResults(results))
+    yield wait(store.close())
+    loaded = yield reload(backend)
+    assert loaded == jobs[1::2] + [job(5000, payload=b"again")]
+
+
+@pytest_twisted.inlineCallbacks
+def test_reopenKeepsAddingInOrder(backend: Backend) -> Any:
+    """A restarted store appends after the jobs it reloaded."""
+    store = backend.make()
+    yield wait(store.open())
+    yield wait(store.add(job(1)))
+    yield wait(store.close())
+    store = backend.make()
+    assert (yield wait(store.open())) == [job(1)]
+    yield wait(store.add(job(0)))
+    yield wait(store.close())
+    assert (yield reload(backend)) == [job(1), job(0)]
+
+
+# Batching (the threaded stores) -----------------------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_oneTransactionPerTurnAndWritesQueueBehind(sqliteBackend: SQLiteBackend) -> Any:
+    """
+    Every write of one turn goes in one batch; writes issued while a batch is
+    being written wait and form the next batch, in order.
+    """
+    store = sqliteBackend.make()
+    yield wait(store.open())
+    batches: List[List[Any]] = []
+    entered, gate = threading.Event(), threading.Event()
+    original = store._writeInThread
+
+    def spy(operations: List[Any]) -> None:
+        batches.append(operations)
+        if len(batches) == 1:
+            entered.set()
+            gate.wait(TIMEOUT)
+        original(operations)
+
+    store._writeInThread = spy
+    try:
+        first = [store.add(job(n)) for n in range(100)]
+        while not entered.is_set():
+            yield deferLater(_reactor(), 0.01, lambda: None)
+        second = [store.add(job(n)) for n in range(100, 150)]
+        yield turn()
+        second += [store.remove(job(0))]
+        yield turn()
+        assert len(batches) == 1 and not any(d.called for d in first)
+    finally:
+        gate.set()
+    yield wait(defer.gatherResults(first + second))
+    assert [len(b) for b in batches] == [100, 51]
+    yield wait(store.close())
+    assert [j.key for j in (yield reload(sqliteBackend))] == [job(n).key for n in range(1, 150)]
+
+
+@pytest_twisted.inlineCallbacks
+def test_useAfterCloseFails(sqliteBackend: SQLiteBackend) -> Any:
+    store = sqliteBackend.make()
+    yield wait(store.open())
+    yield wait(store.close())
+    assert store._shutdownTrigger is None and store._pool is None
+    with pytest.raises(StoreError):
+        yield store.add(job(1))
+    assert (yield wait(store.close())) is None
+
+
+# SQLite failures ----------------------------------------------------------------
+
+
+def _digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+@pytest_twisted.inlineCallbacks
+def test_sqliteCorruptFileIsNotWiped(sqliteBackend: SQLiteBackend) -> Any:
+    with open(sqliteBackend.path, "wb") as f:
+        f.write(b"this is not a database\n" * 200)
+    before = _digest(sqliteBackend.path)
+    with pytest.raises(StoreSchemaError, match="corrupt|not a"):
+        yield wait(sqliteBackend.make().open())
+    assert _digest(sqliteBackend.path) == before
+
+
+@pytest_twisted.inlineCallbacks
+def test_sqliteDamagedPagesAreReported(sqliteBackend: SQLiteBackend) -> Any:
+    store = sqliteBackend.make()
+    yield wait(store.open())
+    yield wait(defer.gatherResults([store.add(job(n, payload=os.urandom(3000))) for n in range(300)]))
+    yield wait(store.close())
+    size = os.path.getsize(sqliteBackend.path)
+    with open(sqliteBackend.path, "r+b") as f:
+        f.seek(size // 2)
+        f.write(b"\xde\xad\xbe\xef" * 2048)
+    before = _digest(sqliteBackend.path)
+    with pytest.raises(StoreSchemaError):
+        yield wait(sqliteBackend.make().open())
+    assert _digest(sqliteBackend.path) == before
+
+
+@pytest_twisted.inlineCallbacks
+def test_sqliteOtherSchemaVersionIsNotWiped(sqliteBackend: SQLiteBackend) -> Any:
+    store = sqliteBackend.make()
+    yield wait(store.open())
+    yield wait(store.add(job(1)))
+    yield wait(store.close())
+    with sqlite3.connect(sqliteBackend.path) as connection:
+        connection.execute("UPDATE meta SET value = '99' WHERE name = 'version'")
+    connection.close()
+    before = _digest(sqliteBackend.path)
+    with pytest.raises(StoreSchemaError, match="version 99"):
+        yield wait(sqliteBackend.make().open())
+    assert _digest(sqliteBackend.path) == before
+
+
+@pytest_twisted.inlineCallbacks
+def test_sqliteForeignDatabaseIsNotTouched(sqliteBackend: SQLiteBackend) -> Any:
+    with sqlite3.connect(sqliteBackend.path) as connection:
+        connection.execute("CREATE TABLE gearman_queue (unique_key TEXT, data BLOB)")
+    connection.close()
+    before = _digest(sqliteBackend.path)
+    with pytest.raises(StoreSchemaError, match="not a txgear queue"):
+        yield wait(sqliteBackend.make().open())
+    assert _digest(sqliteBackend.path) == before
+
+
+@pytest_twisted.inlineCallbacks
+def test_sqliteMissingDirectory(sqliteBackend: SQLiteBackend, tmp_path: Any) -> Any:
+    store = sqliteBackend.make(path=str(tmp_path / "nowhere" / "queue.sqlite"))
+    with pytest.raises(StoreError, match="does not exist"):
+        yield wait(store.open())
+
+
+@pytest_twisted.inlineCallbacks
+def test_sqliteSecondServerOnSameFileIsRefused(sqliteBackend: SQLiteBackend) -> Any:
+    store = sqliteBackend.make()
+    yield wait(store.open())
+    other = sqliteBackend.make(busyTimeout=0.2)
+    with pytest.raises(StoreError, match="in use"):
+        yield wait(other.open())
+    yield wait(store.add(job(1)))
+    yield wait(store.close())
+
+
+@pytest_twisted.inlineCallbacks
+def test_sqliteFullWhileRunningThenRecovers(sqliteBackend: SQLiteBackend) -> Any:
+    """
+    A full disk fails the batch with L{StoreError}; once there is room the
+    store writes again. (The file's page limit stands in for the disk.)
+    """
+    store = sqliteBackend.make()
+    yield wait(store.open())
+    yield wait(store.add(job(1)))
+
+    def limit(pages: int) -> Callable[[], None]:
+        return lambda: store._connection.execute(f"PRAGMA max_page_count = {pages}")
+    pageCount = yield store._callInThread(lambda: store._connection.execute(
+        "PRAGMA page_count").fetchone()[0])
+    yield store._callInThread(limit(pageCount))
+    with pytest.raises(StoreError, match="full"):
+        yield wait(store.add(job(2, payload=b"x" * 200000)))
+    yield store._callInThread(limit(1 << 30))
+    yield wait(store.add(job(3, payload=b"x" * 200000)))
+    yield wait(store.close())
+    assert [j.key for j in (yield reload(sqliteBackend))] == [b"H:test:1", b"H:test:3"]
+
+
+# PostgreSQL and Redis failures -------------------------------------------------------
+
+
+class _TrackingProxyServer(portforward.ProxyServer):
+    def connectionMade(self) -> None:
+        self.factory.live.add(self)
+        portforward.ProxyServer.connectionMade(self)
+
+    def connectionLost(self, reason: Any) -> None:
+        self.factory.live.discard(self)
+        portforward.ProxyServer.connectionLost(self, reason)
+
+
+class TCPProxy:
+    """
+    A loopback TCP proxy in front of a real server, that a test can cut (stop
+    listening, abort every connection) and restore on the same port.
+    """
+
+    def __init__(self, targetPort: int) -> None:
+        self.factory = portforward.ProxyFactory("127.0.0.1", targetPort)
+        self.factory.protocol = _TrackingProxyServer
+        self.factory.live: Set[Any] = set()
+        self.port = freePort()
+        self.listening: Any = None
+
+    def start(self) -> "TCPProxy":
+        self.listening = _reactor().listenTCP(self.port, self.factory, interface="127.0.0.1")
+        return self
+
+    @defer.inlineCallbacks
+    def cut(self) -> Any:
+        yield self.listening.stopListening()
+        for server in list(self.factory.live):
+            server.transport.abortConnection()
+            if server.peer is not None:
+                server.peer.transport.abortConnection()
+        yield turn()
+
+    def restore(self) -> None:
+        self.start()
+
+    @defer.inlineCallbacks
+    def stop(self) -> Any:
+        if self.listening is not None and self.listening.connected:
+            yield self.cut()
+
+
+@pytest_twisted.inlineCallbacks
+def test_postgresUnreachable(postgresBackend: PostgresBackend) -> Any:
+    store = postgresBackend.make(conninfo=f"host=127.0.0.1 port={freePort()} dbname=test",
+                                 connectTimeout=3)
+    with pytest.raises(StoreError, match="cannot connect"):
+        yield wait(store.open())
+
+
+@pytest_twisted.inlineCallbacks
+def test_postgresOtherSchemaVersionIsNotWiped(postgresBackend: PostgresBackend) -> Any:
+    store = postgresBackend.make()
+    yield wait(store.open())
+    yield wait(store.add(job(1)))
+    yield wait(store.close())
+    postgresBackend.execute(
+        f"UPDATE \"{postgresBackend.schema}\".txgear_meta SET value = '0' WHERE name = 'version'")
+    with pytest.raises(StoreSchemaError, match="version 0"):
+        yield wait(postgresBackend.make().open())
+    postgresBackend.execute(
+        f"UPDATE \"{postgresBackend.schema}\".txgear_meta SET value = '1' WHERE name = 'version'")
+    assert (yield reload(postgresBackend)) == [job(1)]
+
+
+@pytest_twisted.inlineCallbacks
+def test_postgresSeparatePrefixesAreSeparateQueues(postgresBackend: PostgresBackend) -> Any:
+    one, two = postgresBackend.make(prefix="one_"), postgresBackend.make(prefix="two_")
+    yield wait(one.open())
+    yield wait(two.open())
+    yield wait(one.add(job(1)))
+    yield wait(two.add(job(2)))
+    yield wait(one.close())
+    yield wait(two.close())
+    again = postgresBackend.make(prefix="two_")
+    assert (yield wait(again.open())) == [job(2)]
+
+
+def _postgresPort() -> int:
+    import psycopg.conninfo
+    return int(psycopg.conninfo.conninfo_to_dict(POSTGRESQL).get("port") or 5432)
+
+
+@pytest_twisted.inlineCallbacks
+def test_postgresOutageFailsWritesThenRecovers(postgresBackend: PostgresBackend) -> Any:
+    import psycopg.conninfo
+    proxy = TCPProxy(_postgresPort()).start()
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(POSTGRESQL)
+        params.update(host="127.0.0.1", port=str(proxy.port))
+        store = postgresBackend.make(conninfo=psycopg.conninfo.make_conninfo(**params),
+                                     connectTimeout=3)
+        yield wait(store.open())
+        yield wait(store.add(job(1)))
+        yield proxy.cut()
+        with pytest.raises(StoreError):
+            yield wait(store.add(job(2)))
+        # Still down: reconnecting fails too, quickly.
+        with pytest.raises(StoreError, match="cannot connect"):
+            yield wait(store.add(job(3)))
+        proxy.restore()
+        yield wait(store.add(job(4)))
+        yield wait(store.remove(job(1)))
+        yield wait(store.close())
+    finally:
+        yield proxy.stop()
+    assert (yield reload(postgresBackend)) == [job(4)]
+
+
+@pytest_twisted.inlineCallbacks
+def test_redisUnreachable(redisBackend: RedisBackend) -> Any:
+    store = redisBackend.make(url=f"redis://127.0.0.1:{freePort()}/0", connectTimeout=3)
+    with pytest.raises(StoreError, match="onnect"):
+        yield wait(store.open())
+
+
+@pytest_twisted.inlineCallbacks
+def test_redisOtherSchemaVersionIsNotWiped(redisBackend: RedisBackend) -> Any:
+    store = redisBackend.make()
+    yield wait(store.open())
+    yield wait(store.add(job(1)))
+    yield wait(store.close())
+    client = redisBackend.client()
+    client.hset(redisBackend.prefix + "meta", "version", "7")
+    with pytest.raises(StoreSchemaError, match="version b'7'"):
+        yield wait(redisBackend.make().open())
+    assert client.hlen(redisBackend.prefix + "jobs") == 1
+    client.hset(redisBackend.prefix + "meta", "version", "1")
+    client.close()
+    assert (yield reload(redisBackend)) == [job(1)]
+
+
+@pytest_twisted.inlineCallbacks
+def test_redisForeignKeysAreNotTouched(redisBackend: RedisBackend) -> Any:
+    client = redisBackend.client()
+    client.set(redisBackend.prefix + "jobs", "something else")
+    with pytest.raises(StoreSchemaError, match="not a txgear queue"):
+        yield wait(redisBackend.make().open())
+    assert client.get(redisBackend.prefix + "jobs") == b"something else"
+    client.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_redisOutageFailsWritesThenRecovers(redisBackend: RedisBackend) -> Any:
+    from urllib.parse import urlsplit
+    target = urlsplit(REDIS)
+    proxy = TCPProxy(target.port or 6379).start()
+    try:
+        store = redisBackend.make(url=target._replace(netloc=f"127.0.0.1:{proxy.port}").geturl(),
+                                  connectTimeout=3)
+        yield wait(store.open())
+        yield wait(store.add(job(1)))
+        yield proxy.cut()
+        with pytest.raises(StoreError):
+            yield wait(store.add(job(2)))
+        proxy.restore()
+        yield wait(store.add(job(3)))
+        yield wait(store.remove(job(1)))
+        yield wait(store.close())
+    finally:
+        yield proxy.stop()
+    assert (yield reload(redisBackend)) == [job(3)]
+
+
+# storeFromString --------------------------------------------------------------
+
+
+def test_storeFromStringMakesEachKind(tmp_path: Any) -> None:
+    assert isinstance(storeFromString("memory"), MemoryJobStore)
+    store = storeFromString(f"sqlite:{tmp_path}/q.sqlite?synchronous=full")
+    assert isinstance(store, SQLiteJobStore) and store.description == f"sqlite:{tmp_path}/q.sqlite"
+    assert isinstance(storeFromString("postgresql:host=127.0.0.1 dbname=test"), PostgresJobStore)
+    assert isinstance(storeFromString("redis://127.0.0.1:6379/0"), RedisJobStore)

@@ -1,0 +1,281 @@
+# -*- test-case-name: tests.test_store_contract -*-
+"""
+The machinery the database-backed stores share: a private one-thread pool that
+runs a blocking driver, and batching of every C{add}/C{remove} issued during
+one reactor turn into one transaction.
+
+The reactor thread only appends to a list and, once per turn, schedules a
+flush; one batch is written at a time, and writes issued while a batch is in
+flight wait behind it (and so form the next, larger batch). Order is kept.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, TypeVar
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from txgear.errors import StoreError
+from txgear.jobs import StoredJob
+
+_T = TypeVar("_T")
+
+#: One stored job as the writers see it: (key, function, unique, payload,
+#: priority, when, reducer, clientId).
+Record = Tuple[bytes, bytes, bytes, bytes, int, int, bytes, bytes]
+
+#: One write: C{(True, record)} for an add, C{(False, key)} for a remove.
+Operation = Tuple[bool, Any]
+
+
+def recordOf(job: Any) -> Record:
+    """
+    Snapshot the stored attributes of a job-like object, so that later changes
+    to the server's job object do not leak into a batch in flight.
+    """
+    return (job.key, job.function, job.unique, job.payload, int(job.priority),
+            int(job.when), job.reducer, job.clientId)
+
+
+def jobFromRecord(record: Tuple[Any, ...]) -> StoredJob:
+    """
+    Build a L{StoredJob} from a database row in L{Record} order (buffers and
+    memoryviews become C{bytes}).
+    """
+    key, function, unique, payload, priority, when, reducer, clientId = record
+    return StoredJob(bytes(key), bytes(function), bytes(unique), bytes(payload),
+                     int(priority), int(when), bytes(reducer), bytes(clientId))
+
+
+def runsOf(operations: List[Operation]) -> Iterator[Tuple[bool, List[Any]]]:
+    """
+    Split a batch into maximal runs of adds and of removes, in order, so each
+    run can be written with one bulk statement.
+
+    Within a run of adds a key given twice appears once, at its first place,
+    with its last record (as two upserts in a row would leave it); within a
+    run of removes each key appears once.
+
+    @return: an iterator of C{(isAdd, items)}: records for adds, keys for
+        removes.
+    """
+    index = 0
+    count = len(operations)
+    while index < count:
+        isAdd = operations[index][0]
+        run: Dict[bytes, Any] = {}
+        while index < count and operations[index][0] is isAdd:
+            item = operations[index][1]
+            if isAdd:
+                run[item[0]] = item
+            else:
+                run[item] = item
+            index += 1
+        yield isAdd, list(run.values())
+
+
+class ThreadedBatchStore:
+    """
+    Base class of the stores that run a blocking driver in their own thread.
+
+    Subclasses implement, all called in the store's only pool thread:
+    C{_openInThread() -> list[StoredJob]}, C{_writeInThread(operations)} (one
+    transaction; raise L{StoreError} on failure, leaving the store able to try
+    again later) and C{_closeInThread()} (release everything, also after a
+    failed open).
+
+    @ivar description: see L{txgear.interfaces.IJobStore.description}.
+    """
+
+    _log = Logger()
+    _threadName = "txgear-store"
+    description = "?"
+
+    def __init__(self, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+            reactor = globalReactor
+        self._reactor = reactor
+        self._pool: Optional[ThreadPool] = None
+        self._state = "new"  # opening, open, closing, releasing, closed
+        self._pending: List[Tuple[Operation, Deferred[None]]] = []
+        self._flushCall: Any = None
+        self._writing = False
+        self._closeWaiters: List[Deferred[None]] = []
+        self._shutdownTrigger: Any = None
+
+    # Subclass hooks --------------------------------------------------------
+
+    def _openInThread(self) -> List[StoredJob]:
+        raise NotImplementedError()
+
+    def _writeInThread(self, operations: List[Operation]) -> None:
+        raise NotImplementedError()
+
+    def _closeInThread(self) -> None:
+        raise NotImplementedError()
+
+    # IJobStore -------------------------------------------------------------
+
+    def open(self) -> Deferred[List[StoredJob]]:
+        """
+        Start the store's thread, connect, check or create the schema and
+        load every stored job.
+
+        @return: see L{txgear.interfaces.IJobStore.open}.
+        """
+        if self._state != "new":
+            return fail(StoreError(f"{self.description}: open() called twice"))
+        self._state = "opening"
+        pool = ThreadPool(minthreads=1, maxthreads=1, name=self._threadName)
+        pool.start()
+        self._pool = pool
+        self._shutdownTrigger = self._reactor.addSystemEventTrigger(
+            "before", "shutdown", self._closeAtShutdown)
+        d = self._callInThread(self._openInThread)
+        d.addCallbacks(self._opened, self._openFailed)
+        return d
+
+    def add(self, job: Any) -> Deferred[None]:
+        """
+        Queue C{job} for the next batch.
+
+        @return: fires once the batch holding it is committed; fails with
+            L{StoreError} if that batch could not be written.
+        """
+        # The hot path of a burst of submits: kept to a few operations.
+        if self._state != "open":
+            return fail(StoreError(f"{self.description}: the store is not open"))
+        d: Deferred[None] = Deferred()
+        self._pending.append(((True, (job.key, job.function, job.unique, job.payload,
+                                      int(job.priority), int(job.when), job.reducer,
+                                      job.clientId)), d))
+        if self._flushCall is None and not self._writing:
+            self._flushCall = self._reactor.callLater(0, self._flush)
+        return d
+
+    def remove(self, job: Any) -> Deferred[None]:
+        """
+        Queue the removal of C{job} (by its key) for the next batch.
+
+        @return: fires once the removal is committed.
+        """
+        return self._enqueue((False, job.key))
+
+    def close(self) -> Deferred[None]:
+        """
+        Write the pending batch, then release the connection and the thread.
+        Adds and removes issued after C{close} fail with L{StoreError}.
+
+        @return: fires once everything is written and released; never fails
+            (failed writes are reported to their own Deferreds).
+        """
+        if self._state in ("new", "closed"):
+            self._state = "closed"
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._closeWaiters.append(waiter)
+        if self._state == "open":
+            self._startClosing()
+        return waiter
+
+    # Internals -------------------------------------------------------------
+
+    def _callInThread(self, function: Callable[..., _T], *args: Any) -> Deferred[_T]:
+        assert self._pool is not None
+        return deferToThreadPool(self._reactor, self._pool, self._guard, function, *args)
+
+    def _guard(self, function: Callable[..., _T], *args: Any) -> _T:
+        """
+        Run C{function}, turning an unexpected driver exception into a
+        L{StoreError} that names the store.
+        """
+        try:
+            return function(*args)
+        except StoreError:
+            raise
+        except Exception as e:
+            raise StoreError(f"{self.description}: {e.__class__.__name__}: {e}") from e
+
+    def _opened(self, jobs: List[StoredJob]) -> List[StoredJob]:
+        self._state = "open"
+        self._log.info("Opened job store {store}: {count} stored background jobs",
+                       store=self.description, count=len(jobs))
+        if self._closeWaiters:
+            self._startClosing()
+        return jobs
+
+    def _openFailed(self, reason: Failure) -> Deferred[Any]:
+        self._state = "releasing"
+        released = self._callInThread(self._closeInThread)
+        released.addErrback(lambda f: None)
+        released.addCallback(lambda _: self._released())
+        released.addCallback(lambda _: reason)
+        return released
+
+    def _enqueue(self, operation: Operation) -> Deferred[None]:
+        if self._state != "open":
+            return fail(StoreError(f"{self.description}: the store is not open"))
+        d: Deferred[None] = Deferred()
+        self._pending.append((operation, d))
+        if self._flushCall is None and not self._writing:
+            self._flushCall = self._reactor.callLater(0, self._flush)
+        return d
+
+    def _flush(self) -> None:
+        call, self._flushCall = self._flushCall, None
+        if call is not None and call.active():
+            call.cancel()
+        if self._writing or not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        self._writing = True
+        d = self._callInThread(self._writeInThread, [operation for operation, _ in batch])
+        d.addBoth(self._written, batch)
+
+    def _written(self, result: Any, batch: List[Tuple[Operation, Deferred[None]]]) -> None:
+        self._writing = False
+        if isinstance(result, Failure):
+            self._log.warn("Writing {count} changes to job store {store} failed: {error}",
+                           count=len(batch), store=self.description, error=result.getErrorMessage())
+            for _, d in batch:
+                d.errback(result)
+        else:
+            for _, d in batch:
+                d.callback(None)
+        if self._pending:
+            self._flush()
+        elif self._state == "closing":
+            self._release()
+
+    def _startClosing(self) -> None:
+        self._state = "closing"
+        self._flush()
+        if not self._writing:
+            self._release()
+
+    def _release(self) -> None:
+        self._state = "releasing"
+        d = self._callInThread(self._closeInThread)
+        d.addErrback(lambda f: self._log.failure("Closing job store {store} failed", f,
+                                                 store=self.description))
+        d.addCallback(lambda _: self._released())
+
+    def _released(self) -> None:
+        self._state = "closed"
+        if self._pool is not None:
+            self._pool.stop()
+            self._pool = None
+        if self._shutdownTrigger is not None:
+            self._reactor.removeSystemEventTrigger(self._shutdownTrigger)
+            self._shutdownTrigger = None
+        waiters, self._closeWaiters = self._closeWaiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def _closeAtShutdown(self) -> Deferred[None]:
+        self._shutdownTrigger = None
+        return self.close()

@@ -1,0 +1,224 @@
+# -*- test-case-name: tests.test_store_contract -*-
+"""
+The Redis job store (C{--queue redis:<url>}), with redis-py in the store's own
+thread.
+
+Keys, all under one prefix (C{txgear:} by default):
+  - C{<prefix>meta}: a hash with the schema name and version;
+  - C{<prefix>jobs}: a hash from job key to the packed job record;
+  - C{<prefix>order}: a sorted set of job keys scored by add order;
+  - C{<prefix>seq}: the counter that hands out those scores.
+
+A batch is one C{INCRBY} and one pipelined C{MULTI}/C{EXEC}. C{add} fires once
+Redis has applied the transaction: the job survives a crash of the job server;
+surviving a crash of Redis itself needs Redis persistence (C{appendonly yes}),
+which the store checks and warns about at start-up.
+"""
+from __future__ import annotations
+
+import struct
+from typing import Any, Dict, List, Optional, Tuple
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from zope.interface import implementer
+
+from txgear.errors import StoreError, StoreSchemaError
+from txgear.interfaces import IJobStore
+from txgear.jobs import StoredJob
+from txgear.store._batch import Operation, Record, ThreadedBatchStore, runsOf
+
+SCHEMA_NAME = b"txgear-queue"
+SCHEMA_VERSION = 1
+
+#: Options of a C{redis:} URL that are txgear's, not redis-py's.
+STORE_OPTIONS = ("prefix",)
+
+_HEADER = struct.Struct(">BqIIIII")
+_CHUNK = 1000
+
+
+def packRecord(record: Record) -> bytes:
+    """
+    Encode a job record (all but its key) as one string: a header of
+    priority, when and five lengths, then function, unique, reducer, client id
+    and payload.
+    """
+    _, function, unique, payload, priority, when, reducer, clientId = record
+    return b"".join([
+        _HEADER.pack(priority, when, len(function), len(unique), len(reducer), len(clientId),
+                     len(payload)),
+        function, unique, reducer, clientId, payload])
+
+
+def unpackRecord(key: bytes, data: bytes) -> StoredJob:
+    """
+    Decode what L{packRecord} made.
+
+    @raise StoreSchemaError: if C{data} is not a packed record.
+    """
+    try:
+        priority, when, *lengths = _HEADER.unpack_from(data)
+    except struct.error as e:
+        raise StoreSchemaError(f"job {key!r}: truncated record") from e
+    if _HEADER.size + sum(lengths) != len(data):
+        raise StoreSchemaError(f"job {key!r}: record of {len(data)} bytes does not match its header")
+    fields = []
+    offset = _HEADER.size
+    for length in lengths:
+        fields.append(data[offset:offset + length])
+        offset += length
+    function, unique, reducer, clientId, payload = fields
+    return StoredJob(key, function, unique, payload, priority, when, reducer, clientId)
+
+
+def splitRedisOptions(url: str) -> Tuple[str, Dict[str, str]]:
+    """
+    Take txgear's own options (C{prefix}) out of the query of a Redis URL.
+
+    @return: the URL for redis-py and txgear's options.
+    """
+    parts = urlsplit(url)
+    options: Dict[str, str] = {}
+    query = []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name in STORE_OPTIONS:
+            options[name] = value
+        else:
+            query.append((name, value))
+    return urlunsplit(parts._replace(query=urlencode(query))), options
+
+
+@implementer(IJobStore)
+class RedisJobStore(ThreadedBatchStore):
+    """
+    Background jobs in a Redis database, under a key prefix. Give each job
+    server its own prefix: every server loads all the jobs under its prefix.
+    """
+
+    _threadName = "txgear-store-redis"
+
+    def __init__(self, url: str, reactor: Any = None, prefix: str = "txgear:",
+                 socketTimeout: float = 30.0, connectTimeout: float = 5.0) -> None:
+        """
+        @param url: a redis-py URL: C{redis://[:password@]host[:port][/db]},
+            C{rediss://...} (TLS) or C{unix:///path/to/socket?db=0}.
+        @param reactor: the reactor; the global one by default.
+        @param prefix: the prefix of every key the store uses.
+        @param socketTimeout: seconds to wait for Redis to answer.
+        @param connectTimeout: seconds to wait for a connection.
+        """
+        ThreadedBatchStore.__init__(self, reactor)
+        self.url = url
+        self.prefix = prefix
+        parts = urlsplit(url)
+        if parts.password is not None:
+            netloc = parts.netloc.rsplit("@", 1)[1]
+            user = parts.username or ""
+            parts = parts._replace(netloc=f"{user}:***@{netloc}")
+        self.description = f"redis:{urlunsplit(parts)} prefix={prefix}"
+        raw = prefix.encode("utf-8")
+        self._metaKey = raw + b"meta"
+        self._jobsKey = raw + b"jobs"
+        self._orderKey = raw + b"order"
+        self._seqKey = raw + b"seq"
+        self._socketTimeout = socketTimeout
+        self._connectTimeout = connectTimeout
+        self._client: Any = None
+        self._warning: Optional[str] = None
+
+    def _makeClient(self) -> Any:
+        import redis
+        from redis.backoff import ExponentialBackoff
+        from redis.retry import Retry
+        return redis.Redis.from_url(
+            self.url, socket_timeout=self._socketTimeout,
+            socket_connect_timeout=self._connectTimeout,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2))
+
+    def _openInThread(self) -> List[StoredJob]:
+        import redis
+        try:
+            self._client = client = self._makeClient()
+            client.ping()
+            meta = client.hgetall(self._metaKey)
+            if not meta:
+                if client.exists(self._jobsKey, self._orderKey, self._seqKey):
+                    raise StoreSchemaError(
+                        f"{self.description}: keys exist without {self._metaKey!r}: not a txgear "
+                        f"queue; left untouched")
+                client.hset(self._metaKey, mapping={b"schema": SCHEMA_NAME,
+                                                    b"version": str(SCHEMA_VERSION).encode()})
+            elif (meta.get(b"schema") != SCHEMA_NAME
+                  or meta.get(b"version") != str(SCHEMA_VERSION).encode()):
+                raise StoreSchemaError(
+                    f"{self.description}: the queue has schema {meta.get(b'schema')!r} version "
+                    f"{meta.get(b'version')!r}, this txgear reads {SCHEMA_NAME!r} version "
+                    f"{SCHEMA_VERSION}; left untouched")
+            self._checkPersistence(client)
+            keys = client.zrange(self._orderKey, 0, -1)
+            jobs: List[StoredJob] = []
+            for start in range(0, len(keys), _CHUNK):
+                chunk = keys[start:start + _CHUNK]
+                for key, data in zip(chunk, client.hmget(self._jobsKey, chunk)):
+                    if data is None:
+                        raise StoreSchemaError(f"{self.description}: job {key!r} is in "
+                                               f"{self._orderKey!r} but has no record")
+                    jobs.append(unpackRecord(key, data))
+            jobs.sort(key=_priorityOf)
+            return jobs
+        except StoreSchemaError as e:
+            if str(e).startswith(self.description):
+                raise
+            raise StoreSchemaError(f"{self.description}: {e}; left untouched") from e
+        except redis.ResponseError as e:
+            if "WRONGTYPE" in str(e):
+                raise StoreSchemaError(f"{self.description}: {e}; left untouched") from e
+            raise StoreError(f"{self.description}: {e}") from e
+        except redis.RedisError as e:
+            raise StoreError(f"{self.description}: {e.__class__.__name__}: {e}") from e
+
+    def _checkPersistence(self, client: Any) -> None:
+        import redis
+        try:
+            info = client.info("persistence")
+        except redis.ResponseError:
+            return
+        if not info.get("aof_enabled"):
+            self._warning = ("Redis append-only file is off: jobs survive a crash of the job "
+                             "server, not a crash of Redis (set appendonly yes)")
+
+    def _opened(self, jobs: List[StoredJob]) -> List[StoredJob]:
+        if self._warning:
+            self._log.warn("{store}: {warning}", store=self.description, warning=self._warning)
+        return ThreadedBatchStore._opened(self, jobs)
+
+    def _writeInThread(self, operations: List[Operation]) -> None:
+        import redis
+        client = self._client
+        runs = list(runsOf(operations))
+        try:
+            added = sum(len(items) for isAdd, items in runs if isAdd)
+            seq = client.incrby(self._seqKey, added) - added + 1 if added else 0
+            pipe = client.pipeline(transaction=True)
+            for isAdd, items in runs:
+                for start in range(0, len(items), _CHUNK):
+                    chunk = items[start:start + _CHUNK]
+                    if isAdd:
+                        pipe.hset(self._jobsKey, mapping={r[0]: packRecord(r) for r in chunk})
+                        pipe.zadd(self._orderKey, {r[0]: seq + i for i, r in enumerate(chunk)}, nx=True)
+                        seq += len(chunk)
+                    else:
+                        pipe.hdel(self._jobsKey, *chunk)
+                        pipe.zrem(self._orderKey, *chunk)
+            pipe.execute()
+        except redis.RedisError as e:
+            raise StoreError(f"{self.description}: {e.__class__.__name__}: {e}") from e
+
+    def _closeInThread(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+
+def _priorityOf(job: StoredJob) -> int:
+    return job.priority
