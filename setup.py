@@ -35,6 +35,8 @@ setup(
             "pytest-timeout>=2",
             "gear>=0.16",
             "hypothesis>=6",
+            "psycopg[binary]>=3.1; implementation_name == 'cpython'",
+            "redis>=4.5",
         ],
     },
     entry_points={
