@@ -4,19 +4,25 @@ Background-job store throughput: memory vs SQLite vs PostgreSQL vs Redis.
 Drives each L{IJobStore} directly with the real reactor, as the job server
 would during a burst of background submits, and prints, per store:
 
-  - burst: N C{add} calls in one reactor turn, time until every Deferred fired;
-  - stream: the same N adds arriving C{--chunk} per reactor turn (as packets
+  - burst: N single C{add} calls in one reactor turn, time until every
+    Deferred fired;
+  - many: the same N jobs as C{addMany} calls of C{--chunk} jobs, all in one
+    turn;
+  - stream: N single adds arriving C{--chunk} per reactor turn (as packets
     from many connections would), total time and ack latency p50/p99;
+  - mstream: N jobs as one C{addMany} of C{--chunk} jobs per reactor turn
+    (what the job server does: one call per turn), total time and ack
+    latency p50/p99;
   - removes: N C{remove} calls in one turn (jobs completing);
   - single: latency of one C{add} on an idle store (median of 200);
   - reload: C{open()} of a fresh store over N stored jobs (server start-up);
-  - the ratio of the burst time to memory's.
+  - the ratio of each time to memory's ("x mem").
 
 Usage::
 
     python benchmarks/store_bench.py [--jobs 100000] [--stores memory,sqlite,postgresql,redis]
         [--postgresql "host=127.0.0.1 dbname=test user=postgres"]
-        [--redis redis://127.0.0.1:6379/0] [--payload 64] [--chunk 500]
+        [--redis redis://127.0.0.1:6379/0] [--payload 64] [--chunk 400] [--sqlite-full]
 
 Each store works in a namespace of its own (a temporary SQLite file, a
 PostgreSQL schema, a Redis key prefix) removed at the end.
@@ -32,7 +38,7 @@ import sys
 import tempfile
 import time
 import uuid
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -60,7 +66,7 @@ def targets(reactor: Any, options: argparse.Namespace) -> List[Target]:
     made: List[Target] = []
     names = options.stores.split(",")
     if "memory" in names:
-        shared: Dict[bytes, StoredJob] = {}
+        shared: Dict[int, StoredJob] = {}
         made.append(Target("memory", lambda: MemoryJobStore(shared), shared.clear))
     if "sqlite" in names:
         directory = tempfile.mkdtemp(prefix="txgear-bench-")
@@ -97,11 +103,11 @@ def targets(reactor: Any, options: argparse.Namespace) -> List[Target]:
     return made
 
 
-def makeJobs(count: int, payloadSize: int, tag: str) -> List[StoredJob]:
+def makeJobs(count: int, payloadSize: int, first: int) -> List[StoredJob]:
+    """C{count} jobs with keys C{first}, C{first + 1}, ..."""
     payload = b"x" * payloadSize
     priorities = (Priority.NORMAL, Priority.NORMAL, Priority.HIGH, Priority.LOW)
-    return [StoredJob(b"H:bench:%s:%d" % (tag.encode(), n), b"bench", b"", payload,
-                      priorities[n % 4]) for n in range(count)]
+    return [StoredJob(first + n, b"bench", b"", payload, priorities[n % 4]) for n in range(count)]
 
 
 def allFired(deferreds: List[defer.Deferred]) -> defer.Deferred:
@@ -117,6 +123,35 @@ def burst(store: Any, jobs: List[StoredJob], method: str) -> Any:
     issued = time.perf_counter() - start
     yield allFired(deferreds)
     return issued, time.perf_counter() - start
+
+
+@defer.inlineCallbacks
+def burstMany(store: Any, jobs: List[StoredJob], chunk: int) -> Any:
+    start = time.perf_counter()
+    deferreds = [store.addMany(jobs[offset:offset + chunk]) for offset in range(0, len(jobs), chunk)]
+    issued = time.perf_counter() - start
+    yield allFired(deferreds)
+    return issued, time.perf_counter() - start
+
+
+@defer.inlineCallbacks
+def streamMany(reactor: Any, store: Any, jobs: List[StoredJob], chunk: int) -> Any:
+    latencies: List[float] = []
+    deferreds: List[defer.Deferred] = []
+
+    def acked(_: Any, sent: float, count: int) -> None:
+        latencies.extend([time.perf_counter() - sent] * count)
+
+    start = time.perf_counter()
+    for offset in range(0, len(jobs), chunk):
+        sent = time.perf_counter()
+        batch = jobs[offset:offset + chunk]
+        deferreds.append(store.addMany(batch).addCallback(acked, sent, len(batch)))
+        yield task.deferLater(reactor, 0, lambda: None)
+    yield allFired(deferreds)
+    total = time.perf_counter() - start
+    latencies.sort()
+    return total, latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99)]
 
 
 @defer.inlineCallbacks
@@ -153,24 +188,32 @@ def single(store: Any, jobs: List[StoredJob]) -> Any:
 
 @defer.inlineCallbacks
 def measure(reactor: Any, target: Target, options: argparse.Namespace) -> Any:
-    jobs = makeJobs(options.jobs, options.payload, "b")
-    streamed = makeJobs(options.jobs, options.payload, "s")
+    n = options.jobs
+    jobs = makeJobs(n, options.payload, 1)
+    many = makeJobs(n, options.payload, n + 1)
+    streamed = makeJobs(n, options.payload, 2 * n + 1)
+    mstreamed = makeJobs(n, options.payload, 3 * n + 1)
     store = target.make()
     yield store.open()
     issued, burstTime = yield burst(store, jobs, "add")
     removeIssued, removeTime = yield burst(store, jobs, "remove")
+    manyIssued, manyTime = yield burstMany(store, many, options.chunk)
+    yield allFired([store.remove(j) for j in many])
     streamTime, p50, p99 = yield stream(reactor, store, streamed, options.chunk)
-    singleLatency = yield single(store, makeJobs(200, options.payload, "one"))
+    yield allFired([store.remove(j) for j in streamed])
+    mstreamTime, mp50, mp99 = yield streamMany(reactor, store, mstreamed, options.chunk)
+    singleLatency = yield single(store, makeJobs(200, options.payload, 4 * n + 1))
     yield store.close()
     reloadStore = target.make()
     start = time.perf_counter()
     loaded = yield reloadStore.open()
     reloadTime = time.perf_counter() - start
-    assert len(loaded) == len(streamed), (len(loaded), len(streamed))
-    yield allFired([reloadStore.remove(j) for j in streamed])
+    assert len(loaded) == len(mstreamed), (len(loaded), len(mstreamed))
+    yield allFired([reloadStore.remove(j) for j in mstreamed])
     yield reloadStore.close()
-    return dict(issued=issued, burst=burstTime, removes=removeTime, stream=streamTime,
-                p50=p50, p99=p99, single=singleLatency, reload=reloadTime)
+    return dict(issued=issued, burst=burstTime, manyIssued=manyIssued, many=manyTime,
+                removes=removeTime, stream=streamTime, p50=p50, p99=p99, mstream=mstreamTime,
+                mp50=mp50, mp99=mp99, single=singleLatency, reload=reloadTime)
 
 
 @defer.inlineCallbacks
@@ -178,7 +221,8 @@ def main(reactor: Any, argv: List[str]) -> Any:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=100000)
     parser.add_argument("--payload", type=int, default=64, help="payload bytes per job")
-    parser.add_argument("--chunk", type=int, default=500, help="adds per reactor turn in the stream test")
+    parser.add_argument("--chunk", type=int, default=400,
+                        help="jobs per addMany call, and per reactor turn in the stream tests")
     parser.add_argument("--stores", default="memory,sqlite,postgresql,redis")
     parser.add_argument("--sqlite-full", action="store_true", help="also SQLite with synchronous=FULL")
     parser.add_argument("--postgresql", default=os.environ.get(
@@ -200,17 +244,27 @@ def main(reactor: Any, argv: List[str]) -> Any:
         finally:
             target.drop()
     base = results.get("memory")
-    out()
-    out(f"{'store':<12}{'burst s':>9}{'jobs/s':>10}{'x mem':>7}{'issue s':>9}{'remove s':>9}"
-        f"{'stream s':>10}{'x mem':>7}{'p50 ms':>8}{'p99 ms':>8}{'1-add ms':>9}{'reload s':>9}")
-    for name, r in results.items():
-        ratio = r["burst"] / base["burst"] if base else float("nan")
-        streamRatio = r["stream"] / base["stream"] if base else float("nan")
-        out(f"{name:<12}{r['burst']:>9.3f}{options.jobs / r['burst']:>10.0f}{ratio:>7.1f}"
-            f"{r['issued']:>9.3f}{r['removes']:>9.3f}{r['stream']:>10.3f}{streamRatio:>7.2f}"
-            f"{r['p50'] * 1000:>8.1f}{r['p99'] * 1000:>8.1f}{r['single'] * 1000:>9.2f}"
-            f"{r['reload']:>9.3f}")
 
+    def ratio(r: Dict[str, float], name: str) -> float:
+        return r[name] / base[name] if base else float("nan")
+
+    out()
+    out("Single adds (N add() calls) and addMany (N/chunk calls of chunk jobs), seconds; "
+        "x mem = time / memory's time")
+    out(f"{'store':<12}{'burst s':>9}{'jobs/s':>10}{'x mem':>7}{'many s':>9}{'jobs/s':>10}"
+        f"{'x mem':>7}{'stream s':>10}{'x mem':>7}{'mstream s':>10}{'jobs/s':>10}{'x mem':>7}")
+    for name, r in results.items():
+        out(f"{name:<12}{r['burst']:>9.3f}{options.jobs / r['burst']:>10.0f}{ratio(r, 'burst'):>7.2f}"
+            f"{r['many']:>9.3f}{options.jobs / r['many']:>10.0f}{ratio(r, 'many'):>7.2f}"
+            f"{r['stream']:>10.3f}{ratio(r, 'stream'):>7.2f}"
+            f"{r['mstream']:>10.3f}{options.jobs / r['mstream']:>10.0f}{ratio(r, 'mstream'):>7.2f}")
+    out()
+    out(f"{'store':<12}{'issue s':>9}{'m-issue s':>10}{'remove s':>9}{'p50 ms':>8}{'p99 ms':>8}"
+        f"{'m-p50 ms':>9}{'m-p99 ms':>9}{'1-add ms':>9}{'reload s':>9}")
+    for name, r in results.items():
+        out(f"{name:<12}{r['issued']:>9.3f}{r['manyIssued']:>10.3f}{r['removes']:>9.3f}"
+            f"{r['p50'] * 1000:>8.1f}{r['p99'] * 1000:>8.1f}{r['mp50'] * 1000:>9.1f}"
+            f"{r['mp99'] * 1000:>9.1f}{r['single'] * 1000:>9.2f}{r['reload']:>9.3f}")
 
 if __name__ == "__main__":
     task.react(main, [sys.argv[1:]])

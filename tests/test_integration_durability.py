@@ -218,13 +218,23 @@ def _failsToStart(queue: str, cwd: str) -> str:
     return server.log()
 
 
-def test_unreachableDatabaseAtStartIsAClearErrorAndExit(tmp_path):
+def _importable(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "redis"])
+def test_unreachableDatabaseAtStartIsAClearErrorAndExit(kind, tmp_path):
+    driver = {"postgresql": "psycopg", "redis": "redis"}[kind]
+    requirePeer(_importable(driver), f"the {driver} driver")
     closed = freePort()
-    log = _failsToStart(f"postgresql:host=127.0.0.1 port={closed} dbname=test connect_timeout=3",
-                        str(tmp_path))
+    queue = (f"postgresql:host=127.0.0.1 port={closed} dbname=test connect_timeout=3"
+             if kind == "postgresql" else f"redis:redis://127.0.0.1:{closed}/0")
+    log = _failsToStart(queue, str(tmp_path))
     assert "cannot start" in log and str(closed) in log
-    log = _failsToStart(f"redis:redis://127.0.0.1:{closed}/0", str(tmp_path))
-    assert "cannot start" in log
 
 
 def test_corruptStoreFileIsAClearErrorAndIsNotWiped(tmp_path):

@@ -555,11 +555,14 @@ class RecordingStore:
 
     def __init__(self) -> None:
         self.adds: List[Tuple[object, Deferred]] = []
-        self.removed: List[bytes] = []
+        self.batches: List[list] = []
+        self.removed: List[int] = []
 
-    def add(self, job):
+    def addMany(self, jobs):
         d: Deferred = Deferred()
-        self.adds.append((job, d))
+        for job in jobs:
+            self.adds.append((job, d))
+        self.batches.append(list(jobs))
         return d
 
     def remove(self, job):
@@ -569,13 +572,15 @@ class RecordingStore:
 
 def test_backgroundJobCreatedOnlyOnceStored():
     store = RecordingStore()
-    state, _ = makeState(store=store)
+    state, clock = makeState(store=store)
     client, cpeer = connect(state)
     worker, wpeer = connect(state)
     state.canDo(worker, b"f")
     state.submit(client, b"f", b"u", b"x", background=True)
     state.submit(client, b"f", b"", b"fg")  # foreground after it, same connection
     state.getStatus(client, b"H:t:1")
+    assert store.adds == []  # written once per reactor turn
+    clock.advance(0)
     assert cpeer.take() == []  # the foreground reply waits behind the background one
     assert grab(state, worker, wpeer)[1][3] == b"fg"  # the background job is not runnable yet
     stored, d = store.adds[0]
@@ -589,9 +594,10 @@ def test_backgroundJobCreatedOnlyOnceStored():
 
 def test_storeFailureAnswersErrorAndDropsTheJob():
     store = RecordingStore()
-    state, _ = makeState(store=store)
+    state, clock = makeState(store=store)
     client, cpeer = connect(state)
     state.submit(client, b"f", b"u", b"x", background=True)
+    clock.advance(0)
     store.adds[0][1].errback(StoreError("database is down"))
     assert cpeer.take() == [(P.ERROR, [b"QUEUE_ERROR", b"database is down"])]
     assert state.jobs == {} and state.functions[b"f"].total() == 0
@@ -601,11 +607,12 @@ def test_storeFailureAnswersErrorAndDropsTheJob():
 
 def test_coalescingOntoAJobBeingStored():
     store = RecordingStore()
-    state, _ = makeState(store=store)
+    state, clock = makeState(store=store)
     c1, p1 = connect(state)
     c2, p2 = connect(state)
     state.submit(c1, b"f", b"u", b"x", background=True)
     state.submit(c2, b"f", b"u", b"x", background=True)
+    clock.advance(0)
     assert len(store.adds) == 1 and p2.take() == []
     store.adds[0][1].callback(None)
     assert p1.take() == p2.take() == [(P.JOB_CREATED, [b"H:t:1"])]
@@ -615,8 +622,8 @@ def test_loadStoredRecreatesJobsInOrder():
     from txgear.jobs import StoredJob
 
     state, _ = makeState(store=RecordingStore())
-    records = [StoredJob(b"k1", b"f", b"u1", b"one", HIGH), StoredJob(b"k2", b"f", b"", b"two"),
-               StoredJob(b"k3", b"g", b"u3", b"three", LOW)]
+    records = [StoredJob(7, b"f", b"u1", b"one", HIGH), StoredJob(3, b"f", b"", b"two"),
+               StoredJob(5, b"g", b"u3", b"three", LOW)]
     assert state.loadStored(records) == 3
     client, cpeer = connect(state)
     # Coalescing works across the restart.
@@ -625,14 +632,17 @@ def test_loadStoredRecreatesJobsInOrder():
     state.canDo(worker, b"f")
     state.canDo(worker, b"g")
     assert [grab(state, worker, wpeer)[1][3] for _ in range(3)] == [b"one", b"two", b"three"]
+    # New keys continue after the largest one loaded.
+    assert state._nextKey == 8
 
 
 def test_failedStoreDeferredIsNotLeftUnhandled():
     store = RecordingStore()
-    store.add = lambda job: fail(StoreError("full"))  # type: ignore[assignment]
-    state, _ = makeState(store=store)
+    store.addMany = lambda jobs: fail(StoreError("full"))  # type: ignore[assignment]
+    state, clock = makeState(store=store)
     client, cpeer = connect(state)
     state.submit(client, b"f", b"", b"x", background=True)
+    clock.advance(0)
     assert cpeer.take()[0][0] == P.ERROR
 
 
@@ -653,14 +663,15 @@ def test_manyQueuedJobsDoNotSlowAGrabOrCancel(count):
 
 def test_gracefulStopWithAStoreLeavesQueuedBackgroundJobsStored():
     store = RecordingStore()
-    state, _ = makeState(store=store)
+    state, clock = makeState(store=store)
     client, cpeer = connect(state)
     worker, wpeer = connect(state)
     state.canDo(worker, b"f")
     state.submit(client, b"f", b"", b"running", background=True)
     state.submit(client, b"f", b"", b"queued", background=True)
-    for _, d in store.adds:
-        d.callback(None)
+    clock.advance(0)
+    assert len(store.batches) == 1
+    store.adds[0][1].callback(None)
     fg = [args[0] for kind, args in cpeer.take()]
     running = grab(state, worker, wpeer)[1][0]
     state.stopAccepting()
@@ -671,3 +682,38 @@ def test_gracefulStopWithAStoreLeavesQueuedBackgroundJobsStored():
     assert idle.called
     assert store.removed == [store.adds[0][0].key]  # only the completed one
     assert len(fg) == 2
+
+
+def test_keysIncreaseAndABatchIsOneStoreCall():
+    store = RecordingStore()
+    state, clock = makeState(store=store)
+    client, cpeer = connect(state)
+    for i in range(3):
+        state.submit(client, b"f", b"", b"%d" % i, background=True)
+    clock.advance(0)
+    state.submit(client, b"f", b"", b"later", background=True)
+    clock.advance(0)
+    assert [[job.key for job in batch] for batch in store.batches] == [[1, 2, 3], [4]]
+    assert [job.function for job in store.batches[0]] == [b"f"] * 3
+    for batch in {id(d): d for _, d in store.adds}.values():
+        batch.callback(None)
+    assert [kind for kind, _ in cpeer.take()] == [P.JOB_CREATED] * 4
+
+
+def test_foregroundJobTurnedBackgroundStaysRunnableWhileStored():
+    store = RecordingStore()
+    state, clock = makeState(store=store)
+    fg, fpeer = connect(state)
+    bg, bpeer = connect(state)
+    worker, wpeer = connect(state)
+    state.canDo(worker, b"f")
+    handle = submit(state, fg, fpeer, unique=b"u")
+    assert grab(state, worker, wpeer)[1][0] == handle  # running
+    state.submit(bg, b"f", b"u", b"x", background=True)
+    clock.advance(0)
+    assert bpeer.take() == [] and state.jobs[handle].state == 2  # still RUNNING
+    store.adds[0][1].callback(None)
+    assert bpeer.take() == [(P.JOB_CREATED, [handle])]
+    state.workEnd(worker, P.WORK_COMPLETE, handle, handle + b"\0ok")
+    assert fpeer.take() == [(P.WORK_COMPLETE, [handle, b"ok"])]
+    assert store.removed == [store.adds[0][0].key]

@@ -17,11 +17,11 @@ import os
 import sqlite3
 import threading
 import uuid
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Set
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, protocol
+from twisted.internet import defer
 from twisted.internet.task import deferLater
 from twisted.protocols import portforward
 from zope.interface.verify import verifyObject
@@ -113,7 +113,7 @@ class MemoryBackend(Backend):
 
     def __init__(self) -> None:
         Backend.__init__(self)
-        self.jobs: Dict[bytes, StoredJob] = {}
+        self.jobs: Dict[int, StoredJob] = {}
 
     def _make(self, **kwargs: Any) -> Any:
         return MemoryJobStore(self.jobs)
@@ -215,7 +215,7 @@ redisBackend = _realBackend("redis")
 
 
 def job(n: int, priority: int = Priority.NORMAL, **kwargs: Any) -> StoredJob:
-    fields: Dict[str, Any] = dict(key=b"H:test:%d" % n, function=b"f", unique=b"u%d" % n,
+    fields: Dict[str, Any] = dict(key=n, function=b"f", unique=b"u%d" % n,
                                   payload=b"payload %d" % n, priority=priority)
     fields.update(kwargs)
     return StoredJob(**fields)
@@ -250,7 +250,7 @@ def test_emptyAtFirst(backend: Backend) -> Any:
 
 
 @pytest_twisted.inlineCallbacks
-def test_reloadInPriorityThenAddOrder(backend: Backend) -> Any:
+def test_reloadInPriorityThenKeyOrder(backend: Backend) -> Any:
     store = backend.make()
     yield wait(store.open())
     added = [job(1, Priority.LOW), job(2, Priority.NORMAL), job(3, Priority.HIGH),
@@ -261,17 +261,35 @@ def test_reloadInPriorityThenAddOrder(backend: Backend) -> Any:
     yield wait(defer.gatherResults([store.add(j) for j in added[3:]]))
     yield wait(store.close())
     loaded = yield reload(backend)
-    assert [j.key for j in loaded] == [b"H:test:3", b"H:test:5", b"H:test:2", b"H:test:6",
-                                       b"H:test:1", b"H:test:4"]
+    assert [j.key for j in loaded] == [3, 5, 2, 6, 1, 4]
     assert sorted(loaded, key=lambda j: j.key) == sorted(added, key=lambda j: j.key)
     assert all(type(j) is StoredJob for j in loaded)
+    assert all(type(j.key) is int and type(j.priority) is int for j in loaded)
+
+
+@pytest_twisted.inlineCallbacks
+def test_orderWithinPriorityIsByKeyNotByAdd(backend: Backend) -> Any:
+    """
+    Within a priority, jobs come back by key, whatever the order of the
+    calls that added them; keys beyond 32 bits compare as integers.
+    """
+    store = backend.make()
+    yield wait(store.open())
+    big, bigger = 2 ** 33, 2 ** 50 + 7
+    yield wait(store.addMany([job(bigger), job(9, Priority.HIGH), job(10)]))
+    yield wait(store.add(job(big)))
+    yield wait(defer.gatherResults([store.add(job(2, Priority.HIGH)), store.add(job(300))]))
+    yield wait(store.addMany([job(1, Priority.LOW), job(8)]))
+    yield wait(store.close())
+    loaded = yield reload(backend)
+    assert [j.key for j in loaded] == [2, 9, 8, 10, 300, big, bigger, 1]
 
 
 @pytest_twisted.inlineCallbacks
 def test_remove(backend: Backend) -> Any:
     store = backend.make()
     yield wait(store.open())
-    jobs = [job(n) for n in range(5)]
+    jobs = [job(n) for n in range(1, 6)]
     yield wait(defer.gatherResults([store.add(j) for j in jobs]))
     result = yield wait(store.remove(jobs[1]))
     assert result is None
@@ -319,7 +337,7 @@ def test_emptyUniquesStayDistinct(backend: Backend) -> Any:
     """
     store = backend.make()
     yield wait(store.open())
-    jobs = [job(n, unique=b"", payload=b"same") for n in range(3)]
+    jobs = [job(n, unique=b"", payload=b"same") for n in range(1, 4)]
     yield wait(defer.gatherResults([store.add(j) for j in jobs]))
     yield wait(store.close())
     assert (yield reload(backend)) == jobs
@@ -338,7 +356,7 @@ def test_uniquesRoundTripForCoalescing(backend: Backend) -> Any:
     yield wait(store.close())
     loaded = yield reload(backend)
     byUnique = {(j.function, j.unique): j.key for j in loaded}
-    assert byUnique == {(b"resize", b"img-42"): b"H:test:1", (b"thumb", b"img-42"): b"H:test:2"}
+    assert byUnique == {(b"resize", b"img-42"): 1, (b"thumb", b"img-42"): 2}
 
 
 @pytest_twisted.inlineCallbacks
@@ -347,9 +365,10 @@ def test_binaryFieldsAndLargePayload(backend: Backend) -> Any:
     yield wait(store.open())
     big = os.urandom(1024 * 1024)
     jobs = [
-        StoredJob(b"\x00k\xff\x00", b"f\x00n", b"\x00u\x00", b"\x00\x00a\x00b\x00", Priority.HIGH),
-        StoredJob(b"H:big", b"big", b"", big, Priority.LOW),
-        StoredJob(b"H:empty", b"f", b"", b"", Priority.NORMAL),
+        StoredJob(3, b"f\x00n", b"\x00u\x00", b"\x00\x00a\x00b\x00", Priority.HIGH,
+                  reducer=b"\x00", clientId=b"c\x00"),
+        StoredJob(1, b"big", b"", big, Priority.LOW),
+        StoredJob(2, b"f", b"", b"", Priority.NORMAL),
     ]
     yield wait(defer.gatherResults([store.add(j) for j in jobs]))
     yield wait(store.close())
@@ -376,7 +395,7 @@ def test_whenReducerAndClientIdRoundTrip(backend: Backend) -> Any:
 def test_closeFlushesPendingWrites(backend: Backend) -> Any:
     store = backend.make()
     yield wait(store.open())
-    jobs = [job(n) for n in range(2000)]
+    jobs = [job(n) for n in range(1, 2001)]
     fired: List[int] = []
     for j in jobs:
         store.add(j).addCallback(lambda _: fired.append(1))
@@ -394,7 +413,7 @@ def test_mixedBurstInOneTurn(backend: Backend) -> Any:
     """
     store = backend.make()
     yield wait(store.open())
-    jobs = [job(n) for n in range(3000)]
+    jobs = [job(n) for n in range(1, 3001)]
     results = [store.add(j) for j in jobs]
     results += [store.remove(j) for j in jobs[::2]]
     results += [store.add(job(5000)), store.remove(job(5000)), store.add(job(5000, payload=b"again"))]
@@ -406,17 +425,95 @@ def test_mixedBurstInOneTurn(backend: Backend) -> Any:
 
 
 @pytest_twisted.inlineCallbacks
-def test_reopenKeepsAddingInOrder(backend: Backend) -> Any:
-    """A restarted store appends after the jobs it reloaded."""
+def test_reopenKeepsOrderingByKey(backend: Backend) -> Any:
+    """
+    A restarted store keeps the jobs it reloaded and orders new ones among
+    them by key (the server continues after the largest loaded key).
+    """
     store = backend.make()
     yield wait(store.open())
-    yield wait(store.add(job(1)))
+    yield wait(store.addMany([job(1), job(2)]))
     yield wait(store.close())
     store = backend.make()
-    assert (yield wait(store.open())) == [job(1)]
-    yield wait(store.add(job(0)))
+    assert (yield wait(store.open())) == [job(1), job(2)]
+    yield wait(store.add(job(4)))
+    yield wait(store.add(job(3)))
+    yield wait(store.remove(job(1)))
     yield wait(store.close())
-    assert (yield reload(backend)) == [job(1), job(0)]
+    assert (yield reload(backend)) == [job(2), job(3), job(4)]
+
+
+# addMany ---------------------------------------------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_addManyOneDeferredForAll(backend: Backend) -> Any:
+    store = backend.make()
+    yield wait(store.open())
+    jobs = [job(n, (Priority.HIGH, Priority.NORMAL, Priority.LOW)[n % 3]) for n in range(1, 401)]
+    d = store.addMany(jobs)
+    assert isinstance(d, defer.Deferred)
+    assert (yield wait(d)) is None
+    assert (yield wait(store.addMany([]))) is None
+    yield wait(store.close())
+    loaded = yield reload(backend)
+    assert loaded == sorted(jobs, key=lambda j: (j.priority, j.key))
+
+
+@pytest_twisted.inlineCallbacks
+def test_addManyInterleavedWithAddAndRemove(backend: Backend) -> Any:
+    """
+    C{addMany}, C{add} and C{remove} issued in one turn apply in the order
+    they were issued, also on the same keys.
+    """
+    store = backend.make()
+    yield wait(store.open())
+    results = [
+        store.add(job(1)),
+        store.addMany([job(2), job(3), job(4, Priority.HIGH)]),
+        store.remove(job(3)),
+        store.addMany([job(3, payload=b"again"), job(5), job(6)]),
+        store.remove(job(5)),
+        store.add(job(6, payload=b"replaced")),
+        store.addMany([job(7), job(7, payload=b"twice")]),
+        store.remove(job(1)),
+    ]
+    yield wait(defer.gatherResults(results))
+    yield wait(store.close())
+    loaded = yield reload(backend)
+    assert loaded == [job(4, Priority.HIGH), job(2), job(3, payload=b"again"),
+                      job(6, payload=b"replaced"), job(7, payload=b"twice")]
+
+
+@pytest_twisted.inlineCallbacks
+def test_addManyOddSizesAndRepeatedKeys(backend: Backend) -> Any:
+    """
+    Batches of every size write every row (stores may split them into
+    statements of fixed sizes); a key given twice in one C{addMany} keeps its
+    last record.
+    """
+    store = backend.make()
+    yield wait(store.open())
+    jobs = [job(n) for n in range(1, 342)]
+    yield wait(store.addMany(jobs[:10] + [job(5, payload=b"twice")] + jobs[10:]))
+    yield wait(defer.gatherResults([store.remove(job(n)) for n in range(1, 300) if n != 5]))
+    yield wait(store.addMany([job(n) for n in range(342, 342 + 87)]))
+    yield wait(store.close())
+    loaded = yield reload(backend)
+    assert loaded == [job(5, payload=b"twice")] + [job(n) for n in range(300, 342 + 87)]
+
+
+@pytest_twisted.inlineCallbacks
+def test_addManyTakesASnapshot(backend: Backend) -> Any:
+    """Changing a job object after C{addMany} does not change what is stored."""
+    store = backend.make()
+    yield wait(store.open())
+    mutable = job(1)
+    d = store.addMany([mutable])
+    mutable.payload = b"changed later"
+    yield wait(d)
+    yield wait(store.close())
+    assert (yield reload(backend)) == [job(1)]
 
 
 # Batching (the threaded stores) -----------------------------------------------
@@ -443,12 +540,12 @@ def test_oneTransactionPerTurnAndWritesQueueBehind(sqliteBackend: SQLiteBackend)
 
     store._writeInThread = spy
     try:
-        first = [store.add(job(n)) for n in range(100)]
+        first = [store.add(job(n)) for n in range(1, 101)]
         while not entered.is_set():
             yield deferLater(_reactor(), 0.01, lambda: None)
-        second = [store.add(job(n)) for n in range(100, 150)]
+        second = [store.add(job(n)) for n in range(101, 151)]
         yield turn()
-        second += [store.remove(job(0))]
+        second += [store.remove(job(1))]
         yield turn()
         assert len(batches) == 1 and not any(d.called for d in first)
     finally:
@@ -456,7 +553,36 @@ def test_oneTransactionPerTurnAndWritesQueueBehind(sqliteBackend: SQLiteBackend)
     yield wait(defer.gatherResults(first + second))
     assert [len(b) for b in batches] == [100, 51]
     yield wait(store.close())
-    assert [j.key for j in (yield reload(sqliteBackend))] == [job(n).key for n in range(1, 150)]
+    assert [j.key for j in (yield reload(sqliteBackend))] == list(range(2, 151))
+
+
+@pytest_twisted.inlineCallbacks
+def test_addManyIsOnePendingEntry(sqliteBackend: SQLiteBackend) -> Any:
+    """
+    C{addMany} queues one entry (one list of records, one Deferred), not one
+    per job; the batch holding it and other writes is one transaction.
+    """
+    store = sqliteBackend.make()
+    yield wait(store.open())
+    batches: List[List[Any]] = []
+    original = store._writeInThread
+
+    def spy(operations: List[Any]) -> None:
+        batches.append(operations)
+        original(operations)
+
+    store._writeInThread = spy
+    many = store.addMany([job(n) for n in range(1, 401)])
+    assert len(store._pending) == 1
+    one = store.add(job(401))
+    gone = store.remove(job(7))
+    assert len(store._pending) == 3
+    yield wait(defer.gatherResults([many, one, gone]))
+    assert [[(isAdd, len(items) if isAdd else items) for isAdd, items in b] for b in batches] == [
+        [(True, 400), (True, 1), (False, 7)]]
+    yield wait(store.close())
+    assert [j.key for j in (yield reload(sqliteBackend))] == [n for n in range(1, 402) if n != 7]
+
 
 
 @pytest_twisted.inlineCallbacks
@@ -492,7 +618,7 @@ def test_sqliteCorruptFileIsNotWiped(sqliteBackend: SQLiteBackend) -> Any:
 def test_sqliteDamagedPagesAreReported(sqliteBackend: SQLiteBackend) -> Any:
     store = sqliteBackend.make()
     yield wait(store.open())
-    yield wait(defer.gatherResults([store.add(job(n, payload=os.urandom(3000))) for n in range(300)]))
+    yield wait(store.addMany([job(n, payload=os.urandom(3000)) for n in range(1, 301)]))
     yield wait(store.close())
     size = os.path.getsize(sqliteBackend.path)
     with open(sqliteBackend.path, "r+b") as f:
@@ -515,6 +641,45 @@ def test_sqliteOtherSchemaVersionIsNotWiped(sqliteBackend: SQLiteBackend) -> Any
     connection.close()
     before = _digest(sqliteBackend.path)
     with pytest.raises(StoreSchemaError, match="version 99"):
+        yield wait(sqliteBackend.make().open())
+    assert _digest(sqliteBackend.path) == before
+
+
+@pytest_twisted.inlineCallbacks
+def test_sqliteVersion1FileIsNotWiped(sqliteBackend: SQLiteBackend) -> Any:
+    """
+    A queue of schema version 1 (bytes keys, one column per field) is
+    refused with the versions named, and left as it is.
+    """
+    with sqlite3.connect(sqliteBackend.path) as connection:
+        connection.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        connection.execute(
+            "CREATE TABLE jobs (seq INTEGER PRIMARY KEY, key BLOB NOT NULL UNIQUE,"
+            " function BLOB NOT NULL, uniq BLOB NOT NULL, payload BLOB NOT NULL,"
+            " priority INTEGER NOT NULL, run_at INTEGER NOT NULL, reducer BLOB NOT NULL,"
+            " client_id BLOB NOT NULL)")
+        connection.executemany("INSERT INTO meta VALUES (?, ?)",
+                               [("schema", "txgear-queue"), ("version", "1")])
+        connection.execute("INSERT INTO jobs (key, function, uniq, payload, priority, run_at,"
+                           " reducer, client_id) VALUES (x'483a31', x'66', x'', x'', 1, 0, x'', x'')")
+    connection.close()
+    before = _digest(sqliteBackend.path)
+    with pytest.raises(StoreSchemaError, match="schema version 1, this txgear reads version 2"):
+        yield wait(sqliteBackend.make().open())
+    assert _digest(sqliteBackend.path) == before
+
+
+@pytest_twisted.inlineCallbacks
+def test_sqliteUnknownRecordFormatIsReported(sqliteBackend: SQLiteBackend) -> Any:
+    store = sqliteBackend.make()
+    yield wait(store.open())
+    yield wait(store.add(job(1)))
+    yield wait(store.close())
+    with sqlite3.connect(sqliteBackend.path) as connection:
+        connection.execute("UPDATE jobs SET data = CAST(x'09' || substr(data, 2) AS BLOB)")
+    connection.close()
+    before = _digest(sqliteBackend.path)
+    with pytest.raises(StoreSchemaError, match="job 1: record format 9 is unknown"):
         yield wait(sqliteBackend.make().open())
     assert _digest(sqliteBackend.path) == before
 
@@ -565,10 +730,18 @@ def test_sqliteFullWhileRunningThenRecovers(sqliteBackend: SQLiteBackend) -> Any
     yield store._callInThread(limit(pageCount))
     with pytest.raises(StoreError, match="full"):
         yield wait(store.add(job(2, payload=b"x" * 200000)))
+    # All or nothing: a batch that does not fit stores none of its jobs, and
+    # every Deferred of the batch fails.
+    small = store.addMany([job(n) for n in range(10, 20)])
+    big = store.addMany([job(20), job(21, payload=b"x" * 200000), job(22)])
+    removal = store.remove(job(1))
+    for d in (small, big, removal):
+        with pytest.raises(StoreError, match="full"):
+            yield wait(d)
     yield store._callInThread(limit(1 << 30))
     yield wait(store.add(job(3, payload=b"x" * 200000)))
     yield wait(store.close())
-    assert [j.key for j in (yield reload(sqliteBackend))] == [b"H:test:1", b"H:test:3"]
+    assert [j.key for j in (yield reload(sqliteBackend))] == [1, 3]
 
 
 # PostgreSQL and Redis failures -------------------------------------------------------
@@ -638,7 +811,7 @@ def test_postgresOtherSchemaVersionIsNotWiped(postgresBackend: PostgresBackend) 
     with pytest.raises(StoreSchemaError, match="version 0"):
         yield wait(postgresBackend.make().open())
     postgresBackend.execute(
-        f"UPDATE \"{postgresBackend.schema}\".txgear_meta SET value = '1' WHERE name = 'version'")
+        f"UPDATE \"{postgresBackend.schema}\".txgear_meta SET value = '2' WHERE name = 'version'")
     assert (yield reload(postgresBackend)) == [job(1)]
 
 
@@ -672,8 +845,11 @@ def test_postgresOutageFailsWritesThenRecovers(postgresBackend: PostgresBackend)
         yield wait(store.open())
         yield wait(store.add(job(1)))
         yield proxy.cut()
-        with pytest.raises(StoreError):
-            yield wait(store.add(job(2)))
+        # The whole batch fails: neither addMany nor add stores anything.
+        many, one = store.addMany([job(2), job(5), job(6)]), store.add(job(7))
+        for d in (many, one):
+            with pytest.raises(StoreError):
+                yield wait(d)
         # Still down: reconnecting fails too, quickly.
         with pytest.raises(StoreError, match="cannot connect"):
             yield wait(store.add(job(3)))
@@ -704,9 +880,24 @@ def test_redisOtherSchemaVersionIsNotWiped(redisBackend: RedisBackend) -> Any:
     with pytest.raises(StoreSchemaError, match="version b'7'"):
         yield wait(redisBackend.make().open())
     assert client.hlen(redisBackend.prefix + "jobs") == 1
-    client.hset(redisBackend.prefix + "meta", "version", "1")
+    client.hset(redisBackend.prefix + "meta", "version", "2")
     client.close()
     assert (yield reload(redisBackend)) == [job(1)]
+
+
+@pytest_twisted.inlineCallbacks
+def test_redisKeyBeyondScoreRangeFailsTheBatch(redisBackend: RedisBackend) -> Any:
+    """
+    Scores are doubles: keys of 2**51 and more cannot be ordered exactly, so
+    their batch fails instead of storing them out of order.
+    """
+    store = redisBackend.make()
+    yield wait(store.open())
+    with pytest.raises(StoreError, match="out of range"):
+        yield wait(store.addMany([job(1), job(2 ** 51)]))
+    yield wait(store.add(job(2 ** 51 - 1)))
+    yield wait(store.close())
+    assert (yield reload(redisBackend)) == [job(2 ** 51 - 1)]
 
 
 @pytest_twisted.inlineCallbacks
@@ -730,8 +921,11 @@ def test_redisOutageFailsWritesThenRecovers(redisBackend: RedisBackend) -> Any:
         yield wait(store.open())
         yield wait(store.add(job(1)))
         yield proxy.cut()
-        with pytest.raises(StoreError):
-            yield wait(store.add(job(2)))
+        # The whole batch fails: neither addMany nor add stores anything.
+        many, one = store.addMany([job(2), job(5), job(6)]), store.add(job(7))
+        for d in (many, one):
+            with pytest.raises(StoreError):
+                yield wait(d)
         proxy.restore()
         yield wait(store.add(job(3)))
         yield wait(store.remove(job(1)))

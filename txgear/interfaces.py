@@ -16,9 +16,12 @@ class IJobStore(Interface):
     or uses an asynchronous driver. Writes issued during one reactor turn
     should be committed together, in one transaction.
 
-    Jobs handed to C{add} and C{remove} are objects with the attributes of
-    L{txgear.jobs.StoredJob} (C{key}, C{function}, C{unique}, C{payload},
-    C{priority}, C{when}, C{reducer}, C{clientId}).
+    Jobs handed to C{add}, C{addMany} and C{remove} are objects with the
+    attributes of L{txgear.jobs.StoredJob} (C{key}, C{function}, C{unique},
+    C{payload}, C{priority}, C{when}, C{reducer}, C{clientId}). A job's
+    C{key} is a positive integer that the server gives in increasing order of
+    submission, continuing after the largest key L{open} loaded; it identifies
+    the job in the store and orders jobs of one priority.
     """
 
     description = Attribute("A short human-readable description, e.g. 'sqlite:/var/lib/gearman.db'.")
@@ -28,8 +31,7 @@ class IJobStore(Interface):
         Connect, create or check the schema, and load every stored job.
 
         @return: a Deferred firing with a list of L{txgear.jobs.StoredJob},
-            ordered by priority (high first), then by the order of the C{add}
-            calls that recorded them. Fails with
+            ordered by priority (high first), then by key. Fails with
             L{txgear.errors.StoreSchemaError} for a corrupt store or one of an
             unknown schema version (never wiping it), and with
             L{txgear.errors.StoreError} when the store cannot be reached.
@@ -41,6 +43,16 @@ class IJobStore(Interface):
 
         @return: a Deferred that fires with C{None} once the job would survive
             a crash of this process, or fails with L{txgear.errors.StoreError}.
+        """
+
+    def addMany(jobs):  # type: ignore[misc]
+        """
+        Durably record every job of the sequence C{jobs}, in one transaction
+        with whatever else is written in the same batch.
+
+        @return: a Deferred that fires with C{None} once all of them would
+            survive a crash of this process, or fails with
+            L{txgear.errors.StoreError} (then none of them is recorded).
         """
 
     def remove(job):  # type: ignore[misc]

@@ -26,8 +26,9 @@ class StoredJob:
     objects, or instances of this class); stores return instances of this class
     from L{txgear.interfaces.IJobStore.load}.
 
-    @ivar key: an opaque identifier the server gives the job, unique across
-        restarts; stores use it to remove the job.
+    @ivar key: a positive integer the server gives the job, increasing in
+        submission order and unique in its store (the server continues after
+        the largest key it loaded); stores use it to remove and order jobs.
     @ivar function: the function name.
     @ivar unique: the unique id (may be empty).
     @ivar payload: the workload bytes.
@@ -41,7 +42,7 @@ class StoredJob:
 
     def __init__(
         self,
-        key: bytes,
+        key: int,
         function: bytes,
         unique: bytes,
         payload: bytes,

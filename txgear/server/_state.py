@@ -107,16 +107,16 @@ class Job:
     @ivar key: the id under which a store records the job (background only).
     """
 
-    __slots__ = ("handle", "function", "unique", "payload", "priority", "background",
+    __slots__ = ("handle", "func", "unique", "payload", "priority", "background",
                  "when", "reducer", "clientId", "key", "clients", "worker", "numerator",
                  "denominator", "retries", "state", "seq", "coalesceKey", "timeoutCall",
-                 "persisted")
+                 "persisted", "replySlots")
 
     def __init__(self, handle: bytes, function: Function, unique: bytes, payload: bytes,
                  priority: int, background: bool, when: int, reducer: bytes,
                  clientId: bytes, seq: int) -> None:
         self.handle = handle
-        self.function = function
+        self.func = function
         self.unique = unique
         self.payload = payload
         self.priority = priority
@@ -124,7 +124,7 @@ class Job:
         self.when = when
         self.reducer = reducer
         self.clientId = clientId
-        self.key = b""
+        self.key = 0
         self.clients: Any = ()  # a list once a client attaches; most jobs have none
         self.worker: Optional[Session] = None
         self.numerator = b"0"
@@ -135,31 +135,16 @@ class Job:
         self.coalesceKey: Any = None
         self.timeoutCall: Any = None
         self.persisted = False
+        # (session, reply slot) of submitters waiting for the store.
+        self.replySlots: Any = None
 
     @property
-    def functionName(self) -> bytes:
-        return self.function.name
+    def function(self) -> bytes:
+        """The function name (what a store records)."""
+        return self.func.name
 
     def __lt__(self, other: "Job") -> bool:  # for the epoch heap
         return self.seq < other.seq
-
-
-class _StoredView:
-    """What a store sees of a L{Job}: the attributes of L{txgear.jobs.StoredJob}."""
-
-    __slots__ = ("job",)
-
-    def __init__(self, job: Job) -> None:
-        self.job = job
-
-    key = property(lambda self: self.job.key)
-    function = property(lambda self: self.job.function.name)
-    unique = property(lambda self: self.job.unique)
-    payload = property(lambda self: bytes(self.job.payload))  # large ones are memoryviews
-    priority = property(lambda self: self.job.priority)
-    when = property(lambda self: self.job.when)
-    reducer = property(lambda self: self.job.reducer)
-    clientId = property(lambda self: self.job.clientId)
 
 
 class Session:
@@ -248,7 +233,7 @@ class JobServerState:
 
     def __init__(self, clock: Any = None, handlePrefix: Optional[bytes] = None,
                  jobRetries: int = 0, roundRobin: bool = False, workerWakeup: int = 1,
-                 store: Any = None, keyPrefix: Optional[bytes] = None) -> None:
+                 store: Any = None) -> None:
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[no-redef]
         self.clock = clock
@@ -259,12 +244,9 @@ class JobServerState:
         self.roundRobin = roundRobin
         self.workerWakeup = workerWakeup
         self.store = store
-        # Store keys must stay unique across restarts, where handles restart at 1.
-        if keyPrefix is None:
-            import os
-
-            keyPrefix = os.urandom(8).hex().encode("ascii")
-        self._keyPrefix = keyPrefix + b"-"
+        # Store keys continue after the largest one loaded (handles restart at 1).
+        self._nextKey = 1
+        self._unstored: List[Job] = []
         self.functions: Dict[bytes, Function] = {}
         self.jobs: Dict[bytes, Job] = {}
         self._uniqueIndex: Dict[bytes, List[Job]] = {}
@@ -276,8 +258,6 @@ class JobServerState:
         self._epochCall: Any = None
         self.accepting = True
         self._idleWaiters: List[Deferred[None]] = []
-        # Jobs waiting for the store, with the replies to send once it answers.
-        self._pending: Dict[Job, List[Tuple[Session, List[Any]]]] = {}
 
     # -- connections -----------------------------------------------------
 
@@ -303,7 +283,7 @@ class JobServerState:
         for job in list(session.held.values()):
             if job.state == RUNNING and job.worker is session:
                 self._jobLostWorker(job, "worker disconnected")
-                touched[job.function] = None
+                touched[job.func] = None
         session.held.clear()
         for function in session.functions:
             function.workers -= 1
@@ -475,7 +455,7 @@ class JobServerState:
             session.waiting[job] = None
         if job.state == PENDING:
             # Answer once the store has the job, in this session's order.
-            self._pending[job].append((session, session._reserveReply()))
+            job.replySlots.append((session, session._reserveReply()))
             return
         handle = job.handle
         session.write(_H_JOB_CREATED + len(handle).to_bytes(4, "big") + handle)
@@ -483,53 +463,72 @@ class JobServerState:
     # -- persistence -----------------------------------------------------
 
     def _persist(self, job: Job, session: Session, new: bool) -> None:
-        """Record a background job; answer JOB_CREATED once it is durable."""
-        self._seq += 1
-        job.key = self._keyPrefix + b"%d" % self._seq
+        """
+        Record a background job; JOB_CREATED goes out once it is durable.
+        Jobs of one reactor turn go to the store together (one C{addMany}).
+        """
+        slot = (session, session._reserveReply())
+        if job.replySlots is not None:  # already being written
+            job.replySlots.append(slot)
+            return
+        job.replySlots = [slot]
         if new:
             job.state = PENDING
         # else: a foreground job turned background stays runnable meanwhile.
-        slots = self._pending.get(job)
-        if slots is not None:  # already being written
-            slots.append((session, session._reserveReply()))
-            return
-        self._pending[job] = [(session, session._reserveReply())]
-        d = self.store.add(_StoredView(job))
-        d.addCallbacks(self._persisted, self._persistFailed, callbackArgs=(job,),
-                       errbackArgs=(job,))
+        job.key = self._nextKey
+        self._nextKey += 1
+        if type(job.payload) is not bytes:
+            job.payload = bytes(job.payload)  # a large one arrived as a view
+        unstored = self._unstored
+        unstored.append(job)
+        if len(unstored) == 1:
+            self.clock.callLater(0, self._storeBatch)
 
-    def _persisted(self, _: object, job: Job) -> None:
-        job.persisted = True
-        slots = self._pending.pop(job, [])
-        handle = job.handle
-        packet = _H_JOB_CREATED + len(handle).to_bytes(4, "big") + handle
-        for session, slot in slots:
-            slot[0] = packet
+    def _storeBatch(self) -> None:
+        batch, self._unstored = self._unstored, []
+        d = self.store.addMany(batch)
+        d.addCallbacks(self._stored, self._storeFailed, callbackArgs=(batch,),
+                       errbackArgs=(batch,))
+
+    def _stored(self, _: object, batch: List[Job]) -> None:
+        sessions: Dict[Session, None] = {}
+        for job in batch:
+            job.persisted = True
+            slots, job.replySlots = job.replySlots, None
+            handle = job.handle
+            packet = _H_JOB_CREATED + len(handle).to_bytes(4, "big") + handle
+            for session, slot in slots:
+                slot[0] = packet
+                sessions[session] = None
+            if job.state == PENDING:
+                self._makeRunnable(job)
+            elif job.state == DONE:
+                # Finished (cancelled) while being written: forget it again.
+                self.store.remove(job).addErrback(self._logStoreFailure, job)
+        for session in sessions:
             session._flushReplies()
-        if job.state == PENDING:
-            self._makeRunnable(job)
-        elif job.state == DONE:
-            # Finished (cancelled) while being written: forget it again.
-            self.store.remove(_StoredView(job)).addErrback(self._logStoreFailure, job)
 
-    def _persistFailed(self, failure: Failure, job: Job) -> None:
-        self._log.failure("Could not store background job {handle!r}", failure,
-                          handle=job.handle)
-        slots = self._pending.pop(job, [])
+    def _storeFailed(self, failure: Failure, batch: List[Job]) -> None:
+        self._log.failure("Could not store {count} background jobs", failure, count=len(batch))
         text = str(failure.value).encode("utf-8", "replace")[:200] or b"store failure"
         packet = _errorPacket(b"QUEUE_ERROR", text)
-        for session, slot in slots:
-            slot[0] = packet
-            session._flushReplies()
-        if job.state == PENDING:
-            if job.clients:
-                # Foreground clients also wait on it: keep it as a memory job.
+        sessions: Dict[Session, None] = {}
+        for job in batch:
+            slots, job.replySlots = job.replySlots, None
+            for session, slot in slots:
+                slot[0] = packet
+                sessions[session] = None
+            if job.state == PENDING:
+                if job.clients:
+                    # Foreground clients also wait on it: keep it as a memory job.
+                    job.background = False
+                    self._makeRunnable(job)
+                else:
+                    self._forget(job)
+            elif job.state != DONE:
                 job.background = False
-                self._makeRunnable(job)
-            else:
-                self._forget(job)
-        elif job.state != DONE:
-            job.background = False
+        for session in sessions:
+            session._flushReplies()
 
     def _logStoreFailure(self, failure: Failure, job: Job) -> None:
         self._log.failure("Could not remove job {handle!r} from the store", failure,
@@ -542,6 +541,8 @@ class JobServerState:
         """
         count = 0
         for record in stored:
+            if record.key >= self._nextKey:
+                self._nextKey = record.key + 1
             function = self.function(record.function)
             unique = record.unique
             key: Any = None
@@ -573,7 +574,7 @@ class JobServerState:
 
     def _makeRunnable(self, job: Job) -> None:
         when = job.when
-        function = job.function
+        function = job.func
         if when and when > self.clock.seconds():
             job.state = SCHEDULED
             function.scheduled += 1
@@ -602,7 +603,7 @@ class JobServerState:
         while heap and heap[0][0] <= now:
             _, _, job = heapq.heappop(heap)
             if job.state == SCHEDULED:
-                job.function.scheduled -= 1
+                job.func.scheduled -= 1
                 job.when = 0
                 self._makeRunnable(job)
         while heap and heap[0][2].state != SCHEDULED:
@@ -667,13 +668,13 @@ class JobServerState:
                 if best is None or head.seq < best.seq:
                     best, bestIndex = head, index
             if best is not None:
-                best.function.queues[priority].popleft()
+                best.func.queues[priority].popleft()
                 session.rotation = bestIndex + 1
                 return best
         return None
 
     def _assign(self, session: Session, job: Job, kind: int) -> None:
-        function = job.function
+        function = job.func
         function.queued -= 1
         function.priorityCounts[job.priority] -= 1
         function.running += 1
@@ -714,7 +715,7 @@ class JobServerState:
             if job.timeoutCall.active():
                 job.timeoutCall.cancel()
             job.timeoutCall = None
-        function = job.function
+        function = job.func
         function.running -= 1
         job.worker = None
         job.retries += 1
@@ -763,7 +764,7 @@ class JobServerState:
             return
         if job.worker is not session:
             return  # cancelled by an admin while running: result dropped
-        job.function.running -= 1
+        job.func.running -= 1
         job.worker = None
         if job.timeoutCall is not None:
             if job.timeoutCall.active():
@@ -818,16 +819,16 @@ class JobServerState:
         """Remove every trace of a finished job (its queue entry is dropped lazily)."""
         state = job.state
         if state == QUEUED:
-            function = job.function
+            function = job.func
             function.queued -= 1
             function.priorityCounts[job.priority] -= 1
         elif state == SCHEDULED:
-            job.function.scheduled -= 1
+            job.func.scheduled -= 1
         job.state = DONE
         self.jobs.pop(job.handle, None)
         key = job.coalesceKey
         if key is not None:
-            uniques = job.function.uniques
+            uniques = job.func.uniques
             if uniques.get(key) is job:
                 del uniques[key]
             index = self._uniqueIndex.get(job.unique)
@@ -838,7 +839,7 @@ class JobServerState:
                     index.remove(job)
         if job.persisted and self.store is not None:
             job.persisted = False
-            self.store.remove(_StoredView(job)).addErrback(self._logStoreFailure, job)
+            self.store.remove(job).addErrback(self._logStoreFailure, job)
         for client in job.clients:
             client.waiting.pop(job, None)
         job.clients = ()
@@ -902,7 +903,7 @@ class JobServerState:
             return False
         if job.state == RUNNING:
             worker = job.worker
-            job.function.running -= 1
+            job.func.running -= 1
             job.worker = None
             if job.timeoutCall is not None and job.timeoutCall.active():
                 job.timeoutCall.cancel()

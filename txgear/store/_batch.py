@@ -1,16 +1,18 @@
 # -*- test-case-name: tests.test_store_contract -*-
 """
 The machinery the database-backed stores share: a private one-thread pool that
-runs a blocking driver, and batching of every C{add}/C{remove} issued during
-one reactor turn into one transaction.
+runs a blocking driver, and batching of every C{add}/C{addMany}/C{remove}
+issued during one reactor turn into one transaction.
 
-The reactor thread only appends to a list and, once per turn, schedules a
-flush; one batch is written at a time, and writes issued while a batch is in
-flight wait behind it (and so form the next, larger batch). Order is kept.
+The reactor thread only appends one entry per call to a list (an
+C{addMany} of 400 jobs is one entry: a list of 400 record tuples and one
+Deferred) and, once per turn, schedules a flush; one batch is written at a
+time, and writes issued while a batch is in flight wait behind it (and so
+form the next, larger batch). Order is kept.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, TypeVar
+from typing import Any, Callable, Iterable, List, Optional, Tuple, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
@@ -23,58 +25,9 @@ from txgear.jobs import StoredJob
 
 _T = TypeVar("_T")
 
-#: One stored job as the writers see it: (key, function, unique, payload,
-#: priority, when, reducer, clientId).
-Record = Tuple[bytes, bytes, bytes, bytes, int, int, bytes, bytes]
-
-#: One write: C{(True, record)} for an add, C{(False, key)} for a remove.
+#: One write: C{(True, records)} for an C{add}/C{addMany} (a list of
+#: L{txgear.store._record.Record}), C{(False, key)} for a C{remove}.
 Operation = Tuple[bool, Any]
-
-
-def recordOf(job: Any) -> Record:
-    """
-    Snapshot the stored attributes of a job-like object, so that later changes
-    to the server's job object do not leak into a batch in flight.
-    """
-    return (job.key, job.function, job.unique, job.payload, int(job.priority),
-            int(job.when), job.reducer, job.clientId)
-
-
-def jobFromRecord(record: Tuple[Any, ...]) -> StoredJob:
-    """
-    Build a L{StoredJob} from a database row in L{Record} order (buffers and
-    memoryviews become C{bytes}).
-    """
-    key, function, unique, payload, priority, when, reducer, clientId = record
-    return StoredJob(bytes(key), bytes(function), bytes(unique), bytes(payload),
-                     int(priority), int(when), bytes(reducer), bytes(clientId))
-
-
-def runsOf(operations: List[Operation]) -> Iterator[Tuple[bool, List[Any]]]:
-    """
-    Split a batch into maximal runs of adds and of removes, in order, so each
-    run can be written with one bulk statement.
-
-    Within a run of adds a key given twice appears once, at its first place,
-    with its last record (as two upserts in a row would leave it); within a
-    run of removes each key appears once.
-
-    @return: an iterator of C{(isAdd, items)}: records for adds, keys for
-        removes.
-    """
-    index = 0
-    count = len(operations)
-    while index < count:
-        isAdd = operations[index][0]
-        run: Dict[bytes, Any] = {}
-        while index < count and operations[index][0] is isAdd:
-            item = operations[index][1]
-            if isAdd:
-                run[item[0]] = item
-            else:
-                run[item] = item
-            index += 1
-        yield isAdd, list(run.values())
 
 
 class ThreadedBatchStore:
@@ -82,10 +35,12 @@ class ThreadedBatchStore:
     Base class of the stores that run a blocking driver in their own thread.
 
     Subclasses implement, all called in the store's only pool thread:
-    C{_openInThread() -> list[StoredJob]}, C{_writeInThread(operations)} (one
-    transaction; raise L{StoreError} on failure, leaving the store able to try
-    again later) and C{_closeInThread()} (release everything, also after a
-    failed open).
+    C{_openInThread() -> list[StoredJob]}, C{_writeInThread(operations)} (a
+    list of L{Operation}, in the order issued, written in one transaction;
+    raise L{StoreError} on failure, writing none of them and leaving the store
+    able to try again later) and C{_closeInThread()} (release everything, also
+    after a failed open). L{txgear.store._record.collapse} turns the
+    operations into the records to store and the keys to delete.
 
     @ivar description: see L{txgear.interfaces.IJobStore.description}.
     """
@@ -141,18 +96,28 @@ class ThreadedBatchStore:
 
     def add(self, job: Any) -> Deferred[None]:
         """
-        Queue C{job} for the next batch.
+        Queue C{job} for the next batch: C{addMany([job])}.
 
         @return: fires once the batch holding it is committed; fails with
             L{StoreError} if that batch could not be written.
         """
-        # The hot path of a burst of submits: kept to a few operations.
+        return self.addMany((job,))
+
+    def addMany(self, jobs: Iterable[Any]) -> Deferred[None]:
+        """
+        Queue every job of C{jobs} for the next batch, as one entry with one
+        Deferred.
+
+        @return: fires once the batch holding them is committed; fails with
+            L{StoreError} if that batch could not be written (then none of
+            them is recorded).
+        """
+        # The hot path of a burst of submits: one list of tuples, one Deferred.
         if self._state != "open":
             return fail(StoreError(f"{self.description}: the store is not open"))
         d: Deferred[None] = Deferred()
-        self._pending.append(((True, (job.key, job.function, job.unique, job.payload,
-                                      int(job.priority), int(job.when), job.reducer,
-                                      job.clientId)), d))
+        self._pending.append(((True, [(job.key, job.priority, job.function, job.unique, job.payload,
+                                       job.when, job.reducer, job.clientId) for job in jobs]), d))
         if self._flushCall is None and not self._writing:
             self._flushCall = self._reactor.callLater(0, self._flush)
         return d
@@ -239,8 +204,9 @@ class ThreadedBatchStore:
     def _written(self, result: Any, batch: List[Tuple[Operation, Deferred[None]]]) -> None:
         self._writing = False
         if isinstance(result, Failure):
+            count = sum(len(items) if isAdd else 1 for (isAdd, items), _ in batch)
             self._log.warn("Writing {count} changes to job store {store} failed: {error}",
-                           count=len(batch), store=self.description, error=result.getErrorMessage())
+                           count=count, store=self.description, error=result.getErrorMessage())
             for _, d in batch:
                 d.errback(result)
         else:

@@ -4,7 +4,7 @@ The in-memory job store: the reference L{IJobStore}, and C{--queue memory}.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
@@ -22,34 +22,44 @@ class MemoryJobStore:
     C{jobs} dictionary to make the second see what the first recorded, as a
     restart would with a real store (the contract tests do this).
 
-    @ivar jobs: the recorded jobs by key, in the order of their first C{add}.
+    @ivar jobs: the recorded jobs by key.
     """
 
     description = "memory"
 
-    def __init__(self, jobs: Optional[Dict[bytes, StoredJob]] = None) -> None:
+    def __init__(self, jobs: Optional[Dict[int, StoredJob]] = None) -> None:
         """
         @param jobs: the backing dictionary, shared with another instance to
             simulate a restart; a new empty one by default.
         """
-        self.jobs: Dict[bytes, StoredJob] = {} if jobs is None else jobs
+        self.jobs: Dict[int, StoredJob] = {} if jobs is None else jobs
 
     def open(self) -> Deferred[List[StoredJob]]:
         """
         @return: a fired Deferred with the recorded jobs, high priority first,
-            then in the order they were first added.
+            then by key.
         """
-        return succeed(sorted(self.jobs.values(), key=_priorityOf))
+        return succeed(sorted(self.jobs.values(), key=_priorityAndKey))
 
-    def add(self, job: StoredJob) -> Deferred[None]:
+    def add(self, job: Any) -> Deferred[None]:
         """
-        Record a copy of C{job}; a job with the same key keeps its place.
+        Record a copy of C{job}, replacing any job with the same key.
         """
         self.jobs[job.key] = StoredJob(job.key, job.function, job.unique, job.payload, job.priority,
                                        job.when, job.reducer, job.clientId)
         return succeed(None)
 
-    def remove(self, job: StoredJob) -> Deferred[None]:
+    def addMany(self, jobs: Iterable[Any]) -> Deferred[None]:
+        """
+        Record a copy of every job of C{jobs}, as L{add} does.
+        """
+        stored = self.jobs
+        for job in jobs:
+            stored[job.key] = StoredJob(job.key, job.function, job.unique, job.payload,
+                                        job.priority, job.when, job.reducer, job.clientId)
+        return succeed(None)
+
+    def remove(self, job: Any) -> Deferred[None]:
         """
         Forget C{job}; unknown keys are ignored.
         """
@@ -63,5 +73,5 @@ class MemoryJobStore:
         return succeed(None)
 
 
-def _priorityOf(job: StoredJob) -> int:
-    return job.priority
+def _priorityAndKey(job: StoredJob) -> Tuple[int, int]:
+    return job.priority, job.key

@@ -3,15 +3,21 @@
 The PostgreSQL job store (C{--queue postgresql:<dsn>}), with psycopg 3 in the
 store's own thread.
 
-A batch is one transaction: adds are C{COPY}ed into a temporary table and
-upserted from there in order, removes go by arrays of keys; so a burst of
-submits costs a few round trips. A lost connection fails the batch in
-flight with L{StoreError}; the next batch reconnects.
+A batch is one transaction: one C{DELETE} of the keys it removes (by arrays of
+keys), then one binary C{COPY} of the added rows straight into the jobs table,
+so a burst of submits costs one round trip or two. An add of a key that is
+already stored (a retried add) makes the C{COPY} fail on the primary key:
+the batch is then written again, deleting the keys it adds first. A lost connection fails the
+batch in flight with L{StoreError}; the next batch reconnects.
+
+Schema version 2: C{<prefix>jobs(key bigint PRIMARY KEY, priority smallint,
+function bytea, uniq bytea, payload bytea, run_at bigint, reducer bytea,
+client_id bytea)}, one readable column per field.
 """
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from zope.interface import implementer
@@ -19,16 +25,19 @@ from zope.interface import implementer
 from txgear.errors import StoreError, StoreSchemaError
 from txgear.interfaces import IJobStore
 from txgear.jobs import StoredJob
-from txgear.store._batch import Operation, ThreadedBatchStore, jobFromRecord, runsOf
+from txgear.store._batch import Operation, ThreadedBatchStore
+from txgear.store._record import Record, collapse, lastOfEachKey
 
 SCHEMA_NAME = "txgear-queue"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Options of a C{postgresql:} description that are txgear's, not libpq's.
 STORE_OPTIONS = ("schema", "prefix")
 
 _CHUNK_ROWS = 10000
-_COPY_TYPES = ["bytea", "bytea", "bytea", "bytea", "int2", "int8", "bytea", "bytea"]
+#: The COPY types of a record's fields, in L{txgear.store._record.Record} order.
+_COPY_TYPES = ["int8", "int2", "bytea", "bytea", "bytea", "int8", "bytea", "bytea"]
+_COLUMNS = "key, priority, function, uniq, payload, run_at, reducer, client_id"
 
 _PAIR = re.compile(r"""\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*('(?:[^'\\]|\\.)*'|[^\s']*)""")
 
@@ -123,17 +132,6 @@ class PostgresJobStore(ThreadedBatchStore):
             connection = psycopg.connect(self._conninfo)
         except psycopg.Error as e:
             raise StoreError(f"{self.description}: cannot connect: {e}".strip()) from e
-        try:
-            # Adds are COPYed here, then upserted in order: much faster than
-            # binding arrays or rows.
-            connection.execute(
-                "CREATE TEMPORARY TABLE txgear_staging (n bigserial, key bytea, function bytea,"
-                " uniq bytea, payload bytea, priority int2, run_at int8, reducer bytea,"
-                " client_id bytea) ON COMMIT DELETE ROWS")
-            connection.commit()
-        except psycopg.Error as e:
-            connection.close()
-            raise StoreError(f"{self.description}: {e}") from e
         self._connection = connection
         return connection
 
@@ -165,18 +163,11 @@ class PostgresJobStore(ThreadedBatchStore):
         from psycopg import sql
         jobs = sql.Identifier(self.schema, self.prefix + "jobs")
         meta = sql.Identifier(self.schema, self.prefix + "meta")
-        columns = sql.SQL("key, function, uniq, payload, priority, run_at, reducer, client_id")
+        columns = sql.SQL(_COLUMNS)
         self._sql = {
-            "copy": sql.SQL("COPY pg_temp.txgear_staging ({columns}) FROM STDIN (FORMAT BINARY)").format(
-                columns=columns),
-            "insert": sql.SQL(
-                "INSERT INTO {jobs} ({columns})"
-                " SELECT {columns} FROM pg_temp.txgear_staging ORDER BY n"
-                " ON CONFLICT (key) DO UPDATE SET function = EXCLUDED.function,"
-                " uniq = EXCLUDED.uniq, payload = EXCLUDED.payload, priority = EXCLUDED.priority,"
-                " run_at = EXCLUDED.run_at, reducer = EXCLUDED.reducer,"
-                " client_id = EXCLUDED.client_id").format(jobs=jobs, columns=columns),
-            "delete": sql.SQL("DELETE FROM {jobs} WHERE key = ANY(%s::bytea[])").format(jobs=jobs),
+            "copy": sql.SQL("COPY {jobs} ({columns}) FROM STDIN (FORMAT BINARY)").format(
+                jobs=jobs, columns=columns),
+            "delete": sql.SQL("DELETE FROM {jobs} WHERE key = ANY(%s::int8[])").format(jobs=jobs),
         }
         connection = self._connect()
         try:
@@ -194,16 +185,14 @@ class PostgresJobStore(ThreadedBatchStore):
                     ).format(meta=meta))
                     cursor.execute(sql.SQL(
                         "CREATE TABLE {jobs} ("
-                        " seq bigserial PRIMARY KEY,"
-                        " key bytea NOT NULL UNIQUE,"
+                        " key bigint PRIMARY KEY,"
+                        " priority smallint NOT NULL,"
                         " function bytea NOT NULL,"
                         " uniq bytea NOT NULL,"
                         " payload bytea NOT NULL,"
-                        " priority smallint NOT NULL,"
                         " run_at bigint NOT NULL,"
                         " reducer bytea NOT NULL,"
                         " client_id bytea NOT NULL)").format(jobs=jobs))
-                    cursor.execute(sql.SQL("CREATE INDEX ON {jobs} (priority, seq)").format(jobs=jobs))
                     cursor.execute(sql.SQL("INSERT INTO {meta} (name, value) VALUES (%s, %s), (%s, %s)")
                                    .format(meta=meta),
                                    ("schema", SCHEMA_NAME, "version", str(SCHEMA_VERSION)))
@@ -219,9 +208,12 @@ class PostgresJobStore(ThreadedBatchStore):
                         f"{self.description}: the queue has schema {values.get('schema')!r} "
                         f"version {values.get('version')}, this txgear reads {SCHEMA_NAME!r} "
                         f"version {SCHEMA_VERSION}; left untouched")
-                cursor.execute(sql.SQL("SELECT {columns} FROM {jobs} ORDER BY priority, seq").format(
+                cursor.execute(sql.SQL("SELECT {columns} FROM {jobs} ORDER BY priority, key").format(
                     columns=columns, jobs=jobs), binary=True)
-                loaded = [jobFromRecord(row) for row in cursor]
+                loaded = [StoredJob(key, bytes(function), bytes(unique), bytes(payload), priority,
+                                    when, bytes(reducer), bytes(clientId))
+                          for key, priority, function, unique, payload, when, reducer, clientId
+                          in cursor]
             connection.commit()
             return loaded
         except StoreSchemaError:
@@ -232,27 +224,36 @@ class PostgresJobStore(ThreadedBatchStore):
 
     def _writeInThread(self, operations: List[Operation]) -> None:
         import psycopg
+        records, removed = collapse(operations)
+        records = lastOfEachKey(records)
         connection = self._connect()
         try:
-            with connection.cursor() as cursor:
-                staged = False
-                for isAdd, items in runsOf(operations):
-                    if isAdd:
-                        if staged:
-                            cursor.execute("TRUNCATE pg_temp.txgear_staging")
-                        with cursor.copy(self._sql["copy"]) as copy:
-                            copy.set_types(_COPY_TYPES)
-                            for record in items:
-                                copy.write_row(record)
-                        cursor.execute(self._sql["insert"])
-                        staged = True
-                    else:
-                        for start in range(0, len(items), _CHUNK_ROWS):
-                            cursor.execute(self._sql["delete"], [items[start:start + _CHUNK_ROWS]],
-                                           binary=True)
+            try:
+                self._writeBatch(connection, records, removed, replace=False)
+            except psycopg.errors.UniqueViolation:
+                # An add of a key already stored (a retried add): write the
+                # batch again, deleting the keys it adds first.
+                connection.rollback()
+                self._writeBatch(connection, records, removed, replace=True)
             connection.commit()
         except psycopg.Error as e:
             raise self._failed(e) from e
+
+    def _writeBatch(self, connection: Any, records: List[Record], removed: List[int],
+                    replace: bool) -> None:
+        """
+        Delete C{removed} (and, if C{replace}, the keys of C{records}), then
+        C{COPY} C{records} in; the caller commits.
+        """
+        keys = removed + [record[0] for record in records] if replace else removed
+        with connection.cursor() as cursor:
+            for start in range(0, len(keys), _CHUNK_ROWS):
+                cursor.execute(self._sql["delete"], [keys[start:start + _CHUNK_ROWS]], binary=True)
+            if records:
+                with cursor.copy(self._sql["copy"]) as copy:
+                    copy.set_types(_COPY_TYPES)
+                    for record in records:
+                        copy.write_row(record)
 
     def _closeInThread(self) -> None:
         connection, self._connection = self._connection, None

@@ -3,20 +3,22 @@
 The Redis job store (C{--queue redis:<url>}), with redis-py in the store's own
 thread.
 
-Keys, all under one prefix (C{txgear:} by default):
+Keys, all under one prefix (C{txgear:} by default), schema version 2:
   - C{<prefix>meta}: a hash with the schema name and version;
-  - C{<prefix>jobs}: a hash from job key to the packed job record;
-  - C{<prefix>order}: a sorted set of job keys scored by add order;
-  - C{<prefix>seq}: the counter that hands out those scores.
+  - C{<prefix>jobs}: a hash from job key (in decimal) to the job's fields
+    packed as L{txgear.store._record} describes;
+  - C{<prefix>order}: a sorted set of job keys (in decimal) scored by
+    C{priority * 2**51 + key}, so that its order is the load order (scores
+    are doubles: exact below 2**53, hence keys below 2**51 and priorities
+    0 to 3).
 
-A batch is one C{INCRBY} and one pipelined C{MULTI}/C{EXEC}. C{add} fires once
+A batch is one pipelined C{MULTI}/C{EXEC}. C{add} fires once
 Redis has applied the transaction: the job survives a crash of the job server;
 surviving a crash of Redis itself needs Redis persistence (C{appendonly yes}),
 which the store checks and warns about at start-up.
 """
 from __future__ import annotations
 
-import struct
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -25,50 +27,20 @@ from zope.interface import implementer
 from txgear.errors import StoreError, StoreSchemaError
 from txgear.interfaces import IJobStore
 from txgear.jobs import StoredJob
-from txgear.store._batch import Operation, Record, ThreadedBatchStore, runsOf
+from txgear.store._batch import Operation, ThreadedBatchStore
+from txgear.store._record import collapse, packRecord, unpackRecord
 
 SCHEMA_NAME = b"txgear-queue"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Options of a C{redis:} URL that are txgear's, not redis-py's.
 STORE_OPTIONS = ("prefix",)
 
-_HEADER = struct.Struct(">BqIIIII")
 _CHUNK = 1000
 
-
-def packRecord(record: Record) -> bytes:
-    """
-    Encode a job record (all but its key) as one string: a header of
-    priority, when and five lengths, then function, unique, reducer, client id
-    and payload.
-    """
-    _, function, unique, payload, priority, when, reducer, clientId = record
-    return b"".join([
-        _HEADER.pack(priority, when, len(function), len(unique), len(reducer), len(clientId),
-                     len(payload)),
-        function, unique, reducer, clientId, payload])
-
-
-def unpackRecord(key: bytes, data: bytes) -> StoredJob:
-    """
-    Decode what L{packRecord} made.
-
-    @raise StoreSchemaError: if C{data} is not a packed record.
-    """
-    try:
-        priority, when, *lengths = _HEADER.unpack_from(data)
-    except struct.error as e:
-        raise StoreSchemaError(f"job {key!r}: truncated record") from e
-    if _HEADER.size + sum(lengths) != len(data):
-        raise StoreSchemaError(f"job {key!r}: record of {len(data)} bytes does not match its header")
-    fields = []
-    offset = _HEADER.size
-    for length in lengths:
-        fields.append(data[offset:offset + length])
-        offset += length
-    function, unique, reducer, clientId, payload = fields
-    return StoredJob(key, function, unique, payload, priority, when, reducer, clientId)
+#: Scores are C{priority * _PRIORITY_STEP + key}.
+_PRIORITY_STEP = 2 ** 51
+_MAX_PRIORITY = 3
 
 
 def splitRedisOptions(url: str) -> Tuple[str, Dict[str, str]]:
@@ -120,7 +92,6 @@ class RedisJobStore(ThreadedBatchStore):
         self._metaKey = raw + b"meta"
         self._jobsKey = raw + b"jobs"
         self._orderKey = raw + b"order"
-        self._seqKey = raw + b"seq"
         self._socketTimeout = socketTimeout
         self._connectTimeout = connectTimeout
         self._client: Any = None
@@ -142,7 +113,7 @@ class RedisJobStore(ThreadedBatchStore):
             client.ping()
             meta = client.hgetall(self._metaKey)
             if not meta:
-                if client.exists(self._jobsKey, self._orderKey, self._seqKey):
+                if client.exists(self._jobsKey, self._orderKey):
                     raise StoreSchemaError(
                         f"{self.description}: keys exist without {self._metaKey!r}: not a txgear "
                         f"queue; left untouched")
@@ -155,16 +126,20 @@ class RedisJobStore(ThreadedBatchStore):
                     f"{meta.get(b'version')!r}, this txgear reads {SCHEMA_NAME!r} version "
                     f"{SCHEMA_VERSION}; left untouched")
             self._checkPersistence(client)
-            keys = client.zrange(self._orderKey, 0, -1)
+            order = client.zrange(self._orderKey, 0, -1, withscores=True)
             jobs: List[StoredJob] = []
-            for start in range(0, len(keys), _CHUNK):
-                chunk = keys[start:start + _CHUNK]
-                for key, data in zip(chunk, client.hmget(self._jobsKey, chunk)):
+            for start in range(0, len(order), _CHUNK):
+                chunk = order[start:start + _CHUNK]
+                members = [member for member, _ in chunk]
+                for (member, score), data in zip(chunk, client.hmget(self._jobsKey, members)):
                     if data is None:
-                        raise StoreSchemaError(f"{self.description}: job {key!r} is in "
+                        raise StoreSchemaError(f"{self.description}: job {member!r} is in "
                                                f"{self._orderKey!r} but has no record")
-                    jobs.append(unpackRecord(key, data))
-            jobs.sort(key=_priorityOf)
+                    priority, key = divmod(int(score), _PRIORITY_STEP)
+                    if member != b"%d" % key:
+                        raise StoreSchemaError(f"{self.description}: job {member!r} has the "
+                                               f"score {score} of key {key}")
+                    jobs.append(unpackRecord(key, priority, data))
             return jobs
         except StoreSchemaError as e:
             if str(e).startswith(self.description):
@@ -194,23 +169,31 @@ class RedisJobStore(ThreadedBatchStore):
 
     def _writeInThread(self, operations: List[Operation]) -> None:
         import redis
-        client = self._client
-        runs = list(runsOf(operations))
+        records, removed = collapse(operations)
+        jobsKey, orderKey = self._jobsKey, self._orderKey
+        step = _PRIORITY_STEP
         try:
-            added = sum(len(items) for isAdd, items in runs if isAdd)
-            seq = client.incrby(self._seqKey, added) - added + 1 if added else 0
-            pipe = client.pipeline(transaction=True)
-            for isAdd, items in runs:
-                for start in range(0, len(items), _CHUNK):
-                    chunk = items[start:start + _CHUNK]
-                    if isAdd:
-                        pipe.hset(self._jobsKey, mapping={r[0]: packRecord(r) for r in chunk})
-                        pipe.zadd(self._orderKey, {r[0]: seq + i for i, r in enumerate(chunk)}, nx=True)
-                        seq += len(chunk)
-                    else:
-                        pipe.hdel(self._jobsKey, *chunk)
-                        pipe.zrem(self._orderKey, *chunk)
-            pipe.execute()
+            pipe = self._client.pipeline(transaction=True)
+            for start in range(0, len(removed), _CHUNK):
+                chunk = [b"%d" % key for key in removed[start:start + _CHUNK]]
+                pipe.hdel(jobsKey, *chunk)
+                pipe.zrem(orderKey, *chunk)
+            for start in range(0, len(records), _CHUNK):
+                values = {}
+                scores = {}
+                # A key twice among the records: the later replaces the earlier.
+                for record in records[start:start + _CHUNK]:
+                    key, priority = record[0], record[1]
+                    if not (0 < key < step and 0 <= priority <= _MAX_PRIORITY):
+                        raise StoreError(f"{self.description}: job key {key} or priority "
+                                         f"{priority} out of range")
+                    member = b"%d" % key
+                    values[member] = packRecord(record)
+                    scores[member] = priority * step + key
+                pipe.hset(jobsKey, mapping=values)
+                pipe.zadd(orderKey, scores)
+            if len(pipe):
+                pipe.execute()
         except redis.RedisError as e:
             raise StoreError(f"{self.description}: {e.__class__.__name__}: {e}") from e
 
@@ -219,6 +202,3 @@ class RedisJobStore(ThreadedBatchStore):
         if client is not None:
             client.close()
 
-
-def _priorityOf(job: StoredJob) -> int:
-    return job.priority

@@ -1,0 +1,146 @@
+"""
+The packed record format of L{txgear.store._record} and the batch reduction
+the stores share.
+"""
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+
+from txgear.errors import StoreSchemaError
+from txgear.jobs import Priority, StoredJob
+from txgear.store._record import (FORMAT_VERSION, HEADER_SIZE, collapse, lastOfEachKey, packRecord,
+                                  packedRows, unpackRecord)
+
+
+def record(key: int = 1, priority: int = Priority.NORMAL, function: bytes = b"f",
+           unique: bytes = b"u", payload: bytes = b"p", when: int = 0, reducer: bytes = b"",
+           clientId: bytes = b"") -> tuple:
+    return (key, priority, function, unique, payload, when, reducer, clientId)
+
+
+def roundTrip(r: tuple) -> StoredJob:
+    return unpackRecord(r[0], r[1], packRecord(r))
+
+
+def test_knownBytes() -> None:
+    """The layout is fixed: a golden value, field by field."""
+    packed = packRecord(record(7, Priority.HIGH, b"fn", b"uq", b"DATA", 258, b"r", b"cid"))
+    assert packed == (b"\x01"                               # format version
+                      + b"\x00\x00\x00\x00\x00\x00\x01\x02"  # when = 258
+                      + b"\x00\x00\x00\x02"                  # len(function)
+                      + b"\x00\x00\x00\x02"                  # len(unique)
+                      + b"\x00\x00\x00\x01"                  # len(reducer)
+                      + b"\x00\x00\x00\x03"                  # len(clientId)
+                      + b"\x00\x00\x00\x04"                  # len(payload)
+                      + b"fnuqrcidDATA")
+    assert HEADER_SIZE == 29 and FORMAT_VERSION == 1
+
+
+def test_roundTripEveryField() -> None:
+    r = record(2 ** 40, Priority.LOW, b"resize", b"img-42", b"payload", 4102444800, b"sum", b"web-7")
+    assert roundTrip(r) == StoredJob(2 ** 40, b"resize", b"img-42", b"payload", Priority.LOW,
+                                     4102444800, b"sum", b"web-7")
+
+
+def test_nulsEverywhere() -> None:
+    r = record(3, Priority.HIGH, b"\x00f\x00", b"\x00", b"\x00\x00a\x00", 0, b"\x00r", b"c\x00")
+    job = roundTrip(r)
+    assert (job.function, job.unique, job.payload, job.reducer, job.clientId) == (
+        b"\x00f\x00", b"\x00", b"\x00\x00a\x00", b"\x00r", b"c\x00")
+
+
+def test_emptyFields() -> None:
+    r = record(1, Priority.NORMAL, b"", b"", b"", 0, b"", b"")
+    assert len(packRecord(r)) == HEADER_SIZE
+    assert roundTrip(r) == StoredJob(1, b"", b"", b"", Priority.NORMAL)
+
+
+def test_oneMebibytePayload() -> None:
+    big = os.urandom(1024 * 1024)
+    r = record(payload=big, unique=b"u" * 300)
+    packed = packRecord(r)
+    assert len(packed) == HEADER_SIZE + 1 + 300 + len(big)
+    job = roundTrip(r)
+    assert job.payload == big and type(job.payload) is bytes
+
+
+def test_packedRowsIsPackRecord() -> None:
+    """The inlined batch packer writes the same bytes as L{packRecord}."""
+    records = [record(1, Priority.HIGH, b"\x00f", b"", os.urandom(1000), 7, b"r", b"c"),
+               record(2, Priority.LOW, b"", b"u\x00", b"", 0, b"", b""),
+               record(3, Priority.NORMAL, b"f", b"u", b"x" * (1024 * 1024), -1, b"\x00", b"\x00")]
+    rows = packedRows(records)
+    assert rows == [(r[0], r[1], packRecord(r)) for r in records]
+    assert all(type(priority) is int for _, priority, _ in rows)
+
+
+def test_negativeWhen() -> None:
+    assert roundTrip(record(when=-5)).when == -5
+
+
+def test_buffersAreAccepted() -> None:
+    """Drivers may hand back a memoryview or bytearray."""
+    packed = packRecord(record(payload=b"x\x00y"))
+    assert unpackRecord(1, 1, memoryview(packed)).payload == b"x\x00y"
+    assert unpackRecord(1, 1, bytearray(packed)).payload == b"x\x00y"
+
+
+def test_fieldTypes() -> None:
+    job = roundTrip(record(priority=Priority.LOW))
+    assert type(job.key) is int and type(job.priority) is int and type(job.when) is int
+    assert all(type(v) is bytes for v in (job.function, job.unique, job.payload, job.reducer,
+                                          job.clientId))
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"", "truncated"),
+    (b"\x01\x00\x00", "truncated"),
+    (b"\x02" + b"\x00" * 28, "record format 2 is unknown"),
+    (b"\x00" + b"\x00" * 28, "record format 0 is unknown"),
+])
+def test_badHeaderIsRefused(data: bytes, message: str) -> None:
+    with pytest.raises(StoreSchemaError, match=message):
+        unpackRecord(5, 1, data)
+
+
+def test_lengthMismatchIsRefused() -> None:
+    packed = packRecord(record(payload=b"abc"))
+    with pytest.raises(StoreSchemaError, match="job 9: record of .* does not match its header"):
+        unpackRecord(9, 1, packed[:-1])
+    with pytest.raises(StoreSchemaError, match="does not match its header"):
+        unpackRecord(9, 1, packed + b"\x00")
+
+
+def test_textIsRefused() -> None:
+    with pytest.raises(StoreSchemaError, match="text"):
+        unpackRecord(1, 1, "\x01" * 29)
+
+
+def test_oversizedWhenCannotBePacked() -> None:
+    with pytest.raises(struct.error):
+        packRecord(record(when=2 ** 63))
+
+
+def test_collapseAddsOnlyKeepsEveryRecordInOrder() -> None:
+    a, b, c = record(1), record(2), record(1, payload=b"later")
+    assert collapse([(True, [a, b]), (True, [c])]) == ([a, b, c], [])
+    assert collapse([(True, [a])]) == ([a], [])
+    assert collapse([]) == ([], [])
+
+
+def test_collapseLastWriteOfAKeyWins() -> None:
+    a, b, a2 = record(1), record(2), record(1, payload=b"again")
+    records, removed = collapse([(True, [a, b]), (False, 1), (True, [a2]), (False, 2),
+                                 (False, 3), (True, [record(4)]), (False, 4)])
+    assert records == [a2]
+    assert sorted(removed) == [2, 3, 4]
+
+
+def test_lastOfEachKey() -> None:
+    a, b, a2 = record(1), record(2), record(1, payload=b"again")
+    records = [a, b]
+    assert lastOfEachKey(records) is records
+    assert sorted(lastOfEachKey([a, b, a2])) == sorted([a2, b])
