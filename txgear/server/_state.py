@@ -39,6 +39,10 @@ RUNNING = 2
 DONE = 3  # completed, failed, cancelled or abandoned: gone
 SCHEDULED = 4  # an epoch job waiting for its time
 
+# Job.storeState values (besides None, and an ERROR packet after a failure).
+STORE_PENDING = 0
+STORE_DONE = 1
+
 _BIG = 64 * 1024
 
 _NOOP = encodeResponse(PacketType.NOOP)
@@ -110,7 +114,7 @@ class Job:
     __slots__ = ("handle", "func", "unique", "payload", "priority", "background",
                  "when", "reducer", "clientId", "key", "clients", "worker", "numerator",
                  "denominator", "retries", "state", "seq", "coalesceKey", "timeoutCall",
-                 "persisted", "replySlots")
+                 "persisted", "storeState")
 
     def __init__(self, handle: bytes, function: Function, unique: bytes, payload: bytes,
                  priority: int, background: bool, when: int, reducer: bytes,
@@ -135,8 +139,9 @@ class Job:
         self.coalesceKey: Any = None
         self.timeoutCall: Any = None
         self.persisted = False
-        # (session, reply slot) of submitters waiting for the store.
-        self.replySlots: Any = None
+        # None; STORE_PENDING while a store writes it; STORE_DONE once it has
+        # it; or the ERROR packet its submitters get if the store failed.
+        self.storeState: Any = None
 
     @property
     def function(self) -> bytes:
@@ -174,8 +179,9 @@ class Session:
         self.waiting: Dict[Job, None] = {}
         self.sleeping = False
         self.exceptions = False
-        # Replies held back behind one that waits for the store, in request order.
-        self.replies: Optional[Deque[List[Any]]] = None
+        # Output held back behind a JOB_CREATED that waits for the store, in
+        # request order: bytes, or the Job whose JOB_CREATED goes there.
+        self.replies: Optional[Deque[Any]] = None
         self.rotation = 0
         self.blockedWorkers: Optional[Dict[Session, None]] = None
         self.writePaused = False
@@ -186,29 +192,39 @@ class Session:
         if self.replies is None:
             self.peer.write(data)
         else:
-            self.replies.append([data])
+            self.replies.append(data)
 
     def writeSequence(self, data: List[bytes]) -> None:
         if self.replies is None:
             self.peer.writeSequence(data)
         else:
-            self.replies.append([b"".join(data)])
+            self.replies.append(b"".join(data))
 
-    def _reserveReply(self) -> List[Any]:
-        slot: List[Any] = [None]
+    def _awaitStore(self, job: "Job") -> None:
+        """This session's next reply is C{job}'s JOB_CREATED, once it is stored."""
         if self.replies is None:
             self.replies = deque()
-        self.replies.append(slot)
-        return slot
+        self.replies.append(job)
 
-    def _flushReplies(self) -> None:
+    def _flushReplies(self) -> bool:
+        """Send what no longer waits for the store; C{True} once nothing does."""
         replies = self.replies
-        while replies and replies[0][0] is not None:
-            data = replies.popleft()[0]
+        while replies:
+            item = replies[0]
+            if type(item) is not bytes:
+                state = item.storeState
+                if state == STORE_PENDING:
+                    return False
+                if state == STORE_DONE:
+                    handle = item.handle
+                    item = _H_JOB_CREATED + len(handle).to_bytes(4, "big") + handle
+                else:
+                    item = state
+            replies.popleft()
             if not self.closed:
-                self.peer.write(data)
-        if not replies:
-            self.replies = None
+                self.peer.write(item)
+        self.replies = None
+        return True
 
 
 class JobServerState:
@@ -247,6 +263,8 @@ class JobServerState:
         # Store keys continue after the largest one loaded (handles restart at 1).
         self._nextKey = 1
         self._unstored: List[Job] = []
+        # Sessions whose output waits for a JOB_CREATED the store holds back.
+        self._storeWaiting: Dict[Session, None] = {}
         self.functions: Dict[bytes, Function] = {}
         self.jobs: Dict[bytes, Job] = {}
         self._uniqueIndex: Dict[bytes, List[Job]] = {}
@@ -277,6 +295,7 @@ class JobServerState:
             return
         session.closed = True
         self.sessions.pop(session.id, None)
+        self._storeWaiting.pop(session, None)
         if session.sleeping:
             self._stopSleeping(session)
         touched: Dict[Function, None] = {}
@@ -453,9 +472,10 @@ class JobServerState:
             else:
                 job.clients = [session]
             session.waiting[job] = None
-        if job.state == PENDING:
+        if job.storeState == STORE_PENDING:
             # Answer once the store has the job, in this session's order.
-            job.replySlots.append((session, session._reserveReply()))
+            session._awaitStore(job)
+            self._storeWaiting[session] = None
             return
         handle = job.handle
         session.write(_H_JOB_CREATED + len(handle).to_bytes(4, "big") + handle)
@@ -467,11 +487,11 @@ class JobServerState:
         Record a background job; JOB_CREATED goes out once it is durable.
         Jobs of one reactor turn go to the store together (one C{addMany}).
         """
-        slot = (session, session._reserveReply())
-        if job.replySlots is not None:  # already being written
-            job.replySlots.append(slot)
+        session._awaitStore(job)
+        self._storeWaiting[session] = None
+        if job.storeState == STORE_PENDING:  # already being written
             return
-        job.replySlots = [slot]
+        job.storeState = STORE_PENDING
         if new:
             job.state = PENDING
         # else: a foreground job turned background stays runnable meanwhile.
@@ -491,33 +511,29 @@ class JobServerState:
                        errbackArgs=(batch,))
 
     def _stored(self, _: object, batch: List[Job]) -> None:
-        sessions: Dict[Session, None] = {}
         for job in batch:
             job.persisted = True
-            slots, job.replySlots = job.replySlots, None
-            handle = job.handle
-            packet = _H_JOB_CREATED + len(handle).to_bytes(4, "big") + handle
-            for session, slot in slots:
-                slot[0] = packet
-                sessions[session] = None
+            job.storeState = STORE_DONE
             if job.state == PENDING:
                 self._makeRunnable(job)
             elif job.state == DONE:
                 # Finished (cancelled) while being written: forget it again.
                 self.store.remove(job).addErrback(self._logStoreFailure, job)
-        for session in sessions:
-            session._flushReplies()
+        self._flushStoreWaiting()
+
+    def _flushStoreWaiting(self) -> None:
+        """Send the replies the store's answer has released, session by session."""
+        waiting = self._storeWaiting
+        for session in list(waiting):
+            if session._flushReplies():
+                del waiting[session]
 
     def _storeFailed(self, failure: Failure, batch: List[Job]) -> None:
         self._log.failure("Could not store {count} background jobs", failure, count=len(batch))
         text = str(failure.value).encode("utf-8", "replace")[:200] or b"store failure"
         packet = _errorPacket(b"QUEUE_ERROR", text)
-        sessions: Dict[Session, None] = {}
         for job in batch:
-            slots, job.replySlots = job.replySlots, None
-            for session, slot in slots:
-                slot[0] = packet
-                sessions[session] = None
+            job.storeState = packet
             if job.state == PENDING:
                 if job.clients:
                     # Foreground clients also wait on it: keep it as a memory job.
@@ -527,8 +543,7 @@ class JobServerState:
                     self._forget(job)
             elif job.state != DONE:
                 job.background = False
-        for session in sessions:
-            session._flushReplies()
+        self._flushStoreWaiting()
 
     def _logStoreFailure(self, failure: Failure, job: Job) -> None:
         self._log.failure("Could not remove job {handle!r} from the store", failure,
