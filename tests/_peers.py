@@ -155,3 +155,95 @@ def txgearProcess(port: Optional[int] = None, extra: Optional[List[str]] = None,
     # The source tree first, so its twisted/plugins/ and txgear/ are the ones found.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [SOURCE_ROOT, env.get("PYTHONPATH")]))
     return ServerProcess("txgear", argv, port, os.path.join(cwd, "server.log"), cwd=cwd, env=env)
+
+
+class TcpProxy:
+    """
+    A loopback TCP proxy in a thread, to cut a server's connection to its
+    database and restore it: C{cut()} closes every proxied connection and
+    stops listening (new connections are refused); C{restore()} listens again
+    on the same port.
+    """
+
+    def __init__(self, targetPort: int, host: str = "127.0.0.1") -> None:
+        import threading
+
+        self.host = host
+        self.targetPort = targetPort
+        self.port = freePort(host)
+        self._lock = threading.Lock()
+        self._sockets: List[socket.socket] = []
+        self._listener: Optional[socket.socket] = None
+        self._threads: List[threading.Thread] = []
+
+    def start(self) -> "TcpProxy":
+        import threading
+
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((self.host, self.port))
+        listener.listen(64)
+        self._listener = listener
+        thread = threading.Thread(target=self._accept, args=(listener,), daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return self
+
+    def _accept(self, listener: socket.socket) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection((self.host, self.targetPort), timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        for s in (source, sink):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        if self._listener is not None:
+            # shutdown() wakes the thread blocked in accept(); close() alone would not.
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for s in sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def restore(self) -> None:
+        self.start()
+
+    def stop(self) -> None:
+        self.cut()

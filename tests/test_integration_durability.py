@@ -244,3 +244,52 @@ def test_corruptStoreFileIsAClearErrorAndIsNotWiped(tmp_path):
     log = _failsToStart(f"sqlite:{path}", str(tmp_path))
     assert "cannot start" in log
     assert path.read_bytes() == garbage
+
+
+def test_databaseOutageWhileRunning(tmp_path):
+    """
+    Redis goes away under a running server: background submits get an ERROR
+    packet (no JOB_CREATED), foreground jobs keep flowing, and background
+    submits work again once Redis is back.
+    """
+    requirePeer(_redisAvailable(), "Redis at 127.0.0.1:6379")
+    import redis
+
+    from tests._peers import TcpProxy
+
+    proxy = TcpProxy(6379).start()
+    prefix = "t" + uuid.uuid4().hex[:12] + ":"
+    port = freePort()
+    server = startServer(f"redis:redis://127.0.0.1:{proxy.port}/0?prefix={prefix}&socket_timeout=3",
+                         str(tmp_path), port)
+    try:
+        with RawClient(port, timeout=15) as client, RawClient(port, timeout=15) as worker:
+            worker.register(b"fg")
+            client.submit(FUNCTION, b"before", kind=P.SUBMIT_JOB_BG)
+            proxy.cut()
+            code, text = client.call(P.SUBMIT_JOB_BG, FUNCTION, b"", b"during",
+                                     reply=P.ERROR, timeout=15)
+            assert code == b"QUEUE_ERROR", text
+            # Foreground work does not need the store.
+            handle = client.submit(b"fg", b"ping")
+            assert worker.grab()[1][0] == handle
+            worker.send(P.WORK_COMPLETE, handle, b"pong")
+            assert client.expect(P.WORK_COMPLETE) == [handle, b"pong"]
+            proxy.restore()
+            deadline = time.monotonic() + 20
+            while True:
+                client.send(P.SUBMIT_JOB_BG, FUNCTION, b"", b"after")
+                kind, args = client.recv(timeout=15)
+                if kind == P.JOB_CREATED:
+                    break
+                assert kind == P.ERROR and time.monotonic() < deadline, (kind, args)
+                time.sleep(0.5)
+        runs = drain(port)
+        assert b"before" in runs and b"after" in runs and b"during" not in runs
+    finally:
+        server.stop()
+        proxy.stop()
+        client = redis.Redis(host="127.0.0.1", port=6379)
+        keys = list(client.scan_iter(match=prefix + "*"))
+        if keys:
+            client.delete(*keys)
