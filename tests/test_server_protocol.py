@@ -292,3 +292,20 @@ def test_slowClientTransportPausesTheWorker(factory):
     assert worker.transport.producerState == "paused"
     client.transport.producer.resumeProducing()
     assert worker.transport.producerState == "producing"
+
+
+def test_clientThatDoesNotReadIsNotReadEither(factory):
+    # Replies pile up in the transport: stop taking its requests until it drains.
+    client, worker = Conn(factory), Conn(factory)
+    client.transport.producer.pauseProducing()
+    assert client.transport.producerState == "paused"
+    # A worker blocked for it, and the client's own pause, resume independently.
+    worker.send(P.CAN_DO, b"f")
+    client.protocol.resumeProducing()
+    assert client.transport.producerState == "producing"
+    client.protocol.pauseReading()
+    client.protocol.pauseProducing()
+    client.protocol.resumeProducing()
+    assert client.transport.producerState == "paused"
+    client.protocol.resumeReading()
+    assert client.transport.producerState == "producing"

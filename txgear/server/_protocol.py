@@ -85,6 +85,7 @@ class GearmanServerProtocol(Protocol):
 
     def __init__(self) -> None:
         self._closedWaiters: List[Deferred[None]] = []
+        self._readPauses = 0
 
     def connectionMade(self) -> None:
         factory = self.factory
@@ -109,16 +110,25 @@ class GearmanServerProtocol(Protocol):
         self._output.writeSequence(data)
 
     def pauseReading(self) -> None:
-        self.transport.pauseProducing()
+        """Stop reading this peer's requests (counted: each pause needs a resume)."""
+        self._readPauses += 1
+        if self._readPauses == 1:
+            self.transport.pauseProducing()
 
     def resumeReading(self) -> None:
-        self.transport.resumeProducing()
+        self._readPauses -= 1
+        if self._readPauses == 0 and not self.transport.disconnecting:
+            self.transport.resumeProducing()
 
     # IPushProducer: the transport's write buffer is full / drained.
     def pauseProducing(self) -> None:
+        # A peer that does not read its replies: stop reading its requests,
+        # and stop the workers whose results would pile up for it.
+        self.pauseReading()
         self.state.pauseWriting(self.session)
 
     def resumeProducing(self) -> None:
+        self.resumeReading()
         self.state.resumeWriting(self.session)
 
     def stopProducing(self) -> None:
