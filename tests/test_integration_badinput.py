@@ -116,7 +116,7 @@ def test_wrongRole(server: Any, bystander: RawClient) -> None:
                     P.JOB_ASSIGN: b"H:x:1\0f\0d", P.ECHO_RES: b"e", P.ERROR: b"X\0y",
                     P.STATUS_RES: b"H\x001\x000\x000\x000", P.ALL_YOURS: b"",
                     P.OPTION_RES: b"exceptions", P.JOB_ASSIGN_UNIQ: b"H\0f\0u\0d",
-                    P.SUBMIT_JOB_SCHED: b"f\0u\0\0\0\0\0\0d", P.JOB_ASSIGN_ALL: b"H\0f\0u\0r\0d",
+                    P.JOB_ASSIGN_ALL: b"H\0f\0u\0r\0d",
                     P.STATUS_RES_UNIQUE: b"u\x000\x000\x000\x000\x000"}
     with RawClient(server.port) as c:
         for kind, body in responseOnly.items():

@@ -192,11 +192,10 @@ def test_oversizedPacketGetsAnErrorThenClose():
     assert conn.transport.disconnecting
 
 
-@pytest.mark.parametrize("kind", [5, 6, 8, 10, 11, 17, 19, 20, 24, 27, 31, 35, 40, 42])
+@pytest.mark.parametrize("kind", [5, 6, 8, 10, 11, 17, 19, 20, 24, 27, 31, 40, 42])
 def test_responseOnlyAndUnimplementedTypesGetInvalidCommand(factory, kind):
     conn = Conn(factory)
-    conn.sendBytes(encodeRequest(kind) if kind != 35 else
-                   encodeRequest(35, b"f", b"u", b"1", b"2", b"3", b"4", b"5", b"x"))
+    conn.sendBytes(encodeRequest(kind))
     conn.send(P.ECHO_REQ, b"still here")
     assert conn.packets() == [(P.ERROR, [b"INVALID_COMMAND", b"Command not expected"]),
                               (P.ECHO_RES, [b"still here"])]
@@ -309,3 +308,31 @@ def test_clientThatDoesNotReadIsNotReadEither(factory):
     assert client.transport.producerState == "paused"
     client.protocol.resumeReading()
     assert client.transport.producerState == "producing"
+
+
+def test_submitJobSchedRunsAtTheNextMatchingMinute():
+    import time as _time
+
+    clock = Clock()
+    factory = GearmanServerFactory(JobServerState(clock=clock, handlePrefix=b"H:t"))
+    now = 1_800_000_000  # a Friday, 2027-01-15 08:00:00 UTC
+    clock.advance(now)
+    local = _time.localtime(now)
+    client, worker = Conn(factory), Conn(factory)
+    # The next minute :30 of the current local hour (or the next hour's).
+    client.send(P.SUBMIT_JOB_SCHED, b"f", b"s", b"30", b"", b"", b"", b"", b"sched-payload")
+    client.send(P.SUBMIT_JOB_SCHED, b"f", b"", b"61", b"", b"", b"", b"", b"x")
+    client.send(P.SUBMIT_JOB_SCHED, b"f", b"", b"", b"", b"31", b"2", b"", b"x")
+    created, bad, never = client.packets()
+    assert created == (P.JOB_CREATED, [b"H:t:1"])
+    assert bad[0] == P.ERROR and bad[1][0] == b"INVALID_ARGUMENT"
+    assert never == (P.ERROR, [b"INVALID_ARGUMENT", b"month 2 has no day 31"])
+    worker.send(P.CAN_DO, b"f")
+    worker.send(P.PRE_SLEEP)
+    due = now - local.tm_sec + ((30 - local.tm_min) % 60) * 60
+    clock.advance(due - now - 1)
+    assert worker.packets() == []
+    clock.advance(1)
+    assert worker.packets() == [(P.NOOP, [])]
+    worker.send(P.GRAB_JOB_UNIQ)
+    assert worker.packets() == [(P.JOB_ASSIGN_UNIQ, [b"H:t:1", b"f", b"s", b"sched-payload"])]

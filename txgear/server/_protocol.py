@@ -35,6 +35,7 @@ from txgear._packet import (
     encodeResponse,
 )
 from txgear._protocol import setNoDelay
+from txgear._schedule import ScheduleError, nextRunTime
 from txgear._turnwriter import TurnWriter
 from txgear.server._admin import CLOSE, GRACEFUL, SHUTDOWN, AdminCommands
 from txgear.server._state import ERR_UNKNOWN_OPTION, HIGH, LOW, NORMAL, JobServerState, Session
@@ -308,6 +309,16 @@ class GearmanServerProtocol(Protocol):
             when = 0
         self.state.submit(self.session, name, unique, payload, NORMAL, True, max(0, when))
 
+    def _submitSched(self, body: bytes) -> None:
+        args = _split(body, PacketType.SUBMIT_JOB_SCHED)
+        try:
+            when = nextRunTime(args[2:7], self.state.clock.seconds())
+        except ScheduleError as e:
+            self.session.write(encodeResponse(PacketType.ERROR, b"INVALID_ARGUMENT",
+                                              str(e).encode("utf-8")))
+            return
+        self.state.submit(self.session, args[0], args[1], args[7], NORMAL, True, when)
+
     def _submitReduce(self, body: bytes) -> None:
         name, unique, reducer, _aggregator, payload = _split(body, PacketType.SUBMIT_REDUCE_JOB)
         self.state.submit(self.session, name, unique, payload, NORMAL, False, 0, reducer)
@@ -368,6 +379,7 @@ _HANDLERS: Dict[int, Callable[[GearmanServerProtocol, bytes], None]] = {
     PacketType.SUBMIT_JOB_LOW: _submitter(PacketType.SUBMIT_JOB_LOW, LOW, False),
     PacketType.SUBMIT_JOB_LOW_BG: _submitter(PacketType.SUBMIT_JOB_LOW_BG, LOW, True),
     PacketType.SUBMIT_JOB_EPOCH: GearmanServerProtocol._submitEpoch,
+    PacketType.SUBMIT_JOB_SCHED: GearmanServerProtocol._submitSched,
     PacketType.SUBMIT_REDUCE_JOB: GearmanServerProtocol._submitReduce,
     PacketType.SUBMIT_REDUCE_JOB_BACKGROUND: GearmanServerProtocol._submitReduceBackground,
     PacketType.GRAB_JOB_ALL: GearmanServerProtocol._grabJobAll,
@@ -375,7 +387,7 @@ _HANDLERS: Dict[int, Callable[[GearmanServerProtocol, bytes], None]] = {
 }
 
 #: Handler per packet type; every type without one is answered INVALID_COMMAND
-#: (response-only types, 5 UNUSED, 24 ALL_YOURS, 35 SUBMIT_JOB_SCHED).
+#: (response-only types, 5 UNUSED, 24 ALL_YOURS).
 _DISPATCH: Tuple[Callable[[GearmanServerProtocol, bytes], None], ...] = tuple(
     _HANDLERS.get(kind, GearmanServerProtocol._invalidCommand) for kind in range(MAX_TYPE + 1)
 )
