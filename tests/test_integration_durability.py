@@ -23,6 +23,8 @@ from txgear._packet import PacketDecoder, PacketType, encodeRequest
 
 P = PacketType
 FUNCTION = b"durable"
+#: Acknowledged submissions before the server is killed.
+BURST = 20000
 
 
 def _postgresAvailable() -> bool:
@@ -151,7 +153,7 @@ def test_killDuringABurstLosesNothingAcknowledged(queue, tmp_path):
         for s in submitters:
             s.start()
         deadline = time.monotonic() + 30
-        while sum(len(s.acknowledged) for s in submitters) < 3000 and time.monotonic() < deadline:
+        while sum(len(s.acknowledged) for s in submitters) < BURST and time.monotonic() < deadline:
             time.sleep(0.01)
         server.kill()  # SIGKILL in the middle of the burst
         for s in submitters:
@@ -164,7 +166,7 @@ def test_killDuringABurstLosesNothingAcknowledged(queue, tmp_path):
     for s in submitters:
         acknowledged.update(s.acknowledged)
         sent += len(s.sent)
-    assert len(acknowledged) >= 3000
+    assert len(acknowledged) >= BURST
 
     server = startServer(queue, str(tmp_path), port)
     try:
