@@ -17,6 +17,7 @@ import zlib
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
@@ -366,3 +367,30 @@ class ServerPool:
 
 
 __all__ = ["PoolServer", "ServerPool", "defaultRetryPolicy", "uniqueHash"]
+
+
+class PoolService(Service):
+    """
+    Base of the client and the worker: an C{IService} over a L{ServerPool},
+    also usable without a service parent through L{connect} and L{close}.
+    """
+
+    _pool: ServerPool
+
+    def connect(self) -> Deferred[Any]:
+        """
+        Start without a service parent.
+
+        @return: fires with this object once at least one server is connected,
+            or fails with L{NoServers} when every server failed its first
+            attempt (it keeps retrying until L{close}).
+        """
+        if not self.running:
+            self.startService()
+        return self._pool.whenReady().addCallback(lambda _: self)
+
+    def close(self) -> Deferred[None]:
+        """Stop (as C{stopService}): the counterpart of L{connect}."""
+        if self.running:
+            return self.stopService()  # type: ignore[no-any-return]
+        return succeed(None)

@@ -63,9 +63,8 @@ class BufferedOutput:
             self.pending = None
             data = pending + data
         transport = self.transport
-        sock = self.socket
-        if (sock is not None and transport.connected and not transport.disconnecting
-                and len(transport.dataBuffer) == transport.offset and not transport._tempDataLen):
+        sock = self._idleSocket()
+        if sock is not None:
             try:
                 sent = sock.sendmsg(data)
             except OSError:
@@ -91,9 +90,8 @@ class BufferedOutput:
         self.pending = None
         data = pending[0] if len(pending) == 1 else b"".join(pending)
         transport = self.transport
-        sock = self.socket
-        if (sock is not None and transport.connected and not transport.disconnecting
-                and len(transport.dataBuffer) == transport.offset and not transport._tempDataLen):
+        sock = self._idleSocket()
+        if sock is not None:
             try:
                 sent = sock.send(data)
             except OSError:
@@ -102,6 +100,15 @@ class BufferedOutput:
                 return
             data = data[sent:]
         transport.write(data)
+
+    def _idleSocket(self) -> Optional[Any]:
+        """The socket, if it may be written to now: connected, nothing buffered."""
+        sock = self.socket
+        transport = self.transport
+        if (sock is not None and transport.connected and not transport.disconnecting
+                and len(transport.dataBuffer) == transport.offset and not transport._tempDataLen):
+            return sock
+        return None
 
     def discard(self) -> None:
         self.pending = None

@@ -30,13 +30,13 @@ from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Union
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txgear._packet import PacketType
-from txgear._pool import PoolServer, ServerPool
+from txgear._pool import PoolServer, PoolService, ServerPool
 from txgear._protocol import GearmanPeerProtocol, toBytes
 from txgear.errors import (
     ConnectionLost,
@@ -611,7 +611,7 @@ class GearmanClientFactory(ClientFactory):
         return proto
 
 
-class GearmanClient(Service):
+class GearmanClient(PoolService):
     """
     A Gearman client over one or more job servers.
 
@@ -687,23 +687,6 @@ class GearmanClient(Service):
         Service.stopService(self)
         return self._pool.stop()  # fails waiting submissions with NoServers
 
-    def connect(self) -> Deferred["GearmanClient"]:
-        """
-        Start connecting (without a service parent).
-
-        @return: fires with this client once at least one server is
-            connected, or fails with L{NoServers} when every server failed
-            its first attempt.
-        """
-        if not self.running:
-            self.startService()
-        return self._pool.whenReady().addCallback(lambda _: self)
-
-    def close(self) -> Deferred[None]:
-        """Stop: the counterpart of L{connect}."""
-        if self.running:
-            return self.stopService()
-        return succeed(None)
 
     # Submitting
 

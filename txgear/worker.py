@@ -36,7 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txgear._packet import PacketType
-from txgear._pool import PoolServer, ServerPool
+from txgear._pool import PoolServer, PoolService, ServerPool
 from txgear._protocol import GearmanPeerProtocol, toBytes
 from txgear.errors import JobFailed
 
@@ -521,7 +521,7 @@ def _describe(failure: Failure) -> bytes:
     return (f"{name}: {text}" if text else name).encode("utf-8", "replace")
 
 
-class GearmanWorker(Service):
+class GearmanWorker(PoolService):
     """
     A worker over one or more job servers.
 
@@ -637,23 +637,6 @@ class GearmanWorker(Service):
 
         return idle.addBoth(finished)
 
-    def connect(self) -> Deferred["GearmanWorker"]:
-        """
-        Start without a service parent.
-
-        @return: fires with this worker once at least one server is connected,
-            or fails with L{NoServers} when every server failed its first
-            attempt (the worker keeps retrying until L{close}).
-        """
-        if not self.running:
-            self.startService()
-        return self._pool.whenReady().addCallback(lambda _: self)
-
-    def close(self) -> Deferred[None]:
-        """Stop gracefully: the counterpart of L{connect}."""
-        if self.running:
-            return self.stopService()
-        return succeed(None)
 
 
 __all__ = ["GearmanWorker", "GearmanWorkerFactory", "GearmanWorkerProtocol", "Job"]

@@ -595,7 +595,12 @@ class JobServerState:
             function.scheduled += 1
             self._scheduleEpoch(job)
             return
+        self._enqueue(job)
+
+    def _enqueue(self, job: Job) -> None:
+        """Put a job at the tail of its priority queue and wake a sleeper."""
         job.state = QUEUED
+        function = job.func
         function.queues[job.priority].append(job)
         function.queued += 1
         function.priorityCounts[job.priority] += 1
@@ -743,12 +748,7 @@ class JobServerState:
         if not job.clients and not job.background:
             self._forget(job)
             return
-        job.state = QUEUED
-        function.queues[job.priority].append(job)
-        function.queued += 1
-        function.priorityCounts[job.priority] += 1
-        if function.sleepers:
-            self._wake(function)
+        self._enqueue(job)
 
     # -- work results ----------------------------------------------------
 
