@@ -664,7 +664,7 @@ def test_sqliteVersion1FileIsNotWiped(sqliteBackend: SQLiteBackend) -> Any:
                            " reducer, client_id) VALUES (x'483a31', x'66', x'', x'', 1, 0, x'', x'')")
     connection.close()
     before = _digest(sqliteBackend.path)
-    with pytest.raises(StoreSchemaError, match="schema version 1, this txgear reads version 2"):
+    with pytest.raises(StoreSchemaError, match="schema version 1, this txgear reads version 3"):
         yield wait(sqliteBackend.make().open())
     assert _digest(sqliteBackend.path) == before
 
@@ -676,10 +676,13 @@ def test_sqliteUnknownRecordFormatIsReported(sqliteBackend: SQLiteBackend) -> An
     yield wait(store.add(job(1)))
     yield wait(store.close())
     with sqlite3.connect(sqliteBackend.path) as connection:
-        connection.execute("UPDATE jobs SET data = CAST(x'09' || substr(data, 2) AS BLOB)")
+        # The record's version byte follows the log entry's 13-byte frame.
+        seq, data = connection.execute("SELECT seq, data FROM log WHERE kind = 0").fetchone()
+        connection.execute("UPDATE log SET data = ? WHERE seq = ?",
+                           (data[:13] + b"\x09" + data[14:], seq))
     connection.close()
     before = _digest(sqliteBackend.path)
-    with pytest.raises(StoreSchemaError, match="job 1: record format 9 is unknown"):
+    with pytest.raises(StoreSchemaError, match="log row 1: job 1: record format 9 is unknown"):
         yield wait(sqliteBackend.make().open())
     assert _digest(sqliteBackend.path) == before
 

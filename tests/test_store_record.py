@@ -1,6 +1,6 @@
 """
-The packed record format of L{txgear.store._record} and the batch reduction
-the stores share.
+The packed record format of L{txgear.store._record}, its batch framing (the
+SQLite log's rows) and the batch reduction the stores share.
 """
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pytest
 
 from txgear.errors import StoreSchemaError
 from txgear.jobs import Priority, StoredJob
-from txgear.store._record import (FORMAT_VERSION, HEADER_SIZE, collapse, lastOfEachKey, packRecord,
-                                  packedRows, unpackRecord)
+from txgear.store._record import (ENTRY_HEADER_SIZE, FORMAT_VERSION, HEADER_SIZE, collapse,
+                                  lastOfEachKey, packBatch, packBatches, packKeys, packRecord,
+                                  packedRows, unpackBatch, unpackKeys, unpackRecord)
 
 
 def record(key: int = 1, priority: int = Priority.NORMAL, function: bytes = b"f",
@@ -144,3 +145,113 @@ def test_lastOfEachKey() -> None:
     records = [a, b]
     assert lastOfEachKey(records) is records
     assert sorted(lastOfEachKey([a, b, a2])) == sorted([a2, b])
+
+
+# Batches (SQLite's log) -----------------------------------------------------
+
+
+def test_batchKnownBytes() -> None:
+    """An adds batch entry is key, priority, length, then the packed record."""
+    r = record(7, Priority.HIGH, b"fn", b"uq", b"DATA", 258, b"r", b"cid")
+    packed = packRecord(r)
+    assert packBatch([r]) == (b"\x00\x00\x00\x00\x00\x00\x00\x07"  # key
+                              + b"\x00"                              # priority
+                              + struct.pack(">I", len(packed))       # length of the record
+                              + packed)
+    assert ENTRY_HEADER_SIZE == 13
+    assert packKeys([1, 2 ** 64 - 1]) == b"\x00" * 7 + b"\x01" + b"\xff" * 8
+
+
+def test_batchRoundTrip() -> None:
+    records = [record(2 ** 63 + 5, Priority.LOW, b"\x00f", b"", os.urandom(1000), -7, b"r", b"c"),
+               record(2, Priority.HIGH, b"", b"u\x00", b"", 0, b"", b""),
+               record(3, Priority.NORMAL, b"f", b"u", b"x" * (1024 * 1024), 2 ** 40, b"\x00", b"\x00"),
+               record(2, Priority.NORMAL, payload=b"again")]
+    jobs = unpackBatch(1, packBatch(records))
+    assert jobs == [roundTrip(r) for r in records]
+    assert all(type(j.key) is int and type(j.priority) is int and type(j.payload) is bytes
+               for j in jobs)
+    assert unpackBatch(1, memoryview(packBatch(records))) == jobs
+    assert unpackBatch(1, bytearray(packBatch(records))) == jobs
+    assert packBatch([]) == b"" and unpackBatch(1, b"") == []
+
+
+def test_keysRoundTrip() -> None:
+    keys = [1, 5, 2 ** 33, 2 ** 64 - 1]
+    assert unpackKeys(3, packKeys(keys)) == tuple(keys)
+    assert unpackKeys(3, memoryview(packKeys(keys))) == tuple(keys)
+    assert packKeys([]) == b"" and unpackKeys(3, b"") == ()
+
+
+def test_packBatchesBoundsRows() -> None:
+    """Rows of at most C{maxRecords} records and about C{maxBytes} bytes."""
+    records = [record(n, payload=b"x" * (n % 7) * 50) for n in range(1, 2501)]
+    rows = list(packBatches(records, 1000, 10 ** 9))
+    assert [len(unpackBatch(1, row)) for row in rows] == [1000, 1000, 500]
+    assert b"".join(rows) == packBatch(records)
+    rows = list(packBatches(records, 1000, 4096))
+    assert all(len(row) <= 4096 for row in rows) and len(rows) > 40
+    assert b"".join(rows) == packBatch(records)
+    # One record larger than the bound gets a row of its own.
+    big = [record(1), record(2, payload=b"y" * 10000), record(3)]
+    assert [len(unpackBatch(1, row)) for row in packBatches(big, 1000, 100)] == [1, 1, 1]
+    assert list(packBatches([], 1000, 100)) == []
+
+
+def test_truncatedBatchIsRefusedNamingTheRow() -> None:
+    """
+    Every cut inside an entry is refused, naming the log row (a cut between
+    two entries cannot be told from a shorter batch; SQLite keeps values
+    whole).
+    """
+    batch = packBatch([record(1, payload=b"abc"), record(2, unique=b"", payload=b"")])
+    first = ENTRY_HEADER_SIZE + HEADER_SIZE + len(b"fuabc")
+    for cut in range(1, len(batch)):
+        if cut == first:
+            assert [j.key for j in unpackBatch(7, batch[:cut])] == [1]
+            continue
+        with pytest.raises(StoreSchemaError, match="^log row 7: .*truncated"):
+            unpackBatch(7, batch[:cut])
+
+
+def test_paddedBatchIsRefused() -> None:
+    with pytest.raises(StoreSchemaError, match="log row 4: truncated entry"):
+        unpackBatch(4, packBatch([record(1)]) + b"\x00")
+    with pytest.raises(StoreSchemaError, match="log row 4: job 9: truncated entry"):
+        unpackBatch(4, packBatch([record(1)]) + struct.pack(">QBI", 9, 1, 1000) + b"\x01" * 40)
+
+
+@pytest.mark.parametrize("change, message", [
+    # The record's version byte, right after the entry's frame.
+    (lambda b: b[:13] + b"\x09" + b[14:], "log row 5: job 1: record format 9 is unknown"),
+    # A record length shorter than a record header.
+    (lambda b: b[:9] + struct.pack(">I", 3) + b[13:], "log row 5: job 1: truncated record"),
+    # A record whose field lengths do not add up to the entry's length.
+    (lambda b: b[:9] + struct.pack(">I", len(b) - 14) + b[13:-1] + b"\x00\x00",
+     "log row 5: job 1: record of .* does not match its header"),
+])
+def test_corruptBatchIsRefused(change: object, message: str) -> None:
+    batch = packBatch([record(1, payload=b"x" * 40)])
+    with pytest.raises(StoreSchemaError, match=message):
+        unpackBatch(5, change(batch))  # type: ignore[operator]
+
+
+def test_batchOfAnotherTypeIsRefused() -> None:
+    for value in ("text", 12, None):
+        with pytest.raises(StoreSchemaError, match="log row 2: the batch is .*, not binary"):
+            unpackBatch(2, value)
+        with pytest.raises(StoreSchemaError, match="log row 2: the batch is .*, not binary"):
+            unpackKeys(2, value)
+
+
+def test_partialKeyIsRefused() -> None:
+    with pytest.raises(StoreSchemaError, match="log row 6: a removes batch of 12 bytes"):
+        unpackKeys(6, packKeys([1]) + b"\x00" * 4)
+
+
+def test_outOfRangeValuesCannotBePacked() -> None:
+    for bad in (record(key=2 ** 64), record(key=-1), record(priority=256), record(when=2 ** 63)):
+        with pytest.raises(struct.error):
+            packBatch([bad])
+    with pytest.raises(struct.error):
+        packKeys([2 ** 64])

@@ -29,11 +29,25 @@ The header's lengths must add up to the value's length exactly; anything else
 (another version byte, a truncated or padded value) is refused with
 L{StoreSchemaError}. A future format takes the next version byte; readers
 keep decoding the older ones.
+
+Batches, for the stores that write one value per batch (SQLite's log, schema
+version 3). An adds batch is its records back to back, each framed as::
+
+    offset  size  field
+    0       8     key (unsigned 64-bit)
+    8       1     priority (unsigned 8-bit)
+    9       4     length L of the packed record (unsigned 32-bit)
+    13      L     the record, packed as above (L >= 29)
+
+(L{packBatch}, L{unpackBatch}); a removes batch is the removed keys back to
+back, 8 bytes each, unsigned (L{packKeys}, L{unpackKeys}). A batch that
+does not end exactly at its last entry's end, or holds a record that does
+not decode, is refused with L{StoreSchemaError} naming the log row.
 """
 from __future__ import annotations
 
 import struct
-from typing import Any, List, Tuple
+from typing import Any, Iterator, List, Sequence, Tuple
 
 from txgear.errors import StoreSchemaError
 from txgear.jobs import StoredJob
@@ -49,6 +63,16 @@ _HEADER = struct.Struct(">BqIIIII")
 
 #: The size of the fixed header in front of the fields.
 HEADER_SIZE = _HEADER.size
+
+#: A batch entry's frame (key, priority, record length), then the record's
+#: own header: packed and decoded together, in one call per record.
+_ENTRY = struct.Struct(">QBI")
+_ENTRY_AND_HEADER = struct.Struct(">QBIBqIIIII")
+
+#: The size of an adds batch entry's frame, in front of the packed record.
+ENTRY_HEADER_SIZE = _ENTRY.size
+
+_MINIMUM_ENTRY = ENTRY_HEADER_SIZE + HEADER_SIZE
 
 
 def packRecord(record: Record) -> bytes:
@@ -152,3 +176,146 @@ def lastOfEachKey(records: List[Record]) -> List[Record]:
     if len({record[0] for record in records}) == len(records):
         return records
     return list({record[0]: record for record in records}.values())
+
+
+def packBatch(records: Sequence[Record]) -> bytes:
+    """
+    Pack C{records} as one adds batch (see the module docstring): each one's
+    key, priority and length, then its L{packRecord} bytes, back to back.
+
+    @param records: L{Record}s, in the order they are to be replayed (a key
+        given twice: the later record wins).
+    @return: the batch.
+    @raise struct.error: if a value does not fit its slot (a key outside
+        unsigned 64 bits, a priority outside 0-255, a field of 4 GiB or more,
+        a C{when} outside signed 64 bits).
+    """
+    # The hot path of a burst of submits: one pack call per record and one
+    # join; a flat list of parts beats concatenating each record's parts.
+    pack = _ENTRY_AND_HEADER.pack
+    parts: List[bytes] = []
+    extend = parts.extend
+    for key, priority, function, unique, payload, when, reducer, clientId in records:
+        functionSize = len(function)
+        uniqueSize = len(unique)
+        reducerSize = len(reducer)
+        clientIdSize = len(clientId)
+        payloadSize = len(payload)
+        extend((pack(key, priority,
+                     HEADER_SIZE + functionSize + uniqueSize + reducerSize + clientIdSize + payloadSize,
+                     FORMAT_VERSION, when, functionSize, uniqueSize, reducerSize, clientIdSize,
+                     payloadSize),
+                function, unique, reducer, clientId, payload))
+    return b"".join(parts)
+
+
+def packBatches(records: Sequence[Record], maxRecords: int, maxBytes: int) -> Iterator[bytes]:
+    """
+    Pack C{records} as consecutive adds batches of at most C{maxRecords}
+    records and, unless one record alone is larger, at most about
+    C{maxBytes} bytes each.
+
+    @return: the batches, in order (none for no records).
+    """
+    start = 0
+    count = len(records)
+    while start < count:
+        end = start
+        size = 0
+        while end < count and end - start < maxRecords:
+            _, _, function, unique, payload, _, reducer, clientId = records[end]
+            size += (_MINIMUM_ENTRY + len(function) + len(unique) + len(payload) + len(reducer)
+                     + len(clientId))
+            if size > maxBytes and end > start:
+                break
+            end += 1
+        yield packBatch(records[start:end])
+        start = end
+
+
+def _binary(seq: int, data: Any) -> bytes:
+    if type(data) is bytes:
+        return data
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    raise StoreSchemaError(f"log row {seq}: the batch is {type(data).__name__}, not binary")
+
+
+def unpackBatch(seq: int, data: Any) -> List[StoredJob]:
+    """
+    Decode an adds batch made by L{packBatch}.
+
+    @param seq: the batch's position in its log, for error messages.
+    @param data: the batch (C{bytes}, or a buffer such as a C{memoryview}).
+    @return: its jobs, in order (a key may appear twice: the later wins).
+    @raise StoreSchemaError: if C{data} is truncated, padded or holds a
+        record that does not decode; the message names C{seq}, and the job's
+        key when it is known.
+    """
+    data = _binary(seq, data)
+    size = len(data)
+    unpack = _ENTRY_AND_HEADER.unpack_from
+    jobs: List[StoredJob] = []
+    append = jobs.append
+    offset = 0
+    while offset < size:
+        if size - offset < _MINIMUM_ENTRY:
+            _refuseShortEntry(seq, data, offset)
+        (key, priority, length, version, when, functionSize, uniqueSize, reducerSize,
+         clientIdSize, payloadSize) = unpack(data, offset)
+        start = offset + ENTRY_HEADER_SIZE
+        end = start + length
+        if end > size:
+            raise StoreSchemaError(f"log row {seq}: job {key}: truncated entry at offset {offset} "
+                                   f"({length} bytes announced, {size - start} left)")
+        if length < HEADER_SIZE:
+            raise StoreSchemaError(f"log row {seq}: job {key}: truncated record ({length} bytes)")
+        if version != FORMAT_VERSION:
+            raise StoreSchemaError(f"log row {seq}: job {key}: record format {version} is unknown "
+                                   f"(this txgear reads format {FORMAT_VERSION})")
+        end1 = start + HEADER_SIZE + functionSize
+        end2 = end1 + uniqueSize
+        end3 = end2 + reducerSize
+        end4 = end3 + clientIdSize
+        if end4 + payloadSize != end:
+            raise StoreSchemaError(f"log row {seq}: job {key}: record of {length} bytes does not "
+                                   f"match its header")
+        append(StoredJob(key, data[start + HEADER_SIZE:end1], data[end1:end2], data[end4:end],
+                         priority, when, data[end2:end3], data[end3:end4]))
+        offset = end
+    return jobs
+
+
+def _refuseShortEntry(seq: int, data: bytes, offset: int) -> None:
+    left = len(data) - offset
+    if left < ENTRY_HEADER_SIZE:
+        raise StoreSchemaError(f"log row {seq}: truncated entry at offset {offset} "
+                               f"({left} bytes left)")
+    key, _, length = _ENTRY.unpack_from(data, offset)
+    if length < HEADER_SIZE:
+        raise StoreSchemaError(f"log row {seq}: job {key}: truncated record ({length} bytes)")
+    raise StoreSchemaError(f"log row {seq}: job {key}: truncated entry at offset {offset} "
+                           f"({length} bytes announced, {left - ENTRY_HEADER_SIZE} left)")
+
+
+def packKeys(keys: Sequence[int]) -> bytes:
+    """
+    Pack C{keys} as one removes batch: 8 bytes each, big-endian, unsigned.
+
+    @raise struct.error: if a key is outside unsigned 64 bits.
+    """
+    return struct.pack(f">{len(keys)}Q", *keys)
+
+
+def unpackKeys(seq: int, data: Any) -> Tuple[int, ...]:
+    """
+    Decode what L{packKeys} made.
+
+    @param seq: the batch's position in its log, for error messages.
+    @raise StoreSchemaError: if C{data} is not a whole number of keys.
+    """
+    data = _binary(seq, data)
+    if len(data) % 8:
+        raise StoreSchemaError(f"log row {seq}: a removes batch of {len(data)} bytes is not a "
+                               f"whole number of 8-byte keys")
+    return struct.unpack(f">{len(data) // 8}Q", data)
