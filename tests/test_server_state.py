@@ -717,3 +717,25 @@ def test_foregroundJobTurnedBackgroundStaysRunnableWhileStored():
     state.workEnd(worker, P.WORK_COMPLETE, handle, handle + b"\0ok")
     assert fpeer.take() == [(P.WORK_COMPLETE, [handle, b"ok"])]
     assert store.removed == [store.adds[0][0].key]
+
+
+def test_onEmptiedAfterALargeQueueDrains():
+    from txgear.server._state import LARGE_QUEUE
+
+    calls = []
+    state, _ = makeState(onEmptied=lambda: calls.append(len(state.jobs)))
+    client, cpeer = connect(state)
+    worker, wpeer = connect(state)
+    state.canDo(worker, b"f")
+    # A small queue draining is not worth it.
+    handle = submit(state, client, cpeer, background=True)
+    grab(state, worker, wpeer)
+    state.workEnd(worker, P.WORK_COMPLETE, handle, handle + b"\0")
+    assert calls == []
+    for _ in range(LARGE_QUEUE):
+        state.submit(client, b"f", b"", b"x", background=True)
+    cpeer.take()
+    for i in range(LARGE_QUEUE):
+        handle = grab(state, worker, wpeer)[1][0]
+        state.workEnd(worker, P.WORK_COMPLETE, handle, handle + b"\0")
+        assert calls == ([] if i < LARGE_QUEUE - 1 else [0])

@@ -5,6 +5,7 @@ The C{twistd gearman} plugin: command-line options and service construction.
 from __future__ import annotations
 
 import gc
+import platform
 import signal
 from typing import Any, List, Optional
 
@@ -99,7 +100,7 @@ def makeService(options: Any, reactor: Any = None) -> IService:
     store = _makeStore(options["queue"], reactor)
     state = JobServerState(clock=reactor, handlePrefix=prefix, jobRetries=options["job-retries"],
                            roundRobin=options["round-robin"], workerWakeup=options["worker-wakeup"],
-                           store=store)
+                           store=store, onEmptied=_reclaimMemory())
     factory = GearmanServerFactory(state, maxPacket=options["max-packet-size"],
                                    allowShutdown=options["enable-shutdown-command"],
                                    verbosity=lambda: _GEARMAND_LEVEL_NAMES.get(logLevel(), "INFO"),
@@ -119,6 +120,18 @@ def _tuneGarbageCollector() -> None:
     """
     if hasattr(gc, "set_threshold"):  # CPython; PyPy's collector is incremental
         gc.set_threshold(20000, 50, 100)
+
+
+def _reclaimMemory() -> Optional[Any]:
+    """
+    What to do when a large queue has drained. On PyPy, a full collection:
+    its collector starts one only when the heap has grown well past its size
+    at the last one, so the freed jobs would otherwise stay, and the next
+    large queue would grow the process further. CPython frees them at once.
+    """
+    if platform.python_implementation() == "PyPy":
+        return gc.collect
+    return None
 
 
 def _makeStore(description: Optional[str], reactor: Any) -> Any:

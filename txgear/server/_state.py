@@ -18,7 +18,7 @@ from __future__ import annotations
 import heapq
 import platform
 from collections import OrderedDict, deque
-from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred
 from txgear._log import logger
@@ -28,6 +28,9 @@ from txgear._packet import PacketType, encodeResponse, responseHeader
 from txgear.jobs import Priority
 
 HIGH, NORMAL, LOW = Priority.HIGH.value, Priority.NORMAL.value, Priority.LOW.value
+
+#: Jobs held at once that make the next empty queue worth an L{onEmptied} call.
+LARGE_QUEUE = 10000
 
 #: Largest unique id accepted (gearmand refuses 65 bytes and more).
 MAX_UNIQUE = 64
@@ -243,13 +246,17 @@ class JobServerState:
         0 wakes all of the function's sleepers, as gearmand does by default.
     @param store: an L{txgear.interfaces.IJobStore} for background jobs, or
         C{None} to keep them in memory only.
+    @param onEmptied: called when the last job is gone after at least
+        L{LARGE_QUEUE} were held at once: the moment to give memory back
+        (PyPy's collector otherwise waits for the heap to grow well past
+        its last size).
     """
 
     _log = logger()
 
     def __init__(self, clock: Any = None, handlePrefix: Optional[bytes] = None,
                  jobRetries: int = 0, roundRobin: bool = False, workerWakeup: int = 1,
-                 store: Any = None) -> None:
+                 store: Any = None, onEmptied: Optional[Callable[[], None]] = None) -> None:
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[no-redef]
         self.clock = clock
@@ -262,6 +269,8 @@ class JobServerState:
         self.store = store
         # Store keys continue after the largest one loaded (handles restart at 1).
         self._nextKey = 1
+        self.onEmptied = onEmptied
+        self._largeQueue = False
         self._unstored: List[Job] = []
         # Sessions whose output waits for a JOB_CREATED the store holds back.
         self._storeWaiting: Dict[Session, None] = {}
@@ -439,7 +448,10 @@ class JobServerState:
         job = Job(handle, function, unique, payload, priority, background, when, reducer,
                   session.clientId if session is not None and session.clientId != b"-" else b"",
                   self._seq)
-        self.jobs[handle] = job
+        jobs = self.jobs
+        jobs[handle] = job
+        if len(jobs) >= LARGE_QUEUE:
+            self._largeQueue = True
         if key is not None:
             job.coalesceKey = key
             function.uniques[key] = job
@@ -860,6 +872,10 @@ class JobServerState:
         job.clients = ()
         if not self.accepting:
             self._checkIdle()
+        if self._largeQueue and not self.jobs:
+            self._largeQueue = False
+            if self.onEmptied is not None:
+                self.onEmptied()
 
     # -- backpressure ----------------------------------------------------
 
