@@ -107,7 +107,7 @@ def parseWorkers(lines: List[bytes]) -> List[WorkerInfo]:
         parts = head.split(b" ", 2)
         if len(parts) != 3:
             raise ValueError(f"malformed workers line {line!r}")
-        result.append(WorkerInfo(*(p.decode("utf-8", "replace") for p in parts),
-                                 functions=tuple(f.decode("utf-8", "replace")
-                                                 for f in functions.split())))
+        fd, ip, clientId = (p.decode("utf-8", "replace") for p in parts)
+        result.append(WorkerInfo(fd, ip, clientId,
+                                 tuple(f.decode("utf-8", "replace") for f in functions.split())))
     return result

@@ -299,6 +299,8 @@ def workerParser() -> argparse.ArgumentParser:
 class _CommandProtocol(ProcessProtocol):
     """Feeds the payload to a command and collects its output."""
 
+    transport: Any  # an IProcessTransport once started
+
     def __init__(self, payload: bytes, job: Any) -> None:
         self.payload = payload
         self.job = job
@@ -526,7 +528,7 @@ async def runAdmin(reactor: Any, argv: Sequence[str], stdout: IO[Any] = sys.stdo
     for server in servers:
         endpoint = parseAddress(server).endpoint(reactor, timeout=10)
         try:
-            proto = await endpoint.connect(Factory.forProtocol(_AdminProtocol))
+            proto: Any = await endpoint.connect(Factory.forProtocol(_AdminProtocol))
         except Exception as e:
             _say(stderr, f"txgear-admin: cannot connect to {server}: {e}")
             code = UNREACHABLE

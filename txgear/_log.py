@@ -17,7 +17,12 @@ from twisted.logger import (
 
 _levels = LogLevelFilterPredicate(defaultLogLevel=LogLevel.debug)
 _levels.setLogLevelForNamespace("txgear", LogLevel.info)
-_observer = FilteringLogObserver(lambda event: globalLogPublisher(event), [_levels])
+def _toGlobal(event: dict) -> None:
+    # Looked up on every event: an application may replace the publisher's observers.
+    globalLogPublisher(event)
+
+
+_observer = FilteringLogObserver(_toGlobal, [_levels])  # type: ignore[arg-type]
 
 
 def logger() -> Logger:

@@ -82,7 +82,7 @@ class _PoolFactory(Factory):
         self._server = server
 
     def buildProtocol(self, addr: Any) -> Any:
-        proto = self._inner.buildProtocol(addr)
+        proto: Any = self._inner.buildProtocol(addr)
         if proto is not None:
             proto.poolServer = self._server
         return proto

@@ -75,6 +75,7 @@ class GearmanPeerProtocol(Protocol):
     """
 
     _log = logger()
+    transport: Any  # a connected transport
     _dispatch: ClassVar[List[Optional[Callable[..., None]]]] = []
     maxPacket = DEFAULT_MAX_PACKET
 

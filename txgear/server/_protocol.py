@@ -83,6 +83,7 @@ class GearmanServerProtocol(Protocol):
     _log = logger()
     factory: "GearmanServerFactory"
     session: Session
+    transport: Any  # a connected transport (ITCPTransport and IPushProducer)
 
     def __init__(self) -> None:
         self._closedWaiters: List[Deferred[None]] = []
@@ -99,8 +100,8 @@ class GearmanServerProtocol(Protocol):
         setNoDelay(transport)
         transport.registerProducer(self, True)
         self._output = output = factory.writer.output(transport)
-        self.write = output.write
-        self.writeSequence = output.writeSequence
+        self.write = output.write  # type: ignore[method-assign]
+        self.writeSequence = output.writeSequence  # type: ignore[method-assign]
         factory.connections[self.session] = self
 
     # The state calls these (IServerPeer). Output is sent once per reactor turn.
@@ -408,7 +409,7 @@ class GearmanServerFactory(Factory):
     @ivar connections: the live protocols, by session.
     """
 
-    protocol = GearmanServerProtocol
+    protocol = GearmanServerProtocol  # type: ignore[assignment]
     noisy = False
 
     def __init__(self, state: Optional[JobServerState] = None, maxPacket: int = DEFAULT_MAX_PACKET,

@@ -413,7 +413,7 @@ class JobServerState:
 
     # -- submitting ------------------------------------------------------
 
-    def submit(self, session: Optional[Session], name: bytes, unique: bytes, payload: bytes,
+    def submit(self, session: Session, name: bytes, unique: bytes, payload: bytes,
                priority: int = NORMAL, background: bool = False, when: int = 0,
                reducer: bytes = b"") -> None:
         """
@@ -446,7 +446,7 @@ class JobServerState:
         self._nextHandle += 1
         self._seq += 1
         job = Job(handle, function, unique, payload, priority, background, when, reducer,
-                  session.clientId if session is not None and session.clientId != b"-" else b"",
+                  session.clientId if session.clientId != b"-" else b"",
                   self._seq)
         jobs = self.jobs
         jobs[handle] = job
