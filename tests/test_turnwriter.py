@@ -89,3 +89,30 @@ async def test_realSocketSmallAndLargeOutputArriveInOrder():
         client.transport.loseConnection()
     finally:
         await port.stopListening()
+
+
+def test_peerProtocolsBatchPerTurnWhenTheTransportHasAReactor():
+    from txgear._protocol import GearmanPeerProtocol
+    from txgear._turnwriter import turnWriterFor
+
+    class Peer(GearmanPeerProtocol):
+        pass
+
+    clock = Clock()
+    assert turnWriterFor(clock) is turnWriterFor(clock)
+    transport = StringTransport()
+    transport.reactor = clock  # type: ignore[attr-defined]
+    peer = Peer()
+    peer.makeConnection(transport)
+    peer.sendPacket(PacketType.ECHO_REQ, b"a")
+    peer.sendPacket(PacketType.ECHO_REQ, b"b")
+    assert transport.value() == b""
+    clock.advance(0)
+    assert transport.value() == (encodeRequest(PacketType.ECHO_REQ, b"a")
+                                 + encodeRequest(PacketType.ECHO_REQ, b"b"))
+    # Without a reactor (test transports), packets are written at once.
+    plain = StringTransport()
+    other = Peer()
+    other.makeConnection(plain)
+    other.sendPacket(PacketType.ECHO_REQ, b"c")
+    assert plain.value() == encodeRequest(PacketType.ECHO_REQ, b"c")

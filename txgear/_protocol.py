@@ -21,6 +21,7 @@ from txgear._packet import (
     responseHeader,
     splitArguments,
 )
+from txgear._turnwriter import turnWriterFor
 from txgear.errors import ProtocolError
 
 #: Payloads at least this large are written without being copied into the packet.
@@ -86,6 +87,15 @@ class GearmanPeerProtocol(Protocol):
     def connectionMade(self) -> None:
         setNoDelay(self.transport)
         self._decoder = PacketDecoder(expectRequests=False, maxPacket=self.maxPacket)
+        # Packets leave once per reactor turn (see txgear._turnwriter), on
+        # transports that know their reactor; others are written at once.
+        reactor = getattr(self.transport, "reactor", None)
+        if reactor is not None and hasattr(reactor, "callLater"):
+            output: Any = turnWriterFor(reactor).output(self.transport)
+        else:
+            output = self.transport
+        self._write = output.write
+        self._writeSequence = output.writeSequence
 
     def dataReceived(self, data: bytes) -> None:
         decoder = self._decoder
@@ -122,9 +132,9 @@ class GearmanPeerProtocol(Protocol):
     def sendPacket(self, kind: int, *args: bytes) -> None:
         """Write one request packet."""
         if args and len(args[-1]) >= _BIG_PAYLOAD:
-            self.transport.writeSequence(_sequence(requestHeader, kind, args))
+            self._writeSequence(_sequence(requestHeader, kind, args))
         else:
-            self.transport.write(encodeRequest(kind, *args))
+            self._write(encodeRequest(kind, *args))
 
 
 def _sequence(header: Callable[[int, int], bytes], kind: int, args: tuple) -> list:

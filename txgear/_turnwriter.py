@@ -14,7 +14,7 @@ producer/backpressure machinery); anything that is not a plain TCP transport
 """
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from twisted.internet import tcp
 
@@ -112,6 +112,17 @@ class BufferedOutput:
 
     def discard(self) -> None:
         self.pending = None
+
+
+_writers: Dict[int, "TurnWriter"] = {}
+
+
+def turnWriterFor(reactor: Any) -> "TurnWriter":
+    """The L{TurnWriter} shared by every connection of C{reactor}."""
+    writer = _writers.get(id(reactor))
+    if writer is None or writer._clock is not reactor:
+        writer = _writers[id(reactor)] = TurnWriter(reactor)
+    return writer
 
 
 class TurnWriter:
