@@ -18,7 +18,10 @@ from txgear._packet import DEFAULT_MAX_PACKET
 from txgear.server import GearmanServerFactory, GearmanServerService, JobServerState
 
 _LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn,
-           "warning": LogLevel.warn, "error": LogLevel.error, "critical": LogLevel.critical}
+           "warning": LogLevel.warn, "error": LogLevel.error, "critical": LogLevel.critical,
+           # gearmand's --verbose names
+           "fatal": LogLevel.critical, "alert": LogLevel.critical, "crit": LogLevel.critical,
+           "notice": LogLevel.info}
 # gearmand's names for the `verbose` admin command.
 _GEARMAND_LEVEL_NAMES = {LogLevel.debug: "DEBUG", LogLevel.info: "INFO", LogLevel.warn: "WARNING",
                          LogLevel.error: "ERROR", LogLevel.critical: "FATAL"}
@@ -61,7 +64,13 @@ class Options(usage.Options):
                                                       "for its other arguments); a larger packet "
                                                       "gets ERROR ARGUMENT_TOO_LARGE and the "
                                                       "connection is closed.", int],
-        ["log-level", None, "info", "Log level for txgear's messages: debug, info, warn, error."],
+        ["log-level", None, "info", "Log level for txgear's messages: debug, info, warn, error "
+                                    "(gearmand's --verbose names work too: DEBUG, INFO, "
+                                    "WARNING, ERROR, FATAL...)."],
+        ["listen", "L", None, "Address that port numbers given to --port listen on, as "
+                              "gearmand's --listen [default: all interfaces]."],
+        ["threads", "t", None, "Accepted for gearmand command lines and ignored: txgear runs one "
+                               "reactor thread."],
         ["queue", "q", None, "Where background jobs are kept: sqlite:PATH (a file, relative to the "
                              "working directory), postgresql:<dsn>, redis:<url>, or memory (lost on "
                              "restart). [default: sqlite:txgear-queue.sqlite]"],
@@ -73,13 +82,21 @@ class Options(usage.Options):
 
     def opt_port(self, value: str) -> None:
         """Where to listen (repeatable): a port number (tcp:N) or any Twisted server endpoint, e.g. tcp:4730:interface=127.0.0.1, unix:/run/gearman.sock, ssl:4730:privateKey=key.pem [default: tcp:4730]"""
-        self["ports"].append(f"tcp:{value}" if value.isdigit() else value)
+        self["ports"].append(value)
 
     opt_p = opt_port
 
+    def opt_verbose(self, value: str) -> None:
+        """gearmand's name for --log-level."""
+        self["log-level"] = value
+
     def postOptions(self) -> None:
-        if not self["ports"]:
-            self["ports"] = ["tcp:4730"]
+        ports = self["ports"] or ["4730"]
+        # Colons (IPv6) are escaped in endpoint strings.
+        listen = (self["listen"] or "").replace(":", "\\:")
+        interface = f":interface={listen}" if listen else ""
+        # A bare number is a TCP port, as for gearmand; anything else an endpoint.
+        self["ports"] = [f"tcp:{p}{interface}" if p.isdigit() else p for p in ports]
         level = _LEVELS.get(str(self["log-level"]).lower())
         if level is None:
             raise usage.UsageError(f"unknown log level {self['log-level']!r}")
