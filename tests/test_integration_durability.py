@@ -295,3 +295,74 @@ def test_databaseOutageWhileRunning(tmp_path):
         keys = list(client.scan_iter(match=prefix + "*"))
         if keys:
             client.delete(*keys)
+
+
+@pytest.fixture
+def smallDisk(tmp_path):
+    """A 512 KiB tmpfs mounted for this test (root only), unmounted afterwards."""
+    import os
+    import subprocess
+
+    mountPoint = tmp_path / "small-disk"
+    mountPoint.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mountPoint)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode(errors='replace')}")
+    try:
+        yield mountPoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountPoint)], capture_output=True)
+
+
+def _fill(directory, leave: int = 0) -> None:
+    """Fill the file system of C{directory} up to C{leave} free bytes."""
+    import os
+
+    with open(directory / "filler", "wb") as f:
+        while True:
+            free = os.statvfs(str(directory)).f_bavail * os.statvfs(str(directory)).f_frsize
+            if free <= leave:
+                break
+            try:
+                f.write(b"\0" * min(4096, free - leave))
+                f.flush()
+            except OSError:
+                break
+
+
+def test_fullDiskAtStartIsAClearErrorAndExit(smallDisk, tmp_path):
+    _fill(smallDisk)
+    log = _failsToStart(f"sqlite:{smallDisk / 'queue.sqlite'}", str(tmp_path))
+    assert "cannot start" in log and "full" in log.lower()
+
+
+def test_diskFullWhileRunningThenRecovers(smallDisk, tmp_path):
+    port = freePort()
+    server = startServer(f"sqlite:{smallDisk / 'queue.sqlite'}", str(tmp_path), port)
+    try:
+        with RawClient(port, timeout=15) as client, RawClient(port, timeout=15) as worker:
+            worker.register(b"fg")
+            client.submit(FUNCTION, b"before", kind=P.SUBMIT_JOB_BG)
+            _fill(smallDisk)
+            for i in range(200):  # the WAL may still have room for a few
+                client.send(P.SUBMIT_JOB_BG, FUNCTION, b"", b"x" * 4000)
+                kind, args = client.recv(timeout=15)
+                if kind == P.ERROR:
+                    break
+                assert kind == P.JOB_CREATED
+            else:
+                pytest.fail("the full disk was never reported")
+            assert args[0] == b"QUEUE_ERROR"
+            handle = client.submit(b"fg", b"ping")  # foreground work goes on
+            assert worker.grab()[1][0] == handle
+            worker.send(P.WORK_COMPLETE, handle, b"pong")
+            assert client.expect(P.WORK_COMPLETE) == [handle, b"pong"]
+            (smallDisk / "filler").unlink()
+            client.submit(FUNCTION, b"after", kind=P.SUBMIT_JOB_BG)
+        runs = drain(port)
+        assert b"before" in runs and b"after" in runs
+    finally:
+        server.stop()
