@@ -739,3 +739,17 @@ def test_onEmptiedAfterALargeQueueDrains():
         handle = grab(state, worker, wpeer)[1][0]
         state.workEnd(worker, P.WORK_COMPLETE, handle, handle + b"\0")
         assert calls == ([] if i < LARGE_QUEUE - 1 else [0])
+
+
+def test_refusalsAreLogged():
+    from twisted.logger import capturedLogs
+
+    state, _ = makeState()
+    client, cpeer = connect(state)
+    with capturedLogs() as events:
+        state.submit(client, b"f", b"u" * 65, b"x")
+        state.workEnd(client, P.WORK_COMPLETE, b"H:none", b"H:none\0x")
+    messages = [e["log_format"] for e in events]
+    assert any("unique id of" in m for m in messages)
+    assert any("does not hold" in m for m in messages)
+    assert [kind for kind, _ in cpeer.take()] == [P.ERROR, P.ERROR]

@@ -421,6 +421,8 @@ class JobServerState:
         same function and unique), and answer JOB_CREATED or ERROR.
         """
         if len(unique) > MAX_UNIQUE:
+            self._log.warn("Session {id}: unique id of {size} bytes refused", id=session.id,
+                           size=len(unique))
             session.write(ERR_UNIQUE_TOO_LARGE)
             return
         function = self.functions.get(name)
@@ -440,6 +442,8 @@ class JobServerState:
             return
         limit = function.maxQueue[priority]
         if limit and function.total() >= limit:
+            self._log.info("Queue of {function!r} full ({limit} jobs): submit refused",
+                           function=name, limit=limit)
             session.write(ERR_QUEUE_FULL)
             return
         handle = self.handlePrefix + b"%d" % self._nextHandle
@@ -768,6 +772,7 @@ class JobServerState:
                    denominator: bytes, body: bytes) -> None:
         job = session.held.get(handle)
         if job is None:
+            self._unknownHandle(session, handle, "WORK_STATUS")
             session.write(ERR_JOB_NOT_FOUND)
             return
         job.numerator = numerator
@@ -778,6 +783,7 @@ class JobServerState:
         """WORK_DATA or WORK_WARNING: relayed to the attached clients."""
         job = session.held.get(handle)
         if job is None:
+            self._unknownHandle(session, handle, PacketType(kind).name)
             session.write(ERR_JOB_NOT_FOUND_DATA)
             return
         self._relay(job, kind, body, session)
@@ -786,6 +792,7 @@ class JobServerState:
         """WORK_COMPLETE, WORK_FAIL or WORK_EXCEPTION: relay and end the job."""
         job = session.held.pop(handle, None)
         if job is None:
+            self._unknownHandle(session, handle, PacketType(kind).name)
             session.write(ERR_JOB_NOT_FOUND_EXC if kind == PacketType.WORK_EXCEPTION
                           else ERR_JOB_NOT_FOUND)
             return
@@ -802,6 +809,12 @@ class JobServerState:
         else:
             self._finish(job, responseHeader(kind, len(body)) + body if len(body) < _BIG
                          else [responseHeader(kind, len(body)), body], session)
+
+    def _unknownHandle(self, session: Session, handle: bytes, what: str) -> None:
+        # Info, not a warning: a worker whose job timed out or was cancelled
+        # sends these in good faith.
+        self._log.info("Session {id}: {what} for {handle!r}, which it does not hold",
+                       id=session.id, what=what, handle=handle)
 
     def _relay(self, job: Job, kind: int, body: bytes, worker: Session) -> None:
         clients = job.clients
