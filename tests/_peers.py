@@ -247,3 +247,13 @@ class TcpProxy:
 
     def stop(self) -> None:
         self.cut()
+
+
+def txgearServer(extra: Optional[List[str]] = None):
+    """A generator for module fixtures: a started txgear process, stopped after."""
+    proc = txgearProcess(extra=extra)
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()

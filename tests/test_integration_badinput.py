@@ -25,7 +25,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests._peers import txgearProcess
+from tests._peers import txgearProcess, txgearServer
 from tests._rawclient import RawClient, adminOnce, listing, waitFor
 from txgear._packet import PacketType as P, requestHeader, responseHeader
 
@@ -34,12 +34,8 @@ _names = itertools.count(1)
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[Any]:
-    proc = txgearProcess()
-    proc.start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
+    """One txgear server process for the module."""
+    yield from txgearServer()
 
 
 @pytest.fixture

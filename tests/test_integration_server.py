@@ -19,7 +19,7 @@ from typing import Any, Iterator, List
 
 import pytest
 
-from tests._peers import requirePeer, requireProgram, txgearProcess
+from tests._peers import requirePeer, requireProgram, txgearProcess, txgearServer
 from tests._rawclient import (
     ConnectionClosed,
     RawClient,
@@ -47,12 +47,8 @@ def fname(label: str) -> bytes:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[Any]:
-    proc = txgearProcess()
-    proc.start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
+    """One txgear server process for the module."""
+    yield from txgearServer()
 
 
 def gearmanTool() -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import IO, Any, Dict, List, Optional, Sequence
+from typing import IO, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from twisted.internet.protocol import Factory, ProcessProtocol
@@ -113,20 +113,28 @@ def _formatStatus(status: Any) -> str:
     return text + f" on {status.server or '?'}"
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str],
+           stderr: IO[Any]) -> Union[int, Tuple[argparse.Namespace, List[str]]]:
+    """Parse a command line: the options and servers, or the exit code to return."""
+    try:
+        args = parser.parse_args(argv)
+        return args, _servers(args.server)
+    except SystemExit as e:
+        return int(e.code or 0)
+    except ValueError as e:
+        _say(stderr, f"{parser.prog}: {e}")
+        return USAGE
+
+
 async def runSubmit(reactor: Any, argv: Sequence[str], stdin: IO[Any] = sys.stdin,
                     stdout: IO[Any] = sys.stdout, stderr: IO[Any] = sys.stderr) -> int:
     """The body of C{txgear-submit}; returns the exit code."""
     from txgear.client import GearmanClient
 
-    parser = submitParser()
-    try:
-        args = parser.parse_args(argv)
-        servers = _servers(args.server)
-    except SystemExit as e:
-        return int(e.code or 0)
-    except ValueError as e:
-        _say(stderr, f"txgear-submit: {e}")
-        return USAGE
+    parsed = _parse(submitParser(), argv, stderr)
+    if isinstance(parsed, int):
+        return parsed
+    args, servers = parsed
     if not (args.status or args.status_unique or args.function):
         _say(stderr, "txgear-submit: a function name is needed")
         return USAGE
@@ -365,15 +373,10 @@ async def runWorker(reactor: Any, argv: Sequence[str], stderr: IO[Any] = sys.std
     """The body of C{txgear-worker}; returns the exit code."""
     from txgear.worker import GearmanWorker
 
-    parser = workerParser()
-    try:
-        args = parser.parse_args(argv)
-        servers = _servers(args.server)
-    except SystemExit as e:
-        return int(e.code or 0)
-    except ValueError as e:
-        _say(stderr, f"txgear-worker: {e}")
-        return USAGE
+    parsed = _parse(workerParser(), argv, stderr)
+    if isinstance(parsed, int):
+        return parsed
+    args, servers = parsed
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
@@ -509,15 +512,10 @@ def adminParser() -> argparse.ArgumentParser:
 async def runAdmin(reactor: Any, argv: Sequence[str], stdout: IO[Any] = sys.stdout,
                    stderr: IO[Any] = sys.stderr) -> int:
     """The body of C{txgear-admin}; returns the exit code."""
-    parser = adminParser()
-    try:
-        args = parser.parse_args(argv)
-        servers = _servers(args.server)
-    except SystemExit as e:
-        return int(e.code or 0)
-    except ValueError as e:
-        _say(stderr, f"txgear-admin: {e}")
-        return USAGE
+    parsed = _parse(adminParser(), argv, stderr)
+    if isinstance(parsed, int):
+        return parsed
+    args, servers = parsed
     line, multiline, _ = ADMIN_COMMANDS[args.command]
     if "{0}" in line:
         if not args.arguments:

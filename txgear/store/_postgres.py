@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import re
 from typing import Any, Dict, List, Tuple
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from zope.interface import implementer
 
@@ -27,6 +26,7 @@ from txgear.interfaces import IJobStore
 from txgear.jobs import StoredJob
 from txgear.store._batch import Operation, ThreadedBatchStore
 from txgear.store._record import Record, collapse, lastOfEachKey
+from txgear.store._url import takeQueryOptions
 
 SCHEMA_NAME = "txgear-queue"
 SCHEMA_VERSION = 2
@@ -53,14 +53,7 @@ def splitPostgresOptions(dsn: str) -> Tuple[str, Dict[str, str]]:
     """
     options: Dict[str, str] = {}
     if re.match(r"^postgres(ql)?://", dsn):
-        parts = urlsplit(dsn)
-        query = []
-        for name, value in parse_qsl(parts.query, keep_blank_values=True):
-            if name in STORE_OPTIONS:
-                options[name] = value
-            else:
-                query.append((name, value))
-        return urlunsplit(parts._replace(query=urlencode(query))), options
+        return takeQueryOptions(dsn, STORE_OPTIONS)
     kept = []
     position = 0
     dsn = dsn.strip()

@@ -20,7 +20,7 @@ which the store checks and warns about at start-up.
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from zope.interface import implementer
 
@@ -29,6 +29,7 @@ from txgear.interfaces import IJobStore
 from txgear.jobs import StoredJob
 from txgear.store._batch import Operation, ThreadedBatchStore
 from txgear.store._record import collapse, packRecord, unpackRecord
+from txgear.store._url import takeQueryOptions
 
 SCHEMA_NAME = b"txgear-queue"
 SCHEMA_VERSION = 2
@@ -49,15 +50,7 @@ def splitRedisOptions(url: str) -> Tuple[str, Dict[str, str]]:
 
     @return: the URL for redis-py and txgear's options.
     """
-    parts = urlsplit(url)
-    options: Dict[str, str] = {}
-    query = []
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if name in STORE_OPTIONS:
-            options[name] = value
-        else:
-            query.append((name, value))
-    return urlunsplit(parts._replace(query=urlencode(query))), options
+    return takeQueryOptions(url, STORE_OPTIONS)
 
 
 @implementer(IJobStore)
