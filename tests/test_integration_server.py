@@ -21,14 +21,7 @@ import pytest
 
 from tests._peers import requirePeer, requireProgram, txgearProcess, txgearServer
 from tests._rawclient import (
-    ConnectionClosed,
-    RawClient,
-    ToolProcess,
-    adminOnce,
-    listing,
-    runTool,
-    statusOf,
-    waitFor,
+    RawClient, ToolProcess, adminOnce, listing, runTool, statusOf, waitFor,
 )
 from txgear._packet import PacketType as P
 
