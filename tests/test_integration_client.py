@@ -269,3 +269,30 @@ async def test_cancelAndTimeoutLeaveConnectionUsable(server):
         assert proto.pendingCount() == 0
     finally:
         await closeAll(client, worker)
+
+
+@pytest_twisted.ensureDeferred
+async def test_gracefulStopDeliversAResultSentFromATimer(server):
+    # The job ends in a timer callback, which also ends the graceful stop and
+    # closes the connection: the WORK_COMPLETE must still go out first.
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    worker = GearmanWorker([address(server)])
+    client = GearmanClient([address(server)])
+    started_ = Deferred()
+
+    def slow(job):
+        started_.callback(None)
+        return deferLater(reactor, 0.2, lambda: b"finished")
+
+    worker.register("slow-stop", slow)
+    await started(worker, client)
+    try:
+        result = client.submit("slow-stop", b"x")
+        await within(started_)
+        stopping = worker.stopService()
+        assert await within(result) == b"finished"
+        await within(stopping)
+    finally:
+        await closeAll(client, worker)

@@ -116,3 +116,15 @@ def test_peerProtocolsBatchPerTurnWhenTheTransportHasAReactor():
     other.makeConnection(plain)
     other.sendPacket(PacketType.ECHO_REQ, b"c")
     assert plain.value() == encodeRequest(PacketType.ECHO_REQ, b"c")
+
+
+def test_loseConnectionSendsThePendingOutputFirst():
+    # A timer callback that writes and then closes, in the same turn.
+    clock = Clock()
+    transport = StringTransport()
+    output = TurnWriter(clock).output(transport)
+    output.write(b"last words")
+    transport.loseConnection()
+    assert transport.disconnecting and transport.value() == b"last words"
+    clock.advance(0)
+    assert transport.value() == b"last words"

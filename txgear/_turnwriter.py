@@ -42,6 +42,15 @@ class BufferedOutput:
         self.transport = transport
         self.socket = directSocket(transport)
         self.pending: Optional[List[bytes]] = None
+        # Whoever closes the connection (a ClientService stopping, user code
+        # in a timer callback) must not close it ahead of this turn's output.
+        loseConnection = transport.loseConnection
+
+        def flushThenLoseConnection(*args: Any, **kwargs: Any) -> Any:
+            self.flush()
+            return loseConnection(*args, **kwargs)
+
+        transport.loseConnection = flushThenLoseConnection
 
     def write(self, data: bytes) -> None:
         pending = self.pending
