@@ -250,8 +250,9 @@ def test_partialKeyIsRefused() -> None:
 
 
 def test_outOfRangeValuesCannotBePacked() -> None:
+    # CPython's struct raises struct.error, PyPy's sometimes ValueError.
     for bad in (record(key=2 ** 64), record(key=-1), record(priority=256), record(when=2 ** 63)):
-        with pytest.raises(struct.error):
+        with pytest.raises((struct.error, ValueError)):
             packBatch([bad])
-    with pytest.raises(struct.error):
+    with pytest.raises((struct.error, ValueError)):
         packKeys([2 ** 64])

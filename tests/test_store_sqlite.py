@@ -331,7 +331,7 @@ def _refusedUntouched(backend: SQLiteBackend, message: str) -> Any:
 def test_version2FileIsRefusedUntouched(sqliteBackend: SQLiteBackend) -> Any:
     """A queue of schema version 2 (one row per job) is refused, unchanged."""
     with sqlite3.connect(sqliteBackend.path) as connection:
-        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA journal_mode = WAL").fetchall()
         connection.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
         connection.execute("CREATE TABLE jobs (key INTEGER PRIMARY KEY, priority INTEGER NOT NULL,"
                            " data BLOB NOT NULL)")
