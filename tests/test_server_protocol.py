@@ -336,3 +336,16 @@ def test_submitJobSchedRunsAtTheNextMatchingMinute():
     assert worker.packets() == [(P.NOOP, [])]
     worker.send(P.GRAB_JOB_UNIQ)
     assert worker.packets() == [(P.JOB_ASSIGN_UNIQ, [b"H:t:1", b"f", b"s", b"sched-payload"])]
+
+
+def test_workersListingParsesBack(factory):
+    from txgear._admintext import WorkerInfo, parseWorkers
+
+    worker, admin = Conn(factory, 7), Conn(factory, 8)
+    worker.send(P.SET_CLIENT_ID, b"w1")
+    worker.send(P.CAN_DO, b"a")
+    worker.send(P.CAN_DO, b"b")
+    admin.sendBytes(b"workers\n")
+    lines = admin.text().split(b"\n")[:-2]
+    assert parseWorkers(lines) == [WorkerInfo("-", "127.0.0.1", "w1", ("b", "a")),
+                                   WorkerInfo("-", "127.0.0.1", "-", ())]

@@ -69,15 +69,6 @@ def formatLines(lines: Iterable[bytes]) -> bytes:
 # -- parsing (for clients of the admin protocol) -----------------------------
 
 
-class FunctionStatus(NamedTuple):
-    """One line of the C{status} reply."""
-
-    function: str
-    total: int
-    running: int
-    workers: int
-
-
 class WorkerInfo(NamedTuple):
     """One line of the C{workers} reply."""
 
@@ -85,18 +76,6 @@ class WorkerInfo(NamedTuple):
     ip: str
     clientId: str
     functions: Tuple[str, ...]
-
-
-def parseStatus(lines: List[bytes]) -> List[FunctionStatus]:
-    """Parse the lines (without the final C{.}) of a C{status} reply."""
-    result = []
-    for line in lines:
-        fields = line.split(b"\t")
-        if len(fields) < 4:
-            raise ValueError(f"malformed status line {line!r}")
-        result.append(FunctionStatus(fields[0].decode("utf-8", "replace"),
-                                     int(fields[1]), int(fields[2]), int(fields[3])))
-    return result
 
 
 def parseWorkers(lines: List[bytes]) -> List[WorkerInfo]:

@@ -26,6 +26,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
 from txgear._address import parseAddress
+from txgear._admintext import parseWorkers
 from txgear.errors import GearmanError, JobException, JobFailed
 from txgear.jobs import Priority
 
@@ -480,12 +481,7 @@ def formatAdmin(name: str, lines: List[bytes]) -> List[str]:
     text = [line.decode("utf-8", "replace") for line in lines]
     spec = ADMIN_COMMANDS[name]
     if name == "workers":
-        rows = []
-        for line in text:
-            left, _, functions = line.partition(" :")
-            parts = left.split(" ", 2)
-            parts += [""] * (3 - len(parts))
-            rows.append(parts + [functions.strip()])
+        rows = [[w.fd, w.ip, w.clientId, " ".join(w.functions)] for w in parseWorkers(lines)]
         return table(["FD", "ADDRESS", "CLIENT-ID", "FUNCTIONS"], rows)
     if spec[2] is not None:
         rows = [line.split("\t") for line in text]

@@ -151,9 +151,6 @@ class Job:
         """The function name (what a store records)."""
         return self.func.name
 
-    def __lt__(self, other: "Job") -> bool:  # for the epoch heap
-        return self.seq < other.seq
-
 
 class Session:
     """
@@ -646,10 +643,6 @@ class JobServerState:
             heapq.heappop(heap)
         if heap:
             self._epochCall = self.clock.callLater(max(0.0, heap[0][0] - now), self._epochDue)
-
-    def epochWaiting(self) -> int:
-        """Jobs whose run time has not come yet."""
-        return sum(1 for _, _, job in self._epochHeap if job.state == SCHEDULED)
 
     # -- grabbing --------------------------------------------------------
 
