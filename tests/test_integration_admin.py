@@ -28,9 +28,8 @@ def _start(proc: Any) -> Any:
     return proc
 
 
-@pytest.fixture(scope="module")
-def servers() -> Iterator[Dict[str, Any]]:
-    """A gearmand and a txgear, both fresh, for the whole module."""
+def _pair() -> Iterator[Dict[str, Any]]:
+    """A gearmand and a txgear, both fresh, stopped afterwards."""
     gearmand = gearmandProcess()
     txgear = txgearProcess()
     started = []
@@ -41,21 +40,18 @@ def servers() -> Iterator[Dict[str, Any]]:
     finally:
         for proc in started:
             proc.stop()
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[Dict[str, Any]]:
+    """A pair for the whole module."""
+    yield from _pair()
 
 
 @pytest.fixture
 def fresh() -> Iterator[Dict[str, Any]]:
     """A fresh pair, for comparing whole listings."""
-    gearmand = gearmandProcess()
-    txgear = txgearProcess()
-    started = []
-    try:
-        for proc in (gearmand, txgear):
-            started.append(_start(proc))
-        yield {"gearmand": gearmand, "txgear": txgear}
-    finally:
-        for proc in started:
-            proc.stop()
+    yield from _pair()
 
 
 def normWorkers(reply: bytes) -> List[bytes]:
