@@ -38,6 +38,7 @@ from txgear._protocol import setNoDelay
 from txgear._schedule import ScheduleError, nextRunTime
 from txgear._turnwriter import TurnWriter
 from txgear.server._admin import CLOSE, GRACEFUL, SHUTDOWN, AdminCommands
+from txgear.server._names import DEFAULT_MAX_FUNCTION_NAME, cleanClientId, functionNameProblem
 from txgear.server._state import ERR_UNKNOWN_OPTION, HIGH, LOW, NORMAL, JobServerState, Session
 
 #: Room for the arguments besides the workload (function, unique, handle...),
@@ -219,11 +220,28 @@ class GearmanServerProtocol(Protocol):
 
     # -- packets -------------------------------------------------------------
 
+    def _refusedName(self, name: bytes) -> bool:
+        """
+        Answer ERROR and return C{True} if C{name} cannot name a function
+        (too long, or control characters: see L{functionNameProblem}).
+        """
+        problem = functionNameProblem(name, self.factory.maxFunctionName)
+        if problem is None:
+            return False
+        self._log.warn("Function name refused from {peer}: {why}", peer=self._peer(),
+                       why=problem[1].decode("ascii"))
+        self.session.write(encodeResponse(PacketType.ERROR, *problem))
+        return True
+
     def _canDo(self, body: bytes) -> None:
+        if self._refusedName(body):
+            return
         self.state.canDo(self.session, body)
 
     def _canDoTimeout(self, body: bytes) -> None:
         name, timeout = _split(body, PacketType.CAN_DO_TIMEOUT)
+        if self._refusedName(name):
+            return
         if len(timeout) > 20:
             # gearmand silently ignores an over-long number; so do we.
             self._log.warn("CAN_DO_TIMEOUT with an over-long timeout from {peer}", peer=self._peer())
@@ -235,6 +253,8 @@ class GearmanServerProtocol(Protocol):
         self.state.canDo(self.session, name, max(0, milliseconds) / 1000.0)
 
     def _cantDo(self, body: bytes) -> None:
+        if self._refusedName(body):
+            return
         self.state.cantDo(self.session, body)
 
     def _resetAbilities(self, body: bytes) -> None:
@@ -293,7 +313,7 @@ class GearmanServerProtocol(Protocol):
         self.session.write(_ECHO_HEADER + len(body).to_bytes(4, "big") + body)
 
     def _setClientId(self, body: bytes) -> None:
-        self.state.setClientId(self.session, body)
+        self.state.setClientId(self.session, cleanClientId(body))
 
     def _optionReq(self, body: bytes) -> None:
         if body.lower() == b"exceptions":
@@ -304,6 +324,8 @@ class GearmanServerProtocol(Protocol):
 
     def _submitEpoch(self, body: bytes) -> None:
         name, unique, epoch, payload = _split(body, PacketType.SUBMIT_JOB_EPOCH)
+        if name not in self.state.functions and self._refusedName(name):
+            return
         try:
             when = int(epoch)
         except ValueError:
@@ -312,6 +334,8 @@ class GearmanServerProtocol(Protocol):
 
     def _submitSched(self, body: bytes) -> None:
         args = _split(body, PacketType.SUBMIT_JOB_SCHED)
+        if args[0] not in self.state.functions and self._refusedName(args[0]):
+            return
         try:
             when = nextRunTime(args[2:7], self.state.clock.seconds())
         except ScheduleError as e:
@@ -322,11 +346,15 @@ class GearmanServerProtocol(Protocol):
 
     def _submitReduce(self, body: bytes) -> None:
         name, unique, reducer, _aggregator, payload = _split(body, PacketType.SUBMIT_REDUCE_JOB)
+        if name not in self.state.functions and self._refusedName(name):
+            return
         self.state.submit(self.session, name, unique, payload, NORMAL, False, 0, reducer)
 
     def _submitReduceBackground(self, body: bytes) -> None:
         name, unique, reducer, _aggregator, payload = _split(
             body, PacketType.SUBMIT_REDUCE_JOB_BACKGROUND)
+        if name not in self.state.functions and self._refusedName(name):
+            return
         self.state.submit(self.session, name, unique, payload, NORMAL, True, 0, reducer)
 
     def _invalidCommand(self, body: bytes) -> None:
@@ -340,6 +368,9 @@ def _submitter(kind: int, priority: int, background: bool) -> Callable[[GearmanS
             args = body.split(b"\0", 2)
             if len(args) != 3:
                 raise _Malformed(kind, len(args))
+            # A known function's name was checked when it was first seen.
+            if args[0] not in self.state.functions and self._refusedName(args[0]):
+                return
             self.state.submit(self.session, args[0], args[1], args[2], priority, background)
             return
         # A large workload is kept as a view of the body instead of a copy.
@@ -347,9 +378,12 @@ def _submitter(kind: int, priority: int, background: bool) -> Callable[[GearmanS
         second = body.find(b"\0", first + 1) if first >= 0 else -1
         if second < 0:
             raise _Malformed(kind, 1 if first < 0 else 2)
+        name = body[:first]
+        if name not in self.state.functions and self._refusedName(name):
+            return
         unique = body[first + 1:second]
         payload: Any = memoryview(body)[second + 1:] if unique != b"-" else body[second + 1:]
-        self.state.submit(self.session, body[:first], unique, payload, priority, background)
+        self.state.submit(self.session, name, unique, payload, priority, background)
 
     submit.__name__ = "_submit_" + PacketType(kind).name
     return submit
@@ -406,6 +440,7 @@ class GearmanServerFactory(Factory):
     @param verbosity: returns the log level name the C{verbose} command reports.
     @param exceptions: forward WORK_EXCEPTION to every client, as if each had
         asked with OPTION_REQ (gearmand's C{--exceptions}).
+    @param maxFunctionName: the longest function name accepted, in bytes.
     @ivar connections: the live protocols, by session.
     """
 
@@ -415,14 +450,17 @@ class GearmanServerFactory(Factory):
     def __init__(self, state: Optional[JobServerState] = None, maxPacket: int = DEFAULT_MAX_PACKET,
                  allowShutdown: bool = False,
                  shutdown: Optional[Callable[..., Any]] = None,
-                 verbosity: Callable[[], str] = lambda: "INFO", exceptions: bool = False) -> None:
+                 verbosity: Callable[[], str] = lambda: "INFO", exceptions: bool = False,
+                 maxFunctionName: int = DEFAULT_MAX_FUNCTION_NAME) -> None:
         self.state = state if state is not None else JobServerState()
         self.writer = TurnWriter(self.state.clock)
         self.exceptions = exceptions
         self.maxPacket = maxPacket
+        self.maxFunctionName = maxFunctionName
         self.connections: Dict[Session, GearmanServerProtocol] = {}
         self._shutdown = shutdown
-        self.admin = AdminCommands(self.state, self._describe, verbosity, allowShutdown)
+        self.admin = AdminCommands(self.state, self._describe, verbosity, allowShutdown,
+                                   maxFunctionName)
 
     def _describe(self, session: Session) -> Tuple[bytes, bytes]:
         protocol = self.connections.get(session)
