@@ -459,3 +459,16 @@ def test_controlCharactersInUniquesAreEscapedInListings(factory):
     client.send(P.SUBMIT_JOB_BG, b"f", b"a\nfake\tline\\", b"p")
     admin.sendBytes(b"show unique jobs\n")
     assert admin.text() == b"a\\x0afake\\x09line\\x5c\n.\n"
+
+
+@pytest.mark.parametrize("epoch", [b"%d" % 2 ** 63, b"-1", b"253402300800", b"soon", b"1" * 5000,
+                                   b"1e9"])
+def test_submitEpochOutOfRangeIsRefused(factory, epoch):
+    conn = Conn(factory)
+    conn.send(P.SUBMIT_JOB_EPOCH, b"f", b"u", epoch, b"p")
+    conn.send(P.SUBMIT_JOB_EPOCH, b"f", b"v", b"253402300799", b"p")
+    conn.send(P.SUBMIT_JOB_EPOCH, b"f", b"w", b"", b"p")  # empty: now, as before
+    assert conn.packets() == [
+        (P.ERROR, [b"INVALID_ARGUMENT", b"Epoch must be a number of seconds from 0 to 253402300799"]),
+        (P.JOB_CREATED, [b"H:t:1"]), (P.JOB_CREATED, [b"H:t:2"])]
+    assert [job.when for job in factory.state.jobs.values()] == [253402300799, 0]

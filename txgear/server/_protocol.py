@@ -54,6 +54,12 @@ ERR_TOO_LARGE = encodeResponse(PacketType.ERROR, b"ARGUMENT_TOO_LARGE",
                                b"Packet size exceeds the server's maximum")
 _ECHO_HEADER = encodeResponse(PacketType.ECHO_RES)[:8]
 
+#: The latest SUBMIT_JOB_EPOCH time accepted: the end of year 9999 UTC, well
+#: within what every store holds (signed 64 bits).
+MAX_EPOCH = 253402300799
+ERR_BAD_EPOCH = encodeResponse(PacketType.ERROR, b"INVALID_ARGUMENT",
+                               b"Epoch must be a number of seconds from 0 to %d" % MAX_EPOCH)
+
 
 def _invalidPacket(kind: int, got: int) -> bytes:
     return encodeResponse(PacketType.ERROR, b"INVALID_PACKET",
@@ -326,11 +332,18 @@ class GearmanServerProtocol(Protocol):
         name, unique, epoch, payload = _split(body, PacketType.SUBMIT_JOB_EPOCH)
         if name not in self.state.functions and self._refusedName(name):
             return
+        # An empty epoch means now; a long one is refused before int() (which
+        # is quadratic in the length of its input).
         try:
-            when = int(epoch)
+            when = int(epoch) if len(epoch) <= 20 and epoch.isdigit() else (0 if not epoch else -1)
         except ValueError:
-            when = 0
-        self.state.submit(self.session, name, unique, payload, NORMAL, True, max(0, when))
+            when = -1
+        if not 0 <= when <= MAX_EPOCH:
+            self._log.warn("SUBMIT_JOB_EPOCH with an epoch out of range from {peer}",
+                           peer=self._peer())
+            self.session.write(ERR_BAD_EPOCH)
+            return
+        self.state.submit(self.session, name, unique, payload, NORMAL, True, when)
 
     def _submitSched(self, body: bytes) -> None:
         args = _split(body, PacketType.SUBMIT_JOB_SCHED)

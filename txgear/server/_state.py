@@ -67,6 +67,7 @@ ERR_UNIQUE_TOO_LARGE = _errorPacket(b"ARGUMENT_TOO_LARGE", b"Unique value too la
 ERR_QUEUE_FULL = _errorPacket(b"QUEUE_ERROR", b"Job queue is full")
 ERR_UNKNOWN_OPTION = _errorPacket(b"UNKNOWN_OPTION", b"Server does not recognize given option")
 ERR_SHUTTING_DOWN = _errorPacket(b"QUEUE_ERROR", b"Server is shutting down")
+ERR_NOT_STORED = _errorPacket(b"QUEUE_ERROR", b"Job could not be stored")
 
 
 class Function:
@@ -543,8 +544,7 @@ class JobServerState:
 
     def _storeFailed(self, failure: Failure, batch: List[Job]) -> None:
         self._log.failure("Could not store {count} background jobs", failure, count=len(batch))
-        text = str(failure.value).encode("utf-8", "replace")[:200] or b"store failure"
-        packet = _errorPacket(b"QUEUE_ERROR", text)
+        packet = ERR_NOT_STORED  # the detail (paths...) is for the log only
         for job in batch:
             job.storeState = packet
             if job.state == PENDING:
