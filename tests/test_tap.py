@@ -71,3 +71,11 @@ def test_maxFunctionName():
     assert service.factory.admin.maxFunctionName == 20
     with pytest.raises(usage.UsageError):
         parse("--max-function-name", "0")
+
+
+def test_shutdownGrace():
+    assert parse()["shutdown-grace"] == 5.0
+    service = _makeService("--queue", "memory", "--shutdown-grace", "0.5")
+    assert service.shutdownGrace == 0.5
+    with pytest.raises(usage.UsageError):
+        parse("--shutdown-grace", "-1")

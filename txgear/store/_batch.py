@@ -94,8 +94,11 @@ class ThreadedBatchStore:
         pool = ThreadPool(minthreads=1, maxthreads=1, name=self._threadName)
         pool.start()
         self._pool = pool
+        # Whoever opened the store closes it, in its own order (the server's
+        # service: after its connections). Only if nobody did, the thread is
+        # stopped when the reactor has stopped, so the process can exit.
         self._shutdownTrigger = self._reactor.addSystemEventTrigger(
-            "before", "shutdown", self._closeAtShutdown)
+            "during", "shutdown", self._stopThreadAtShutdown)
         d = self._callInThread(self._openInThread)
         d.addCallbacks(self._opened, self._openFailed)
         return d
@@ -276,6 +279,10 @@ class ThreadedBatchStore:
         for waiter in waiters:
             waiter.callback(None)
 
-    def _closeAtShutdown(self) -> Deferred[None]:
+    def _stopThreadAtShutdown(self) -> None:
         self._shutdownTrigger = None
-        return self.close()
+        if self._pool is not None:
+            self._log.warn("Job store {store} was not closed before the reactor stopped",
+                           store=self.description)
+            self._pool.stop()
+            self._pool = None
