@@ -472,3 +472,31 @@ def test_submitEpochOutOfRangeIsRefused(factory, epoch):
         (P.ERROR, [b"INVALID_ARGUMENT", b"Epoch must be a number of seconds from 0 to 253402300799"]),
         (P.JOB_CREATED, [b"H:t:1"]), (P.JOB_CREATED, [b"H:t:2"])]
     assert [job.when for job in factory.state.jobs.values()] == [253402300799, 0]
+
+
+# -- issue 8, item 12: peer-caused log lines ------------------------------------
+
+
+def _loggedBytes(events):
+    from twisted.logger import formatEvent
+
+    return sum(len(formatEvent(e)) for e in events)
+
+
+@pytest.mark.parametrize("packet", [
+    encodeRequest(P.NOOP),  # response-only: INVALID_COMMAND
+    encodeResponse(P.ECHO_REQ, b"x"),  # response magic
+    encodeRequest(P.WORK_COMPLETE, b"no-nul"),  # malformed
+    encodeRequest(P.WORK_FAIL, b"H:unknown:" + b"9" * 2000),  # an unknown, long handle
+    encodeRequest(P.CAN_DO, b"f" * 600),  # a refused name
+    encodeRequest(P.SUBMIT_JOB_EPOCH, b"f", b"", b"-5", b""),
+    encodeRequest(P.SUBMIT_JOB, b"f", b"u" * 65, b""),
+])
+def test_refusalsDoNotAmplifyInputInTheLog(factory, packet):
+    conn = Conn(factory)
+    with capturedLogs() as events:
+        conn.sendBytes(packet * 1000)
+    sent = len(packet) * 1000
+    assert 0 < _loggedBytes(events) < sent / 20
+    assert all(len(str(e.get("log_format", ""))) < 200 for e in events)
+    assert max(_loggedBytes([e]) for e in events) < 300

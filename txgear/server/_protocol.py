@@ -34,6 +34,7 @@ from txgear._packet import (
     PacketType,
     encodeResponse,
 )
+from txgear._peerlog import PeerLog
 from txgear._protocol import setNoDelay
 from txgear._schedule import ScheduleError, nextRunTime
 from txgear._turnwriter import TurnWriter
@@ -152,14 +153,14 @@ class GearmanServerProtocol(Protocol):
                 try:
                     dispatch[kind](self, body)
                 except _Malformed as e:
-                    self._log.warn("Malformed {kind} packet from {peer}",
-                                   kind=PacketType(kind).name, peer=self._peer())
+                    self.factory.peerLog.warn(self, "malformed", "Malformed {kind} packet from {peer}",
+                                              kind=PacketType(kind).name, peer=self._peer())
                     self.session.write(_invalidPacket(*e.args))
             elif kind == TEXT:
                 self._adminLine(body)
             else:
-                self._log.warn("Response magic on packet {kind} from {peer}",
-                               kind=-kind, peer=self._peer())
+                self.factory.peerLog.warn(self, "magic", "Response magic on packet {kind} from {peer}",
+                                          kind=-kind, peer=self._peer())
                 self.session.write(ERR_INVALID_MAGIC)
             if transport.disconnecting:
                 return
@@ -234,8 +235,8 @@ class GearmanServerProtocol(Protocol):
         problem = functionNameProblem(name, self.factory.maxFunctionName)
         if problem is None:
             return False
-        self._log.warn("Function name refused from {peer}: {why}", peer=self._peer(),
-                       why=problem[1].decode("ascii"))
+        self.factory.peerLog.warn(self, "name", "Function name {name} refused from {peer}: {why}",
+                                  name=name, peer=self._peer(), why=problem[1].decode("ascii"))
         self.session.write(encodeResponse(PacketType.ERROR, *problem))
         return True
 
@@ -250,7 +251,8 @@ class GearmanServerProtocol(Protocol):
             return
         if len(timeout) > 20:
             # gearmand silently ignores an over-long number; so do we.
-            self._log.warn("CAN_DO_TIMEOUT with an over-long timeout from {peer}", peer=self._peer())
+            self.factory.peerLog.warn(self, "timeout", "CAN_DO_TIMEOUT with an over-long timeout "
+                                      "from {peer}", peer=self._peer())
             return
         try:
             milliseconds = int(timeout.strip() or b"0")
@@ -339,8 +341,8 @@ class GearmanServerProtocol(Protocol):
         except ValueError:
             when = -1
         if not 0 <= when <= MAX_EPOCH:
-            self._log.warn("SUBMIT_JOB_EPOCH with an epoch out of range from {peer}",
-                           peer=self._peer())
+            self.factory.peerLog.warn(self, "epoch", "SUBMIT_JOB_EPOCH with epoch {epoch} out of "
+                                      "range from {peer}", epoch=epoch, peer=self._peer())
             self.session.write(ERR_BAD_EPOCH)
             return
         self.state.submit(self.session, name, unique, payload, NORMAL, True, when)
@@ -371,7 +373,8 @@ class GearmanServerProtocol(Protocol):
         self.state.submit(self.session, name, unique, payload, NORMAL, True, 0, reducer)
 
     def _invalidCommand(self, body: bytes) -> None:
-        self._log.warn("Unexpected packet from {peer}", peer=self._peer())
+        self.factory.peerLog.warn(self, "unexpected", "Unexpected packet from {peer}",
+                                  peer=self._peer())
         self.session.write(ERR_INVALID_COMMAND)
 
 
@@ -470,6 +473,8 @@ class GearmanServerFactory(Factory):
         self.exceptions = exceptions
         self.maxPacket = maxPacket
         self.maxFunctionName = maxFunctionName
+        #: Rate-limits the log lines peers cause (shared with the state's).
+        self.peerLog: PeerLog = self.state.peerLog
         self.connections: Dict[Session, GearmanServerProtocol] = {}
         self._shutdown = shutdown
         self.admin = AdminCommands(self.state, self._describe, verbosity, allowShutdown,

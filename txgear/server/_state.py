@@ -22,6 +22,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred
 from txgear._log import logger
+from txgear._peerlog import PeerLog
 from twisted.python.failure import Failure
 
 from txgear._packet import PacketType, encodeResponse, responseHeader
@@ -258,6 +259,7 @@ class JobServerState:
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[no-redef]
         self.clock = clock
+        self.peerLog = PeerLog(self._log, clock)  # lines peers cause, rate-limited
         if handlePrefix is None:
             handlePrefix = ("H:" + (platform.node() or "localhost")).encode("utf-8")
         self.handlePrefix = handlePrefix + b":"
@@ -419,8 +421,8 @@ class JobServerState:
         same function and unique), and answer JOB_CREATED or ERROR.
         """
         if len(unique) > MAX_UNIQUE:
-            self._log.warn("Session {id}: unique id of {size} bytes refused", id=session.id,
-                           size=len(unique))
+            self.peerLog.warn(session.peer, "unique", "Session {id}: unique id of {size} bytes "
+                              "refused", id=session.id, size=len(unique))
             session.write(ERR_UNIQUE_TOO_LARGE)
             return
         function = self.functions.get(name)
@@ -440,8 +442,8 @@ class JobServerState:
             return
         limit = function.maxQueue[priority]
         if limit and function.total() >= limit:
-            self._log.info("Queue of {function!r} full ({limit} jobs): submit refused",
-                           function=name, limit=limit)
+            self.peerLog.info(session.peer, "full", "Queue of {function} full ({limit} jobs): "
+                              "submit refused", function=name, limit=limit)
             session.write(ERR_QUEUE_FULL)
             return
         handle = self.handlePrefix + b"%d" % self._nextHandle
@@ -806,8 +808,8 @@ class JobServerState:
     def _unknownHandle(self, session: Session, handle: bytes, what: str) -> None:
         # Info, not a warning: a worker whose job timed out or was cancelled
         # sends these in good faith.
-        self._log.info("Session {id}: {what} for {handle!r}, which it does not hold",
-                       id=session.id, what=what, handle=handle)
+        self.peerLog.info(session.peer, "handle", "Session {id}: {what} for {handle}, which it "
+                          "does not hold", id=session.id, what=what, handle=handle)
 
     def _relay(self, job: Job, kind: int, body: bytes, worker: Session) -> None:
         clients = job.clients
