@@ -13,7 +13,13 @@ What bad input gets (also in docs/server.md):
   - a response magic on a request type: C{ERROR INVALID_MAGIC};
   - a response-only or unimplemented type: C{ERROR INVALID_COMMAND};
   - a body with too few arguments: C{ERROR INVALID_PACKET} (gearmand reads
-    into the next packet); the connection stays usable.
+    into the next packet); the connection stays usable;
+  - a function name too long or holding control characters: C{ERROR
+    ARGUMENT_TOO_LARGE} / C{ERROR INVALID_ARGUMENT}; an epoch outside 0 to
+    year 9999: C{ERROR INVALID_ARGUMENT}; a client id is cleaned and cut
+    (L{txgear.server._names}).
+
+Log lines a peer causes go through the state's L{PeerLog} (rate-limited).
 """
 from __future__ import annotations
 
