@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, List
 
 import pytest
+import pytest_twisted
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IStreamServerEndpoint
@@ -246,3 +247,27 @@ def test_storeLeavesTheOrderToItsOwner(tmp_path):
         trigger, args, kwargs = reactor.triggers["during"]["shutdown"][0]
         trigger(*args, **kwargs)
         assert store._pool is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopWhileTheStoreOpensOnRealLoopback() -> None:
+    """The same race on the real reactor and a real TCP port: nothing listens after."""
+    import socket
+
+    from twisted.internet import reactor
+
+    from tests._peers import freePort
+
+    events: List[str] = []
+    store = Store(events)
+    port = freePort()
+    service = GearmanServerService([f"tcp:{port}:interface=127.0.0.1"],
+                                   JobServerState(clock=reactor, store=store), reactor=reactor)
+    service.startService()
+    started = outcome(service.started)
+    stopping = service.stopService()
+    store.opening.callback([])
+    await stopping
+    assert started[0].check(CancelledError) and events == ["open", "close"]
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
