@@ -329,3 +329,45 @@ def test_binaryAndTextOnOneConnection(servers: Dict[str, Any]) -> None:
             assert c.admin("status").endswith(b".\n")
             c.echo(b"two")
             assert c.admin("getpid\r") == b"OK %d\n" % proc.pid  # CRLF line ending
+
+
+def test_forgedWorkersLineIsEscaped(fresh: Dict[str, Any]) -> None:
+    """
+    A client id and function names holding newlines, tabs and spaces cannot
+    add a worker to C{workers} as C{gearadmin --workers} and C{txgear-admin
+    workers} show it (gearmand prints the fake line; txgear drops control
+    characters from client ids, refuses them in function names and escapes
+    spaces).
+    """
+    import subprocess
+    import sys
+
+    from tests._peers import SOURCE_ROOT
+
+    tool = requireProgram("gearadmin")
+    port = fresh["txgear"].port
+    with RawClient(port) as forger, RawClient(port) as honest:
+        forger.send(P.SET_CLIENT_ID, b"x : real\n99 6.6.6.6 fake-worker : stolen\tjob")
+        forger.register(b"real fn")
+        forger.send(P.CAN_DO, b"bad\nname")
+        assert forger.expect(P.ERROR) == [b"INVALID_ARGUMENT",
+                                          b"Function name contains control characters"]
+        honest.send(P.SET_CLIENT_ID, b"honest")
+        honest.register(b"plain")
+        honest.echo()
+        gear = runTool([tool, "-p", str(port), "--workers"])
+        assert gear.returncode == 0, gear.stderr
+        ours = subprocess.run([sys.executable, "-m", "txgear._cli", "admin", "-s",
+                               f"127.0.0.1:{port}", "workers"], cwd=SOURCE_ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+        assert ours.returncode == 0, ours.stderr
+    # The forger, the honest worker, and gearadmin's own connection.
+    lines = [line for line in gear.stdout.splitlines() if line.strip() not in (b"", b".")]
+    assert len(lines) == 3, gear.stdout
+    assert not any(line.split(b" ")[1] == b"6.6.6.6" for line in lines), gear.stdout
+    assert any(line.endswith(b" honest : plain") for line in lines), lines
+    assert any(b" x\\x20:\\x20real99\\x206.6.6.6" in line and line.endswith(b" : real\\x20fn")
+               for line in lines), lines
+    table = [line for line in ours.stdout.splitlines()[1:] if line.strip()]
+    assert len(table) == 3, ours.stdout
+    assert not any(line.split()[1] == b"6.6.6.6" for line in table), ours.stdout

@@ -349,3 +349,154 @@ def test_workersListingParsesBack(factory):
     lines = admin.text().split(b"\n")[:-2]
     assert parseWorkers(lines) == [WorkerInfo("-", "127.0.0.1", "w1", ("b", "a")),
                                    WorkerInfo("-", "127.0.0.1", "-", ())]
+
+
+# -- issue 8, items 7, 8 and 10: sizes, control characters and escaping ------
+
+
+def test_clientIdIsCappedAndLosesControlCharacters(factory):
+    worker, client, admin = Conn(factory), Conn(factory), Conn(factory)
+    worker.send(P.SET_CLIENT_ID, b"w\x01x\x7fy" + b"z" * 5000)
+    admin.sendBytes(b"workers\n")
+    assert admin.text().split(b"\n")[0] == b"- 127.0.0.1 wxy" + b"z" * 125 + b" :"
+    # What is stored with a background job is the capped value.
+    client.send(P.SET_CLIENT_ID, b"c" * 1000)
+    client.send(P.SUBMIT_JOB_BG, b"f", b"u", b"x")
+    (job,) = factory.state.jobs.values()
+    assert job.clientId == b"c" * 128
+
+
+def test_forgedWorkersLineIsEscaped(factory):
+    forger, admin = Conn(factory), Conn(factory)
+    forger.send(P.SET_CLIENT_ID, b"a : f\n99 10.0.0.1 fake")
+    forger.send(P.CAN_DO, b"real")
+    admin.sendBytes(b"workers\n")
+    assert admin.text() == (b"- 127.0.0.1 a\\x20:\\x20f99\\x2010.0.0.1\\x20fake : real\n"
+                            b"- 127.0.0.1 - :\n.\n")
+
+
+@pytest.mark.parametrize("kind, args", [
+    (P.CAN_DO, (b"f\nx",)),
+    (P.CAN_DO_TIMEOUT, (b"f\tx", b"10")),
+    (P.SUBMIT_JOB, (b"f\nx", b"", b"p")),
+    (P.SUBMIT_JOB_BG, (b"f\nx", b"", b"p")),
+    (P.SUBMIT_JOB_HIGH, (b"f\nx", b"", b"p")),
+    (P.SUBMIT_JOB_HIGH_BG, (b"f\nx", b"", b"p")),
+    (P.SUBMIT_JOB_LOW, (b"f\nx", b"", b"p")),
+    (P.SUBMIT_JOB_LOW_BG, (b"f\x1bx", b"", b"p")),
+    (P.SUBMIT_JOB_EPOCH, (b"f\nx", b"", b"0", b"p")),
+    (P.SUBMIT_JOB_SCHED, (b"f\nx", b"", b"", b"", b"", b"", b"", b"p")),
+    (P.SUBMIT_REDUCE_JOB, (b"f\nx", b"", b"r", b"", b"p")),
+    (P.SUBMIT_REDUCE_JOB_BACKGROUND, (b"f\nx", b"", b"r", b"", b"p")),
+])
+def test_functionNameWithControlCharactersIsRefused(factory, kind, args):
+    conn = Conn(factory)
+    conn.send(kind, *args)
+    conn.send(P.ECHO_REQ, b"still here")
+    assert conn.packets() == [
+        (P.ERROR, [b"INVALID_ARGUMENT", b"Function name contains control characters"]),
+        (P.ECHO_RES, [b"still here"])]
+    assert factory.state.functions == {} and factory.state.jobs == {}
+
+
+@pytest.mark.parametrize("kind, tail", [
+    (P.CAN_DO, ()), (P.CAN_DO_TIMEOUT, (b"10",)), (P.CANT_DO, ()),
+    (P.SUBMIT_JOB, (b"", b"p")), (P.SUBMIT_JOB_BG, (b"", b"p")),
+    (P.SUBMIT_JOB_HIGH, (b"", b"p")), (P.SUBMIT_JOB_HIGH_BG, (b"", b"p")),
+    (P.SUBMIT_JOB_LOW, (b"", b"p")), (P.SUBMIT_JOB_LOW_BG, (b"", b"p")),
+    (P.SUBMIT_JOB_EPOCH, (b"", b"0", b"p")),
+    (P.SUBMIT_JOB_SCHED, (b"", b"", b"", b"", b"", b"", b"p")),
+    (P.SUBMIT_REDUCE_JOB, (b"", b"r", b"", b"p")),
+    (P.SUBMIT_REDUCE_JOB_BACKGROUND, (b"", b"r", b"", b"p")),
+])
+def test_functionNameLengthIsLimited(kind, tail):
+    factory = GearmanServerFactory(JobServerState(clock=Clock(), handlePrefix=b"H:t"),
+                                   maxFunctionName=10)
+    conn = Conn(factory)
+    conn.send(kind, b"f" * 11, *tail)
+    conn.send(kind, b"g" * 10, *tail)
+    packets = conn.packets()
+    assert packets[0] == (P.ERROR, [b"ARGUMENT_TOO_LARGE", b"Function name too large"])
+    assert P.ERROR not in [k for k, _ in packets[1:]]
+    assert b"f" * 11 not in factory.state.functions
+
+
+def test_functionNameLimitDefaultsTo512(factory):
+    conn = Conn(factory)
+    conn.send(P.CAN_DO, b"f" * 513)
+    conn.send(P.CAN_DO, b"f" * 512)
+    assert conn.packets() == [(P.ERROR, [b"ARGUMENT_TOO_LARGE", b"Function name too large"])]
+    assert list(factory.state.functions) == [b"f" * 512]
+
+
+def test_functionNamesWithSpacesAreAcceptedAndEscapedInWorkers(factory):
+    worker, admin = Conn(factory), Conn(factory)
+    worker.send(P.CAN_DO, b"two words")
+    worker.send(P.SUBMIT_JOB_BG, b"two words", b"u", b"p")
+    assert worker.packets()[0][0] == P.JOB_CREATED
+    admin.sendBytes(b"status\n")
+    assert admin.text() == b"two words\t1\t0\t1\n.\n"
+    admin.sendBytes(b"workers\n")
+    assert admin.text().startswith(b"- 127.0.0.1 - : two\\x20words\n")
+
+
+@pytest.mark.parametrize("line", [b"create function " + b"f" * 11, b"maxqueue " + b"f" * 11 + b" 3",
+                                  b"drop function " + b"f" * 11])
+def test_adminCommandsLimitFunctionNames(line):
+    factory = GearmanServerFactory(JobServerState(clock=Clock()), maxFunctionName=10)
+    admin = Conn(factory)
+    admin.sendBytes(line + b"\n")
+    assert admin.text() == b"ERR ARGUMENT_TOO_LARGE Function+name+too+large\r\n"
+    assert factory.state.functions == {}
+    admin.sendBytes(b"create function ok\x01\n")
+    assert admin.text() == b"ERR INVALID_ARGUMENT Function+name+contains+control+characters\r\n"
+    admin.sendBytes(b"create function " + b"f" * 10 + b"\n")
+    assert admin.text() == b"OK\r\n"
+
+
+def test_controlCharactersInUniquesAreEscapedInListings(factory):
+    client, admin = Conn(factory), Conn(factory)
+    client.send(P.SUBMIT_JOB_BG, b"f", b"a\nfake\tline\\", b"p")
+    admin.sendBytes(b"show unique jobs\n")
+    assert admin.text() == b"a\\x0afake\\x09line\\x5c\n.\n"
+
+
+@pytest.mark.parametrize("epoch", [b"%d" % 2 ** 63, b"-1", b"253402300800", b"soon", b"1" * 5000,
+                                   b"1e9"])
+def test_submitEpochOutOfRangeIsRefused(factory, epoch):
+    conn = Conn(factory)
+    conn.send(P.SUBMIT_JOB_EPOCH, b"f", b"u", epoch, b"p")
+    conn.send(P.SUBMIT_JOB_EPOCH, b"f", b"v", b"253402300799", b"p")
+    conn.send(P.SUBMIT_JOB_EPOCH, b"f", b"w", b"", b"p")  # empty: now, as before
+    assert conn.packets() == [
+        (P.ERROR, [b"INVALID_ARGUMENT", b"Epoch must be a number of seconds from 0 to 253402300799"]),
+        (P.JOB_CREATED, [b"H:t:1"]), (P.JOB_CREATED, [b"H:t:2"])]
+    assert [job.when for job in factory.state.jobs.values()] == [253402300799, 0]
+
+
+# -- issue 8, item 12: peer-caused log lines ------------------------------------
+
+
+def _loggedBytes(events):
+    from twisted.logger import formatEvent
+
+    return sum(len(formatEvent(e)) for e in events)
+
+
+@pytest.mark.parametrize("packet", [
+    encodeRequest(P.NOOP),  # response-only: INVALID_COMMAND
+    encodeResponse(P.ECHO_REQ, b"x"),  # response magic
+    encodeRequest(P.WORK_COMPLETE, b"no-nul"),  # malformed
+    encodeRequest(P.WORK_FAIL, b"H:unknown:" + b"9" * 2000),  # an unknown, long handle
+    encodeRequest(P.CAN_DO, b"f" * 600),  # a refused name
+    encodeRequest(P.SUBMIT_JOB_EPOCH, b"f", b"", b"-5", b""),
+    encodeRequest(P.SUBMIT_JOB, b"f", b"u" * 65, b""),
+])
+def test_refusalsDoNotAmplifyInputInTheLog(factory, packet):
+    conn = Conn(factory)
+    with capturedLogs() as events:
+        conn.sendBytes(packet * 1000)
+    sent = len(packet) * 1000
+    assert 0 < _loggedBytes(events) < sent / 20
+    assert all(len(str(e.get("log_format", ""))) < 200 for e in events)
+    assert max(_loggedBytes([e]) for e in events) < 300

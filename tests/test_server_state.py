@@ -599,10 +599,26 @@ def test_storeFailureAnswersErrorAndDropsTheJob():
     state.submit(client, b"f", b"u", b"x", background=True)
     clock.advance(0)
     store.adds[0][1].errback(StoreError("database is down"))
-    assert cpeer.take() == [(P.ERROR, [b"QUEUE_ERROR", b"database is down"])]
+    assert cpeer.take() == [(P.ERROR, [b"QUEUE_ERROR", b"Job could not be stored"])]
     assert state.jobs == {} and state.functions[b"f"].total() == 0
     # Foreground work is unaffected.
     assert submit(state, client, cpeer, payload=b"fg")
+
+
+def test_storeFailureSendsPeersNoPathOrInternals():
+    """The peer gets a fixed text; only the log gets the store's message."""
+    from twisted.logger import capturedLogs
+
+    store = RecordingStore()
+    state, clock = makeState(store=store)
+    client, cpeer = connect(state)
+    state.submit(client, b"f", b"u", b"x", background=True)
+    clock.advance(0)
+    with capturedLogs() as events:
+        store.adds[0][1].errback(StoreError("sqlite:/srv/secret/queue.sqlite: disk I/O error"))
+    ((kind, args),) = cpeer.take()
+    assert kind == P.ERROR and b"/srv/secret" not in b"".join(args)
+    assert any("/srv/secret" in str(event.get("log_failure", "")) for event in events)
 
 
 def test_coalescingOntoAJobBeingStored():

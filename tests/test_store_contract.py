@@ -443,6 +443,30 @@ def test_reopenKeepsOrderingByKey(backend: Backend) -> Any:
     assert (yield reload(backend)) == [job(2), job(3), job(4)]
 
 
+@pytest_twisted.inlineCallbacks
+def test_unstorableRecordFailsOnlyItsOwnCall(backend: Backend) -> Any:
+    """
+    A record no store can hold (a run time beyond signed 64 bits, or
+    negative) fails its own C{add}/C{addMany} with L{StoreError}; the other
+    writes of the same batch are stored.
+    """
+    store = backend.make()
+    yield wait(store.open())
+    good = store.addMany([job(1), job(2)])
+    bad = store.add(job(3, when=2 ** 63))
+    negative = store.addMany([job(4), job(5, when=-1)])
+    after = store.add(job(6))
+    removal = store.remove(job(2))
+    assert (yield wait(good)) is None
+    with pytest.raises(StoreError, match="out of range"):
+        yield wait(bad)
+    with pytest.raises(StoreError, match="out of range"):
+        yield wait(negative)
+    assert (yield wait(after)) is None and (yield wait(removal)) is None
+    yield wait(store.close())
+    assert (yield reload(backend)) == [job(1), job(6)]
+
+
 # addMany ---------------------------------------------------------------------
 
 

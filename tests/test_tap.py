@@ -47,3 +47,35 @@ def test_gearmandStyleOptions():
 def test_badValues(argv):
     with pytest.raises(usage.UsageError):
         parse(*argv)
+
+
+def _makeService(*argv: str):
+    import gc
+
+    from twisted.internet.testing import MemoryReactorClock
+
+    from txgear.tap import makeService
+
+    thresholds = gc.get_threshold() if hasattr(gc, "get_threshold") else None
+    try:
+        return makeService(parse(*argv), reactor=MemoryReactorClock())
+    finally:
+        if thresholds is not None:
+            gc.set_threshold(*thresholds)
+
+
+def test_maxFunctionName():
+    assert parse()["max-function-name"] == 512
+    service = _makeService("--queue", "memory", "--max-function-name", "20")
+    assert service.factory.maxFunctionName == 20
+    assert service.factory.admin.maxFunctionName == 20
+    with pytest.raises(usage.UsageError):
+        parse("--max-function-name", "0")
+
+
+def test_shutdownGrace():
+    assert parse()["shutdown-grace"] == 5.0
+    service = _makeService("--queue", "memory", "--shutdown-grace", "0.5")
+    assert service.shutdownGrace == 0.5
+    with pytest.raises(usage.UsageError):
+        parse("--shutdown-grace", "-1")

@@ -8,10 +8,38 @@ end in C{\\n}, C{OK}/C{ERR} replies to commands in C{\\r\\n}.
 """
 from __future__ import annotations
 
+import re
 from typing import Iterable, List, NamedTuple, Sequence, Tuple
 
 OK = b"OK\r\n"
 END = b".\n"
+
+# What a peer-sent value may not show raw in a listing: control characters
+# (they would end or split lines and fields), and the backslash that starts
+# an escape. Space separates the fields of a C{workers} line.
+_UNSAFE = re.compile(rb"[\x00-\x1f\x7f\\]")
+_UNSAFE_OR_SPACE = re.compile(rb"[\x00-\x20\x7f\\]")
+
+
+def _hexEscape(match: "re.Match[bytes]") -> bytes:
+    return b"\\x%02x" % match.group()[0]
+
+
+def escape(value: bytes, space: bool = False) -> bytes:
+    """
+    A peer-sent value (function name, client id, unique, handle) made safe for
+    one field of an admin listing: each control character, each backslash
+    and, with C{space}, each space becomes C{\\xNN}. Other bytes, UTF-8
+    included, are kept, so ordinary names print exactly as gearmand prints
+    them.
+
+    @param value: the raw value.
+    @param space: also escape spaces (for C{workers}, whose fields they separate).
+    """
+    pattern = _UNSAFE_OR_SPACE if space else _UNSAFE
+    if pattern.search(value) is None:
+        return value
+    return pattern.sub(_hexEscape, value)
 
 
 def ok(value: bytes) -> bytes:
@@ -37,33 +65,39 @@ def incompleteArguments(command: bytes) -> bytes:
 
 def formatStatus(rows: Iterable[Tuple[bytes, int, int, int]]) -> bytes:
     """C{status}: one C{FUNCTION\\tTOTAL\\tRUNNING\\tWORKERS} line per function."""
-    return b"".join(b"%s\t%d\t%d\t%d\n" % row for row in rows) + END
+    return b"".join(b"%s\t%d\t%d\t%d\n" % (escape(name), total, running, workers)
+                    for name, total, running, workers in rows) + END
 
 
 def formatPriorityStatus(rows: Iterable[Tuple[bytes, int, int, int, int]]) -> bytes:
     """C{prioritystatus}: C{FUNCTION\\tHIGH\\tNORMAL\\tLOW\\tWORKERS} lines."""
-    return b"".join(b"%s\t%d\t%d\t%d\t%d\n" % row for row in rows) + END
+    return b"".join(b"%s\t%d\t%d\t%d\t%d\n" % (escape(name), high, normal, low, workers)
+                    for name, high, normal, low, workers in rows) + END
 
 
 def formatWorkers(rows: Iterable[Tuple[bytes, bytes, bytes, Sequence[bytes]]]) -> bytes:
-    """C{workers}: C{FD IP ID : F1 F2} per connection (C{FD IP ID :} with none)."""
+    """
+    C{workers}: C{FD IP ID : F1 F2} per connection (C{FD IP ID :} with none).
+    The id and the names are escaped, spaces included (L{escape}).
+    """
     out = []
     for fd, ip, clientId, functions in rows:
-        line = b"%s %s %s :" % (fd, ip, clientId)
+        line = b"%s %s %s :" % (fd, ip, escape(clientId, True))
         if functions:
-            line += b" " + b" ".join(functions)
+            line += b" " + b" ".join([escape(name, True) for name in functions])
         out.append(line + b"\n")
     return b"".join(out) + END
 
 
 def formatShowJobs(rows: Iterable[Tuple[bytes, int, int, int]]) -> bytes:
     """C{show jobs}: C{HANDLE\\tRETRIES\\tIGNORE\\tPERSISTED} per job."""
-    return b"".join(b"%s\t%d\t%d\t%d\n" % row for row in rows) + END
+    return b"".join(b"%s\t%d\t%d\t%d\n" % (escape(handle), retries, ignore, persisted)
+                    for handle, retries, ignore, persisted in rows) + END
 
 
 def formatLines(lines: Iterable[bytes]) -> bytes:
-    """C{show unique jobs}: one value per line."""
-    return b"".join(line + b"\n" for line in lines) + END
+    """C{show unique jobs}: one value per line, escaped (L{escape})."""
+    return b"".join(escape(line) + b"\n" for line in lines) + END
 
 
 # -- parsing (for clients of the admin protocol) -----------------------------

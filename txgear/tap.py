@@ -16,6 +16,8 @@ from twisted.python import usage
 from txgear._log import logLevel, setLogLevel
 from txgear._packet import DEFAULT_MAX_PACKET
 from txgear.server import GearmanServerFactory, GearmanServerService, JobServerState
+from txgear.server._names import DEFAULT_MAX_FUNCTION_NAME
+from txgear.server.service import DEFAULT_SHUTDOWN_GRACE
 
 _LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn,
            "warning": LogLevel.warn, "error": LogLevel.error, "critical": LogLevel.critical,
@@ -64,6 +66,14 @@ class Options(usage.Options):
                                                       "for its other arguments); a larger packet "
                                                       "gets ERROR ARGUMENT_TOO_LARGE and the "
                                                       "connection is closed.", int],
+        ["max-function-name", None, DEFAULT_MAX_FUNCTION_NAME,
+         "Longest function name accepted, in bytes (CAN_DO, SUBMIT_*, create function, "
+         "maxqueue...); a longer one gets ERROR ARGUMENT_TOO_LARGE (admin: ERR), the "
+         "connection is kept. libgearman refuses names over 512 bytes.", int],
+        ["shutdown-grace", None, DEFAULT_SHUTDOWN_GRACE,
+         "On SIGTERM/SIGINT, seconds the server waits for workers to finish the jobs they "
+         "hold and for peers to read their replies before it closes the connections (then "
+         "the store).", float],
         ["log-level", None, "info", "Log level for txgear's messages: debug, info, warn, error "
                                     "(gearmand's --verbose names work too: DEBUG, INFO, "
                                     "WARNING, ERROR, FATAL...)."],
@@ -103,6 +113,10 @@ class Options(usage.Options):
         self["log-level"] = level
         if self["max-packet-size"] < 1024:
             raise usage.UsageError("--max-packet-size must be at least 1024")
+        if self["shutdown-grace"] < 0:
+            raise usage.UsageError("--shutdown-grace must not be negative")
+        if self["max-function-name"] < 1:
+            raise usage.UsageError("--max-function-name must be at least 1")
 
 
 def makeService(options: Any, reactor: Any = None) -> IService:
@@ -121,8 +135,10 @@ def makeService(options: Any, reactor: Any = None) -> IService:
     factory = GearmanServerFactory(state, maxPacket=options["max-packet-size"],
                                    allowShutdown=options["enable-shutdown-command"],
                                    verbosity=lambda: _GEARMAND_LEVEL_NAMES.get(logLevel(), "INFO"),
-                                   exceptions=options["exceptions"])
-    service = GearmanServerService(options["ports"], state, factory, reactor=reactor)
+                                   exceptions=options["exceptions"],
+                                   maxFunctionName=options["max-function-name"])
+    service = GearmanServerService(options["ports"], state, factory, reactor=reactor,
+                                   shutdownGrace=options["shutdown-grace"])
     service.started.addErrback(_fatal, reactor)
     reactor.callWhenRunning(_installGracefulSignal, service, reactor)
     return service
@@ -169,6 +185,11 @@ def _fatal(failure: Any, reactor: Any) -> None:
     # Already logged by the service; a server that cannot start must not linger.
     import os
     import sys
+
+    from twisted.internet.defer import CancelledError
+
+    if failure.check(CancelledError):
+        return  # stopped before it listened: the reactor is stopping anyway
 
     sys.stderr.write(f"txgear: cannot start: {failure.getErrorMessage()}\n")
     sys.stderr.flush()

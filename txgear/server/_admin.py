@@ -16,6 +16,7 @@ from typing import Callable, List, Optional, Tuple
 
 from txgear import _admintext as text
 from txgear._version import __version__
+from txgear.server._names import DEFAULT_MAX_FUNCTION_NAME, functionNameProblem
 from txgear.server._state import JobServerState, Session
 
 #: gearmand closes the connection on lines of more than this many tokens.
@@ -35,10 +36,14 @@ class AdminCommands:
     @param describe: returns C{(fd, ip)} for a session, for C{workers}.
     @param verbosity: the name C{verbose} reports (gearmand's log level name).
     @param allowShutdown: accept C{shutdown} / C{shutdown graceful}.
+    @param maxFunctionName: the longest function name C{create function},
+        C{drop function} and C{maxqueue} accept, in bytes.
     """
 
     def __init__(self, state: JobServerState, describe: Callable[[Session], Tuple[bytes, bytes]],
-                 verbosity: Callable[[], str] = lambda: "INFO", allowShutdown: bool = False) -> None:
+                 verbosity: Callable[[], str] = lambda: "INFO", allowShutdown: bool = False,
+                 maxFunctionName: int = DEFAULT_MAX_FUNCTION_NAME) -> None:
+        self.maxFunctionName = maxFunctionName
         self.state = state
         self.describe = describe
         self.verbosity = verbosity
@@ -98,12 +103,18 @@ class AdminCommands:
     def command_create(self, word: bytes, args: List[bytes]) -> Tuple[bytes, Optional[str]]:
         if len(args) < 2 or args[0].lower() != b"function":
             return text.incompleteArguments(b"create"), None
+        refusal = self._refusedName(args[1])
+        if refusal is not None:
+            return refusal, None
         self.state.function(args[1])
         return text.OK, None
 
     def command_drop(self, word: bytes, args: List[bytes]) -> Tuple[bytes, Optional[str]]:
         if len(args) < 2 or args[0].lower() != b"function":
             return text.incompleteArguments(b"drop"), None
+        refusal = self._refusedName(args[1])
+        if refusal is not None:
+            return refusal, None
         error = self.state.dropFunction(args[1])
         if error is None:
             return text.OK, None
@@ -112,6 +123,9 @@ class AdminCommands:
     def command_maxqueue(self, word: bytes, args: List[bytes]) -> Tuple[bytes, Optional[str]]:
         if not args:
             return text.incompleteArguments(b"maxqueue"), None
+        refusal = self._refusedName(args[0])
+        if refusal is not None:
+            return refusal, None
         sizes = [_int(a) for a in args[1:4]]
         if not sizes:
             limits = [0, 0, 0]
@@ -121,6 +135,13 @@ class AdminCommands:
             limits = sizes
         self.state.setMaxQueue(args[0], limits)
         return text.OK, None
+
+    def _refusedName(self, name: bytes) -> Optional[bytes]:
+        """The C{ERR} reply refusing C{name} as a function name, or C{None}."""
+        problem = functionNameProblem(name, self.maxFunctionName)
+        if problem is None:
+            return None
+        return text.err(*problem)
 
     def command_getpid(self, word: bytes, args: List[bytes]) -> Tuple[bytes, Optional[str]]:
         return text.ok(b"%d" % os.getpid()), None

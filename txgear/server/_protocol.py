@@ -13,7 +13,13 @@ What bad input gets (also in docs/server.md):
   - a response magic on a request type: C{ERROR INVALID_MAGIC};
   - a response-only or unimplemented type: C{ERROR INVALID_COMMAND};
   - a body with too few arguments: C{ERROR INVALID_PACKET} (gearmand reads
-    into the next packet); the connection stays usable.
+    into the next packet); the connection stays usable;
+  - a function name too long or holding control characters: C{ERROR
+    ARGUMENT_TOO_LARGE} / C{ERROR INVALID_ARGUMENT}; an epoch outside 0 to
+    year 9999: C{ERROR INVALID_ARGUMENT}; a client id is cleaned and cut
+    (L{txgear.server._names}).
+
+Log lines a peer causes go through the state's L{PeerLog} (rate-limited).
 """
 from __future__ import annotations
 
@@ -34,10 +40,12 @@ from txgear._packet import (
     PacketType,
     encodeResponse,
 )
+from txgear._peerlog import PeerLog
 from txgear._protocol import setNoDelay
 from txgear._schedule import ScheduleError, nextRunTime
 from txgear._turnwriter import TurnWriter
 from txgear.server._admin import CLOSE, GRACEFUL, SHUTDOWN, AdminCommands
+from txgear.server._names import DEFAULT_MAX_FUNCTION_NAME, cleanClientId, functionNameProblem
 from txgear.server._state import ERR_UNKNOWN_OPTION, HIGH, LOW, NORMAL, JobServerState, Session
 
 #: Room for the arguments besides the workload (function, unique, handle...),
@@ -52,6 +60,12 @@ ERR_INVALID_COMMAND = encodeResponse(PacketType.ERROR, b"INVALID_COMMAND", b"Com
 ERR_TOO_LARGE = encodeResponse(PacketType.ERROR, b"ARGUMENT_TOO_LARGE",
                                b"Packet size exceeds the server's maximum")
 _ECHO_HEADER = encodeResponse(PacketType.ECHO_RES)[:8]
+
+#: The latest SUBMIT_JOB_EPOCH time accepted: the end of year 9999 UTC, well
+#: within what every store holds (signed 64 bits).
+MAX_EPOCH = 253402300799
+ERR_BAD_EPOCH = encodeResponse(PacketType.ERROR, b"INVALID_ARGUMENT",
+                               b"Epoch must be a number of seconds from 0 to %d" % MAX_EPOCH)
 
 
 def _invalidPacket(kind: int, got: int) -> bytes:
@@ -145,14 +159,14 @@ class GearmanServerProtocol(Protocol):
                 try:
                     dispatch[kind](self, body)
                 except _Malformed as e:
-                    self._log.warn("Malformed {kind} packet from {peer}",
-                                   kind=PacketType(kind).name, peer=self._peer())
+                    self.factory.peerLog.warn(self, "malformed", "Malformed {kind} packet from {peer}",
+                                              kind=PacketType(kind).name, peer=self._peer())
                     self.session.write(_invalidPacket(*e.args))
             elif kind == TEXT:
                 self._adminLine(body)
             else:
-                self._log.warn("Response magic on packet {kind} from {peer}",
-                               kind=-kind, peer=self._peer())
+                self.factory.peerLog.warn(self, "magic", "Response magic on packet {kind} from {peer}",
+                                          kind=-kind, peer=self._peer())
                 self.session.write(ERR_INVALID_MAGIC)
             if transport.disconnecting:
                 return
@@ -219,14 +233,32 @@ class GearmanServerProtocol(Protocol):
 
     # -- packets -------------------------------------------------------------
 
+    def _refusedName(self, name: bytes) -> bool:
+        """
+        Answer ERROR and return C{True} if C{name} cannot name a function
+        (too long, or control characters: see L{functionNameProblem}).
+        """
+        problem = functionNameProblem(name, self.factory.maxFunctionName)
+        if problem is None:
+            return False
+        self.factory.peerLog.warn(self, "name", "Function name {name} refused from {peer}: {why}",
+                                  name=name, peer=self._peer(), why=problem[1].decode("ascii"))
+        self.session.write(encodeResponse(PacketType.ERROR, *problem))
+        return True
+
     def _canDo(self, body: bytes) -> None:
+        if self._refusedName(body):
+            return
         self.state.canDo(self.session, body)
 
     def _canDoTimeout(self, body: bytes) -> None:
         name, timeout = _split(body, PacketType.CAN_DO_TIMEOUT)
+        if self._refusedName(name):
+            return
         if len(timeout) > 20:
             # gearmand silently ignores an over-long number; so do we.
-            self._log.warn("CAN_DO_TIMEOUT with an over-long timeout from {peer}", peer=self._peer())
+            self.factory.peerLog.warn(self, "timeout", "CAN_DO_TIMEOUT with an over-long timeout "
+                                      "from {peer}", peer=self._peer())
             return
         try:
             milliseconds = int(timeout.strip() or b"0")
@@ -235,6 +267,8 @@ class GearmanServerProtocol(Protocol):
         self.state.canDo(self.session, name, max(0, milliseconds) / 1000.0)
 
     def _cantDo(self, body: bytes) -> None:
+        if self._refusedName(body):
+            return
         self.state.cantDo(self.session, body)
 
     def _resetAbilities(self, body: bytes) -> None:
@@ -293,7 +327,7 @@ class GearmanServerProtocol(Protocol):
         self.session.write(_ECHO_HEADER + len(body).to_bytes(4, "big") + body)
 
     def _setClientId(self, body: bytes) -> None:
-        self.state.setClientId(self.session, body)
+        self.state.setClientId(self.session, cleanClientId(body))
 
     def _optionReq(self, body: bytes) -> None:
         if body.lower() == b"exceptions":
@@ -304,14 +338,25 @@ class GearmanServerProtocol(Protocol):
 
     def _submitEpoch(self, body: bytes) -> None:
         name, unique, epoch, payload = _split(body, PacketType.SUBMIT_JOB_EPOCH)
+        if name not in self.state.functions and self._refusedName(name):
+            return
+        # An empty epoch means now; a long one is refused before int() (which
+        # is quadratic in the length of its input).
         try:
-            when = int(epoch)
+            when = int(epoch) if len(epoch) <= 20 and epoch.isdigit() else (0 if not epoch else -1)
         except ValueError:
-            when = 0
-        self.state.submit(self.session, name, unique, payload, NORMAL, True, max(0, when))
+            when = -1
+        if not 0 <= when <= MAX_EPOCH:
+            self.factory.peerLog.warn(self, "epoch", "SUBMIT_JOB_EPOCH with epoch {epoch} out of "
+                                      "range from {peer}", epoch=epoch, peer=self._peer())
+            self.session.write(ERR_BAD_EPOCH)
+            return
+        self.state.submit(self.session, name, unique, payload, NORMAL, True, when)
 
     def _submitSched(self, body: bytes) -> None:
         args = _split(body, PacketType.SUBMIT_JOB_SCHED)
+        if args[0] not in self.state.functions and self._refusedName(args[0]):
+            return
         try:
             when = nextRunTime(args[2:7], self.state.clock.seconds())
         except ScheduleError as e:
@@ -322,15 +367,20 @@ class GearmanServerProtocol(Protocol):
 
     def _submitReduce(self, body: bytes) -> None:
         name, unique, reducer, _aggregator, payload = _split(body, PacketType.SUBMIT_REDUCE_JOB)
+        if name not in self.state.functions and self._refusedName(name):
+            return
         self.state.submit(self.session, name, unique, payload, NORMAL, False, 0, reducer)
 
     def _submitReduceBackground(self, body: bytes) -> None:
         name, unique, reducer, _aggregator, payload = _split(
             body, PacketType.SUBMIT_REDUCE_JOB_BACKGROUND)
+        if name not in self.state.functions and self._refusedName(name):
+            return
         self.state.submit(self.session, name, unique, payload, NORMAL, True, 0, reducer)
 
     def _invalidCommand(self, body: bytes) -> None:
-        self._log.warn("Unexpected packet from {peer}", peer=self._peer())
+        self.factory.peerLog.warn(self, "unexpected", "Unexpected packet from {peer}",
+                                  peer=self._peer())
         self.session.write(ERR_INVALID_COMMAND)
 
 
@@ -340,6 +390,9 @@ def _submitter(kind: int, priority: int, background: bool) -> Callable[[GearmanS
             args = body.split(b"\0", 2)
             if len(args) != 3:
                 raise _Malformed(kind, len(args))
+            # A known function's name was checked when it was first seen.
+            if args[0] not in self.state.functions and self._refusedName(args[0]):
+                return
             self.state.submit(self.session, args[0], args[1], args[2], priority, background)
             return
         # A large workload is kept as a view of the body instead of a copy.
@@ -347,9 +400,12 @@ def _submitter(kind: int, priority: int, background: bool) -> Callable[[GearmanS
         second = body.find(b"\0", first + 1) if first >= 0 else -1
         if second < 0:
             raise _Malformed(kind, 1 if first < 0 else 2)
+        name = body[:first]
+        if name not in self.state.functions and self._refusedName(name):
+            return
         unique = body[first + 1:second]
         payload: Any = memoryview(body)[second + 1:] if unique != b"-" else body[second + 1:]
-        self.state.submit(self.session, body[:first], unique, payload, priority, background)
+        self.state.submit(self.session, name, unique, payload, priority, background)
 
     submit.__name__ = "_submit_" + PacketType(kind).name
     return submit
@@ -406,6 +462,7 @@ class GearmanServerFactory(Factory):
     @param verbosity: returns the log level name the C{verbose} command reports.
     @param exceptions: forward WORK_EXCEPTION to every client, as if each had
         asked with OPTION_REQ (gearmand's C{--exceptions}).
+    @param maxFunctionName: the longest function name accepted, in bytes.
     @ivar connections: the live protocols, by session.
     """
 
@@ -415,14 +472,19 @@ class GearmanServerFactory(Factory):
     def __init__(self, state: Optional[JobServerState] = None, maxPacket: int = DEFAULT_MAX_PACKET,
                  allowShutdown: bool = False,
                  shutdown: Optional[Callable[..., Any]] = None,
-                 verbosity: Callable[[], str] = lambda: "INFO", exceptions: bool = False) -> None:
+                 verbosity: Callable[[], str] = lambda: "INFO", exceptions: bool = False,
+                 maxFunctionName: int = DEFAULT_MAX_FUNCTION_NAME) -> None:
         self.state = state if state is not None else JobServerState()
         self.writer = TurnWriter(self.state.clock)
         self.exceptions = exceptions
         self.maxPacket = maxPacket
+        self.maxFunctionName = maxFunctionName
+        #: Rate-limits the log lines peers cause (shared with the state's).
+        self.peerLog: PeerLog = self.state.peerLog
         self.connections: Dict[Session, GearmanServerProtocol] = {}
         self._shutdown = shutdown
-        self.admin = AdminCommands(self.state, self._describe, verbosity, allowShutdown)
+        self.admin = AdminCommands(self.state, self._describe, verbosity, allowShutdown,
+                                   maxFunctionName)
 
     def _describe(self, session: Session) -> Tuple[bytes, bytes]:
         protocol = self.connections.get(session)

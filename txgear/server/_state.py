@@ -22,6 +22,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred
 from txgear._log import logger
+from txgear._peerlog import PeerLog
 from twisted.python.failure import Failure
 
 from txgear._packet import PacketType, encodeResponse, responseHeader
@@ -67,6 +68,7 @@ ERR_UNIQUE_TOO_LARGE = _errorPacket(b"ARGUMENT_TOO_LARGE", b"Unique value too la
 ERR_QUEUE_FULL = _errorPacket(b"QUEUE_ERROR", b"Job queue is full")
 ERR_UNKNOWN_OPTION = _errorPacket(b"UNKNOWN_OPTION", b"Server does not recognize given option")
 ERR_SHUTTING_DOWN = _errorPacket(b"QUEUE_ERROR", b"Server is shutting down")
+ERR_NOT_STORED = _errorPacket(b"QUEUE_ERROR", b"Job could not be stored")
 
 
 class Function:
@@ -257,6 +259,7 @@ class JobServerState:
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[no-redef]
         self.clock = clock
+        self.peerLog = PeerLog(self._log, clock)  # lines peers cause, rate-limited
         if handlePrefix is None:
             handlePrefix = ("H:" + (platform.node() or "localhost")).encode("utf-8")
         self.handlePrefix = handlePrefix + b":"
@@ -418,8 +421,8 @@ class JobServerState:
         same function and unique), and answer JOB_CREATED or ERROR.
         """
         if len(unique) > MAX_UNIQUE:
-            self._log.warn("Session {id}: unique id of {size} bytes refused", id=session.id,
-                           size=len(unique))
+            self.peerLog.warn(session.peer, "unique", "Session {id}: unique id of {size} bytes "
+                              "refused", id=session.id, size=len(unique))
             session.write(ERR_UNIQUE_TOO_LARGE)
             return
         function = self.functions.get(name)
@@ -439,8 +442,8 @@ class JobServerState:
             return
         limit = function.maxQueue[priority]
         if limit and function.total() >= limit:
-            self._log.info("Queue of {function!r} full ({limit} jobs): submit refused",
-                           function=name, limit=limit)
+            self.peerLog.info(session.peer, "full", "Queue of {function} full ({limit} jobs): "
+                              "submit refused", function=name, limit=limit)
             session.write(ERR_QUEUE_FULL)
             return
         handle = self.handlePrefix + b"%d" % self._nextHandle
@@ -543,8 +546,7 @@ class JobServerState:
 
     def _storeFailed(self, failure: Failure, batch: List[Job]) -> None:
         self._log.failure("Could not store {count} background jobs", failure, count=len(batch))
-        text = str(failure.value).encode("utf-8", "replace")[:200] or b"store failure"
-        packet = _errorPacket(b"QUEUE_ERROR", text)
+        packet = ERR_NOT_STORED  # the detail (paths...) is for the log only
         for job in batch:
             job.storeState = packet
             if job.state == PENDING:
@@ -806,8 +808,8 @@ class JobServerState:
     def _unknownHandle(self, session: Session, handle: bytes, what: str) -> None:
         # Info, not a warning: a worker whose job timed out or was cancelled
         # sends these in good faith.
-        self._log.info("Session {id}: {what} for {handle!r}, which it does not hold",
-                       id=session.id, what=what, handle=handle)
+        self.peerLog.info(session.peer, "handle", "Session {id}: {what} for {handle}, which it "
+                          "does not hold", id=session.id, what=what, handle=handle)
 
     def _relay(self, job: Job, kind: int, body: bytes, worker: Session) -> None:
         clients = job.clients

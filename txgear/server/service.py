@@ -5,10 +5,10 @@ number of Twisted server endpoints, with an optional persistent store.
 """
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.python.failure import Failure
 
@@ -17,28 +17,44 @@ from txgear.server._protocol import GearmanServerFactory
 from txgear.server._state import JobServerState
 
 
+#: Seconds a stop waits for the jobs workers hold to finish, by default.
+DEFAULT_SHUTDOWN_GRACE = 5.0
+
+#: How often a stop checks whether workers still hold jobs, in seconds.
+_DRAIN_CHECK = 0.05
+
+
 class GearmanServerService(Service):
     """
     A Gearman job server.
 
     On start it opens the store (if any), loads the background jobs it holds,
-    and only then listens, so no client sees a half-loaded queue. On stop it
-    stops listening, closes every connection, and closes the store (flushing
-    pending writes).
+    and only then listens, so no client sees a half-loaded queue. The service
+    alone orders the stop (L{stopService}): stop listening and refuse new
+    jobs; let the workers finish the jobs they hold, for at most the shutdown
+    grace; close every connection once its output is written; cancel the
+    timers; and only then close the store, so that every result that arrived
+    meanwhile is written to it. A stop while the store is still opening ends
+    with nothing listening and the store closed.
 
     @param endpoints: server endpoint descriptions (C{"tcp:4730"},
-        C{"unix:/run/gearman.sock"}, C{"ssl:4730:privateKey=key.pem"}, ...).
+        C{"unix:/run/gearman.sock"}, C{"ssl:4730:privateKey=key.pem"}, ...)
+        or L{IStreamServerEndpoint}s.
     @param state: the L{JobServerState}; its C{store} is opened on start.
     @param factory: the L{GearmanServerFactory}; made from C{state} if omitted.
     @param reactor: the reactor to listen with; the global one by default.
+    @param shutdownGrace: at most this many seconds, a stop lets workers
+        finish the jobs they hold and peers read their replies.
     @ivar ports: the listening ports, once started.
-    @ivar started: fires when the service listens (or fails if it cannot start).
+    @ivar started: fires when the service listens; fails if it cannot start,
+        or with L{CancelledError} if it is stopped before it listens.
     """
 
     _log = logger()
 
-    def __init__(self, endpoints: Sequence[str], state: JobServerState,
-                 factory: Optional[GearmanServerFactory] = None, reactor: Any = None) -> None:
+    def __init__(self, endpoints: Sequence[Any], state: JobServerState,
+                 factory: Optional[GearmanServerFactory] = None, reactor: Any = None,
+                 shutdownGrace: float = DEFAULT_SHUTDOWN_GRACE) -> None:
         if reactor is None:
             from twisted.internet import reactor  # type: ignore[no-redef]
         self._reactor = reactor
@@ -46,14 +62,21 @@ class GearmanServerService(Service):
         self.state = state
         self.factory = factory if factory is not None else GearmanServerFactory(state)
         self.factory._shutdown = self.shutdown
+        self.shutdownGrace = shutdownGrace
         self.ports: List[Any] = []
         self.started: Deferred[None] = Deferred()
+        self._startSettled: Optional[Deferred[None]] = None
+        self._stopWaiters: List[Deferred[None]] = []
+        self._stopOutcome: Optional[Tuple[Any]] = None  # (None or a Failure,) once stopped
         self._stopping: Optional[Deferred[None]] = None
 
     def startService(self) -> None:
         Service.startService(self)
+        settled: Deferred[None] = Deferred()
+        self._startSettled = settled
         d = self._start()
-        d.addCallbacks(self.started.callback, self._startFailed)
+        d.addCallbacks(self._startSucceeded, self._startFailed)
+        d.addBoth(lambda _: settled.callback(None))
 
     def _start(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._startAsync())
@@ -62,37 +85,98 @@ class GearmanServerService(Service):
         store = self.state.store
         if store is not None:
             stored = await store.open()
+            if not self.running:
+                raise CancelledError("stopped while the job store was opening")
             count = self.state.loadStored(stored)
             self._log.info("Loaded {count} background jobs from {store}", count=count,
                            store=getattr(store, "description", store))
         for description in self.endpoints:
-            endpoint = serverFromString(self._reactor, description)
+            if isinstance(description, str):
+                endpoint = serverFromString(self._reactor, description)
+            else:
+                endpoint = description
             port = await endpoint.listen(self.factory)
-            self.ports.append(port)
+            self.ports.append(port)  # a stop that came meanwhile closes it
+            if not self.running:
+                raise CancelledError("stopped while starting to listen")
             self._log.info("Gearman job server listening on {address}",
-                           address=_describeAddress(port, description))
+                           address=_describeAddress(port, str(description)))
+
+    def _startSucceeded(self, _: object) -> None:
+        self.started.callback(None)
 
     def _startFailed(self, failure: Failure) -> None:
-        self._log.failure("The Gearman job server could not start", failure)
+        if failure.check(CancelledError):
+            self._log.info("The Gearman job server was stopped before it listened")
+        else:
+            self._log.failure("The Gearman job server could not start", failure)
         self.started.errback(failure)
 
     def stopService(self) -> Deferred[None]:
+        """
+        Stop in order (see the class docstring); calling it again while a
+        stop is under way waits for the same stop.
+
+        @return: fires once the store is closed.
+        """
         Service.stopService(self)
-        return Deferred.fromCoroutine(self._stop())
+        waiter: Deferred[None] = Deferred()
+        if self._stopOutcome is not None:
+            _fire(waiter, self._stopOutcome[0])
+            return waiter
+        self._stopWaiters.append(waiter)
+        if len(self._stopWaiters) == 1:
+            Deferred.fromCoroutine(self._stop()).addBoth(self._stopFinished)
+        return waiter
+
+    def _stopFinished(self, outcome: Any) -> None:
+        if isinstance(outcome, Failure):
+            self._log.failure("Stopping the Gearman job server failed", outcome)
+        self._stopOutcome = (outcome,)
+        waiters, self._stopWaiters = self._stopWaiters, []
+        for waiter in waiters:
+            _fire(waiter, outcome)
 
     async def _stop(self) -> None:
+        deadline = self._reactor.seconds() + self.shutdownGrace
+        if self._startSettled is not None:
+            # A start under way sees the stop at its next step and gives up.
+            await self._startSettled
         ports, self.ports = self.ports, []
         await DeferredList([maybeDeferred(port.stopListening) for port in ports])
+        self.state.stopAccepting()
+        await self._drain(deadline)
+        await self.factory.disconnectAll(grace=max(1.0, deadline - self._reactor.seconds()))
         self.state.cancelTimers()
-        await self.factory.disconnectAll()
         store = self.state.store
         if store is not None:
             await store.close()
 
+    def _drain(self, deadline: float) -> Deferred[None]:
+        """
+        Fires once no worker holds a job, or at C{deadline}. (The state has
+        no event for this; the stop checks a few times per second.)
+        """
+        done: Deferred[None] = Deferred()
+
+        def check() -> None:
+            if not self._jobsRunning() or self._reactor.seconds() >= deadline:
+                done.callback(None)
+            else:
+                self._reactor.callLater(min(_DRAIN_CHECK, deadline - self._reactor.seconds()),
+                                        check)
+
+        check()
+        return done
+
+    def _jobsRunning(self) -> bool:
+        return any(function.running for function in self.state.functions.values())
+
     def shutdown(self, graceful: bool = False) -> Deferred[None]:
         """
-        Stop the process: at once, or gracefully (stop listening, refuse new
-        jobs, let the queued and running ones finish, then stop).
+        Stop the process: at once (L{stopService}'s order, with its grace),
+        or gracefully (stop listening, refuse new jobs, let the queued and
+        running ones finish however long they take, then stop).
         """
         if self._stopping is not None:
             return self._stopping
@@ -107,9 +191,16 @@ class GearmanServerService(Service):
             self.state.stopAccepting()
             await self.state.whenIdle()
             self._log.info("Graceful stop: all jobs done")
-            await self.factory.disconnectAll()
+        await self.stopService()
         if self._reactor.running:
             self._reactor.stop()
+
+
+def _fire(waiter: Deferred[None], outcome: Any) -> None:
+    if isinstance(outcome, Failure):
+        waiter.errback(outcome)
+    else:
+        waiter.callback(None)
 
 
 def _describeAddress(port: Any, description: str) -> str:
@@ -122,4 +213,4 @@ def _describeAddress(port: Any, description: str) -> str:
     return str(getattr(host, "name", description))
 
 
-__all__ = ["GearmanServerService"]
+__all__ = ["DEFAULT_SHUTDOWN_GRACE", "GearmanServerService"]

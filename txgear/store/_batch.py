@@ -9,10 +9,15 @@ C{addMany} of 400 jobs is one entry: a list of 400 record tuples and one
 Deferred) and, once per turn, schedules a flush; one batch is written at a
 time, and writes issued while a batch is in flight wait behind it (and so
 form the next, larger batch). Order is kept.
+
+Before a batch is written, each C{add}/C{addMany} is checked for a record
+no store can hold (L{recordsProblem}); such a call fails on its own and the
+rest of the batch is written. A batch that fails while being written (a full
+disk, a lost connection) fails as a whole.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, List, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
@@ -22,6 +27,7 @@ from twisted.python.threadpool import ThreadPool
 
 from txgear.errors import StoreError
 from txgear.jobs import StoredJob
+from txgear.store._record import recordsProblem
 
 _T = TypeVar("_T")
 
@@ -88,8 +94,11 @@ class ThreadedBatchStore:
         pool = ThreadPool(minthreads=1, maxthreads=1, name=self._threadName)
         pool.start()
         self._pool = pool
+        # Whoever opened the store closes it, in its own order (the server's
+        # service: after its connections). Only if nobody did, the thread is
+        # stopped when the reactor has stopped, so the process can exit.
         self._shutdownTrigger = self._reactor.addSystemEventTrigger(
-            "before", "shutdown", self._closeAtShutdown)
+            "during", "shutdown", self._stopThreadAtShutdown)
         d = self._callInThread(self._openInThread)
         d.addCallbacks(self._opened, self._openFailed)
         return d
@@ -198,8 +207,27 @@ class ThreadedBatchStore:
             return
         batch, self._pending = self._pending, []
         self._writing = True
-        d = self._callInThread(self._writeInThread, [operation for operation, _ in batch])
+        d = self._callInThread(self._writeValid, [operation for operation, _ in batch])
         d.addBoth(self._written, batch)
+
+    def _writeValid(self, operations: List[Operation]) -> Dict[int, str]:
+        """
+        In the store's thread: write, in one transaction, every operation
+        whose records can be stored.
+
+        @return: the problem of each operation left out, by its index.
+        """
+        problems: Dict[int, str] = {}
+        for index, (isAdd, items) in enumerate(operations):
+            if isAdd:
+                problem = recordsProblem(items)
+                if problem is not None:
+                    problems[index] = problem
+        if problems:
+            operations = [op for index, op in enumerate(operations) if index not in problems]
+        if operations:
+            self._writeInThread(operations)
+        return problems
 
     def _written(self, result: Any, batch: List[Tuple[Operation, Deferred[None]]]) -> None:
         self._writing = False
@@ -209,6 +237,15 @@ class ThreadedBatchStore:
                            count=count, store=self.description, error=result.getErrorMessage())
             for _, d in batch:
                 d.errback(result)
+        elif result:
+            for index, (_, d) in enumerate(batch):
+                problem = result.get(index)
+                if problem is None:
+                    d.callback(None)
+                else:
+                    self._log.warn("Job store {store}: write refused: {problem}",
+                                   store=self.description, problem=problem)
+                    d.errback(StoreError(f"{self.description}: {problem}"))
         else:
             for _, d in batch:
                 d.callback(None)
@@ -242,6 +279,10 @@ class ThreadedBatchStore:
         for waiter in waiters:
             waiter.callback(None)
 
-    def _closeAtShutdown(self) -> Deferred[None]:
+    def _stopThreadAtShutdown(self) -> None:
         self._shutdownTrigger = None
-        return self.close()
+        if self._pool is not None:
+            self._log.warn("Job store {store} was not closed before the reactor stopped",
+                           store=self.description)
+            self._pool.stop()
+            self._pool = None

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
+from txgear.errors import StoreError
 from txgear.interfaces import IJobStore
 from txgear.jobs import StoredJob
+from txgear.store._record import MAX_WHEN
 
 
 @implementer(IJobStore)
@@ -44,15 +46,24 @@ class MemoryJobStore:
     def add(self, job: Any) -> Deferred[None]:
         """
         Record a copy of C{job}, replacing any job with the same key.
+        Fails with L{StoreError} if no store could hold it (see L{addMany}).
         """
+        if not 0 <= job.when <= MAX_WHEN:
+            return fail(StoreError(f"memory: run time {job.when} out of range"))
         self.jobs[job.key] = StoredJob(job.key, job.function, job.unique, job.payload, job.priority,
                                        job.when, job.reducer, job.clientId)
         return succeed(None)
 
     def addMany(self, jobs: Iterable[Any]) -> Deferred[None]:
         """
-        Record a copy of every job of C{jobs}, as L{add} does.
+        Record a copy of every job of C{jobs}, as L{add} does; none of them if
+        one has a run time the real stores cannot hold (negative or beyond
+        signed 64 bits): then fail with L{StoreError}, as they do.
         """
+        jobs = list(jobs)
+        for job in jobs:
+            if not 0 <= job.when <= MAX_WHEN:
+                return fail(StoreError(f"memory: run time {job.when} out of range"))
         stored = self.jobs
         for job in jobs:
             stored[job.key] = StoredJob(job.key, job.function, job.unique, job.payload,

@@ -47,7 +47,7 @@ not decode, is refused with L{StoreSchemaError} naming the log row.
 from __future__ import annotations
 
 import struct
-from typing import Any, Iterator, List, Sequence, Tuple
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 from txgear.errors import StoreSchemaError
 from txgear.jobs import StoredJob
@@ -134,6 +134,25 @@ def unpackRecord(key: int, priority: int, data: Any) -> StoredJob:
         raise StoreSchemaError(f"job {key}: record of {len(data)} bytes does not match its header")
     return StoredJob(key, data[HEADER_SIZE:end1], data[end1:end2], data[end4:], priority, when,
                      data[end2:end3], data[end3:end4])
+
+
+#: The run times every store can hold: a signed 64-bit number, not negative.
+MAX_WHEN = 2 ** 63 - 1
+
+
+def recordsProblem(records: Sequence[Record]) -> Optional[str]:
+    """
+    Why some record of C{records} cannot be stored (every store keeps the run
+    time as a signed 64-bit number), or C{None}. Checked before a batch is
+    written, so that one such record fails only its own write.
+    """
+    if not records:
+        return None
+    whens = [record[5] for record in records]
+    low, high = min(whens), max(whens)
+    if low < 0 or high > MAX_WHEN:
+        return f"run time {low if low < 0 else high} out of range (0 to {MAX_WHEN})"
+    return None
 
 
 def collapse(operations: List[Tuple[bool, Any]]) -> Tuple[List[Record], List[int]]:
