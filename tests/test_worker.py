@@ -187,9 +187,32 @@ class ProtocolTests(SynchronousTestCase):
         t.clear()
         with capturedLogs():
             proto.dataReceived(res(P.ERROR, b"server_error", b"unknown command"))
+            # An ECHO first tells whether the ERROR answered the GRAB.
+            self.assertEqual(t.packets(), [("ECHO_REQ", [b"txgear: GRAB_JOB_UNIQ check"])])
+            proto.dataReceived(res(P.ECHO_RES, b"txgear: GRAB_JOB_UNIQ check"))
         self.assertEqual(t.names(), ["GRAB_JOB"])
         proto.dataReceived(res(P.NO_JOB) + res(P.NOOP))
         self.assertEqual(t.names(), ["PRE_SLEEP", "GRAB_JOB"])
+
+    def test_errorForAnotherPacketNeverMakesASecondGrab(self):
+        # Issue 9 item 5: an ERROR that answers something else (here a
+        # WORK_DATA an old server does not know) while GRAB_JOB_UNIQ is
+        # outstanding must not send a second GRAB; its answer still comes.
+        self.factory.register("f", lambda job: b"")
+        proto, t = connect(self.factory)
+        t.clear()
+        with capturedLogs():
+            proto.dataReceived(res(P.ERROR, b"server_error", b"no handler for WORK_DATA"))
+        grabs = [n for n in t.names() if n.startswith("GRAB")]
+        self.assertEqual(grabs, [])
+        proto.dataReceived(res(P.NO_JOB))
+        proto.dataReceived(res(P.ECHO_RES, b"txgear: GRAB_JOB_UNIQ check"))
+        self.assertEqual(t.names(), ["PRE_SLEEP"])
+        self.assertFalse(t.closed)
+        proto.dataReceived(res(P.NOOP))
+        self.assertEqual(t.names(), ["GRAB_JOB_UNIQ"])
+        proto.dataReceived(assign(b"H:1"))
+        self.assertFalse(t.closed)
 
     def test_lostConnectionDropsResult(self):
         d = Deferred()
