@@ -87,6 +87,7 @@ class _PoolFactory(Factory):
         proto: Any = self._inner.buildProtocol(addr)
         if proto is not None:
             proto.poolServer = self._server
+            self._server._built = proto
         return proto
 
 
@@ -124,6 +125,7 @@ class PoolServer:
         self._factory = _PoolFactory(factory, self)
         self._running = False
         self._attempt: Optional[Deferred] = None
+        self._built: Any = None            # the protocol the current attempt built
         self._retry: Any = None
         self._failures = 0
         self._closing: List[Any] = []      # protocols closed by stop(), not yet lost
@@ -162,13 +164,14 @@ class PoolServer:
                 self._retry.cancel()
             self._retry = None
         if self._attempt is not None:
-            try:
+            built = self._built
+            if built is None:
                 self._attempt.cancel()
-            except Exception:
-                # Some endpoints cannot cancel an attempt that has just
-                # connected (NotConnectingError): it then succeeds and
-                # _attemptSucceeded closes it.
-                self._log.debug("Cancelling the attempt to {server} failed", server=self.name)
+            elif built.transport is not None:
+                # Connected, but the endpoint has not said so yet: cancelling
+                # now would fail (NotConnectingError) or fire its Deferred
+                # twice. Close the connection; the attempt ends on its own.
+                built.transport.loseConnection()
         if self.state != NEW:
             self.state = STOPPED
         protocol = self.protocol
@@ -191,12 +194,13 @@ class PoolServer:
         """Nothing runs any more: fire L{stop}'s Deferreds, or reconnect if restarted."""
         if self._attempt is not None or self._closing:
             return
+        waiters, self._stopWaiters = self._stopWaiters, []
         if self._running:
+            # Restarted while closing: the old connection is gone, connect.
             if self.protocol is None and self._retry is None:
                 self._connect()
-            return
-        self.state = STOPPED
-        waiters, self._stopWaiters = self._stopWaiters, []
+        else:
+            self.state = STOPPED
         for d in waiters:
             d.callback(None)
 
@@ -204,6 +208,7 @@ class PoolServer:
 
     def _connect(self) -> None:
         self._retry = None
+        self._built = None
         self.state = CONNECTING
         try:
             attempt = self._endpoint.connect(self._factory)
@@ -215,9 +220,13 @@ class PoolServer:
 
     def _attemptSucceeded(self, protocol: Any) -> None:
         self._attempt = None
+        self._built = None
         if protocol in self._lostEarly:
             self._lostEarly.remove(protocol)
-            self._failed(Failure(ConnectionError("connection closed at once")))
+            if not self._running:
+                self._settled()
+            else:
+                self._failed(Failure(ConnectionError("the connection closed at once")))
             return
         if not self._running:
             self._close(protocol)
@@ -232,6 +241,8 @@ class PoolServer:
 
     def _attemptFailed(self, reason: Failure) -> None:
         self._attempt = None
+        self._built = None
+        self._lostEarly.clear()
         if not self._running:
             # Cancelled by stop(); some endpoints report it as another error.
             self._settled()

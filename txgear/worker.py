@@ -166,8 +166,9 @@ class GearmanWorkerProtocol(GearmanPeerProtocol):
         for function in core.functions.values():
             self.sendPacket(*function.registration())
         core.addConnection(self)
-        self._log.info("Registered {functions} with {server}",
-                       functions=_names(core.functions), server=self._serverName())
+        if core.functions:
+            self._log.info("Registered {functions} with {server}",
+                           functions=_names(core.functions), server=self._serverName())
         self.wantWork()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
@@ -408,7 +409,7 @@ class GearmanWorkerFactory(ClientFactory):
             proto = waiting.popleft()
             proto._queued = False
             proto.wantWork()
-        if self._busy == 0 and self._idleWaiters:
+        if not self._running and self._idleWaiters:
             waiters, self._idleWaiters = self._idleWaiters, []
             for d in waiters:
                 d.callback(None)
@@ -524,8 +525,12 @@ class GearmanWorkerFactory(ClientFactory):
             proto.wake()
 
     def whenIdle(self) -> Deferred[None]:
-        """Fires when no job runs and no GRAB is outstanding."""
-        if self._busy == 0:
+        """
+        Fires when no job runs. An outstanding GRAB is not waited for: if
+        the connection closes before its job arrives, the server gives the
+        job to another worker.
+        """
+        if not self._running:
             return succeed(None)
         def cancel(d: Deferred) -> None:
             if d in self._idleWaiters:
@@ -554,7 +559,7 @@ def _text(value: bytes) -> str:
 
 
 def _names(functions: Dict[bytes, Any]) -> str:
-    return ", ".join(_text(name) for name in functions) or "no functions"
+    return ", ".join(_text(name) for name in functions)
 
 
 def _describe(failure: Failure) -> bytes:
