@@ -409,7 +409,7 @@ class GearmanWorkerFactory(ClientFactory):
             proto = waiting.popleft()
             proto._queued = False
             proto.wantWork()
-        if not self._running and self._idleWaiters:
+        if self._busy == 0 and self._idleWaiters:
             waiters, self._idleWaiters = self._idleWaiters, []
             for d in waiters:
                 d.callback(None)
@@ -525,12 +525,8 @@ class GearmanWorkerFactory(ClientFactory):
             proto.wake()
 
     def whenIdle(self) -> Deferred[None]:
-        """
-        Fires when no job runs. An outstanding GRAB is not waited for: if
-        the connection closes before its job arrives, the server gives the
-        job to another worker.
-        """
-        if not self._running:
+        """Fires when no job runs and no GRAB is outstanding."""
+        if self._busy == 0:
             return succeed(None)
         def cancel(d: Deferred) -> None:
             if d in self._idleWaiters:
@@ -683,6 +679,9 @@ class GearmanWorker(PoolService):
                 self._log.warn("Grace period over; abandoning {count} running job(s)",
                                count=len(factory._running))
                 factory.abandonRunning()
+            if self.running:
+                # connect() or startService() came while we waited: stay up.
+                return succeed(None)
             return self._pool.stop()
 
         return idle.addBoth(finished)
