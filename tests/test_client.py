@@ -325,3 +325,12 @@ class RefusalTests(SynchronousTestCase):
         self.assertEqual(proto.outstandingCount(), 0)
         proto.dataReceived(res(P.WORK_COMPLETE, b"H:1", b"r"))
         self.assertEqual(self.successResultOf(sub), b"r")
+
+
+class ErrorTextTests(SynchronousTestCase):
+    def test_jobExceptionIsReadable(self):
+        # Issue 9 item 9: str() is the worker's text, not a bytes repr.
+        e = JobException(b"ValueError: bad input \xe2\x9c\x97")
+        self.assertEqual(str(e), "ValueError: bad input \u2717")
+        self.assertEqual(e.data, b"ValueError: bad input \xe2\x9c\x97")
+        self.assertEqual(str(JobException(b"\xff")), "\ufffd")

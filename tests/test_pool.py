@@ -127,3 +127,26 @@ class PoolTests(SynchronousTestCase):
         pool.stop()
         self.failureResultOf(d, NoServers)
         self.failureResultOf(pool.whenReady(), NoServers)
+
+
+class PoolMessageTests(SynchronousTestCase):
+    """Issue 9 item 9: the retry message names the address as written, with a rounded delay."""
+
+    def test_retryMessage(self):
+        from twisted.logger import capturedLogs, formatEvent
+
+        clock = Clock()
+        endpoint = FakeEndpoint("refuse")
+        pool = ServerPool(["tcp:host=127.0.0.1:port=4730"], Factory.forProtocol(_Peer),
+                          reactor=clock, clock=clock,
+                          retryPolicy=lambda attempt: 2.0749708348490192,
+                          endpointFor=lambda s: endpoint)
+        with capturedLogs() as events:
+            pool.start()
+        text = "\n".join(formatEvent(e) for e in events)
+        self.assertIn("tcp:host=127.0.0.1:port=4730", text)
+        self.assertIn("2.07", text)
+        self.assertNotIn("2.0749", text)
+        self.assertNotIn("object at", text)
+        self.successResultOf(pool.stop())
+        self.assertEqual(clock.getDelayedCalls(), [])

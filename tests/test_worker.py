@@ -405,3 +405,61 @@ class ServiceTests(SynchronousTestCase):
             ep.feed(assign(b"H:1"))
         self.assertEqual(ep.transport.packets()[0], ("WORK_FAIL", [b"H:1"]))
         self.successResultOf(worker.close())
+
+
+class MessageTests(SynchronousTestCase):
+    """Issue 9 items 9 and 11: log lines for a person, governed by --log-level."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.factory = GearmanWorkerFactory(concurrency=1, clock=self.clock)
+
+    def test_raisingHandlerLoggedAtErrorWithFunctionAndHandle(self):
+        from twisted.logger import LogLevel, formatEvent
+
+        def f(job):
+            raise ValueError("bad input")
+
+        self.factory.register("resize", f)
+        proto, t = connect(self.factory)
+        with capturedLogs() as events:
+            proto.dataReceived(assign(b"H:1", function=b"resize"))
+        failures = [e for e in events if "log_failure" in e]
+        self.assertEqual(len(failures), 1)
+        self.assertEqual(failures[0]["log_level"], LogLevel.error)
+        text = formatEvent(failures[0])
+        self.assertIn("resize", text)
+        self.assertIn("H:1", text)
+        self.assertNotIn("b'", text)
+        self.flushLoggedErrors(ValueError)
+
+    def test_logsRegisteredFunctionsOncePerConnection(self):
+        from twisted.logger import formatEvent
+
+        self.factory.register("resize", lambda job: b"")
+        self.factory.register("thumb", lambda job: b"")
+        with capturedLogs() as events:
+            proto, t = connect(self.factory)
+            proto.dataReceived(res(P.NO_JOB) + res(P.NOOP) + res(P.NO_JOB))
+        lines = [formatEvent(e) for e in events if "Registered" in formatEvent(e)]
+        self.assertEqual(len(lines), 1)
+        self.assertIn("resize, thumb", lines[0])
+
+    def test_logLevelGovernsWorkerAndPool(self):
+        from twisted.logger import LogLevel
+
+        from txgear._log import logLevel, setLogLevel
+
+        old = logLevel()
+        setLogLevel(LogLevel.warn)
+        try:
+            worker = GearmanWorker(["127.0.0.1:4730"], reactor=self.clock, clock=self.clock,
+                                   endpointFor=lambda s: FakeEndpoint("accept"))
+            worker.register("f", lambda job: b"")
+            with capturedLogs() as events:
+                self.successResultOf(worker.connect())
+                worker.pool.servers[0].protocol.transport.drop()
+                self.successResultOf(worker.close())
+            self.assertEqual([e for e in events if e["log_level"] < LogLevel.warn], [])
+        finally:
+            setLogLevel(old)

@@ -55,6 +55,9 @@ class JobException(GearmanError):
         GearmanError.__init__(self, data)
         self.data = data
 
+    def __str__(self) -> str:
+        return self.data.decode("utf-8", "replace")
+
 
 class ConnectionLost(GearmanError):
     """The connection to the job server was lost while the job was in flight."""
