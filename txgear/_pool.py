@@ -140,6 +140,13 @@ class PoolServer:
         """The server's address as the user wrote it."""
         return self.address.text
 
+    def connectAside(self, factory: IProtocolFactory) -> Deferred[Any]:
+        """
+        Open one more connection to this server, outside the pool (e.g. an
+        admin query); the caller closes it.
+        """
+        return self._endpoint.connect(factory)
+
     # Starting and stopping
 
     def start(self) -> None:

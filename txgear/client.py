@@ -26,12 +26,13 @@ result Deferred fires.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.python.failure import Failure
 
+from txgear._adminquery import queryStatus
 from txgear._clientprotocol import GearmanClientFactory, GearmanClientProtocol
 from txgear._log import logger
 from txgear._pool import PoolServer, PoolService, ServerPool
@@ -44,6 +45,7 @@ from txgear.errors import (
     JobFailed,
     NoServers,
     ServerError,
+    SubmitTimeout,
 )
 from txgear.jobs import BackgroundJob, JobStatus, Priority
 
@@ -181,8 +183,40 @@ class GearmanClient(PoolService):
         sub.patient = timeout is not None
         self._router.dispatch(sub)
         if timeout is not None:
-            sub.deferred.addTimeout(timeout, self._clock)
+            sub.deferred.addTimeout(timeout, self._clock,
+                                    onTimeoutCancel=lambda result, t: self._explain(sub, t))
         return sub.deferred
+
+    def _explain(self, sub: _Submission, timeout: float) -> Any:
+        """
+        The failure of a submission whose timeout passed. For a foreground
+        job the server accepted, its C{status} says whether any worker is
+        registered for the function (asked on a connection of its own, for
+        at most a second).
+        """
+        function = sub.function.decode("utf-8", "replace")
+        seconds = f"{timeout:g}"
+        plain = SubmitTimeout(f"job for {function!r} did not finish within {seconds} s",
+                              sub.function)
+        server = sub.server
+        if sub.background or sub.handle is None or server is None or not self._pool.running:
+            if sub.handle is None:
+                plain = SubmitTimeout(f"no Gearman server accepted the job for {function!r} "
+                                      f"within {seconds} s", sub.function)
+            return Failure(plain)
+
+        def explain(table: Dict[bytes, Tuple[int, int, int]]) -> Failure:
+            workers = table.get(sub.function, (0, 0, 0))[2]
+            if workers == 0:
+                return Failure(SubmitTimeout(
+                    f"no worker is registered for {function!r} on {server.name}: the job "
+                    f"waited {seconds} s in its queue", sub.function, 0))
+            return Failure(SubmitTimeout(
+                f"job for {function!r} did not finish within {seconds} s ({workers} "
+                f"worker(s) registered for it on {server.name})", sub.function, workers))
+
+        return queryStatus(server.connectAside, self._clock, 1.0).addCallbacks(
+            explain, lambda f: Failure(plain))
 
     # Queries
 
