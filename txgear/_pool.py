@@ -7,9 +7,9 @@ connection attempts, never forever) for a server to become usable.
 
 The pool does not know what its protocols do. Every server shares one
 protocol factory; each protocol it builds for a server gets a C{poolServer}
-attribute, and calls C{poolServer.protocolConnected(self)} from
-C{connectionMade} and C{poolServer.protocolLost(self)} from
-C{connectionLost}.
+attribute. A server counts as connected when its endpoint's Deferred fires
+with the protocol; the protocol calls C{poolServer.protocolLost(self)} from
+C{connectionLost}. That is the whole interface.
 """
 from __future__ import annotations
 

@@ -2,6 +2,10 @@
 """
 The Gearman client: submitting jobs and asking about them.
 
+The pieces live in their own modules: L{txgear._clientprotocol} (one
+connection), L{txgear._submission} (the submission state machine),
+L{txgear.jobs} (the records); this module holds the client over a pool.
+
 Two levels:
 
   - L{GearmanClientProtocol} / L{GearmanClientFactory}: one connection to one
@@ -15,8 +19,9 @@ job's result bytes, or fails with L{JobFailed} (C{WORK_FAIL}),
 L{JobException} (C{WORK_EXCEPTION}, carrying the worker's payload),
 L{ServerError} (the server refused the job), L{ConnectionLost} (the
 connection dropped after the server acknowledged the job), L{NoServers}
-(no server could be reached), or L{twisted.internet.defer.TimeoutError}
-(the C{timeout} passed). Cancelling it stops waiting and frees everything
+(no server could be reached), or L{SubmitTimeout}, a
+L{twisted.internet.defer.TimeoutError} (the C{timeout} passed; its text says
+whether any worker is registered for the function). Cancelling it stops waiting and frees everything
 the client holds for the job; Gearman has no way to stop the job itself.
 
 Progress (C{WORK_STATUS}), partial data (C{WORK_DATA}) and warnings
@@ -56,15 +61,15 @@ class GearmanClient(PoolService):
     """
     A Gearman client over one or more job servers.
 
-    It keeps one connection per server (a L{ClientService} each, reconnecting
-    with exponential backoff). Add it to an application as a service, or call
+    It keeps one connection per server (reconnecting with exponential
+    backoff). Add it to an application as a service, or call
     L{connect} and L{close} yourself.
 
     Choosing a server: a job with a unique id goes to the server the id
-    hashes to (as the Perl client does), so duplicates coalesce; other jobs
-    go round-robin over the connected servers. A submission that cannot be
-    delivered (server down, or the connection drops before C{JOB_CREATED})
-    silently moves on to the next server. Once a server acknowledged a job,
+    hashes to (see L{txgear._pool.uniqueHash}), so duplicates coalesce; other
+    jobs go round-robin over the connected servers. A submission that cannot
+    be delivered (server down, or the connection drops before C{JOB_CREATED})
+    silently moves on to another server, or waits for one. Once a server acknowledged a job,
     losing its connection fails the job with L{ConnectionLost} and it is
     never resubmitted, unless the caller passed C{retries}.
     """
@@ -83,7 +88,8 @@ class GearmanClient(PoolService):
         @param clock: the clock for timeouts and reconnection (default: reactor).
         @param clientId: sent as C{SET_CLIENT_ID} on every connection.
         @param exceptions: ask servers for C{WORK_EXCEPTION} packets.
-        @param retryPolicy: reconnection delays, see L{ClientService}.
+        @param retryPolicy: the delay before reconnection attempt C{n}, as
+            C{twisted.application.internet.backoffPolicy()} makes.
         @param connectTimeout: connect timeout for C{host:port} addresses.
         @param endpointFor: makes each server's endpoint (for tests).
         """

@@ -8,7 +8,7 @@ hand out.
     connection to one job server. Several connections built by one factory
     share its limit.
   - L{GearmanWorker} is a service that connects to every listed server
-    (one L{ClientService} each, with backoff), re-registers its functions
+    (reconnecting with backoff), re-registers its functions
     after each reconnect, and stops gracefully.
 
 A function is called with a L{Job} and may return a value, a L{Deferred},
@@ -594,7 +594,8 @@ class GearmanWorker(PoolService):
         @param clock: the clock for timeouts, grace and reconnection.
         @param clientId: sent as C{SET_CLIENT_ID} (shown by C{workers}).
         @param grace: seconds L{stopService} lets running jobs finish.
-        @param retryPolicy: reconnection delays, see L{ClientService}.
+        @param retryPolicy: the delay before reconnection attempt C{n}, as
+            C{twisted.application.internet.backoffPolicy()} makes.
         @param connectTimeout: connect timeout for C{host:port} addresses.
         @param endpointFor: makes each server's endpoint (for tests).
         @param useAsyncio: run C{async def} functions as asyncio tasks (see
@@ -668,7 +669,7 @@ class GearmanWorker(PoolService):
         idle = factory.whenIdle()
         if not idle.called:
             self._log.info("Waiting up to {grace}s for {count} running job(s)",
-                           grace=self.grace, count=len(factory._running))
+                           grace=self.grace, count=len(factory.runningJobs()))
         timer = self._clock.callLater(self.grace, idle.cancel) if not idle.called else None
 
         def finished(result: Any) -> Deferred[None]:
@@ -677,7 +678,7 @@ class GearmanWorker(PoolService):
             if isinstance(result, Failure):
                 result.trap(CancelledError)
                 self._log.warn("Grace period over; abandoning {count} running job(s)",
-                               count=len(factory._running))
+                               count=len(factory.runningJobs()))
                 factory.abandonRunning()
             if self.running:
                 # connect() or startService() came while we waited: stay up.
