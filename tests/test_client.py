@@ -279,3 +279,58 @@ class QueryTests(SynchronousTestCase):
         proto.dataReceived(res(P.ERROR, b"UNKNOWN_OPTION", b"nope") + res(P.ECHO_RES, b"x"))
         self.failureResultOf(s, ServerError)
         self.assertEqual(self.successResultOf(e), b"x")
+
+
+class RefusalTests(SynchronousTestCase):
+    """Issue 9 item 4: an answered request leaves the connection at once."""
+
+    def test_refusedSubmissionsReleaseTheirPayloads(self):
+        import gc
+        import os
+        import tracemalloc
+
+        proto, transport = connect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for _ in range(10000):
+                d = proto.submit(b"f", os.urandom(1000))
+                transport.clear()
+                proto.dataReceived(res(P.ERROR, b"QUEUE_ERROR", b"queue full"))
+                self.failureResultOf(d, ServerError)
+            gc.collect()
+            held = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        # 10,000 payloads of 1 KB are 10 MB; the connection keeps none.
+        self.assertLess(held, 1000000)
+        self.assertEqual(proto.pendingCount(), 0)
+        # The connection still works, in order.
+        d = proto.submit(b"f", b"x")
+        proto.dataReceived(res(P.JOB_CREATED, b"H:1") + res(P.WORK_COMPLETE, b"H:1", b"ok"))
+        self.assertEqual(self.successResultOf(d), b"ok")
+
+    def test_oneQueueMixedRequests(self):
+        proto, transport = connect()
+        sub = proto.submit(b"f", b"x")
+        echo = proto.echo(b"e")
+        status = proto.getStatus(b"H:9")
+        self.assertEqual(proto.outstandingCount(), 3)
+        # Another kind of request may be answered before a slow JOB_CREATED.
+        proto.dataReceived(res(P.ECHO_RES, b"e"))
+        self.assertEqual(self.successResultOf(echo), b"e")
+        proto.dataReceived(res(P.JOB_CREATED, b"H:1"))
+        proto.dataReceived(res(P.STATUS_RES, b"H:9", b"0", b"0", b"0", b"0"))
+        self.assertFalse(self.successResultOf(status).known)
+        self.assertEqual(proto.outstandingCount(), 0)
+        proto.dataReceived(res(P.WORK_COMPLETE, b"H:1", b"r"))
+        self.assertEqual(self.successResultOf(sub), b"r")
+
+
+class ErrorTextTests(SynchronousTestCase):
+    def test_jobExceptionIsReadable(self):
+        # Issue 9 item 9: str() is the worker's text, not a bytes repr.
+        e = JobException(b"ValueError: bad input \xe2\x9c\x97")
+        self.assertEqual(str(e), "ValueError: bad input \u2717")
+        self.assertEqual(e.data, b"ValueError: bad input \xe2\x9c\x97")
+        self.assertEqual(str(JobException(b"\xff")), "\ufffd")

@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from txgear._packet import PacketType as P
 from txgear._pool import uniqueHash
 from txgear.client import BackgroundJob, GearmanClient
-from txgear.errors import ConnectionLost, NoServers
+from txgear.errors import ConnectionLost, NoServers, SubmitTimeout
 
 from tests.test_client_fakes import FakeEndpoint, res
 
@@ -296,13 +296,15 @@ class TimeoutAndQueryTests(ClientTestCase):
         self.ack(self.endpoints[0])
         d = client.submit(b"f", b"x", timeout=10)
         self.endpoints[0].feed(res(P.JOB_CREATED, b"H:1"))
-        self.clock.advance(10)
-        self.failureResultOf(d, TimeoutError)
         proto = self.endpoints[0].protocol
+        self.clock.advance(10)
+        # The server's status is asked (on a connection of its own) for at most 1 s.
+        self.clock.advance(1)
+        self.failureResultOf(d, TimeoutError)
         self.assertEqual(proto.pendingCount(), 0)
-        self.endpoints[0].feed(res(P.WORK_COMPLETE, b"H:1", b"late"))
+        proto.dataReceived(res(P.WORK_COMPLETE, b"H:1", b"late"))
         d2 = client.submit(b"f", b"y")
-        self.endpoints[0].feed(res(P.JOB_CREATED, b"H:2") + res(P.WORK_COMPLETE, b"H:2", b"ok"))
+        proto.dataReceived(res(P.JOB_CREATED, b"H:2") + res(P.WORK_COMPLETE, b"H:2", b"ok"))
         self.assertEqual(self.successResultOf(d2), b"ok")
 
     def test_getStatusAsksTheRightServer(self):
@@ -355,3 +357,151 @@ class TimeoutAndQueryTests(ClientTestCase):
     def test_unknownServerName(self):
         client = self.makeClient("accept")
         self.assertRaises(ValueError, client.echo, b"x", server="nope:1")
+
+
+class SpreadTests(ClientTestCase):
+    """Issue 9 item 2: load spreads over every server that is up."""
+
+    def test_connectWaitForAll(self):
+        client = self.makeClient("accept", "hang", "refuse")
+        d = client.connect(waitForAll=True)
+        self.assertNoResult(d)
+        self.endpoints[1].finish()
+        self.assertIs(self.successResultOf(d), client)
+        for ep in self.endpoints[:2]:
+            self.ack(ep)
+        for i in range(6):
+            client.submit(b"f", b"%d" % i)
+        self.assertEqual([len(ep.transport.packets()) for ep in self.endpoints[:2]], [3, 3])
+
+    def test_whenAllConnectedFailsWithNoServers(self):
+        client = self.makeClient("hang", "hang")
+        client.startService()
+        d = client.whenAllConnected()
+        self.endpoints[0].finish(accept=False)
+        self.assertNoResult(d)
+        self.endpoints[1].finish(accept=False)
+        self.failureResultOf(d, NoServers)
+
+    def test_serverThatComesUpLaterGetsItsShare(self):
+        client = self.makeClient("accept", "hang")
+        self.successResultOf(client.connect())
+        a, b = self.endpoints
+        self.ack(a)
+        self.endpoints[1].finish()
+        self.ack(b)
+        for i in range(10):
+            client.submit(b"f", b"%d" % i)
+        self.assertEqual([len(a.transport.packets()), len(b.transport.packets())], [5, 5])
+
+    def test_dashUniqueHashesByPayload(self):
+        client = self.makeClient("accept", "accept", "accept")
+        self.successResultOf(client.connect())
+        for ep in self.endpoints:
+            self.ack(ep)
+        for payload in [b"photo-%03d.jpg" % i for i in range(6)]:
+            client.submit(b"f", payload, unique="-")
+            expected = self.endpoints[uniqueHash(payload) % 3]
+            self.assertEqual(expected.transport.packets(), [("SUBMIT_JOB", [b"f", b"-", payload])])
+
+
+class FailoverWaitTests(ClientTestCase):
+    """Issue 9 item 3: a second server that is down never makes failover worse."""
+
+    def oneUpOneDown(self):
+        client = self.makeClient("accept", "refuse")
+        self.successResultOf(client.connect())
+        self.ack(self.endpoints[0])
+        return client
+
+    def test_lostBeforeCreatedWaitsForReconnection(self):
+        client = self.oneUpOneDown()
+        a = self.endpoints[0]
+        d = client.submit(b"f", b"x")
+        self.assertEqual(a.transport.names(), ["SUBMIT_JOB"])
+        a.drop()
+        self.assertNoResult(d)
+        self.clock.advance(2)
+        self.assertEqual(a.transport.packets(), [("OPTION_REQ", [b"exceptions"]),
+                                                 ("SUBMIT_JOB", [b"f", b"", b"x"])])
+        a.feed(res(P.OPTION_RES, b"exceptions") + res(P.JOB_CREATED, b"H:1")
+               + res(P.WORK_COMPLETE, b"H:1", b"ok"))
+        self.assertEqual(self.successResultOf(d), b"ok")
+
+    def test_withTimeoutWaitsThroughOutages(self):
+        client = self.oneUpOneDown()
+        a = self.endpoints[0]
+        d = client.submit(b"f", b"x", timeout=30)
+        a.transport.clear()
+        a.mode = "refuse"
+        a.drop()
+        # Every server is down now; the submission waits for its timeout.
+        self.clock.advance(2)
+        self.clock.advance(4)
+        self.assertNoResult(d)
+        a.mode = "accept"
+        self.clock.advance(8)
+        self.assertEqual(a.transport.names(), ["OPTION_REQ", "SUBMIT_JOB"])
+        a.feed(res(P.OPTION_RES, b"exceptions") + res(P.JOB_CREATED, b"H:1")
+               + res(P.WORK_COMPLETE, b"H:1", b"ok"))
+        self.assertEqual(self.successResultOf(d), b"ok")
+
+    def test_withTimeoutEndsAtTimeout(self):
+        client = self.oneUpOneDown()
+        a = self.endpoints[0]
+        d = client.submit(b"f", b"x", timeout=5)
+        a.mode = "refuse"
+        a.drop()
+        self.clock.advance(4.9)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        self.failureResultOf(d, TimeoutError)
+        self.assertEqual(client.pool._waiters, [])
+
+
+class TimeoutMessageTests(ClientTestCase):
+    """Issue 9 item 9: a timeout says whether any worker is registered."""
+
+    def submitAndTimeOut(self, status: bytes):
+        client = self.makeClient("accept")
+        self.successResultOf(client.connect())
+        ep = self.endpoints[0]
+        self.ack(ep)
+        d = client.submit("resize", b"x", timeout=2)
+        ep.feed(res(P.JOB_CREATED, b"H:1"))
+        self.clock.advance(2)
+        self.assertNoResult(d)
+        admin = ep.connections[-1][1]
+        self.assertEqual(admin.value(), b"status\n")
+        ep.connections[-1][0].dataReceived(status)
+        self.assertTrue(admin.closed)
+        return self.failureResultOf(d, TimeoutError)
+
+    def test_noWorkerRegistered(self):
+        f = self.submitAndTimeOut(b"other\t0\t0\t3\nresize\t1\t0\t0\n.\n")
+        self.assertIsInstance(f.value, SubmitTimeout)
+        self.assertEqual(str(f.value), "no worker is registered for 'resize' on 127.0.0.1:4730: "
+                                       "the job waited 2 s in its queue")
+        self.assertEqual(f.value.workers, 0)
+
+    def test_functionUnknownToServer(self):
+        f = self.submitAndTimeOut(b".\n")
+        self.assertIn("no worker is registered for 'resize'", str(f.value))
+
+    def test_workersBusy(self):
+        f = self.submitAndTimeOut(b"resize\t9\t2\t2\n.\n")
+        self.assertEqual(str(f.value), "job for 'resize' did not finish within 2 s "
+                                       "(2 worker(s) registered for it on 127.0.0.1:4730)")
+
+    def test_statusUnanswered(self):
+        client = self.makeClient("accept")
+        self.successResultOf(client.connect())
+        ep = self.endpoints[0]
+        self.ack(ep)
+        d = client.submit("resize", b"x", timeout=2)
+        ep.feed(res(P.JOB_CREATED, b"H:1"))
+        self.clock.advance(2)
+        self.clock.advance(1)
+        f = self.failureResultOf(d, TimeoutError)
+        self.assertEqual(str(f.value), "job for 'resize' did not finish within 2 s")
+        self.assertTrue(ep.connections[-1][1].closed)

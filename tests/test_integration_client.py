@@ -262,8 +262,10 @@ async def test_cancelAndTimeoutLeaveConnectionUsable(server):
         d.cancel()
         with pytest.raises(CancelledError):
             await d
-        with pytest.raises(TimeoutError):
+        with pytest.raises(TimeoutError) as raised:
             await client.submit("nobody-does-this", b"y", timeout=0.3)
+        # Issue 9 item 9: the server's status says why.
+        assert str(raised.value).startswith("no worker is registered for 'nobody-does-this' on ")
         assert await within(client.submit("reverse", b"abc")) == b"cba"
         proto = client.pool.servers[0].protocol
         assert proto.pendingCount() == 0

@@ -117,3 +117,32 @@ async def test_twoServersOneKilled(twoServers, retries):
         assert client.connectedServers() == [addresses[1]]
     finally:
         await closeAll(client, *workers)
+
+
+@pytest_twisted.ensureDeferred
+async def test_jobsSpreadOverTwoServers(twoServers):
+    """Issue 9 item 2: with connect(waitForAll=True), work spreads over both servers."""
+    a, b = twoServers
+    addresses = [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"]
+    seen: Dict[str, int] = {}
+
+    def work(job):
+        seen[job.server] = seen.get(job.server, 0) + 1
+        return job.payload
+
+    worker = GearmanWorker(addresses, concurrency=10)
+    worker.register("spread", work)
+    client = GearmanClient(addresses)
+    try:
+        await within(worker.connect(waitForAll=True))
+        await within(client.connect(waitForAll=True))
+        assert sorted(client.connectedServers()) == sorted(addresses)
+        plain = [client.submit("spread", b"%d" % i, timeout=30) for i in range(200)]
+        unique = [client.submit("spread", b"p", unique=b"photo-%03d.jpg" % i, timeout=30)
+                  for i in range(200)]
+        await within(gatherResults(plain + unique), 60)
+        assert sum(seen.values()) == 400
+        for address in addresses:
+            assert 180 <= seen.get(address, 0) <= 220, seen
+    finally:
+        await closeAll(client, worker)

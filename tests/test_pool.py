@@ -16,9 +16,6 @@ from tests.test_client_fakes import FakeEndpoint
 class _Peer(Protocol):
     poolServer = None
 
-    def connectionMade(self):
-        self.poolServer.protocolConnected(self)
-
     def connectionLost(self, reason=None):
         self.poolServer.protocolLost(self)
 
@@ -33,11 +30,36 @@ class PoolTests(SynchronousTestCase):
                           retryPolicy=backoffPolicy(initialDelay=1, factor=2, jitter=lambda: 0),
                           endpointFor=lambda s: byName[s.name])
 
-    def test_perlCompatibleHash(self):
-        # Gearman::Client: (crc32(uniq) >> 16) & 0x7fff
-        import zlib
-        for u in (b"", b"a", b"job-123", b"\xff" * 40):
-            self.assertEqual(uniqueHash(u), (zlib.crc32(u) >> 16) & 0x7FFF)
+    def test_sameUniqueSameServer(self):
+        # The Perl client's rule: a unique always goes to the same server for
+        # the same server list (in every client, every process).
+        pools = [self.makePool("accept", "accept", "accept") for _ in range(2)]
+        for u in (b"", b"a", b"job-123", b"\xff" * 40, b"3f2a9c1e-77b0-4c1d-9a31-0c5f2b6e8d10"):
+            self.assertEqual(uniqueHash(u), uniqueHash(bytes(u)))
+            self.assertEqual([s.index for s in pools[0].ringFor(u)],
+                             [s.index for s in pools[1].ringFor(u)])
+
+    def test_namesScatter(self):
+        # Uniques without numbers still spread (the text part is hashed).
+        names = [("%c%c%c" % (97 + i % 26, 97 + i // 26 % 26, 97 + i // 676)).encode()
+                 for i in range(1000)]
+        for servers in (2, 3, 5):
+            counts = [0] * servers
+            for u in names:
+                counts[uniqueHash(u) % servers] += 1
+            even = 1000 / servers
+            self.assertTrue(all(abs(c - even) < even * 0.25 for c in counts), counts)
+
+    def test_sequentialIdsSpreadEvenly(self):
+        # Issue 9 item 2: 1,000 sequential ids land within 10% of even.
+        for pattern in (b"%d", b"photo-%03d.jpg", b"job-%06d", b"user:%d:avatar", b"%04d"):
+            for servers in (2, 3, 5):
+                counts = [0] * servers
+                for i in range(1000):
+                    counts[uniqueHash(pattern % i) % servers] += 1
+                even = 1000 / servers
+                for count in counts:
+                    self.assertLessEqual(abs(count - even), even * 0.10, (pattern, servers, counts))
 
     def test_ringOrder(self):
         pool = self.makePool("accept", "accept", "accept")
@@ -105,3 +127,26 @@ class PoolTests(SynchronousTestCase):
         pool.stop()
         self.failureResultOf(d, NoServers)
         self.failureResultOf(pool.whenReady(), NoServers)
+
+
+class PoolMessageTests(SynchronousTestCase):
+    """Issue 9 item 9: the retry message names the address as written, with a rounded delay."""
+
+    def test_retryMessage(self):
+        from twisted.logger import capturedLogs, formatEvent
+
+        clock = Clock()
+        endpoint = FakeEndpoint("refuse")
+        pool = ServerPool(["tcp:host=127.0.0.1:port=4730"], Factory.forProtocol(_Peer),
+                          reactor=clock, clock=clock,
+                          retryPolicy=lambda attempt: 2.0749708348490192,
+                          endpointFor=lambda s: endpoint)
+        with capturedLogs() as events:
+            pool.start()
+        text = "\n".join(formatEvent(e) for e in events)
+        self.assertIn("tcp:host=127.0.0.1:port=4730", text)
+        self.assertIn("2.07", text)
+        self.assertNotIn("2.0749", text)
+        self.assertNotIn("object at", text)
+        self.successResultOf(pool.stop())
+        self.assertEqual(clock.getDelayedCalls(), [])

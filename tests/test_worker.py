@@ -187,9 +187,32 @@ class ProtocolTests(SynchronousTestCase):
         t.clear()
         with capturedLogs():
             proto.dataReceived(res(P.ERROR, b"server_error", b"unknown command"))
+            # An ECHO first tells whether the ERROR answered the GRAB.
+            self.assertEqual(t.packets(), [("ECHO_REQ", [b"txgear: GRAB_JOB_UNIQ check"])])
+            proto.dataReceived(res(P.ECHO_RES, b"txgear: GRAB_JOB_UNIQ check"))
         self.assertEqual(t.names(), ["GRAB_JOB"])
         proto.dataReceived(res(P.NO_JOB) + res(P.NOOP))
         self.assertEqual(t.names(), ["PRE_SLEEP", "GRAB_JOB"])
+
+    def test_errorForAnotherPacketNeverMakesASecondGrab(self):
+        # Issue 9 item 5: an ERROR that answers something else (here a
+        # WORK_DATA an old server does not know) while GRAB_JOB_UNIQ is
+        # outstanding must not send a second GRAB; its answer still comes.
+        self.factory.register("f", lambda job: b"")
+        proto, t = connect(self.factory)
+        t.clear()
+        with capturedLogs():
+            proto.dataReceived(res(P.ERROR, b"server_error", b"no handler for WORK_DATA"))
+        grabs = [n for n in t.names() if n.startswith("GRAB")]
+        self.assertEqual(grabs, [])
+        proto.dataReceived(res(P.NO_JOB))
+        proto.dataReceived(res(P.ECHO_RES, b"txgear: GRAB_JOB_UNIQ check"))
+        self.assertEqual(t.names(), ["PRE_SLEEP"])
+        self.assertFalse(t.closed)
+        proto.dataReceived(res(P.NOOP))
+        self.assertEqual(t.names(), ["GRAB_JOB_UNIQ"])
+        proto.dataReceived(assign(b"H:1"))
+        self.assertFalse(t.closed)
 
     def test_lostConnectionDropsResult(self):
         d = Deferred()
@@ -382,3 +405,61 @@ class ServiceTests(SynchronousTestCase):
             ep.feed(assign(b"H:1"))
         self.assertEqual(ep.transport.packets()[0], ("WORK_FAIL", [b"H:1"]))
         self.successResultOf(worker.close())
+
+
+class MessageTests(SynchronousTestCase):
+    """Issue 9 items 9 and 11: log lines for a person, governed by --log-level."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.factory = GearmanWorkerFactory(concurrency=1, clock=self.clock)
+
+    def test_raisingHandlerLoggedAtErrorWithFunctionAndHandle(self):
+        from twisted.logger import LogLevel, formatEvent
+
+        def f(job):
+            raise ValueError("bad input")
+
+        self.factory.register("resize", f)
+        proto, t = connect(self.factory)
+        with capturedLogs() as events:
+            proto.dataReceived(assign(b"H:1", function=b"resize"))
+        failures = [e for e in events if "log_failure" in e]
+        self.assertEqual(len(failures), 1)
+        self.assertEqual(failures[0]["log_level"], LogLevel.error)
+        text = formatEvent(failures[0])
+        self.assertIn("resize", text)
+        self.assertIn("H:1", text)
+        self.assertNotIn("b'", text)
+        self.flushLoggedErrors(ValueError)
+
+    def test_logsRegisteredFunctionsOncePerConnection(self):
+        from twisted.logger import formatEvent
+
+        self.factory.register("resize", lambda job: b"")
+        self.factory.register("thumb", lambda job: b"")
+        with capturedLogs() as events:
+            proto, t = connect(self.factory)
+            proto.dataReceived(res(P.NO_JOB) + res(P.NOOP) + res(P.NO_JOB))
+        lines = [formatEvent(e) for e in events if "Registered" in formatEvent(e)]
+        self.assertEqual(len(lines), 1)
+        self.assertIn("resize, thumb", lines[0])
+
+    def test_logLevelGovernsWorkerAndPool(self):
+        from twisted.logger import LogLevel
+
+        from txgear._log import logLevel, setLogLevel
+
+        old = logLevel()
+        setLogLevel(LogLevel.warn)
+        try:
+            worker = GearmanWorker(["127.0.0.1:4730"], reactor=self.clock, clock=self.clock,
+                                   endpointFor=lambda s: FakeEndpoint("accept"))
+            worker.register("f", lambda job: b"")
+            with capturedLogs() as events:
+                self.successResultOf(worker.connect())
+                worker.pool.servers[0].protocol.transport.drop()
+                self.successResultOf(worker.close())
+            self.assertEqual([e for e in events if e["log_level"] < LogLevel.warn], [])
+        finally:
+            setLogLevel(old)

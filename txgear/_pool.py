@@ -1,31 +1,31 @@
 # -*- test-case-name: tests.test_pool -*-
 """
-A set of job servers, one L{ClientService} each, with the bookkeeping the
+A set of job servers, one reconnecting connection each, with the bookkeeping the
 client and the worker need: which servers are connected right now, which
 server a unique id hashes to, round-robin choice, and waiting (bounded by
 connection attempts, never forever) for a server to become usable.
 
 The pool does not know what its protocols do. Every server shares one
 protocol factory; each protocol it builds for a server gets a C{poolServer}
-attribute, and calls C{poolServer.protocolConnected(self)} from
-C{connectionMade} and C{poolServer.protocolLost(self)} from
-C{connectionLost}.
+attribute. A server counts as connected when its endpoint's Deferred fires
+with the protocol; the protocol calls C{poolServer.protocolLost(self)} from
+C{connectionLost}. That is the whole interface.
 """
 from __future__ import annotations
 
-import zlib
+import hashlib
+import re
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from txgear._address import ServerAddress, parseAddress
+from txgear._log import logger
 from txgear.errors import NoServers
 
 #: States of a L{PoolServer}.
@@ -34,6 +34,11 @@ CONNECTING = "connecting"
 CONNECTED = "connected"
 DOWN = "down"
 LOST = "lost"
+STOPPED = "stopped"
+
+#: The key of L{uniqueHash}: fixed, so every txgear client agrees.
+_HASH_KEY = b"txgear unique"
+_DIGITS = re.compile(rb"[0-9]+")
 
 
 def defaultRetryPolicy() -> Callable[[int], float]:
@@ -46,30 +51,27 @@ def defaultRetryPolicy() -> Callable[[int], float]:
 
 def uniqueHash(unique: bytes) -> int:
     """
-    The hash the Perl client (C{Gearman::Client}) uses to pick a server for a
-    unique id, so that mixed Perl and txgear clients given the same server
-    list send the same unique to the same server.
+    The hash that chooses the server of a job with a unique id (modulo the
+    number of servers): the same unique always goes to the same server for
+    the same server list, in every process.
+
+    The unique is split into its text and its runs of decimal digits. The
+    text (with each run replaced by C{#}) is hashed with keyed BLAKE2b, so
+    different names scatter well; the numbers are added to that, so ids
+    that differ only by a counter (C{photo-000.jpg}, C{photo-001.jpg}, ...)
+    take the servers in turn instead of clumping by chance.
     """
-    return (zlib.crc32(unique) >> 16) & 0x7FFF
+    text = _DIGITS.sub(b"#", unique)
+    mixed = int.from_bytes(hashlib.blake2b(text, digest_size=8, key=_HASH_KEY).digest(), "big")
+    number = 0
+    for run in _DIGITS.findall(unique):
+        number = number * 1000003 + int(run)
+    return (mixed + number) & 0xFFFFFFFFFFFFFFFF
 
 
-@implementer(IStreamClientEndpoint)
-class _TrackingEndpoint:
-    """Wraps a server's endpoint to tell the pool when attempts start and fail."""
-
-    def __init__(self, endpoint: IStreamClientEndpoint, server: "PoolServer") -> None:
-        self._endpoint = endpoint
-        self._server = server
-
-    def connect(self, factory: IProtocolFactory) -> Deferred:
-        self._server._attemptStarted()
-        d = self._endpoint.connect(factory)
-        d.addErrback(self._failed)
-        return d
-
-    def _failed(self, reason: Failure) -> Failure:
-        self._server._attemptFailed(reason)
-        return reason
+def _seconds(delay: float) -> str:
+    """A delay as a person reads it: C{2.07}, C{0.5}, C{30}."""
+    return f"{delay:.3g}"
 
 
 class _PoolFactory(Factory):
@@ -85,33 +87,50 @@ class _PoolFactory(Factory):
         proto: Any = self._inner.buildProtocol(addr)
         if proto is not None:
             proto.poolServer = self._server
+            self._server._built = proto
         return proto
 
 
 class PoolServer:
     """
-    One job server of a L{ServerPool}.
+    One job server of a L{ServerPool}, and the connection kept to it: one
+    attempt at a time, a retry after every failure or loss (delays from the
+    pool's retry policy), and a stop that can come at any moment.
+
+    A server counts as connected once its endpoint's L{Deferred} has fired
+    with the protocol (never from inside C{connectionMade}); protocols tell
+    it they lost their connection by calling L{protocolLost}.
 
     @ivar address: its L{ServerAddress}.
     @ivar index: its position in the pool's server list.
     @ivar state: C{"new"}, C{"connecting"}, C{"connected"}, C{"down"} (the
-        last attempt failed; a retry is scheduled) or C{"lost"} (the
-        connection was lost; a retry is scheduled).
+        last attempt failed; a retry is scheduled), C{"lost"} (the
+        connection was lost; a retry is scheduled) or C{"stopped"}.
     @ivar protocol: the connected protocol, or C{None}.
-    @ivar service: the L{ClientService} keeping it connected.
     @ivar lastError: the L{Failure} of the last failed attempt, or C{None}.
     """
 
-    _log = Logger()
+    _log = logger()
 
-    def __init__(self, pool: "ServerPool", index: int, address: ServerAddress) -> None:
+    _endpoint: IStreamClientEndpoint
+
+    def __init__(self, pool: "ServerPool", index: int, address: ServerAddress,
+                 factory: IProtocolFactory) -> None:
         self.pool = pool
         self.index = index
         self.address = address
         self.state = NEW
         self.protocol: Any = None
         self.lastError: Optional[Failure] = None
-        self.service: Optional[ClientService] = None
+        self._factory = _PoolFactory(factory, self)
+        self._running = False
+        self._attempt: Optional[Deferred] = None
+        self._built: Any = None            # the protocol the current attempt built
+        self._retry: Any = None
+        self._failures = 0
+        self._closing: List[Any] = []      # protocols closed by stop(), not yet lost
+        self._lostEarly: List[Any] = []    # lost before their attempt fired
+        self._stopWaiters: List[Deferred] = []
 
     def __repr__(self) -> str:
         return f"<PoolServer {self.address.text} {self.state}>"
@@ -121,48 +140,181 @@ class PoolServer:
         """The server's address as the user wrote it."""
         return self.address.text
 
-    def _attemptStarted(self) -> None:
-        if self.state != CONNECTED:
-            self.state = CONNECTING
-            self.pool._changed(self)
+    def connectAside(self, factory: IProtocolFactory) -> Deferred[Any]:
+        """
+        Open one more connection to this server, outside the pool (e.g. an
+        admin query); the caller closes it.
+        """
+        return self._endpoint.connect(factory)
 
-    def _attemptFailed(self, reason: Failure) -> None:
-        self.lastError = reason
-        if self.state != CONNECTED:
-            self.state = DOWN
-            self._log.info("Cannot connect to Gearman server {server}: {error}",
-                           server=self.name, error=reason.getErrorMessage())
-            self.pool._changed(self)
+    # Starting and stopping
 
-    def protocolConnected(self, protocol: Any) -> None:
-        """A protocol built for this server has connected."""
+    def start(self) -> None:
+        """Keep a connection to this server (idempotent)."""
+        if self._running:
+            return
+        self._running = True
+        if self._attempt is None and self.protocol is None and not self._closing:
+            self._connect()
+        # Otherwise: an attempt still runs, or a closing connection will
+        # reconnect when it is gone.
+
+    def stop(self) -> Deferred[None]:
+        """
+        Stop reconnecting and close the connection, whatever state it is in.
+
+        @return: fires once no attempt runs and no connection is open.
+        """
+        self._running = False
+        if self._retry is not None:
+            if self._retry.active():
+                self._retry.cancel()
+            self._retry = None
+        if self._attempt is not None:
+            built = self._built
+            if built is None:
+                self._attempt.cancel()
+            elif built.transport is not None:
+                # Connected, but the endpoint has not said so yet: cancelling
+                # now would fail (NotConnectingError) or fire its Deferred
+                # twice. Close the connection; the attempt ends on its own.
+                built.transport.loseConnection()
+        if self.state != NEW:
+            self.state = STOPPED
+        protocol = self.protocol
+        if protocol is not None:
+            self._disconnected(protocol)
+            self._close(protocol)
+        if self._attempt is None and not self._closing:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._stopWaiters.append(d)
+        return d
+
+    def _close(self, protocol: Any) -> None:
+        self._closing.append(protocol)
+        transport = protocol.transport
+        if transport is not None:
+            transport.loseConnection()
+
+    def _settled(self) -> None:
+        """Nothing runs any more: fire L{stop}'s Deferreds, or reconnect if restarted."""
+        if self._attempt is not None or self._closing:
+            return
+        waiters, self._stopWaiters = self._stopWaiters, []
+        if self._running:
+            # Restarted while closing: the old connection is gone, connect.
+            if self.protocol is None and self._retry is None:
+                self._connect()
+        else:
+            self.state = STOPPED
+        for d in waiters:
+            d.callback(None)
+
+    # Attempts
+
+    def _connect(self) -> None:
+        self._retry = None
+        self._built = None
+        self.state = CONNECTING
+        try:
+            attempt = self._endpoint.connect(self._factory)
+        except Exception:
+            attempt = fail()
+        self._attempt = attempt
+        self.pool._changed(self)
+        attempt.addCallbacks(self._attemptSucceeded, self._attemptFailed)
+
+    def _attemptSucceeded(self, protocol: Any) -> None:
+        self._attempt = None
+        self._built = None
+        if protocol in self._lostEarly:
+            self._lostEarly.remove(protocol)
+            if not self._running:
+                self._settled()
+            else:
+                self._failed(Failure(ConnectionError("the connection closed at once")))
+            return
+        if not self._running:
+            self._close(protocol)
+            return
         self.protocol = protocol
         self.state = CONNECTED
         self.lastError = None
+        self._failures = 0
         self._log.info("Connected to Gearman server {server}", server=self.name)
         self.pool._connected.append(self)
         self.pool._changed(self)
 
+    def _attemptFailed(self, reason: Failure) -> None:
+        self._attempt = None
+        self._built = None
+        self._lostEarly.clear()
+        if not self._running:
+            # Cancelled by stop(); some endpoints report it as another error.
+            self._settled()
+            return
+        self._failed(reason)
+
+    def _failed(self, reason: Failure) -> None:
+        self.lastError = reason
+        self.state = DOWN
+        self._log.info("Cannot connect to Gearman server {server}: {error}",
+                       server=self.name, error=reason.getErrorMessage())
+        if self._running:
+            self._scheduleRetry()
+        self.pool._changed(self)
+        self._settled()
+
+    def _scheduleRetry(self) -> None:
+        self._failures += 1
+        delay = self.pool._retryPolicy(self._failures)
+        self._log.info("Retrying Gearman server {server} in {delay} s (attempt {attempt})",
+                       server=self.name, delay=_seconds(delay), attempt=self._failures)
+        self._retry = self.pool._clock.callLater(delay, self._connect)
+
+    # What protocols tell it
+
     def protocolLost(self, protocol: Any) -> None:
         """A protocol built for this server has lost its connection."""
-        if protocol is not self.protocol:
+        if protocol in self._closing:
+            self._closing.remove(protocol)
+            self._settled()
             return
-        self.protocol = None
+        if protocol is not self.protocol:
+            if self._attempt is not None:
+                self._lostEarly.append(protocol)
+            return
+        self._disconnected(protocol)
         self.state = LOST
         self._log.info("Lost connection to Gearman server {server}", server=self.name)
-        self.pool._connected.remove(self)
+        if self._running:
+            self._scheduleRetry()
         self.pool._changed(self)
+
+    def _disconnected(self, protocol: Any) -> None:
+        self.protocol = None
+        try:
+            self.pool._connected.remove(self)
+        except ValueError:
+            pass
 
 
 class _Waiter:
-    """Someone waiting for a usable server (see L{ServerPool.whenReady})."""
+    """
+    Someone waiting for a usable server (see L{ServerPool.whenReady}), or
+    for every server to settle (see L{ServerPool.whenSettled}).
+    """
 
-    __slots__ = ("deferred", "preferred", "exclude")
+    __slots__ = ("deferred", "preferred", "exclude", "patient", "settle")
 
-    def __init__(self, preferred: Optional[Sequence[PoolServer]], exclude: Iterable[PoolServer]) -> None:
+    def __init__(self, preferred: Optional[Sequence[PoolServer]], exclude: Iterable[PoolServer],
+                 patient: bool = False, settle: bool = False) -> None:
         self.preferred = preferred
         self.exclude = exclude
-        self.deferred: Deferred[PoolServer] = Deferred()
+        self.patient = patient
+        self.settle = settle
+        self.deferred: Deferred[Any] = Deferred()
 
 
 class ServerPool:
@@ -172,7 +324,7 @@ class ServerPool:
     @ivar servers: the L{PoolServer}s, in the order given.
     """
 
-    _log = Logger()
+    _log = logger()
 
     def __init__(
         self,
@@ -189,7 +341,9 @@ class ServerPool:
         @param factory: builds the protocols of every server.
         @param reactor: the reactor to connect with (default: the global one).
         @param clock: the clock for reconnection delays (default: C{reactor}).
-        @param retryPolicy: see L{ClientService}; default L{defaultRetryPolicy}.
+        @param retryPolicy: maps the number of consecutive failures to the
+            delay before the next attempt, as
+            C{twisted.application.internet.backoffPolicy()} returns; default L{defaultRetryPolicy}.
         @param connectTimeout: connect timeout of plain C{host:port} addresses.
         @param endpointFor: makes a server's endpoint (tests use fakes);
             default: from its address.
@@ -215,14 +369,11 @@ class ServerPool:
             if address in seen:
                 raise ValueError(f"server {address.text!r} is listed twice")
             seen[address] = len(self.servers)
-            server = PoolServer(self, len(self.servers), address)
+            server = PoolServer(self, len(self.servers), address, factory)
             if endpointFor is not None:
-                endpoint = endpointFor(server)
+                server._endpoint = endpointFor(server)
             else:
-                endpoint = address.endpoint(reactor, timeout=connectTimeout)
-            server.service = ClientService(_TrackingEndpoint(endpoint, server),
-                                           _PoolFactory(factory, server),
-                                           retryPolicy=self._retryPolicy, clock=self._clock)
+                server._endpoint = address.endpoint(reactor, timeout=connectTimeout)
             self.servers.append(server)
 
     @property
@@ -237,8 +388,7 @@ class ServerPool:
         self._running = True
         self._stopped = False
         for server in self.servers:
-            assert server.service is not None
-            server.service.startService()
+            server.start()
 
     def stop(self) -> Deferred[None]:
         """
@@ -252,11 +402,7 @@ class ServerPool:
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.deferred.errback(NoServers("the client was stopped"))
-        ds = []
-        for server in self.servers:
-            assert server.service is not None
-            if server.service.running:
-                ds.append(server.service.stopService())
+        ds = [server.stop() for server in self.servers]
         return DeferredList(ds).addCallback(lambda _: None)
 
     def connectedServers(self) -> List[PoolServer]:
@@ -283,7 +429,7 @@ class ServerPool:
         return connected[self._rr % len(connected)]
 
     def whenReady(self, preferred: Optional[Sequence[PoolServer]] = None,
-                  exclude: Iterable[PoolServer] = ()) -> Deferred[PoolServer]:
+                  exclude: Iterable[PoolServer] = (), patient: bool = False) -> Deferred[PoolServer]:
         """
         A connected server to use.
 
@@ -296,7 +442,8 @@ class ServerPool:
         connecting, has not tried yet, or lost its connection and has not
         retried yet; it fails with L{NoServers} when every candidate's latest
         connection attempt failed (at once if that is already so, or if the
-        pool is stopped).
+        pool is stopped). A C{patient} wait never fails that way: it lasts
+        until a server connects or the caller cancels it.
         Cancelling the result stops waiting.
         """
         if self._stopped:
@@ -305,12 +452,26 @@ class ServerPool:
             server = self.pickConnected()
             if server is not None:
                 return succeed(server)
-        waiter = _Waiter(preferred, exclude)
+        return self._wait(_Waiter(preferred, exclude, patient))
+
+    def whenSettled(self) -> Deferred[List[PoolServer]]:
+        """
+        Wait until every server is connected or has failed its latest
+        attempt.
+
+        @return: fires with the connected servers, or fails with
+            L{NoServers} if none is.
+        """
+        if self._stopped:
+            return fail(NoServers("the client is stopped"))
+        return self._wait(_Waiter(None, (), settle=True))
+
+    def _wait(self, waiter: _Waiter) -> Deferred[Any]:
         outcome = self._evaluate(waiter)
         if outcome is not None:
-            if isinstance(outcome, PoolServer):
-                return succeed(outcome)
-            return fail(outcome)
+            if isinstance(outcome, Exception):
+                return fail(outcome)
+            return succeed(outcome)
 
         def cancel(d: Deferred) -> None:
             try:
@@ -323,7 +484,13 @@ class ServerPool:
         return waiter.deferred
 
     def _evaluate(self, waiter: _Waiter) -> Any:
-        """A server, a L{NoServers} error, or C{None} to keep waiting."""
+        """A server (or servers), a L{NoServers} error, or C{None} to keep waiting."""
+        if waiter.settle:
+            if any(s.state in (NEW, CONNECTING, LOST) for s in self.servers):
+                return None
+            if self._connected:
+                return list(self._connected)
+            return self._noServers(())
         exclude = waiter.exclude
         if waiter.preferred is not None:
             for candidate in waiter.preferred:
@@ -336,11 +503,16 @@ class ServerPool:
         chosen = self.pickConnected(exclude)
         if chosen is not None:
             return chosen
+        if waiter.patient:
+            return None
         for server in self.servers:
             if server in exclude or server.state == DOWN:
                 continue
             # Connecting, not tried yet, or lost and about to retry: wait.
             return None
+        return self._noServers(exclude)
+
+    def _noServers(self, exclude: Iterable[PoolServer]) -> NoServers:
         detail = "; ".join(f"{s.name}: {s.lastError.getErrorMessage()}" for s in self.servers
                            if s not in exclude and s.lastError is not None)
         return NoServers("no Gearman server is reachable" + (f" ({detail})" if detail else ""))
@@ -360,13 +532,13 @@ class ServerPool:
                 fire.append((waiter, outcome))
         self._waiters.extend(keep)
         for waiter, outcome in fire:
-            if isinstance(outcome, PoolServer):
-                waiter.deferred.callback(outcome)
-            else:
+            if isinstance(outcome, Exception):
                 waiter.deferred.errback(outcome)
+            else:
+                waiter.deferred.callback(outcome)
 
 
-__all__ = ["PoolServer", "ServerPool", "defaultRetryPolicy", "uniqueHash"]
+__all__ = ["PoolServer", "PoolService", "ServerPool", "defaultRetryPolicy", "uniqueHash"]
 
 
 class PoolService(Service):
@@ -377,20 +549,44 @@ class PoolService(Service):
 
     _pool: ServerPool
 
-    def connect(self) -> Deferred[Any]:
+    def connect(self, waitForAll: bool = False) -> Deferred[Any]:
         """
         Start without a service parent.
 
-        @return: fires with this object once at least one server is connected,
-            or fails with L{NoServers} when every server failed its first
-            attempt (it keeps retrying until L{close}).
+        @param waitForAll: wait until every server is connected or has
+            failed its first attempt, instead of firing at the first server
+            that answers; then work submitted at once spreads over all the
+            servers that are up.
+        @return: fires with this object once a server is connected (every
+            server has settled, with C{waitForAll}), or fails with
+            L{NoServers} when every server failed its first attempt (it
+            keeps retrying until L{close}). A L{close} before then fails it
+            with L{NoServers}.
         """
         if not self.running:
             self.startService()
+        if waitForAll:
+            return self._pool.whenSettled().addCallback(lambda _: self)
         return self._pool.whenReady().addCallback(lambda _: self)
 
+    def whenAllConnected(self) -> Deferred[Any]:
+        """
+        Wait until every server is connected or has failed its latest
+        attempt (see C{connect(waitForAll=True)}).
+
+        @return: fires with this object, or fails with L{NoServers} if no
+            server is connected.
+        """
+        return self._pool.whenSettled().addCallback(lambda _: self)
+
     def close(self) -> Deferred[None]:
-        """Stop (as C{stopService}): the counterpart of L{connect}."""
+        """
+        Stop (as C{stopService}): the counterpart of L{connect}. Safe at any
+        moment: before L{connect}, while connecting, twice.
+
+        @return: fires once every connection is closed and every
+            reconnection timer cancelled.
+        """
         if self.running:
             return self.stopService()  # type: ignore[no-any-return]
-        return succeed(None)
+        return self._pool.stop()

@@ -7,6 +7,10 @@ one class; the subclasses say what went wrong.
 """
 from __future__ import annotations
 
+from typing import Optional
+
+from twisted.internet.defer import TimeoutError as _DeferredTimeout
+
 
 class GearmanError(Exception):
     """Base class of every txgear error."""
@@ -55,6 +59,9 @@ class JobException(GearmanError):
         GearmanError.__init__(self, data)
         self.data = data
 
+    def __str__(self) -> str:
+        return self.data.decode("utf-8", "replace")
+
 
 class ConnectionLost(GearmanError):
     """The connection to the job server was lost while the job was in flight."""
@@ -62,6 +69,27 @@ class ConnectionLost(GearmanError):
 
 class NoServers(GearmanError):
     """No job server could be reached."""
+
+
+class SubmitTimeout(_DeferredTimeout, GearmanError):
+    """
+    A submission's C{timeout} passed (a L{twisted.internet.defer.TimeoutError}).
+    The text says what the server knew at that moment: e.g. that no worker
+    is registered for the function.
+
+    @ivar function: the function name.
+    @ivar workers: how many workers the server had registered for it, or
+        C{None} if it could not be asked.
+    """
+
+    def __init__(self, message: str, function: bytes = b"", workers: Optional[int] = None) -> None:
+        _DeferredTimeout.__init__(self, message)
+        self.message = message
+        self.function = function
+        self.workers = workers
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class StoreError(GearmanError):

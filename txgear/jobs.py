@@ -5,6 +5,7 @@ Plain records shared by the server, its stores and the client library.
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Optional
 
 
 class Priority(IntEnum):
@@ -78,3 +79,67 @@ class StoredJob:
     def fromJob(cls, job: object) -> "StoredJob":
         """Copy the stored attributes of any job-like object."""
         return cls(*(getattr(job, name) for name in cls.__slots__))
+
+
+class JobStatus:
+    """
+    The state of a job, as C{GET_STATUS} or C{GET_STATUS_UNIQUE} report it.
+
+    @ivar handle: the job handle asked about (C{GET_STATUS}), else C{None}.
+    @ivar unique: the unique id asked about (C{GET_STATUS_UNIQUE}), else C{None}.
+    @ivar known: whether the server knows the job (queued or running).
+    @ivar running: whether a worker holds it.
+    @ivar numerator: the last C{WORK_STATUS} numerator (0 before any).
+    @ivar denominator: the last C{WORK_STATUS} denominator (0 before any).
+    @ivar waiting: how many foreground clients wait for it (C{GET_STATUS_UNIQUE}
+        only), else C{None}.
+    @ivar server: the name of the server that answered, when known.
+    """
+
+    __slots__ = ("handle", "unique", "known", "running", "numerator", "denominator", "waiting", "server")
+
+    def __init__(self, handle: Optional[bytes], unique: Optional[bytes], known: bool, running: bool,
+                 numerator: int, denominator: int, waiting: Optional[int] = None,
+                 server: Optional[str] = None) -> None:
+        self.handle = handle
+        self.unique = unique
+        self.known = known
+        self.running = running
+        self.numerator = numerator
+        self.denominator = denominator
+        self.waiting = waiting
+        self.server = server
+
+    def __repr__(self) -> str:
+        what = f"handle={self.handle!r}" if self.handle is not None else f"unique={self.unique!r}"
+        return (f"JobStatus({what}, known={self.known}, running={self.running}, "
+                f"{self.numerator}/{self.denominator}, waiting={self.waiting}, server={self.server!r})")
+
+
+class BackgroundJob:
+    """
+    A background job the server accepted.
+
+    @ivar handle: the job handle the server assigned.
+    @ivar server: the name (address as given) of the server it lives on;
+        pass the whole object to L{GearmanClient.getStatus}.
+    @ivar unique: the unique id it was submitted with.
+    """
+
+    __slots__ = ("handle", "server", "unique")
+
+    def __init__(self, handle: bytes, server: Optional[str], unique: bytes = b"") -> None:
+        self.handle = handle
+        self.server = server
+        self.unique = unique
+
+    def __repr__(self) -> str:
+        return f"BackgroundJob({self.handle!r}, server={self.server!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, BackgroundJob):
+            return NotImplemented
+        return (self.handle, self.server) == (other.handle, other.server)
+
+    def __hash__(self) -> int:
+        return hash((self.handle, self.server))

@@ -8,7 +8,7 @@ hand out.
     connection to one job server. Several connections built by one factory
     share its limit.
   - L{GearmanWorker} is a service that connects to every listed server
-    (one L{ClientService} each, with backoff), re-registers its functions
+    (reconnecting with backoff), re-registers its functions
     after each reconnect, and stops gracefully.
 
 A function is called with a L{Job} and may return a value, a L{Deferred},
@@ -32,9 +32,10 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Union
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.protocol import ClientFactory
-from twisted.logger import Logger
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
+from txgear._log import logger
 from txgear._packet import PacketType
 from txgear._pool import PoolServer, PoolService, ServerPool
 from txgear._protocol import GearmanPeerProtocol, toBytes
@@ -138,7 +139,7 @@ class GearmanWorkerProtocol(GearmanPeerProtocol):
     @ivar poolServer: the L{PoolServer} this connection belongs to, if any.
     """
 
-    _log = Logger()
+    _log = logger()
     poolServer: Optional[PoolServer] = None
 
     def __init__(self) -> None:
@@ -148,6 +149,8 @@ class GearmanWorkerProtocol(GearmanPeerProtocol):
         self._queued = False
         self._lost = False
         self._grabKind: int = PacketType.GRAB_JOB_UNIQ
+        self._grabsSent = 0
+        self._fence: Optional[int] = None  # GRAB count when an ECHO was sent to check it
         self.connected = False
 
     @property
@@ -162,19 +165,17 @@ class GearmanWorkerProtocol(GearmanPeerProtocol):
             self.sendPacket(PacketType.SET_CLIENT_ID, core.clientId)
         for function in core.functions.values():
             self.sendPacket(*function.registration())
-        core._protocols.append(self)
-        if self.poolServer is not None:
-            self.poolServer.protocolConnected(self)
+        core.addConnection(self)
+        if core.functions:
+            self._log.info("Registered {functions} with {server}",
+                           functions=_names(core.functions), server=self._serverName())
         self.wantWork()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.connected = False
         self._lost = True
         core = self._core
-        try:
-            core._protocols.remove(self)
-        except ValueError:
-            pass
+        core.removeConnection(self)
         jobs, self.jobs = self.jobs, {}
         for job in jobs.values():
             # The server requeues (gearmand) or fails (Perl) these jobs; our
@@ -182,7 +183,7 @@ class GearmanWorkerProtocol(GearmanPeerProtocol):
             job._protocol = None
         if self._grabbing:
             self._grabbing = False
-            core._release()
+            core.releaseSlot()
         if self.poolServer is not None:
             self.poolServer.protocolLost(self)
         if jobs:
@@ -203,12 +204,13 @@ class GearmanWorkerProtocol(GearmanPeerProtocol):
         core = self._core
         if core.stopping or not core.functions:
             return
-        if not core._reserve(self):
+        if not core.reserveSlot(self):
             return
         self._grabbing = True
+        self._grabsSent += 1
         self.sendPacket(self._grabKind)
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
         """Forget any sleep: something may be runnable (new function registered)."""
         if self._sleeping:
             self._sleeping = False
@@ -226,7 +228,7 @@ class GearmanWorkerProtocol(GearmanPeerProtocol):
         self._grabbing = False
         self._sleeping = True
         self.sendPacket(PacketType.PRE_SLEEP)
-        self._core._release()
+        self._core.releaseSlot()
 
     def packet_JOB_ASSIGN(self, handle: bytes, function: bytes, payload: bytes) -> None:
         self._assigned(Job(function, handle, b"", payload))
@@ -246,10 +248,10 @@ class GearmanWorkerProtocol(GearmanPeerProtocol):
         job._protocol = self
         job.server = self._serverName()
         self.jobs[job.handle] = job
-        self._core._run(self, job)
+        self._core.runJob(self, job)
         self.wantWork()
 
-    def _finish(self, job: Job, kind: int, *args: bytes) -> None:
+    def finishJob(self, job: Job, kind: int, *args: bytes) -> None:
         """Send the job's final packet, if its connection still stands."""
         if job._protocol is self and not self._lost:
             self.sendPacket(kind, job.handle, *args)
@@ -260,18 +262,27 @@ class GearmanWorkerProtocol(GearmanPeerProtocol):
             self._log.info("Server {server} no longer knows a job we reported on: {text!r}",
                            server=self._serverName(), text=text)
             return
-        if self._grabbing and self._grabKind != PacketType.GRAB_JOB:
-            # An old server (Perl) without GRAB_JOB_UNIQ: fall back to GRAB_JOB.
-            self._log.info("Server {server} refused GRAB_JOB_UNIQ ({code!r}); using GRAB_JOB",
-                           server=self._serverName(), code=code)
-            self._grabKind = PacketType.GRAB_JOB
-            self.sendPacket(self._grabKind)
-            return
+        if self._grabbing and self._grabKind != PacketType.GRAB_JOB and self._fence is None:
+            # Either our GRAB_JOB_UNIQ is refused (an old server, e.g. Perl's,
+            # answers server_error) or the ERROR answers an earlier packet and
+            # the GRAB's answer is still to come. An ECHO tells them apart (the
+            # server answers in order); until it returns, no second GRAB.
+            self._fence = self._grabsSent
+            self.sendPacket(PacketType.ECHO_REQ, _GRAB_CHECK)
         self._log.warn("Server {server} sent ERROR {code!r}: {text!r}",
                        server=self._serverName(), code=code, text=text)
 
     def packet_ECHO_RES(self, data: bytes) -> None:
-        pass
+        if data != _GRAB_CHECK or self._fence is None:
+            return
+        fence, self._fence = self._fence, None
+        if self._grabbing and self._grabsSent == fence:
+            # Nothing answered the GRAB but that ERROR: fall back to GRAB_JOB.
+            self._log.info("Server {server} refused GRAB_JOB_UNIQ; using GRAB_JOB",
+                           server=self._serverName())
+            self._grabKind = PacketType.GRAB_JOB
+            self._grabsSent += 1
+            self.sendPacket(self._grabKind)
 
     def packet_OPTION_RES(self, data: bytes) -> None:
         pass
@@ -290,7 +301,8 @@ class GearmanWorkerFactory(ClientFactory):
     """
 
     protocol = GearmanWorkerProtocol
-    _log = Logger()
+    noisy = False
+    _log = logger()
 
     def __init__(self, concurrency: int = 1, clock: Any = None,
                  clientId: Optional[Union[bytes, str]] = None, useAsyncio: bool = False) -> None:
@@ -349,7 +361,7 @@ class GearmanWorkerFactory(ClientFactory):
         self.functions[entry.name] = entry
         for proto in list(self._protocols):
             proto.sendPacket(*entry.registration())
-            proto._wake()
+            proto.wake()
 
     def unregister(self, name: Union[bytes, str]) -> None:
         """Stop accepting jobs for C{name} (C{CANT_DO})."""
@@ -365,7 +377,22 @@ class GearmanWorkerFactory(ClientFactory):
         """The jobs running now."""
         return list(self._running.values())
 
-    def _reserve(self, proto: GearmanWorkerProtocol) -> bool:
+    def addConnection(self, proto: GearmanWorkerProtocol) -> None:
+        """C{proto} connected: it shares the registrations and the slots."""
+        self._protocols.append(proto)
+
+    def removeConnection(self, proto: GearmanWorkerProtocol) -> None:
+        """C{proto} lost its connection."""
+        try:
+            self._protocols.remove(proto)
+        except ValueError:
+            pass
+
+    def reserveSlot(self, proto: GearmanWorkerProtocol) -> bool:
+        """
+        Take a slot for a GRAB on C{proto}; if none is free, queue C{proto}
+        to be called back (L{GearmanWorkerProtocol.wantWork}) when one is.
+        """
         if self._busy < self.concurrency:
             self._busy += 1
             return True
@@ -374,7 +401,8 @@ class GearmanWorkerFactory(ClientFactory):
             self._waiting.append(proto)
         return False
 
-    def _release(self) -> None:
+    def releaseSlot(self) -> None:
+        """A GRAB got no job, or a job ended: give its slot to a waiting connection."""
         self._busy -= 1
         waiting = self._waiting
         while waiting and self._busy < self.concurrency and not self.stopping:
@@ -388,14 +416,15 @@ class GearmanWorkerFactory(ClientFactory):
 
     # Running
 
-    def _run(self, proto: GearmanWorkerProtocol, job: Job) -> None:
+    def runJob(self, proto: GearmanWorkerProtocol, job: Job) -> None:
+        """Run C{job}, assigned on C{proto} (its slot is taken)."""
         entry = self.functions.get(job.function)
         if entry is None:
             self._log.warn("Assigned job {handle!r} for unregistered function {function!r}; failing it",
                            handle=job.handle, function=job.function)
             job._state = _DONE
-            proto._finish(job, PacketType.WORK_FAIL)
-            self._release()
+            proto.finishJob(job, PacketType.WORK_FAIL)
+            self.releaseSlot()
             return
         self._running[id(job)] = job
         try:
@@ -452,29 +481,33 @@ class GearmanWorkerFactory(ClientFactory):
             if state == _TIMED_OUT:
                 self._log.warn("Job {handle!r} ({function!r}) timed out", handle=job.handle,
                                function=job.function)
-                proto._finish(job, PacketType.WORK_FAIL)
+                proto.finishJob(job, PacketType.WORK_FAIL)
                 return
             if isinstance(result, Failure):
                 if result.check(JobFailed):
-                    self._log.info("Job {handle!r} failed: {error}", handle=job.handle,
+                    self._log.info("Job {handle} ({function}) failed: {error}",
+                                   handle=_text(job.handle), function=_text(job.function),
                                    error=result.getErrorMessage())
-                    proto._finish(job, PacketType.WORK_FAIL)
+                    proto.finishJob(job, PacketType.WORK_FAIL)
                 else:
-                    self._log.failure("Job {handle!r} ({function!r}) raised", result,
-                                      handle=job.handle, function=job.function)
-                    proto._finish(job, PacketType.WORK_EXCEPTION, _describe(result))
+                    # The handler's failure, not ours: error, not critical.
+                    self._log.failure("Job {handle} ({function}) raised", result,
+                                      level=LogLevel.error, handle=_text(job.handle),
+                                      function=_text(job.function))
+                    proto.finishJob(job, PacketType.WORK_EXCEPTION, _describe(result))
                 return
             try:
                 data = _resultBytes(result)
             except TypeError:
                 failure = Failure()
-                self._log.failure("Job {handle!r} ({function!r}) returned a bad value", failure,
-                                  handle=job.handle, function=job.function)
-                proto._finish(job, PacketType.WORK_EXCEPTION, _describe(failure))
+                self._log.failure("Job {handle} ({function}) returned a bad value", failure,
+                                  level=LogLevel.error, handle=_text(job.handle),
+                                  function=_text(job.function))
+                proto.finishJob(job, PacketType.WORK_EXCEPTION, _describe(failure))
                 return
-            proto._finish(job, PacketType.WORK_COMPLETE, data)
+            proto.finishJob(job, PacketType.WORK_COMPLETE, data)
         finally:
-            self._release()
+            self.releaseSlot()
 
     # Stopping
 
@@ -489,7 +522,7 @@ class GearmanWorkerFactory(ClientFactory):
         """Undo L{stopGrabbing}."""
         self.stopping = False
         for proto in list(self._protocols):
-            proto._wake()
+            proto.wake()
 
     def whenIdle(self) -> Deferred[None]:
         """Fires when no job runs and no GRAB is outstanding."""
@@ -510,6 +543,19 @@ class GearmanWorkerFactory(ClientFactory):
                 job._state = _ABANDONED
                 if job._deferred is not None:
                     job._deferred.cancel()
+
+
+#: The ECHO payload that tells whether an ERROR answered our GRAB_JOB_UNIQ.
+_GRAB_CHECK = b"txgear: GRAB_JOB_UNIQ check"
+
+
+def _text(value: bytes) -> str:
+    """Bytes from the wire, for a log line (never a bytes repr)."""
+    return value.decode("utf-8", "backslashreplace")
+
+
+def _names(functions: Dict[bytes, Any]) -> str:
+    return ", ".join(_text(name) for name in functions)
 
 
 def _describe(failure: Failure) -> bytes:
@@ -533,7 +579,7 @@ class GearmanWorker(PoolService):
     L{connect} / L{close}.
     """
 
-    _log = Logger()
+    _log = logger()
 
     def __init__(self, servers: Sequence[str], concurrency: int = 1, reactor: Any = None,
                  clock: Any = None, clientId: Optional[Union[bytes, str]] = None,
@@ -548,7 +594,8 @@ class GearmanWorker(PoolService):
         @param clock: the clock for timeouts, grace and reconnection.
         @param clientId: sent as C{SET_CLIENT_ID} (shown by C{workers}).
         @param grace: seconds L{stopService} lets running jobs finish.
-        @param retryPolicy: reconnection delays, see L{ClientService}.
+        @param retryPolicy: the delay before reconnection attempt C{n}, as
+            C{twisted.application.internet.backoffPolicy()} makes.
         @param connectTimeout: connect timeout for C{host:port} addresses.
         @param endpointFor: makes each server's endpoint (for tests).
         @param useAsyncio: run C{async def} functions as asyncio tasks (see
@@ -622,7 +669,7 @@ class GearmanWorker(PoolService):
         idle = factory.whenIdle()
         if not idle.called:
             self._log.info("Waiting up to {grace}s for {count} running job(s)",
-                           grace=self.grace, count=len(factory._running))
+                           grace=self.grace, count=len(factory.runningJobs()))
         timer = self._clock.callLater(self.grace, idle.cancel) if not idle.called else None
 
         def finished(result: Any) -> Deferred[None]:
@@ -631,8 +678,11 @@ class GearmanWorker(PoolService):
             if isinstance(result, Failure):
                 result.trap(CancelledError)
                 self._log.warn("Grace period over; abandoning {count} running job(s)",
-                               count=len(factory._running))
+                               count=len(factory.runningJobs()))
                 factory.abandonRunning()
+            if self.running:
+                # connect() or startService() came while we waited: stay up.
+                return succeed(None)
             return self._pool.stop()
 
         return idle.addBoth(finished)
