@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from txgear._packet import PacketType as P
-from txgear._pool import uniqueHash
+from txgear._pool import serverIndex
 from txgear.client import BackgroundJob, GearmanClient
 from txgear.errors import ConnectionLost, NoServers, SubmitTimeout
 
@@ -160,12 +160,12 @@ class SelectionTests(ClientTestCase):
             self.ack(ep)
         for unique in [b"alpha", b"beta", b"gamma", b"delta", b"alpha"]:
             client.submit(b"f", b"x", unique=unique)
-            expected = self.endpoints[uniqueHash(unique) % 3]
+            expected = self.endpoints[serverIndex(unique, 3)]
             self.assertEqual(expected.transport.packets(), [("SUBMIT_JOB", [b"f", unique, b"x"])])
 
     def test_uniqueSkipsDownServer(self):
         client = self.makeClient("accept", "accept")
-        unique = next(u for u in (b"u%d" % i for i in range(100)) if uniqueHash(u) % 2 == 0)
+        unique = next(u for u in (b"u%d" % i for i in range(100)) if serverIndex(u, 2) == 0)
         self.endpoints[0].mode = "refuse"
         self.successResultOf(client.connect())
         self.ack(self.endpoints[1])
@@ -176,7 +176,7 @@ class SelectionTests(ClientTestCase):
 
     def test_uniqueWaitsForItsConnectingServer(self):
         client = self.makeClient("hang", "accept")
-        unique = next(u for u in (b"u%d" % i for i in range(100)) if uniqueHash(u) % 2 == 0)
+        unique = next(u for u in (b"u%d" % i for i in range(100)) if serverIndex(u, 2) == 0)
         client.startService()
         self.ack(self.endpoints[1])
         client.submit(b"f", b"x", unique=unique)
@@ -337,7 +337,7 @@ class TimeoutAndQueryTests(ClientTestCase):
         for ep in self.endpoints:
             self.ack(ep)
         client.getStatusUnique(b"abc")
-        ep = self.endpoints[uniqueHash(b"abc") % 2]
+        ep = self.endpoints[serverIndex(b"abc", 2)]
         self.assertEqual(ep.transport.packets(), [("GET_STATUS_UNIQUE", [b"abc"])])
 
     def test_echoAndClientId(self):
@@ -401,7 +401,7 @@ class SpreadTests(ClientTestCase):
             self.ack(ep)
         for payload in [b"photo-%03d.jpg" % i for i in range(6)]:
             client.submit(b"f", payload, unique="-")
-            expected = self.endpoints[uniqueHash(payload) % 3]
+            expected = self.endpoints[serverIndex(payload, 3)]
             self.assertEqual(expected.transport.packets(), [("SUBMIT_JOB", [b"f", b"-", payload])])
 
 

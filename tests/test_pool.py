@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from txgear._pool import ServerPool, uniqueHash
+from txgear._pool import ServerPool, serverIndex, uniqueHash
 from txgear.errors import NoServers
 
 from tests.test_client_fakes import FakeEndpoint
@@ -46,7 +46,7 @@ class PoolTests(SynchronousTestCase):
         for servers in (2, 3, 5):
             counts = [0] * servers
             for u in names:
-                counts[uniqueHash(u) % servers] += 1
+                counts[serverIndex(u, servers)] += 1
             even = 1000 / servers
             self.assertTrue(all(abs(c - even) < even * 0.25 for c in counts), counts)
 
@@ -56,15 +56,29 @@ class PoolTests(SynchronousTestCase):
             for servers in (2, 3, 5):
                 counts = [0] * servers
                 for i in range(1000):
-                    counts[uniqueHash(pattern % i) % servers] += 1
+                    counts[serverIndex(pattern % i, servers)] += 1
                 even = 1000 / servers
                 for count in counts:
                     self.assertLessEqual(abs(count - even), even * 0.10, (pattern, servers, counts))
 
+    def test_idsWithAStrideSpreadEvenly(self):
+        # Ids that step by the number of servers (only even ids, every tenth
+        # id...) must not all land on one server.
+        for pattern in (b"%d", b"job-%d", b"photo-%03d.jpg"):
+            for step in (2, 3, 4, 5, 10, 100):
+                for servers in (2, 3, 5):
+                    counts = [0] * servers
+                    for i in range(1000):
+                        counts[serverIndex(pattern % (i * step), servers)] += 1
+                    even = 1000 / servers
+                    for count in counts:
+                        self.assertLessEqual(abs(count - even), even * 0.10,
+                                             (pattern, step, servers, counts))
+
     def test_ringOrder(self):
         pool = self.makePool("accept", "accept", "accept")
         ring = pool.ringFor(b"abc")
-        start = uniqueHash(b"abc") % 3
+        start = serverIndex(b"abc", 3)
         self.assertEqual([s.index for s in ring], [(start + i) % 3 for i in range(3)])
 
     def test_duplicateServerRejected(self):

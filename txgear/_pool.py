@@ -39,6 +39,9 @@ STOPPED = "stopped"
 #: The key of L{uniqueHash}: fixed, so every txgear client agrees.
 _HASH_KEY = b"txgear unique"
 _DIGITS = re.compile(rb"[0-9]+")
+_MASK64 = (1 << 64) - 1
+#: 2**64 divided by the golden ratio: consecutive multiples are spread evenly.
+_GOLDEN = 0x9E3779B97F4A7C15
 
 
 def defaultRetryPolicy() -> Callable[[int], float]:
@@ -51,22 +54,34 @@ def defaultRetryPolicy() -> Callable[[int], float]:
 
 def uniqueHash(unique: bytes) -> int:
     """
-    The hash that chooses the server of a job with a unique id (modulo the
-    number of servers): the same unique always goes to the same server for
-    the same server list, in every process.
+    A 64-bit hash of a unique id, the same in every process (see
+    L{serverIndex}, which turns it into a server).
 
     The unique is split into its text and its runs of decimal digits. The
     text (with each run replaced by C{#}) is hashed with keyed BLAKE2b, so
-    different names scatter well; the numbers are added to that, so ids
-    that differ only by a counter (C{photo-000.jpg}, C{photo-001.jpg}, ...)
-    take the servers in turn instead of clumping by chance.
+    different names scatter well; the number the digits make is multiplied
+    by the golden ratio (as a 64-bit fraction) and added, so ids that differ
+    only by a counter (C{photo-000.jpg}, C{photo-001.jpg}, ...) fall evenly
+    over the range, whatever the counter's step.
     """
     text = _DIGITS.sub(b"#", unique)
     mixed = int.from_bytes(hashlib.blake2b(text, digest_size=8, key=_HASH_KEY).digest(), "big")
     number = 0
     for run in _DIGITS.findall(unique):
-        number = number * 1000003 + int(run)
-    return (mixed + number) & 0xFFFFFFFFFFFFFFFF
+        number = (number * 1000003 + int(run)) & _MASK64
+    return (mixed + number * _GOLDEN) & _MASK64
+
+
+def serverIndex(unique: bytes, count: int) -> int:
+    """
+    Which of C{count} servers a job with this unique id goes to: the same
+    unique always goes to the same server for the same server list.
+
+    The hash is scaled to the range (not reduced modulo C{count}), so the
+    golden-ratio spacing of sequential and evenly stepped ids carries over:
+    1,000 of them land within a few percent of even on any number of servers.
+    """
+    return (uniqueHash(unique) * count) >> 64
 
 
 def _seconds(delay: float) -> str:
@@ -415,7 +430,7 @@ class ServerPool:
         in list order: the order in which a job with that unique tries them.
         """
         servers = self.servers
-        start = uniqueHash(unique) % len(servers)
+        start = serverIndex(unique, len(servers))
         return servers[start:] + servers[:start]
 
     def pickConnected(self, exclude: Iterable[PoolServer] = ()) -> Optional[PoolServer]:
@@ -538,7 +553,7 @@ class ServerPool:
                 waiter.deferred.callback(outcome)
 
 
-__all__ = ["PoolServer", "PoolService", "ServerPool", "defaultRetryPolicy", "uniqueHash"]
+__all__ = ["PoolServer", "PoolService", "ServerPool", "defaultRetryPolicy", "serverIndex", "uniqueHash"]
 
 
 class PoolService(Service):

@@ -66,7 +66,7 @@ class GearmanClient(PoolService):
     L{connect} and L{close} yourself.
 
     Choosing a server: a job with a unique id goes to the server the id
-    hashes to (see L{txgear._pool.uniqueHash}), so duplicates coalesce; other
+    hashes to (see L{txgear._pool.serverIndex}), so duplicates coalesce; other
     jobs go round-robin over the connected servers. A submission that cannot
     be delivered (server down, or the connection drops before C{JOB_CREATED})
     silently moves on to another server, or waits for one. Once a server acknowledged a job,
