@@ -402,3 +402,15 @@ async def test_batchPrintsFailureReasons(gearmand):
         reactor, ["-s", addr, "-t", "0.2", "nobody-does-this", "x"], stdout=out, stderr=err)))
     assert (code, err.getvalue()) == (
         _cli.UNREACHABLE, "txgear-submit: no result within 0.2 s (-t/--timeout)\n")
+
+
+def test_workerModuleFromWorkingDirectory(tmp_path, monkeypatch):
+    """C{--module} finds a module next to the user without PYTHONPATH, as the tutorial does."""
+    (tmp_path / "txgear_tutorial_jobs.py").write_text(
+        "gearmanFunctions = {'up': lambda job: job.payload.upper()}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "txgear_tutorial_jobs", raising=False)
+    options = worker_tap.Options()
+    options.parseOptions(["-m", "txgear_tutorial_jobs"])
+    assert options["loadedModules"][0].gearmanFunctions["up"] is not None

@@ -47,3 +47,154 @@ def test_gearmandStyleOptions():
 def test_badValues(argv):
     with pytest.raises(usage.UsageError):
         parse(*argv)
+
+
+# The real `twistd gearman` / `twistd gearman-worker` processes: a mistake is
+# one line on standard error naming the option, exit status 2.
+
+import os
+import socket
+import subprocess
+import sys
+
+from tests._peers import SOURCE_ROOT, TWISTD, freePort
+from txgear._version import __version__
+
+
+def runTwistd(tmp_path, *argv, pythonPath=(), timeout=30):
+    """(exit status, stdout, stderr) of C{twistd -n <argv>} run from this source tree."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(list(pythonPath) + [SOURCE_ROOT] + (
+        [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    done = subprocess.run(TWISTD + ["--nodaemon", "--pidfile=", "--logfile=-"] + list(argv),
+                          cwd=str(tmp_path), env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, timeout=timeout)
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+@pytest.mark.parametrize("argv, stderr", [
+    (["--queue", "bogus:x"],
+     "twistd gearman: --queue: unknown queue 'bogus:x': use memory, sqlite:PATH, "
+     "postgresql:<dsn> or redis:<url> (see twistd gearman --help)\n"),
+    (["--queue", "sqlite:"],
+     "twistd gearman: --queue: 'sqlite:': a file is needed after sqlite:, e.g. "
+     "sqlite:/var/lib/txgear/queue.sqlite (or sqlite alone for txgear-queue.sqlite in the "
+     "working directory) (see twistd gearman --help)\n"),
+    (["-j", "abc"],
+     "twistd gearman: --job-retries: give a whole number, 0 or more, not 'abc' "
+     "(see twistd gearman --help)\n"),
+    (["--max-packet-size", "lots"],
+     "twistd gearman: --max-packet-size: give a whole number, not 'lots' "
+     "(see twistd gearman --help)\n"),
+    (["--log-level", "loud"],
+     "twistd gearman: --log-level: unknown level 'loud'; give debug, info, warn, error or "
+     "critical (see twistd gearman --help)\n"),
+])
+def test_twistdGearmanMistakes(tmp_path, argv, stderr):
+    assert runTwistd(tmp_path, "gearman", *argv) == (2, "", stderr)
+    assert not os.path.exists(tmp_path / "txgear-queue.sqlite")
+
+
+def test_twistdGearmanMissingDriver(tmp_path):
+    """A store whose driver is not installed: one line saying what to install."""
+    fake = tmp_path / "nodriver" / "psycopg"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('No module named psycopg')\n")
+    assert runTwistd(tmp_path, "gearman", "--queue", "postgresql:host=127.0.0.1",
+                     pythonPath=[str(tmp_path / "nodriver")]) == (2, "", (
+        "twistd gearman: --queue: postgresql:host=127.0.0.1: the Python package "
+        "'psycopg[binary]' is needed (pip install 'txgear[postgresql]' or pip install "
+        "'psycopg[binary]') (see twistd gearman --help)\n"))
+
+
+def test_twistdGearmanPortInUse(tmp_path):
+    """No traceback: the log says why at error level, the terminal gets one line."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        code, out, err = runTwistd(tmp_path, "gearman", "--queue", "memory",
+                                   "--port", f"tcp:{port}:interface=127.0.0.1")
+    assert (code, err) == (1, f"twistd gearman: cannot listen on 127.0.0.1:{port}: Address "
+                              f"already in use; is another job server running there? Choose "
+                              f"another address with --port\n")
+    assert "Traceback" not in out and "#critical" not in out
+    assert "The Gearman job server could not start: Couldn't listen on" in out
+
+
+@pytest.mark.parametrize("plugin", ["gearman", "gearman-worker"])
+def test_twistdVersion(tmp_path, plugin):
+    code, out, err = runTwistd(tmp_path, plugin, "--version")
+    assert (code, err) == (0, "")
+    assert out.startswith(f"twistd {plugin} (txgear) {__version__}, Twisted ")
+
+
+@pytest.mark.parametrize("argv, stderr", [
+    (["-f", "tests.test_cli:shout", "-c", "0"],
+     "twistd gearman-worker: --concurrency must be at least 1 "
+     "(see twistd gearman-worker --help)\n"),
+    (["-f", "tests.test_cli:shout", "-c", "many"],
+     "twistd gearman-worker: --concurrency: give a whole number, not 'many' "
+     "(see twistd gearman-worker --help)\n"),
+    (["-f", "tests.test_cli:shout", "-t", "-5"],
+     "twistd gearman-worker: --timeout: give a number of seconds, more than 0, not '-5' "
+     "(see twistd gearman-worker --help)\n"),
+    ([],
+     "twistd gearman-worker: give at least one --function or --module "
+     "(see twistd gearman-worker --help)\n"),
+])
+def test_twistdWorkerMistakes(tmp_path, argv, stderr):
+    assert runTwistd(tmp_path, "gearman-worker", *argv) == (2, "", stderr)
+
+
+def test_twistdWorkerHelpHasNoMarkup(tmp_path):
+    code, out, err = runTwistd(tmp_path, "gearman-worker", "--help")
+    assert code == 0 and "--module" in out
+    for markup in ("C{", "L{", "I{", "@param"):
+        assert markup not in out
+
+
+def _startTwistd(tmp_path, *argv):
+    return subprocess.Popen(
+        TWISTD + ["--nodaemon", "--pidfile=", "--logfile=-"] + list(argv), cwd=str(tmp_path),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=SOURCE_ROOT))
+
+
+def _stopTwistd(process):
+    process.terminate()
+    return process.communicate(timeout=15)[0].decode()
+
+
+def test_twistdGearmanLogsUnixPathAsText(tmp_path):
+    import time
+
+    path = str(tmp_path / "g.sock")
+    process = _startTwistd(tmp_path, "gearman", "--queue", "memory", "--port", f"unix:{path}")
+    try:
+        deadline = time.monotonic() + 15
+        while not os.path.exists(path) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        log = _stopTwistd(process)
+    assert f"Gearman job server listening on unix:{path}\n" in log
+
+
+def test_memoryQueueWarnsAtStartAndWhenDroppingJobs(tmp_path):
+    from tests._peers import waitForPort
+    from tests.test_cli import runScript
+
+    port = freePort()
+    process = _startTwistd(tmp_path, "gearman", "--queue", "memory",
+                           "--port", f"tcp:{port}:interface=127.0.0.1")
+    try:
+        waitForPort(port, process=process)
+        for payload in ("a", "b"):
+            code, out, err = runScript("txgear-submit", "-s", f"127.0.0.1:{port}", "-b",
+                                       "nobody-runs-this", payload)
+            assert code == 0, err
+    finally:
+        log = _stopTwistd(process)
+    assert ("[txgear#warn] The queue is memory: background jobs are lost when the server "
+            "stops (--queue sqlite:PATH keeps them)\n") in log
+    assert ("[txgear#warn] Stopping with the memory queue: 2 queued background job(s) are "
+            "dropped (--queue sqlite:PATH keeps them across restarts)\n") in log
