@@ -198,3 +198,50 @@ def test_memoryQueueWarnsAtStartAndWhenDroppingJobs(tmp_path):
             "stops (--queue sqlite:PATH keeps them)\n") in log
     assert ("[txgear#warn] Stopping with the memory queue: 2 queued background job(s) are "
             "dropped (--queue sqlite:PATH keeps them across restarts)\n") in log
+
+
+def _unwritable(directory):
+    try:
+        os.close(os.open(os.path.join(directory, "txgear-probe"), os.O_RDWR | os.O_CREAT, 0o600))
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    os.unlink(os.path.join(directory, "txgear-probe"))
+    return False
+
+
+def test_twistdGearmanUnwritableDirectory():
+    """Started where it may not write (/sys: even root may not), it says where and what to do."""
+    if not (os.path.isdir("/sys") and _unwritable("/sys")):
+        pytest.skip("needs a directory this process may not write: /sys on Linux")
+    code, out, err = runTwistd("/sys", "gearman", "--port", "tcp:0:interface=127.0.0.1")
+    assert (code, err) == (1, (
+        "twistd gearman: cannot start: sqlite:/sys/txgear-queue.sqlite: permission denied: "
+        "cannot write /sys/txgear-queue.sqlite (Permission denied); the queue needs a file it "
+        "may write in a directory it may write (/sys here). Choose another place with --queue "
+        "sqlite:/a/writable/directory/queue.sqlite (a relative path, and the default, are in "
+        "the working directory)\n"))
+    assert "Traceback" not in out
+
+
+def test_storeMessagesFollowLogLevel():
+    """--log-level governs the stores' messages too (they use txgear's logger)."""
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    from txgear._log import logLevel, setLogLevel
+    from txgear.store._batch import ThreadedBatchStore
+    from txgear.store._sqlite import SQLiteJobStore
+
+    events = []
+    before = logLevel()
+    globalLogPublisher.addObserver(events.append)
+    try:
+        setLogLevel(LogLevel.warn)
+        for store in (ThreadedBatchStore, SQLiteJobStore):
+            store._log.info("hidden at warn")
+            store._log.warn("shown at warn")
+    finally:
+        setLogLevel(before)
+        globalLogPublisher.removeObserver(events.append)
+    assert [e["log_format"] for e in events] == ["shown at warn"] * 2
