@@ -245,3 +245,42 @@ def test_storeMessagesFollowLogLevel():
         setLogLevel(before)
         globalLogPublisher.removeObserver(events.append)
     assert [e["log_format"] for e in events] == ["shown at warn"] * 2
+
+
+def test_wheelHoldsThePluginAndMetadata(tmp_path):
+    """
+    C{pip wheel .} builds through pyproject.toml (PEP 517/621, no legacy
+    C{setup.py install}); the wheel holds the twistd plugin file but no
+    C{twisted/__init__.py} of ours, and the console scripts.
+    """
+    import zipfile
+
+    with open(os.path.join(SOURCE_ROOT, "pyproject.toml"), encoding="utf-8") as f:
+        pyproject = f.read()
+    assert 'build-backend = "setuptools.build_meta"' in pyproject and "\n[project]\n" in pyproject
+    import shutil
+
+    # Built from a copy: setuptools leaves build/ and *.egg-info/ behind.
+    source = tmp_path / "source"
+    shutil.copytree(SOURCE_ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv*", "venv", "build", "dist", "*.egg-info", "__pycache__", ".tox",
+        "*.sqlite*", "results", "loadgen"))
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
+                           str(tmp_path), str(source)], capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"setup.py install" not in done.stderr and b"DEPRECATION" not in done.stderr
+    [wheel] = [p for p in os.listdir(tmp_path) if p.endswith(".whl")]
+    assert wheel == f"txgear-{__version__}-py3-none-any.whl"
+    with zipfile.ZipFile(tmp_path / wheel) as archive:
+        names = set(archive.namelist())
+        info = f"txgear-{__version__}.dist-info/"
+        metadata = archive.read(info + "METADATA").decode()
+        entryPoints = archive.read(info + "entry_points.txt").decode()
+    assert "twisted/plugins/txgear_plugin.py" in names
+    assert not {"twisted/__init__.py", "twisted/plugins/__init__.py"} & names
+    assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
+    assert "Requires-Python: >=3.9" in metadata and "Requires-Dist: twisted>=22.10" in metadata
+    for script in ("txgear-submit = txgear._cli:submitMain",
+                   "txgear-worker = txgear._cli:workerMain",
+                   "txgear-admin = txgear._cli:adminMain"):
+        assert script in entryPoints
