@@ -414,3 +414,15 @@ def test_workerModuleFromWorkingDirectory(tmp_path, monkeypatch):
     options = worker_tap.Options()
     options.parseOptions(["-m", "txgear_tutorial_jobs"])
     assert options["loadedModules"][0].gearmanFunctions["up"] is not None
+
+
+def test_refusedJobExitsWith4(gearmand):
+    """A full queue (ERROR QUEUE_ERROR) is exit status 4, with the server's reason."""
+    addr = f"127.0.0.1:{gearmand.port}"
+    code, out, err = runScript("txgear-submit", "-s", addr, "-b", "full-fn", "first")
+    assert code == 0, err
+    # gearmand keeps a limit only for a function it knows.
+    assert runScript("txgear-admin", "-s", addr, "maxqueue", "full-fn", "1")[0] == 0
+    assert runScript("txgear-submit", "-s", addr, "-b", "full-fn", "second") == (
+        _cli.REFUSED, "", "txgear-submit: the server refused the job: QUEUE_ERROR: "
+                          "Job queue is full\n")
