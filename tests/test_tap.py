@@ -86,6 +86,13 @@ def runTwistd(tmp_path, *argv, pythonPath=(), timeout=30):
     (["--max-packet-size", "lots"],
      "twistd gearman: --max-packet-size: give a whole number, not 'lots' "
      "(see twistd gearman --help)\n"),
+    (["--port", "tcp:abc"],
+     "twistd gearman: --port: 'abc' in 'tcp:abc' is not a port number (0-65535); give a port "
+     "number, or an endpoint such as tcp:4730:interface=127.0.0.1 (see twistd gearman --help)\n"),
+    (["--port", "bogus:1"],
+     "twistd gearman: --port: 'bogus:1' is not a server endpoint (Unknown endpoint type: "
+     "'bogus'); give a port number, or an endpoint such as tcp:4730:interface=127.0.0.1 "
+     "(see twistd gearman --help)\n"),
     (["--log-level", "loud"],
      "twistd gearman: --log-level: unknown level 'loud'; give debug, info, warn, error or "
      "critical (see twistd gearman --help)\n"),
@@ -147,9 +154,10 @@ def test_twistdWorkerMistakes(tmp_path, argv, stderr):
     assert runTwistd(tmp_path, "gearman-worker", *argv) == (2, "", stderr)
 
 
-def test_twistdWorkerHelpHasNoMarkup(tmp_path):
-    code, out, err = runTwistd(tmp_path, "gearman-worker", "--help")
-    assert code == 0 and "--module" in out
+@pytest.mark.parametrize("plugin", ["gearman", "gearman-worker"])
+def test_twistdHelpHasNoMarkup(tmp_path, plugin):
+    code, out, err = runTwistd(tmp_path, plugin, "--help")
+    assert code == 0 and ("--server" in out or "--port" in out)
     for markup in ("C{", "L{", "I{", "@param"):
         assert markup not in out
 

@@ -107,6 +107,8 @@ class Options(PluginOptions):
         interface = f":interface={listen}" if listen else ""
         # A bare number is a TCP port, as for gearmand; anything else an endpoint.
         self["ports"] = [f"tcp:{p}{interface}" if p.isdigit() else p for p in ports]
+        for description in self["ports"]:
+            _checkEndpoint(description)
         level = _LEVELS.get(str(self["log-level"]).lower())
         if level is None:
             raise usage.UsageError(f"--log-level: unknown level {self['log-level']!r}; give "
@@ -194,6 +196,24 @@ def warnDroppedJobs(state: JobServerState) -> int:
         _log.warn("Stopping with the memory queue: {count} queued background job(s) are "
                   "dropped (--queue sqlite:PATH keeps them across restarts)", count=dropped)
     return dropped
+
+
+def _checkEndpoint(description: str) -> None:
+    """Refuse a C{--port} that twistd could not listen on whatever the machine."""
+    from twisted.internet.endpoints import serverFromString
+
+    hint = "give a port number, or an endpoint such as tcp:4730:interface=127.0.0.1"
+    kind, _, rest = description.partition(":")
+    port = rest.split(":", 1)[0]
+    if kind in ("tcp", "tcp6", "ssl") and "=" not in port and not (
+            port.isdigit() and int(port) <= 65535):
+        raise usage.UsageError(f"--port: {port!r} in {description!r} is not a port number "
+                               f"(0-65535); {hint}")
+    try:
+        # Parsing only: the endpoint is not used, so it needs no reactor.
+        serverFromString(None, description)
+    except Exception as e:
+        raise usage.UsageError(f"--port: {description!r} is not a server endpoint ({e}); {hint}")
 
 
 def _checkQueue(description: str) -> None:
