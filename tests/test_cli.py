@@ -426,3 +426,12 @@ def test_refusedJobExitsWith4(gearmand):
     assert runScript("txgear-submit", "-s", addr, "-b", "full-fn", "second") == (
         _cli.REFUSED, "", "txgear-submit: the server refused the job: QUEUE_ERROR: "
                           "Job queue is full\n")
+
+
+def test_resizeExampleWithoutServer():
+    """The example client with no server up: one line, exit status 1, no traceback."""
+    done = subprocess.run([sys.executable, os.path.join(EXAMPLES, "resize_client.py"), _UNUSED],
+                          env=_env(), capture_output=True, timeout=60)
+    assert (done.returncode, done.stdout) == (1, b"")
+    assert done.stderr.decode().startswith("resize_client: no Gearman server is reachable (")
+    assert len(done.stderr.splitlines()) == 1
