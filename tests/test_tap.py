@@ -204,8 +204,8 @@ def test_memoryQueueWarnsAtStartAndWhenDroppingJobs(tmp_path):
         log = _stopTwistd(process)
     assert ("[txgear#warn] The queue is memory: background jobs are lost when the server "
             "stops (--queue sqlite:PATH keeps them)\n") in log
-    assert ("[txgear#warn] Stopping with the memory queue: 2 queued background job(s) are "
-            "dropped (--queue sqlite:PATH keeps them across restarts)\n") in log
+    assert ("[txgear#warn] Stopping with the memory queue: 2 background job(s), queued or "
+            "running, are dropped (--queue sqlite:PATH keeps them across restarts)\n") in log
 
 
 def _unwritable(directory):

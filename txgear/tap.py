@@ -193,8 +193,9 @@ def warnDroppedJobs(state: JobServerState) -> int:
     """
     dropped = sum(1 for job in state.jobs.values() if job.background)
     if dropped:
-        _log.warn("Stopping with the memory queue: {count} queued background job(s) are "
-                  "dropped (--queue sqlite:PATH keeps them across restarts)", count=dropped)
+        _log.warn("Stopping with the memory queue: {count} background job(s), queued or "
+                  "running, are dropped (--queue sqlite:PATH keeps them across restarts)",
+                  count=dropped)
     return dropped
 
 
