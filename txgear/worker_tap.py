@@ -6,10 +6,9 @@ L{USAGE_TEXT}, which C{--help} shows).
 from __future__ import annotations
 
 import importlib
-from typing import Any, List, Optional, Tuple
-
 import os
 import sys
+from typing import Any, List, Optional, Tuple
 
 from twisted.python import usage
 
