@@ -210,7 +210,7 @@ def pythonHasTwisted(python: str) -> bool:
 def findCPython(requested: Optional[str]) -> str:
     if requested:
         return requested
-    for cand in (sys.executable, "/work/venv/bin/python", shutil.which("python3") or ""):
+    for cand in (sys.executable, shutil.which("python3") or ""):
         if cand and pythonHasTwisted(cand) and "pypy" not in os.path.basename(os.path.realpath(cand)).lower():
             return cand
     raise SystemExit("no CPython with Twisted found; pass --python")
@@ -666,7 +666,7 @@ def main() -> int:
     ap.add_argument("--memory-rounds", type=int, default=1,
                     help="rounds for scenario 4 (memory is not noisy; 1M-job drains are slow) [default: 1]")
     ap.add_argument("--quick", action="store_true", help="small counts, one round: a smoke test under 2 minutes")
-    ap.add_argument("--python", help="CPython with Twisted for the txgear server [default: this one or /work/venv]")
+    ap.add_argument("--python", help="CPython with Twisted for the txgear server [default: this one, else python3 on PATH]")
     ap.add_argument("--pypy", help="PyPy with Twisted [default: benchmarks/.venv-pypy, created if missing]")
     ap.add_argument("--gearmand-threads", type=int, default=0, help="gearmand --threads [default: 0]")
     ap.add_argument("--cc", default=os.environ.get("CC", "cc"), help="C compiler for loadgen")

@@ -311,3 +311,127 @@ async def test_resizeExample(gearmand):
         assert lines[-1] == "broken.jpg failed"
     finally:
         await closeAll(*workers)
+
+
+# User mistakes: the real console scripts, one line on standard error, the
+# documented exit code, nothing else.
+
+_ENTRY_POINTS = {"txgear-submit": "submitMain", "txgear-worker": "workerMain",
+                 "txgear-admin": "adminMain"}
+
+
+def consoleScript(name):
+    """The command line of an installed console script, or its entry point run the same way."""
+    path = os.path.join(os.path.dirname(sys.executable), name)
+    if os.path.exists(path):
+        return [path]
+    return [sys.executable, "-c",
+            f"import sys; from txgear._cli import {_ENTRY_POINTS[name]}; sys.exit({_ENTRY_POINTS[name]}())"]
+
+
+def runScript(name, *argv, timeout=30):
+    """Run a console script against this source tree: (exit code, stdout, stderr)."""
+    done = subprocess.run(consoleScript(name) + list(argv), env=_env(), cwd=SOURCE_ROOT,
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+_UNUSED = "127.0.0.1:1"  # nothing listens there: a mistake must be found before connecting
+
+
+@pytest.mark.parametrize("name, argv, stderr", [
+    ("txgear-submit", ["-s", _UNUSED, "-t", "-1", "f", "x"],
+     "txgear-submit: argument -t/--timeout: give a number of seconds, 0 or more, not '-1' "
+     "(see txgear-submit --help)\n"),
+    ("txgear-submit", ["-s", _UNUSED, "-u", "u" * 70, "f", "x"],
+     "txgear-submit: argument -u/--unique: a unique id is at most 63 bytes (gearmand's limit), "
+     "this one has 70 (see txgear-submit --help)\n"),
+    ("txgear-submit", ["-s", "host:99999", "f", "x"],
+     "txgear-submit: -s/--server: invalid port in server address 'host:99999'; give host, "
+     "host:port or an endpoint string\n"),
+    ("txgear-worker", ["-s", _UNUSED, "-c", "0", "-f", "x"],
+     "txgear-worker: argument -c/--concurrency: give a whole number of commands, 1 or more, "
+     "not '0' (see txgear-worker --help)\n"),
+    ("txgear-worker", ["-s", _UNUSED, "-t", "-5", "-f", "x"],
+     "txgear-worker: argument -t/--timeout: give a number of seconds, more than 0, not '-5' "
+     "(see txgear-worker --help)\n"),
+    ("txgear-worker", ["-s", _UNUSED, "-f", "name", "--", "/nonexistent"],
+     "txgear-worker: command '/nonexistent' does not exist; give an installed program or its "
+     "path after --\n"),
+    ("txgear-worker", ["-s", _UNUSED, "-f", "name", "--", "no-such-program-txgear"],
+     "txgear-worker: command 'no-such-program-txgear' not found on PATH; give an installed "
+     "program or its path after --\n"),
+    ("txgear-admin", ["-s", _UNUSED, "status", "extra"],
+     "txgear-admin: status takes no arguments, got 'extra' (see txgear-admin --help)\n"),
+    ("txgear-admin", ["-s", _UNUSED, "cancel"],
+     "txgear-admin: cancel: wrong number of arguments; use: txgear-admin cancel HANDLE\n"),
+])
+def test_scriptUsageMistakes(name, argv, stderr):
+    assert runScript(name, *argv) == (_cli.USAGE, "", stderr)
+
+
+@pytest.mark.parametrize("name", sorted(_ENTRY_POINTS))
+def test_scriptVersion(name):
+    from txgear._version import __version__
+
+    assert runScript(name, "--version") == (0, f"{name} (txgear) {__version__}\n", "")
+
+
+@pytest.mark.parametrize("name", sorted(_ENTRY_POINTS))
+def test_scriptHelpDocumentsExitCodes(name):
+    code, out, err = runScript(name, "--help")
+    assert code == 0 and "exit status: 0 done" in " ".join(out.split())
+
+
+@pytest_twisted.ensureDeferred
+async def test_batchPrintsFailureReasons(gearmand):
+    """C{-f}: each failed line says why, and a timeout exits with 3."""
+    from twisted.internet import reactor
+
+    addr = f"127.0.0.1:{gearmand.port}"
+    stdin = _Text()
+    stdin.buffer = io.BytesIO(b"one\ntwo\n")
+    out, err = _Text(), _Text()
+    code = await within(Deferred_(_cli.runSubmit(
+        reactor, ["-s", addr, "-t", "0.2", "-f", "-", "nobody-does-this"], stdin=stdin,
+        stdout=out, stderr=err)))
+    assert code == _cli.UNREACHABLE
+    assert out.output() == b"<failed: no result within 0.2 s (-t/--timeout)>\n" * 2
+    out, err = _Text(), _Text()
+    code = await within(Deferred_(_cli.runSubmit(
+        reactor, ["-s", addr, "-t", "0.2", "nobody-does-this", "x"], stdout=out, stderr=err)))
+    assert (code, err.getvalue()) == (
+        _cli.UNREACHABLE, "txgear-submit: no result within 0.2 s (-t/--timeout)\n")
+
+
+def test_workerModuleFromWorkingDirectory(tmp_path, monkeypatch):
+    """C{--module} finds a module next to the user without PYTHONPATH, as the tutorial does."""
+    (tmp_path / "txgear_tutorial_jobs.py").write_text(
+        "gearmanFunctions = {'up': lambda job: job.payload.upper()}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "txgear_tutorial_jobs", raising=False)
+    options = worker_tap.Options()
+    options.parseOptions(["-m", "txgear_tutorial_jobs"])
+    assert options["loadedModules"][0].gearmanFunctions["up"] is not None
+
+
+def test_refusedJobExitsWith4(gearmand):
+    """A full queue (ERROR QUEUE_ERROR) is exit status 4, with the server's reason."""
+    addr = f"127.0.0.1:{gearmand.port}"
+    code, out, err = runScript("txgear-submit", "-s", addr, "-b", "full-fn", "first")
+    assert code == 0, err
+    # gearmand keeps a limit only for a function it knows.
+    assert runScript("txgear-admin", "-s", addr, "maxqueue", "full-fn", "1")[0] == 0
+    assert runScript("txgear-submit", "-s", addr, "-b", "full-fn", "second") == (
+        _cli.REFUSED, "", "txgear-submit: the server refused the job: QUEUE_ERROR: "
+                          "Job queue is full\n")
+
+
+def test_resizeExampleWithoutServer():
+    """The example client with no server up: one line, exit status 1, no traceback."""
+    done = subprocess.run([sys.executable, os.path.join(EXAMPLES, "resize_client.py"), _UNUSED],
+                          env=_env(), capture_output=True, timeout=60)
+    assert (done.returncode, done.stdout) == (1, b"")
+    assert done.stderr.decode().startswith("resize_client: no Gearman server is reachable (")
+    assert len(done.stderr.splitlines()) == 1

@@ -79,3 +79,248 @@ def test_shutdownGrace():
     assert service.shutdownGrace == 0.5
     with pytest.raises(usage.UsageError):
         parse("--shutdown-grace", "-1")
+
+
+# The real `twistd gearman` / `twistd gearman-worker` processes: a mistake is
+# one line on standard error naming the option, exit status 2.
+
+import os
+import socket
+import subprocess
+import sys
+
+from tests._peers import SOURCE_ROOT, TWISTD, freePort
+from txgear._version import __version__
+
+
+def runTwistd(tmp_path, *argv, pythonPath=(), timeout=30):
+    """(exit status, stdout, stderr) of C{twistd -n <argv>} run from this source tree."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(list(pythonPath) + [SOURCE_ROOT] + (
+        [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    done = subprocess.run(TWISTD + ["--nodaemon", "--pidfile=", "--logfile=-"] + list(argv),
+                          cwd=str(tmp_path), env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, timeout=timeout)
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+@pytest.mark.parametrize("argv, stderr", [
+    (["--queue", "bogus:x"],
+     "twistd gearman: --queue: unknown queue 'bogus:x': use memory, sqlite:PATH, "
+     "postgresql:<dsn> or redis:<url> (see twistd gearman --help)\n"),
+    (["--queue", "sqlite:"],
+     "twistd gearman: --queue: 'sqlite:': a file is needed after sqlite:, e.g. "
+     "sqlite:/var/lib/txgear/queue.sqlite (or sqlite alone for txgear-queue.sqlite in the "
+     "working directory) (see twistd gearman --help)\n"),
+    (["-j", "abc"],
+     "twistd gearman: --job-retries: give a whole number, 0 or more, not 'abc' "
+     "(see twistd gearman --help)\n"),
+    (["--max-packet-size", "lots"],
+     "twistd gearman: --max-packet-size: give a whole number, not 'lots' "
+     "(see twistd gearman --help)\n"),
+    (["--port", "tcp:abc"],
+     "twistd gearman: --port: 'abc' in 'tcp:abc' is not a port number (0-65535); give a port "
+     "number, or an endpoint such as tcp:4730:interface=127.0.0.1 (see twistd gearman --help)\n"),
+    (["--port", "bogus:1"],
+     "twistd gearman: --port: 'bogus:1' is not a server endpoint (Unknown endpoint type: "
+     "'bogus'); give a port number, or an endpoint such as tcp:4730:interface=127.0.0.1 "
+     "(see twistd gearman --help)\n"),
+    (["--log-level", "loud"],
+     "twistd gearman: --log-level: unknown level 'loud'; give debug, info, warn, error or "
+     "critical (see twistd gearman --help)\n"),
+])
+def test_twistdGearmanMistakes(tmp_path, argv, stderr):
+    assert runTwistd(tmp_path, "gearman", *argv) == (2, "", stderr)
+    assert not os.path.exists(tmp_path / "txgear-queue.sqlite")
+
+
+def test_twistdGearmanMissingDriver(tmp_path):
+    """A store whose driver is not installed: one line saying what to install."""
+    fake = tmp_path / "nodriver" / "psycopg"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('No module named psycopg')\n")
+    assert runTwistd(tmp_path, "gearman", "--queue", "postgresql:host=127.0.0.1",
+                     pythonPath=[str(tmp_path / "nodriver")]) == (2, "", (
+        "twistd gearman: --queue: postgresql:host=127.0.0.1: the Python package "
+        "'psycopg[binary]' is needed (pip install 'txgear[postgresql]' or pip install "
+        "'psycopg[binary]') (see twistd gearman --help)\n"))
+
+
+def test_twistdGearmanPortInUse(tmp_path):
+    """No traceback: the log says why at error level, the terminal gets one line."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        code, out, err = runTwistd(tmp_path, "gearman", "--queue", "memory",
+                                   "--port", f"tcp:{port}:interface=127.0.0.1")
+    assert (code, err) == (1, f"twistd gearman: cannot listen on 127.0.0.1:{port}: Address "
+                              f"already in use; is another job server running there? Choose "
+                              f"another address with --port\n")
+    assert "Traceback" not in out and "#critical" not in out
+    assert "The Gearman job server could not start: Couldn't listen on" in out
+
+
+@pytest.mark.parametrize("plugin", ["gearman", "gearman-worker"])
+def test_twistdVersion(tmp_path, plugin):
+    code, out, err = runTwistd(tmp_path, plugin, "--version")
+    assert (code, err) == (0, "")
+    assert out.startswith(f"twistd {plugin} (txgear) {__version__}, Twisted ")
+
+
+@pytest.mark.parametrize("argv, stderr", [
+    (["-f", "tests.test_cli:shout", "-c", "0"],
+     "twistd gearman-worker: --concurrency must be at least 1 "
+     "(see twistd gearman-worker --help)\n"),
+    (["-f", "tests.test_cli:shout", "-c", "many"],
+     "twistd gearman-worker: --concurrency: give a whole number, not 'many' "
+     "(see twistd gearman-worker --help)\n"),
+    (["-f", "tests.test_cli:shout", "-t", "-5"],
+     "twistd gearman-worker: --timeout: give a number of seconds, more than 0, not '-5' "
+     "(see twistd gearman-worker --help)\n"),
+    ([],
+     "twistd gearman-worker: give at least one --function or --module "
+     "(see twistd gearman-worker --help)\n"),
+])
+def test_twistdWorkerMistakes(tmp_path, argv, stderr):
+    assert runTwistd(tmp_path, "gearman-worker", *argv) == (2, "", stderr)
+
+
+@pytest.mark.parametrize("plugin", ["gearman", "gearman-worker"])
+def test_twistdHelpHasNoMarkup(tmp_path, plugin):
+    code, out, err = runTwistd(tmp_path, plugin, "--help")
+    assert code == 0 and ("--server" in out or "--port" in out)
+    for markup in ("C{", "L{", "I{", "@param"):
+        assert markup not in out
+
+
+def _startTwistd(tmp_path, *argv):
+    return subprocess.Popen(
+        TWISTD + ["--nodaemon", "--pidfile=", "--logfile=-"] + list(argv), cwd=str(tmp_path),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=SOURCE_ROOT))
+
+
+def _stopTwistd(process):
+    process.terminate()
+    return process.communicate(timeout=15)[0].decode()
+
+
+def test_twistdGearmanLogsUnixPathAsText(tmp_path):
+    import time
+
+    path = str(tmp_path / "g.sock")
+    process = _startTwistd(tmp_path, "gearman", "--queue", "memory", "--port", f"unix:{path}")
+    try:
+        deadline = time.monotonic() + 15
+        while not os.path.exists(path) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        log = _stopTwistd(process)
+    assert f"Gearman job server listening on unix:{path}\n" in log
+
+
+def test_memoryQueueWarnsAtStartAndWhenDroppingJobs(tmp_path):
+    from tests._peers import waitForPort
+    from tests.test_cli import runScript
+
+    port = freePort()
+    process = _startTwistd(tmp_path, "gearman", "--queue", "memory",
+                           "--port", f"tcp:{port}:interface=127.0.0.1")
+    try:
+        waitForPort(port, process=process)
+        for payload in ("a", "b"):
+            code, out, err = runScript("txgear-submit", "-s", f"127.0.0.1:{port}", "-b",
+                                       "nobody-runs-this", payload)
+            assert code == 0, err
+    finally:
+        log = _stopTwistd(process)
+    assert ("[txgear#warn] The queue is memory: background jobs are lost when the server "
+            "stops (--queue sqlite:PATH keeps them)\n") in log
+    assert ("[txgear#warn] Stopping with the memory queue: 2 background job(s), queued or "
+            "running, are dropped (--queue sqlite:PATH keeps them across restarts)\n") in log
+
+
+def _unwritable(directory):
+    try:
+        os.close(os.open(os.path.join(directory, "txgear-probe"), os.O_RDWR | os.O_CREAT, 0o600))
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    os.unlink(os.path.join(directory, "txgear-probe"))
+    return False
+
+
+def test_twistdGearmanUnwritableDirectory():
+    """Started where it may not write (/sys: even root may not), it says where and what to do."""
+    if not (os.path.isdir("/sys") and _unwritable("/sys")):
+        pytest.skip("needs a directory this process may not write: /sys on Linux")
+    code, out, err = runTwistd("/sys", "gearman", "--port", "tcp:0:interface=127.0.0.1")
+    assert (code, err) == (1, (
+        "twistd gearman: cannot start: sqlite:/sys/txgear-queue.sqlite: permission denied: "
+        "cannot write /sys/txgear-queue.sqlite (Permission denied); the queue needs a file it "
+        "may write in a directory it may write (/sys here). Choose another place with --queue "
+        "sqlite:/a/writable/directory/queue.sqlite (a relative path, and the default, are in "
+        "the working directory)\n"))
+    assert "Traceback" not in out
+
+
+def test_storeMessagesFollowLogLevel():
+    """--log-level governs the stores' messages too (they use txgear's logger)."""
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    from txgear._log import logLevel, setLogLevel
+    from txgear.store._batch import ThreadedBatchStore
+    from txgear.store._sqlite import SQLiteJobStore
+
+    events = []
+    before = logLevel()
+    globalLogPublisher.addObserver(events.append)
+    try:
+        setLogLevel(LogLevel.warn)
+        for store in (ThreadedBatchStore, SQLiteJobStore):
+            store._log.info("hidden at warn")
+            store._log.warn("shown at warn")
+    finally:
+        setLogLevel(before)
+        globalLogPublisher.removeObserver(events.append)
+    assert [e["log_format"] for e in events] == ["shown at warn"] * 2
+
+
+def test_wheelHoldsThePluginAndMetadata(tmp_path):
+    """
+    C{pip wheel .} builds through pyproject.toml (PEP 517/621, no legacy
+    C{setup.py install}); the wheel holds the twistd plugin file but no
+    C{twisted/__init__.py} of ours, and the console scripts.
+    """
+    import zipfile
+
+    with open(os.path.join(SOURCE_ROOT, "pyproject.toml"), encoding="utf-8") as f:
+        pyproject = f.read()
+    assert 'build-backend = "setuptools.build_meta"' in pyproject and "\n[project]\n" in pyproject
+    import shutil
+
+    # Built from a copy: setuptools leaves build/ and *.egg-info/ behind.
+    source = tmp_path / "source"
+    shutil.copytree(SOURCE_ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv*", "venv", "build", "dist", "*.egg-info", "__pycache__", ".tox",
+        "*.sqlite*", "results", "loadgen"))
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
+                           str(tmp_path), str(source)], capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"setup.py install" not in done.stderr and b"DEPRECATION" not in done.stderr
+    [wheel] = [p for p in os.listdir(tmp_path) if p.endswith(".whl")]
+    assert wheel == f"txgear-{__version__}-py3-none-any.whl"
+    with zipfile.ZipFile(tmp_path / wheel) as archive:
+        names = set(archive.namelist())
+        info = f"txgear-{__version__}.dist-info/"
+        metadata = archive.read(info + "METADATA").decode()
+        entryPoints = archive.read(info + "entry_points.txt").decode()
+    assert "twisted/plugins/txgear_plugin.py" in names
+    assert not {"twisted/__init__.py", "twisted/plugins/__init__.py"} & names
+    assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
+    assert "Requires-Python: >=3.9" in metadata and "Requires-Dist: twisted>=22.10" in metadata
+    for script in ("txgear-submit = txgear._cli:submitMain",
+                   "txgear-worker = txgear._cli:workerMain",
+                   "txgear-admin = txgear._cli:adminMain"):
+        assert script in entryPoints

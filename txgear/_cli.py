@@ -11,6 +11,11 @@ Command-line tools built on the client and worker (console scripts):
     readable output.
 
 Each also runs as C{python -m txgear._cli submit|worker|admin ...}.
+
+Exit codes (also in each tool's C{--help}): 0 success; 1 the job failed (or
+an admin command got an error reply); 2 a usage mistake, reported on one
+line; 3 no server reachable, connection lost or timed out; 4 the server
+refused the job (e.g. C{QUEUE_ERROR}: its queue for the function is full).
 """
 from __future__ import annotations
 
@@ -21,13 +26,13 @@ from typing import IO, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from twisted.internet.protocol import Factory, ProcessProtocol
-from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
 from txgear._address import parseAddress
 from txgear._admintext import parseWorkers
-from txgear.errors import GearmanError, JobException, JobFailed
+from txgear._version import __version__
+from txgear.errors import GearmanError, JobException, JobFailed, ServerError
 from txgear.jobs import Priority
 
 #: Exit codes.
@@ -35,15 +40,64 @@ OK = 0
 JOB_FAILED = 1
 USAGE = 2
 UNREACHABLE = 3
+REFUSED = 4
 
-_log = Logger()
+_EXIT_CODES = ("exit status: 0 done; 1 the job failed; 2 usage mistake; 3 no server "
+               "reachable, connection lost or timed out; 4 the server refused the job "
+               "(e.g. its queue is full)")
 
+#: gearmand stores at most 63 bytes of a unique id (64 and more: refused or cut).
+MAX_UNIQUE = 63
 
 def _servers(values: Optional[List[str]]) -> List[str]:
+    source = "-s/--server" if values else "$GEARMAN_SERVER"
     servers = values or [os.environ.get("GEARMAN_SERVER", "localhost:4730")]
     for server in servers:
-        parseAddress(server)  # raises ValueError early
+        try:
+            parseAddress(server)
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}; give host, host:port or an endpoint string")
     return servers
+
+
+class _UsageMistake(Exception):
+    """A command-line mistake, reported on one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An C{ArgumentParser} whose errors are one line, without the usage dump."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("epilog", _EXIT_CODES)
+        argparse.ArgumentParser.__init__(self, **kwargs)
+        self.add_argument("--version", action="version", version=f"%(prog)s (txgear) {__version__}")
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        raise _UsageMistake(f"{message} (see {self.prog} --help)")
+
+
+def _number(kind: type, minimum: float, what: str, exclusive: bool = False) -> Any:
+    """An argparse C{type} for a number of C{kind} at least (or above) C{minimum}."""
+    bound = f"more than {minimum:g}" if exclusive else f"{minimum:g} or more"
+
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum or (exclusive and value == minimum) \
+                or value != value:
+            raise argparse.ArgumentTypeError(f"give {what}, {bound}, not {text!r}")
+        return value
+    return convert
+
+
+def _unique(text: str) -> str:
+    size = len(text.encode("utf-8"))
+    if size > MAX_UNIQUE:
+        raise argparse.ArgumentTypeError(
+            f"a unique id is at most {MAX_UNIQUE} bytes (gearmand's limit), this one has {size}")
+    return text
 
 
 def _addServerOption(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +125,7 @@ def _say(stream: IO[Any], text: str) -> None:
 
 
 def submitParser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="txgear-submit", description=(
+    parser = _Parser(prog="txgear-submit", description=(
         "Submit a Gearman job and print its result (foreground), or its handle "
         "(background). The payload is the argument, or standard input."))
     _addServerOption(parser)
@@ -81,19 +135,23 @@ def submitParser() -> argparse.ArgumentParser:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--high", action="store_true", help="high priority")
     group.add_argument("--low", action="store_true", help="low priority")
-    parser.add_argument("-u", "--unique", help="unique id (jobs with the same unique coalesce)")
-    parser.add_argument("--at", type=float, metavar="EPOCH",
+    parser.add_argument("-u", "--unique", type=_unique,
+                        help=f"unique id, at most {MAX_UNIQUE} bytes "
+                             "(jobs with the same unique coalesce)")
+    parser.add_argument("--at", type=_number(float, 0, "a Unix time"), metavar="EPOCH",
                         help="background job not to run before this Unix time")
-    parser.add_argument("-t", "--timeout", type=float, help="seconds to wait for the result")
+    parser.add_argument("-t", "--timeout", type=_number(float, 0, "a number of seconds"),
+                        help="seconds to wait for the result")
     parser.add_argument("-f", "--file", metavar="PATH",
                         help="submit one job per line of PATH ('-' for standard input); "
                              "prints one result per line and progress on standard error")
-    parser.add_argument("--window", type=int, default=500,
+    parser.add_argument("--window", type=_number(int, 1, "a whole number of jobs"), default=500,
                         help="most jobs in flight at once with --file [default: 500]")
     parser.add_argument("--status", metavar="HANDLE",
                         help="print the status of a job handle instead of submitting "
                              "(give --server for the server that holds it)")
-    parser.add_argument("--status-unique", metavar="UNIQUE", help="print the status of a unique id")
+    parser.add_argument("--status-unique", metavar="UNIQUE", type=_unique,
+                        help="print the status of a unique id")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="print WORK_STATUS and WORK_WARNING updates on standard error")
     return parser
@@ -120,9 +178,9 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str],
     try:
         args = parser.parse_args(argv)
         return args, _servers(args.server)
-    except SystemExit as e:
+    except SystemExit as e:  # --help, --version
         return int(e.code or 0)
-    except ValueError as e:
+    except (_UsageMistake, ValueError) as e:
         _say(stderr, f"{parser.prog}: {e}")
         return USAGE
 
@@ -193,18 +251,35 @@ async def _submitOne(client: Any, args: argparse.Namespace, payload: bytes,
         if result and not result.endswith(b"\n"):
             _write(stdout, b"\n")
         return OK
-    except JobException as e:
-        _say(stderr, "job raised: " + e.data.decode("utf-8", "replace"))
+    except Exception:
+        reason = Failure()
+        _say(stderr, f"txgear-submit: {_failureReason(reason, args.timeout)}")
+        return _exitCode(reason)
+
+
+def _failureReason(failure: Failure, timeout: Optional[float]) -> str:
+    """Why a submission failed, in words."""
+    from twisted.internet.defer import TimeoutError
+
+    error = failure.value
+    if isinstance(error, JobException):
+        return "job raised: " + error.data.decode("utf-8", "replace")
+    if isinstance(error, JobFailed):
+        return "job failed"
+    if isinstance(error, ServerError):
+        return f"the server refused the job: {error}"
+    if isinstance(error, TimeoutError):
+        return f"no result within {timeout:g} s (-t/--timeout)"
+    return f"{type(error).__name__}: {error}"
+
+
+def _exitCode(failure: Failure) -> int:
+    """The exit code for a failed submission."""
+    if failure.check(JobException, JobFailed):
         return JOB_FAILED
-    except JobFailed:
-        _say(stderr, "job failed")
-        return JOB_FAILED
-    except GearmanError as e:
-        _say(stderr, f"txgear-submit: {type(e).__name__}: {e}")
-        return UNREACHABLE
-    except Exception as e:  # TimeoutError and friends
-        _say(stderr, f"txgear-submit: {type(e).__name__}: {e}")
-        return UNREACHABLE
+    if failure.check(ServerError):
+        return REFUSED
+    return UNREACHABLE
 
 
 class _Progress:
@@ -271,33 +346,45 @@ async def _submitMany(reactor: Any, client: Any, args: argparse.Namespace, stdin
 
         def bad(f: Failure) -> None:
             results[i] = None
+            failures[i] = f
             progress.update(True)
-            _log.debug("Job {index} failed: {error}", index=i, error=f.getErrorMessage())
         return d.addCallbacks(ok, bad)
 
+    failures: Dict[int, Failure] = {}
     await gatherResults([window.run(one, i, p) for i, p in enumerate(payloads)])
     progress.finish()
-    for result in results:
-        _write(stdout, (result if result is not None else b"<failed>") + b"\n")
-    return JOB_FAILED if progress.failed else OK
+    for i, result in enumerate(results):
+        if result is None:
+            reason = _failureReason(failures[i], args.timeout).replace("\n", " ")
+            result = f"<failed: {reason}>".encode("utf-8")
+        _write(stdout, result + b"\n")
+    if not failures:
+        return OK
+    # The most telling code: a failed job before server trouble.
+    return min(_exitCode(f) for f in failures.values())
 
 
 # txgear-worker
 
 
 def workerParser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="txgear-worker", description=(
+    parser = _Parser(prog="txgear-worker", description=(
         "Run a Gearman worker that pipes each job's payload to COMMAND's standard input "
         "and returns its standard output (without COMMAND: echo the payload). A non-zero "
-        "exit status fails the job; standard error is sent as a warning."))
+        "exit status fails the job; standard error is sent as a warning."),
+        epilog="exit status: 0 done (after --count jobs, or stopped); 2 usage mistake "
+               "(including a COMMAND that cannot be found)")
     _addServerOption(parser)
     parser.add_argument("-f", "--function", action="append", required=True,
                         help="function name to register (repeatable)")
-    parser.add_argument("-c", "--concurrency", type=int, default=1,
-                        help="commands run at once [default: 1]")
-    parser.add_argument("-t", "--timeout", type=float, help="seconds a job may run")
-    parser.add_argument("-n", "--count", type=int, help="exit after this many jobs")
-    parser.add_argument("--grace", type=float, default=30.0,
+    parser.add_argument("-c", "--concurrency", type=_number(int, 1, "a whole number of commands"),
+                        default=1, help="commands run at once [default: 1]")
+    parser.add_argument("-t", "--timeout", type=_number(float, 0, "a number of seconds",
+                                                        exclusive=True),
+                        help="seconds a job may run")
+    parser.add_argument("-n", "--count", type=_number(int, 1, "a whole number of jobs"),
+                        help="exit after this many jobs")
+    parser.add_argument("--grace", type=_number(float, 0, "a number of seconds"), default=30.0,
                         help="seconds running jobs get to finish on exit [default: 30]")
     parser.add_argument("--client-id", help="name shown by the server's 'workers' listing")
     parser.add_argument("command", nargs=argparse.REMAINDER,
@@ -347,16 +434,38 @@ class _CommandProtocol(ProcessProtocol):
                                         if code is not None else f"command died: {reason.value}"))
 
 
-def commandFunction(reactor: Any, command: List[str]) -> Any:
-    """A job function that runs C{command} with the payload on its standard input."""
-    if not command:
-        return lambda job: job.payload
-    executable = command[0]
-    if os.sep not in executable:
+def findExecutable(name: str) -> str:
+    """
+    The path of the program C{name} (searched on C{PATH} unless it holds a
+    directory), checked now rather than at each job.
+
+    @raise ValueError: it does not exist or cannot be run, with what to do.
+    """
+    if os.sep not in name:
         from twisted.python.procutils import which
 
-        found = which(executable)
-        executable = found[0] if found else executable
+        found = which(name)
+        if not found:
+            raise ValueError(f"command {name!r} not found on PATH; give an installed program "
+                             f"or its path after --")
+        return found[0]
+    if not os.path.isfile(name):
+        raise ValueError(f"command {name!r} does not exist; give an installed program "
+                         f"or its path after --")
+    if not os.access(name, os.X_OK):
+        raise ValueError(f"command {name!r} is not executable (chmod +x it)")
+    return name
+
+
+def commandFunction(reactor: Any, command: List[str]) -> Any:
+    """
+    A job function that runs C{command} with the payload on its standard input.
+
+    @raise ValueError: the command's program cannot be found or run.
+    """
+    if not command:
+        return lambda job: job.payload
+    executable = findExecutable(command[0])
 
     def run(job: Any) -> Deferred:
         proto = _CommandProtocol(job.payload, job)
@@ -370,10 +479,9 @@ def commandFunction(reactor: Any, command: List[str]) -> Any:
     return run
 
 
-async def runWorker(reactor: Any, argv: Sequence[str], stderr: IO[Any] = sys.stderr) -> int:
-    """The body of C{txgear-worker}; returns the exit code."""
-    from txgear.worker import GearmanWorker
-
+def _parseWorker(argv: Sequence[str], stderr: IO[Any]) -> Union[int, Tuple[argparse.Namespace,
+                                                                          List[str], List[str]]]:
+    """The worker's options, servers and command, or the exit code to return."""
     parsed = _parse(workerParser(), argv, stderr)
     if isinstance(parsed, int):
         return parsed
@@ -381,9 +489,26 @@ async def runWorker(reactor: Any, argv: Sequence[str], stderr: IO[Any] = sys.std
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
+    if command:
+        try:
+            findExecutable(command[0])
+        except ValueError as e:
+            _say(stderr, f"txgear-worker: {e}")
+            return USAGE
+    return args, servers, command
+
+
+async def runWorker(reactor: Any, argv: Sequence[str], stderr: IO[Any] = sys.stderr) -> int:
+    """The body of C{txgear-worker}; returns the exit code."""
+    from txgear.worker import GearmanWorker
+
+    parsed = _parseWorker(argv, stderr)
+    if isinstance(parsed, int):
+        return parsed
+    args, servers, command = parsed
+    run = commandFunction(reactor, command)
     worker = GearmanWorker(servers, concurrency=args.concurrency, clientId=args.client_id,
                            grace=args.grace, reactor=reactor)
-    run = commandFunction(reactor, command)
     finished: Deferred = Deferred()
     state: Dict[str, int] = {"jobs": 0}
 
@@ -463,6 +588,18 @@ ADMIN_COMMANDS: Dict[str, Any] = {
 }
 
 
+#: Admin command -> (fewest, most) arguments; the others take none.
+_ADMIN_ARGUMENTS = {"cancel": (1, 1), "maxqueue": (1, 4)}
+_ADMIN_USAGE = {"cancel": "cancel HANDLE", "maxqueue": "maxqueue FUNCTION [N | HIGH NORMAL LOW]"}
+
+
+def _argumentCountMistake(command: str, arguments: List[str]) -> str:
+    if command not in _ADMIN_ARGUMENTS:
+        return (f"{command} takes no arguments, got {' '.join(arguments)!r} "
+                f"(see txgear-admin --help)")
+    return f"{command}: wrong number of arguments; use: txgear-admin {_ADMIN_USAGE[command]}"
+
+
 def table(headers: List[str], rows: List[List[str]]) -> List[str]:
     """Rows aligned in columns under C{headers}."""
     widths = [len(h) for h in headers]
@@ -495,8 +632,10 @@ def formatAdmin(name: str, lines: List[bytes]) -> List[str]:
 
 
 def adminParser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="txgear-admin", description=(
-        "Query Gearman job servers with the admin text protocol."))
+    parser = _Parser(prog="txgear-admin", description=(
+        "Query Gearman job servers with the admin text protocol."),
+        epilog="exit status: 0 done; 1 the server answered with an error; 2 usage mistake; "
+               "3 a server could not be reached or did not answer")
     _addServerOption(parser)
     parser.add_argument("--raw", action="store_true", help="print the server's reply unchanged")
     parser.add_argument("command", choices=sorted(ADMIN_COMMANDS),
@@ -513,10 +652,11 @@ async def runAdmin(reactor: Any, argv: Sequence[str], stdout: IO[Any] = sys.stdo
         return parsed
     args, servers = parsed
     line, multiline, _ = ADMIN_COMMANDS[args.command]
+    fewest, most = _ADMIN_ARGUMENTS.get(args.command, (0, 0))
+    if not fewest <= len(args.arguments) <= most:
+        _say(stderr, f"txgear-admin: {_argumentCountMistake(args.command, args.arguments)}")
+        return USAGE
     if "{0}" in line:
-        if not args.arguments:
-            _say(stderr, f"txgear-admin: {args.command} needs an argument")
-            return USAGE
         line = line.format(" ".join(args.arguments))
     code = OK
     for server in servers:
@@ -579,6 +719,11 @@ def workerMain(argv: Optional[Sequence[str]] = None) -> None:
     from twisted.logger import globalLogBeginner, textFileLogObserver, FilteringLogObserver, \
         LogLevelFilterPredicate, LogLevel
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Mistakes are reported before logging starts: one line, nothing else.
+    parsed = _parseWorker(argv, sys.stderr)
+    if isinstance(parsed, int):
+        raise SystemExit(parsed)
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
     globalLogBeginner.beginLoggingTo([FilteringLogObserver(textFileLogObserver(sys.stderr), [predicate])],
                                      redirectStandardIO=False)

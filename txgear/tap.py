@@ -13,8 +13,9 @@ from twisted.application.service import IService
 from twisted.logger import LogLevel
 from twisted.python import usage
 
-from txgear._log import logLevel, setLogLevel
+from txgear._log import logger, logLevel, setLogLevel
 from txgear._packet import DEFAULT_MAX_PACKET
+from txgear._pluginoptions import PluginOptions, namedCoercions
 from txgear.server import GearmanServerFactory, GearmanServerService, JobServerState
 from txgear.server._names import DEFAULT_MAX_FUNCTION_NAME
 from txgear.server.service import DEFAULT_SHUTDOWN_GRACE
@@ -29,20 +30,29 @@ _GEARMAND_LEVEL_NAMES = {LogLevel.debug: "DEBUG", LogLevel.info: "INFO", LogLeve
                          LogLevel.error: "ERROR", LogLevel.critical: "FATAL"}
 
 
+_log = logger()
+
+
 def _nonNegative(value: str) -> int:
-    number = int(value)
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
     if number < 0:
-        raise ValueError(f"{value} is negative")
+        raise ValueError(f"give a whole number, 0 or more, not {value!r}")
     return number
 
 
-class Options(usage.Options):
+class Options(PluginOptions):
     """Options of C{twistd gearman}."""
 
+    command = "twistd gearman"
     synopsis = "[options]"
     longdesc = (
         "Run a Gearman job server, a drop-in replacement for gearmand: any Gearman "
-        "client, worker or admin tool can use it. Listens on tcp:4730 unless --port is given."
+        "client, worker or admin tool can use it. Listens on tcp:4730 (every interface) "
+        "unless --port is given. Exit status: 2 for a mistake in these options, 1 if the "
+        "server cannot start (e.g. its port is in use)."
     )
 
     optFlags = [
@@ -54,7 +64,7 @@ class Options(usage.Options):
                                           "'shutdown graceful' (off by default: anyone who "
                                           "reaches the port could stop the server)."],
     ]
-    optParameters = [
+    optParameters = namedCoercions([
         ["job-retries", "j", 0, "Fail a job (WORK_FAIL to its clients) after its worker was lost "
                                 "this many times; 0 retries forever.", _nonNegative],
         ["worker-wakeup", "w", 1, "Sleeping workers woken (NOOP) per newly runnable job; 0 wakes "
@@ -84,7 +94,7 @@ class Options(usage.Options):
         ["queue", "q", None, "Where background jobs are kept: sqlite:PATH (a file, relative to the "
                              "working directory), postgresql:<dsn>, redis:<url>, or memory (lost on "
                              "restart). [default: sqlite:txgear-queue.sqlite]"],
-    ]
+    ])
 
     def __init__(self) -> None:
         usage.Options.__init__(self)
@@ -107,9 +117,12 @@ class Options(usage.Options):
         interface = f":interface={listen}" if listen else ""
         # A bare number is a TCP port, as for gearmand; anything else an endpoint.
         self["ports"] = [f"tcp:{p}{interface}" if p.isdigit() else p for p in ports]
+        for description in self["ports"]:
+            _checkEndpoint(description)
         level = _LEVELS.get(str(self["log-level"]).lower())
         if level is None:
-            raise usage.UsageError(f"unknown log level {self['log-level']!r}")
+            raise usage.UsageError(f"--log-level: unknown level {self['log-level']!r}; give "
+                                   f"debug, info, warn, error or critical")
         self["log-level"] = level
         if self["max-packet-size"] < 1024:
             raise usage.UsageError("--max-packet-size must be at least 1024")
@@ -117,6 +130,8 @@ class Options(usage.Options):
             raise usage.UsageError("--shutdown-grace must not be negative")
         if self["max-function-name"] < 1:
             raise usage.UsageError("--max-function-name must be at least 1")
+        if self["queue"] is not None:
+            _checkQueue(self["queue"])
 
 
 def makeService(options: Any, reactor: Any = None) -> IService:
@@ -132,6 +147,10 @@ def makeService(options: Any, reactor: Any = None) -> IService:
     state = JobServerState(clock=reactor, handlePrefix=prefix, jobRetries=options["job-retries"],
                            roundRobin=options["round-robin"], workerWakeup=options["worker-wakeup"],
                            store=store, onEmptied=_reclaimMemory())
+    if store is None:
+        _log.warn("The queue is memory: background jobs are lost when the server stops "
+                  "(--queue sqlite:PATH keeps them)")
+        reactor.addSystemEventTrigger("before", "shutdown", warnDroppedJobs, state)
     factory = GearmanServerFactory(state, maxPacket=options["max-packet-size"],
                                    allowShutdown=options["enable-shutdown-command"],
                                    verbosity=lambda: _GEARMAND_LEVEL_NAMES.get(logLevel(), "INFO"),
@@ -181,8 +200,66 @@ def _makeStore(description: Optional[str], reactor: Any) -> Any:
         raise usage.UsageError(str(e))
 
 
+def warnDroppedJobs(state: JobServerState) -> int:
+    """
+    Warn, when a server without a store stops, about the background jobs
+    it drops.
+
+    @return: how many it drops.
+    """
+    dropped = sum(1 for job in state.jobs.values() if job.background)
+    if dropped:
+        _log.warn("Stopping with the memory queue: {count} background job(s), queued or "
+                  "running, are dropped (--queue sqlite:PATH keeps them across restarts)",
+                  count=dropped)
+    return dropped
+
+
+def _checkEndpoint(description: str) -> None:
+    """Refuse a C{--port} that twistd could not listen on whatever the machine."""
+    from twisted.internet.endpoints import serverFromString
+
+    hint = "give a port number, or an endpoint such as tcp:4730:interface=127.0.0.1"
+    kind, _, rest = description.partition(":")
+    port = rest.split(":", 1)[0]
+    if kind in ("tcp", "tcp6", "ssl") and "=" not in port and not (
+            port.isdigit() and int(port) <= 65535):
+        raise usage.UsageError(f"--port: {port!r} in {description!r} is not a port number "
+                               f"(0-65535); {hint}")
+    try:
+        # Parsing only: the endpoint is not used, so it needs no reactor.
+        serverFromString(None, description)
+    except Exception as e:
+        raise usage.UsageError(f"--port: {description!r} is not a server endpoint ({e}); {hint}")
+
+
+def _checkQueue(description: str) -> None:
+    from txgear.errors import StoreError
+    from txgear.store import checkQueue
+
+    try:
+        checkQueue(description)
+    except (ValueError, StoreError) as e:
+        raise usage.UsageError(f"--queue: {e}")
+
+
+def startFailureMessage(failure: Any) -> str:
+    """One line saying why the server could not start, and what to do."""
+    from twisted.internet.error import CannotListenError
+
+    error = failure.value
+    if isinstance(error, CannotListenError):
+        reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
+        where = f"{error.interface or '*'}:{error.port}"
+        return (f"twistd gearman: cannot listen on {where}: {reason}; is another job server "
+                f"running there? Choose another address with --port")
+    return f"twistd gearman: cannot start: {failure.getErrorMessage()}"
+
+
 def _fatal(failure: Any, reactor: Any) -> None:
-    # Already logged by the service; a server that cannot start must not linger.
+    # Logged by the service; a server that cannot start must not linger.
+    # twistd sends sys.stderr to the log: the person at the terminal reads the
+    # process's own standard error.
     import os
     import sys
 
@@ -191,8 +268,9 @@ def _fatal(failure: Any, reactor: Any) -> None:
     if failure.check(CancelledError):
         return  # stopped before it listened: the reactor is stopping anyway
 
-    sys.stderr.write(f"txgear: cannot start: {failure.getErrorMessage()}\n")
-    sys.stderr.flush()
+    stream = sys.__stderr__ or sys.stderr
+    stream.write(startFailureMessage(failure) + "\n")
+    stream.flush()
     os._exit(1)
 
 
@@ -210,4 +288,4 @@ def _installGracefulSignal(service: GearmanServerService, reactor: Any) -> None:
         pass
 
 
-__all__: List[str] = ["Options", "makeService"]
+__all__: List[str] = ["Options", "makeService", "warnDroppedJobs", "startFailureMessage"]

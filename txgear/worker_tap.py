@@ -1,28 +1,19 @@
 # -*- test-case-name: tests.test_worker_tap -*-
 """
-C{twistd gearman-worker}: run Python functions as Gearman workers.
-
-    twistd -n gearman-worker --server gear1 --server gear2:4731 \\
-        --function resize=myapp.jobs:resize --module myapp.morejobs \\
-        --concurrency 8 --timeout 60
-
-A C{--function} is C{NAME=package.module:callable} (or
-C{package.module:callable}, named after the callable). A C{--module} names a
-module that declares its functions in one of two ways:
-
-  - a mapping C{gearmanFunctions = {"name": callable, ...}}, whose values may
-    also be C{(callable, timeoutSeconds)} pairs;
-  - a function C{registerFunctions(worker)} that calls
-    C{worker.register(...)} itself.
+C{twistd gearman-worker}: run Python functions as Gearman workers (see
+L{USAGE_TEXT}, which C{--help} shows).
 """
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from typing import Any, List, Optional, Tuple
 
 from twisted.python import usage
 
 from txgear._address import parseAddress
+from txgear._pluginoptions import PluginOptions, namedCoercions
 from txgear.worker import GearmanWorker, JobFunction
 
 
@@ -35,6 +26,7 @@ def loadCallable(spec: str) -> JobFunction:
     if ":" not in spec:
         raise usage.UsageError(f"{spec!r} should be package.module:callable")
     moduleName, attribute = spec.split(":", 1)
+    _importFromWorkingDirectory()
     try:
         target: Any = importlib.import_module(moduleName)
     except ImportError as e:
@@ -61,18 +53,50 @@ def parseFunction(value: str) -> Tuple[str, str]:
     return name, spec
 
 
-class Options(usage.Options):
+#: The help text of C{twistd gearman-worker} (plain text: C{--help} shows it as is).
+USAGE_TEXT = (
+    "Run Python functions as Gearman workers, e.g. twistd -n gearman-worker --server gear1 "
+    "--server gear2:4731 --function resize=myapp.jobs:resize --module myapp.morejobs "
+    "--concurrency 8. A --function is NAME=package.module:callable, or "
+    "package.module:callable named after the callable. A --module declares its functions "
+    "with a mapping gearmanFunctions = {'name': callable or (callable, timeoutSeconds)}, or "
+    "with a function registerFunctions(worker) that calls worker.register(...). Modules are "
+    "imported from the working directory too. Exit status: 2 for a mistake in these options.")
+
+
+def _positiveSeconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise ValueError(f"give a number of seconds, more than 0, not {value!r}")
+    return seconds
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise ValueError(f"give a number of seconds, 0 or more, not {value!r}")
+    return seconds
+
+
+class Options(PluginOptions):
     """Command line of C{twistd gearman-worker}."""
 
+    command = "twistd gearman-worker"
     synopsis = "[options]"
-    longdesc = __doc__
-    optParameters = [
+    longdesc = USAGE_TEXT
+    optParameters = namedCoercions([
         ["concurrency", "c", 1, "Most jobs run at once, across all servers.", int],
         ["timeout", "t", None, "Seconds a job may run (CAN_DO_TIMEOUT), for every function "
-                               "without its own timeout.", float],
-        ["grace", "g", 30.0, "Seconds running jobs get to finish when stopping.", float],
+                               "without its own timeout.", _positiveSeconds],
+        ["grace", "g", 30.0, "Seconds running jobs get to finish when stopping.", _seconds],
         ["client-id", None, None, "Name shown in the server's 'workers' listing."],
-    ]
+    ])
 
     def __init__(self) -> None:
         usage.Options.__init__(self)
@@ -81,12 +105,11 @@ class Options(usage.Options):
         self["modules"] = []
 
     def opt_server(self, value: str) -> None:
-        """Job server: host, host:port, [v6]:port or a client endpoint string
-        such as tls:host:4730 (repeatable) [default: localhost:4730]"""
+        """Job server: host, host:port, [v6]:port or a client endpoint string such as tls:host:4730 (repeatable) [default: localhost:4730]"""
         try:
             parseAddress(value)
         except ValueError as e:
-            raise usage.UsageError(str(e))
+            raise usage.UsageError(f"--server: {e}")
         self["servers"].append(value)
 
     opt_s = opt_server
@@ -98,8 +121,7 @@ class Options(usage.Options):
     opt_f = opt_function
 
     def opt_module(self, value: str) -> None:
-        """package.module whose gearmanFunctions mapping (or
-        registerFunctions(worker)) declares functions (repeatable)"""
+        """package.module whose gearmanFunctions mapping (or registerFunctions(worker)) declares functions (repeatable)"""
         self["modules"].append(value)
 
     opt_m = opt_module
@@ -116,7 +138,16 @@ class Options(usage.Options):
         self["loadedModules"] = [_loadModule(name) for name in self["modules"]]
 
 
+def _importFromWorkingDirectory() -> None:
+    # As "python script.py" would: a module next to the user is found without
+    # PYTHONPATH. Appended, so it never shadows an installed module.
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.append(here)
+
+
 def _loadModule(name: str) -> Any:
+    _importFromWorkingDirectory()
     try:
         module = importlib.import_module(name)
     except ImportError as e:

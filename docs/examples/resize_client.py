@@ -18,7 +18,10 @@ from txgear.errors import ConnectionLost, JobException, JobFailed, NoServers
 
 async def main(reactor, servers):
     client = GearmanClient(servers)
-    await client.connect()
+    try:
+        await client.connect()
+    except NoServers as e:
+        sys.exit(f"resize_client: {e}")   # one line and exit status 1, not a traceback
     images = [{"name": f"photo-{i:03d}.jpg", "width": 4000 + i, "height": 3000, "target": 800}
               for i in range(20)]
     images.append({"name": "broken.jpg", "width": "?"})          # fails: JobFailed

@@ -5,14 +5,17 @@ number of Twisted server endpoints, with an optional persistent store.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, List, Optional, Sequence, Tuple
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.python.failure import Failure
 
 from txgear._log import logger
+from txgear.errors import StoreError
 from txgear.server._protocol import GearmanServerFactory
 from txgear.server._state import JobServerState
 
@@ -108,6 +111,10 @@ class GearmanServerService(Service):
     def _startFailed(self, failure: Failure) -> None:
         if failure.check(CancelledError):
             self._log.info("The Gearman job server was stopped before it listened")
+        elif failure.check(CannotListenError, StoreError):
+            # The environment, not a bug: the message says it all.
+            self._log.error("The Gearman job server could not start: {error}",
+                            error=failure.getErrorMessage())
         else:
             self._log.failure("The Gearman job server could not start", failure)
         self.started.errback(failure)
@@ -210,7 +217,10 @@ def _describeAddress(port: Any, description: str) -> str:
         return description
     if hasattr(host, "port"):
         return f"{host.host}:{host.port}"
-    return str(getattr(host, "name", description))
+    name = getattr(host, "name", None)
+    if isinstance(name, bytes):  # a UNIX socket's path
+        return "unix:" + os.fsdecode(name)
+    return str(name) if name is not None else description
 
 
 __all__ = ["DEFAULT_SHUTDOWN_GRACE", "GearmanServerService"]

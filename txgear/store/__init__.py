@@ -4,8 +4,8 @@ Persistent stores for background jobs, and the C{--queue} descriptions that
 choose one.
 
   - C{memory}: nothing survives a restart (L{MemoryJobStore});
-  - C{sqlite:PATH} (or C{sqlite} alone, for L{DEFAULT_SQLITE_PATH}): a SQLite
-    file, relative to the current directory; C{?synchronous=full} adds an
+  - C{sqlite:PATH} (or C{sqlite} alone, for L{DEFAULT_SQLITE_PATH}; an empty
+    PATH is an error): a SQLite file, relative to the current directory; C{?synchronous=full} adds an
     C{fsync} per batch (L{SQLiteJobStore});
   - C{postgresql:<dsn>}: a libpq connection string, e.g.
     C{postgresql:host=db1 dbname=gearman schema=gearman1}, or a URL,
@@ -18,7 +18,7 @@ choose one.
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Callable, Dict
 from urllib.parse import parse_qsl
 
 from txgear.errors import StoreError
@@ -35,6 +35,7 @@ __all__ = [
     "PostgresJobStore",
     "RedisJobStore",
     "SQLiteJobStore",
+    "checkQueue",
     "storeFromString",
 ]
 
@@ -56,30 +57,56 @@ def storeFromString(description: str, reactor: Any = None) -> IJobStore:
     @raise ValueError: if the description cannot be parsed.
     @raise StoreError: if the store needs a driver that is not installed.
     """
-    kind, _, rest = description.partition(":")
+    return _storeFactory(description)(reactor)
+
+
+def checkQueue(description: str) -> None:
+    """
+    Check a C{--queue} description as L{storeFromString} does, without
+    building the store (nor importing the reactor).
+
+    @raise ValueError: if the description cannot be parsed.
+    @raise StoreError: if the store needs a driver that is not installed.
+    """
+    _storeFactory(description)
+
+
+def _storeFactory(description: str) -> Callable[[Any], IJobStore]:
+    """What builds the store C{description} names, given a reactor."""
+    kind, colon, rest = description.partition(":")
     kind = kind.strip().lower()
     if kind == "memory" and not rest:
-        return MemoryJobStore()
+        return lambda reactor: MemoryJobStore()
     if kind == "sqlite":
         path, _, query = rest.partition("?")
+        if colon and not path.strip():
+            raise ValueError(f"{description!r}: a file is needed after sqlite:, e.g. "
+                             f"sqlite:/var/lib/txgear/queue.sqlite (or sqlite alone for "
+                             f"{DEFAULT_SQLITE_PATH} in the working directory)")
         options = _options(query, ("synchronous",), description)
-        return SQLiteJobStore(path or DEFAULT_SQLITE_PATH, reactor=reactor,
-                              synchronous=options.get("synchronous", "NORMAL"))
+        synchronous = options.get("synchronous", "NORMAL")
+        if synchronous.upper() not in ("NORMAL", "FULL"):
+            raise ValueError(f"{description!r}: synchronous must be NORMAL or FULL, "
+                             f"not {synchronous!r}")
+        return lambda reactor: SQLiteJobStore(path or DEFAULT_SQLITE_PATH, reactor=reactor,
+                                              synchronous=synchronous)
     if kind in ("postgresql", "postgres"):
         dsn = description if rest.startswith("//") else rest
         if not dsn.strip():
             raise ValueError(f"{description!r}: a connection string is needed after {kind}:")
         _requireDriver("psycopg", "psycopg[binary]", "postgresql", description)
         conninfo, pgOptions = splitPostgresOptions(dsn)
-        return PostgresJobStore(conninfo, reactor=reactor, schema=pgOptions.get("schema", "public"),
-                                prefix=pgOptions.get("prefix", "txgear_"))
+        return lambda reactor: PostgresJobStore(
+            conninfo, reactor=reactor, schema=pgOptions.get("schema", "public"),
+            prefix=pgOptions.get("prefix", "txgear_"))
     if kind in ("redis", "rediss"):
         url = description if rest.startswith("//") else rest
         if "://" not in url:
             raise ValueError(f"{description!r}: a URL is needed, e.g. redis:redis://127.0.0.1:6379/0")
         _requireDriver("redis", "redis", "redis", description)
         url, redisOptions = splitRedisOptions(url)
-        return RedisJobStore(url, reactor=reactor, prefix=redisOptions.get("prefix", "txgear:"))
+        return lambda reactor: RedisJobStore(url, reactor=reactor,
+                                             prefix=redisOptions.get("prefix", "txgear:"))
     raise ValueError(f"unknown queue {description!r}: use memory, sqlite:PATH, "
                      f"postgresql:<dsn> or redis:<url>")
 

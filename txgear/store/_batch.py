@@ -21,10 +21,10 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from txgear._log import logger
 from txgear.errors import StoreError
 from txgear.jobs import StoredJob
 from txgear.store._record import recordsProblem
@@ -51,7 +51,7 @@ class ThreadedBatchStore:
     @ivar description: see L{txgear.interfaces.IJobStore.description}.
     """
 
-    _log = Logger()
+    _log = logger()
     _threadName = "txgear-store"
     description = "?"
 

@@ -30,6 +30,7 @@ compactions, exact after each), never the records.
 """
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import time
@@ -78,6 +79,26 @@ _COMPACT_ROW_RECORDS = 1000
 _COMPACT_ROW_BYTES = 4 * 1024 * 1024
 
 _SYNCHRONOUS = ("NORMAL", "FULL")
+
+
+def _deniedPath(path: str) -> Optional[Tuple[str, str]]:
+    """
+    The file SQLite needs (the database, and its write-ahead log beside it)
+    that this process may not open for writing, with why; C{None} if both
+    can be written. A probe file it creates is removed at once.
+    """
+    for candidate in (path, path + "-wal"):
+        exists = os.path.exists(candidate)
+        try:
+            fd = os.open(candidate, os.O_RDWR | (0 if exists else os.O_CREAT | os.O_EXCL), 0o600)
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                return candidate, e.strerror or "permission denied"
+            continue
+        os.close(fd)
+        if not exists:
+            os.unlink(candidate)
+    return None
 
 
 def _loadOrder(job: StoredJob) -> Tuple[int, int]:
@@ -135,6 +156,7 @@ class SQLiteJobStore(ThreadedBatchStore):
             connection = sqlite3.connect(self.path, timeout=self._busyTimeout,
                                          isolation_level=None, check_same_thread=False)
         except sqlite3.Error as e:
+            self._raiseIfPermissionDenied(e)
             raise StoreError(f"{self.description}: cannot open the file: {e}") from e
         self._connection = connection
         try:
@@ -164,6 +186,7 @@ class SQLiteJobStore(ThreadedBatchStore):
             connection.execute("COMMIT")
         except sqlite3.DatabaseError as e:
             message = str(e)
+            self._raiseIfPermissionDenied(e)
             if isinstance(e, sqlite3.OperationalError) and "locked" in message:
                 raise StoreError(f"{self.description}: the file is in use by another process "
                                  f"(another job server?): {message}") from e
@@ -183,6 +206,25 @@ class SQLiteJobStore(ThreadedBatchStore):
                     self._log.warn, "Compacting job store {store} failed (it stays as it was): "
                     "{error}", store=self.description, error=str(e))
         return jobs
+
+    def _raiseIfPermissionDenied(self, error: Exception) -> None:
+        """
+        SQLite reports a file or directory it may not write as C{unable to
+        open database file}, C{disk I/O error} or C{readonly database}: find
+        out whether that is the cause, and say so with the path.
+
+        @raise StoreError: permission is denied.
+        """
+        denied = _deniedPath(self.path)
+        if denied is None:
+            return
+        where, reason = denied
+        directory = os.path.dirname(self.path)
+        raise StoreError(
+            f"{self.description}: permission denied: cannot write {where} ({reason}); the queue "
+            f"needs a file it may write in a directory it may write ({directory} here). Choose "
+            f"another place with --queue sqlite:/a/writable/directory/queue.sqlite (a relative "
+            f"path, and the default, are in the working directory)") from error
 
     def _checkSchema(self, connection: sqlite3.Connection, tables: set) -> None:
         if "meta" not in tables:
