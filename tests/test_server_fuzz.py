@@ -16,7 +16,7 @@ from twisted.internet.testing import StringTransport
 
 from txgear._packet import ARGUMENT_COUNTS, MAX_TYPE, PacketDecoder, PacketType, encodeRequest
 from txgear.server import GearmanServerFactory, JobServerState
-from txgear.server._state import DONE, QUEUED, RUNNING, SCHEDULED
+from txgear.server._state import DONE, PENDING, QUEUED, RUNNING, SCHEDULED
 
 P = PacketType
 NAMES = [b"f", b"g", b""]
@@ -59,9 +59,15 @@ def packet(draw) -> bytes:
 
 def _checkBookkeeping(state: JobServerState) -> None:
     for function in state.functions.values():
-        live = [job for queue in function.queues for job in queue
-                if job.state == QUEUED and job.worker is None]
+        entries = [job for queue in function.queues or () for job in queue]
+        live = [job for job in entries if job.state == QUEUED and job.worker is None]
         assert function.queued == len(live), function.name
+        assert function.dead == len(entries) - len(live), function.name
+        assert function.pending == sum(1 for j in state.jobs.values()
+                                       if j.func is function and j.state == PENDING)
+        # An unused function is forgotten.
+        assert function.workers or function.total() or function.kept, function.name
+        assert function.workers == sum(1 for s in state.sessions.values() if function in s.functions)
         assert function.priorityCounts == [sum(1 for j in live if j.priority == p) for p in range(3)]
         assert function.running == sum(1 for j in state.jobs.values()
                                        if j.func is function and j.state == RUNNING)
@@ -70,6 +76,7 @@ def _checkBookkeeping(state: JobServerState) -> None:
         assert function.workers >= 0
     for job in state.jobs.values():
         assert job.state != DONE
+        assert state.functions.get(job.function) is job.func
         if job.state == RUNNING:
             assert job.worker is not None and job.worker.held.get(job.handle) is job
 

@@ -16,6 +16,7 @@ from twisted.python import usage
 from txgear._log import logLevel, setLogLevel
 from txgear._packet import DEFAULT_MAX_PACKET
 from txgear.server import GearmanServerFactory, GearmanServerService, JobServerState
+from txgear.server._state import DEFAULT_MAX_FUNCTIONS
 
 _LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn,
            "warning": LogLevel.warn, "error": LogLevel.error, "critical": LogLevel.critical,
@@ -54,7 +55,13 @@ class Options(usage.Options):
     ]
     optParameters = [
         ["job-retries", "j", 0, "Fail a job (WORK_FAIL to its clients) after its worker was lost "
-                                "this many times; 0 retries forever.", _nonNegative],
+                                "or its CAN_DO_TIMEOUT expired this many times; 0 retries a lost "
+                                "worker's job forever and fails a timed-out job at once.",
+         _nonNegative],
+        ["max-functions", None, DEFAULT_MAX_FUNCTIONS, "Most functions known at once; past it a "
+                                                       "CAN_DO of a new name is ignored and a "
+                                                       "submission gets ERROR QUEUE_ERROR.",
+         _nonNegative],
         ["worker-wakeup", "w", 1, "Sleeping workers woken (NOOP) per newly runnable job; 0 wakes "
                                   "every sleeping worker of the function, as gearmand's default.",
          _nonNegative],
@@ -117,7 +124,8 @@ def makeService(options: Any, reactor: Any = None) -> IService:
     store = _makeStore(options["queue"], reactor)
     state = JobServerState(clock=reactor, handlePrefix=prefix, jobRetries=options["job-retries"],
                            roundRobin=options["round-robin"], workerWakeup=options["worker-wakeup"],
-                           store=store, onEmptied=_reclaimMemory())
+                           store=store, onEmptied=_reclaimMemory(),
+                           maxFunctions=options["max-functions"])
     factory = GearmanServerFactory(state, maxPacket=options["max-packet-size"],
                                    allowShutdown=options["enable-shutdown-command"],
                                    verbosity=lambda: _GEARMAND_LEVEL_NAMES.get(logLevel(), "INFO"),

@@ -79,7 +79,7 @@ class AdminCommands:
             return text.unknownCommand(word), None
         what = [a.lower() for a in args]
         if what == [b"jobs"]:
-            rows = [(job.handle, job.retries, 0, 1 if job.persisted or job.background else 0)
+            rows = [(job.handle, job.retries, 0, 1 if job.background else 0)
                     for job in self.state.jobs.values()]
             return text.formatShowJobs(rows), None
         if what == [b"unique", b"jobs"]:
@@ -98,7 +98,9 @@ class AdminCommands:
     def command_create(self, word: bytes, args: List[bytes]) -> Tuple[bytes, Optional[str]]:
         if len(args) < 2 or args[0].lower() != b"function":
             return text.incompleteArguments(b"create"), None
-        self.state.function(args[1])
+        error = self.state.createFunction(args[1])
+        if error is not None:
+            return text.err(b"TOO_MANY_FUNCTIONS", error.encode("ascii")), None
         return text.OK, None
 
     def command_drop(self, word: bytes, args: List[bytes]) -> Tuple[bytes, Optional[str]]:
