@@ -18,7 +18,7 @@ import pytest
 
 from tests._peers import gearmandProcess, requireProgram, txgearProcess
 from tests._rawclient import RawClient, adminOnce, listing, runTool, statusOf, waitFor
-from txgear._packet import PacketType as P
+from txgear._packet import PacketType as P, encodeRequest
 
 _names = itertools.count(1)
 
@@ -230,6 +230,44 @@ def test_maxqueueEnforced(servers: Dict[str, Any]) -> None:
             assert c.call(P.SUBMIT_JOB_LOW_BG, f, b"u4", b"4", reply=P.ERROR)[0] == b"QUEUE_ERROR"
             c.submit(f, b"5", b"u5", P.SUBMIT_JOB_HIGH_BG)
             assert statusOf(proc.port, f) == (4, 0, 0), name
+
+
+def test_maxqueueEnforcedOnABurstWithAStore(servers: Dict[str, Any]) -> None:
+    """
+    maxqueue F 10, then 100 background submissions in one write: txgear
+    (with its default SQLite store, so the jobs wait for it together)
+    accepts exactly 10, as gearmand, and status counts them.
+    """
+    for name, proc in servers.items():
+        f = b"mqb-%d" % next(_names)
+        with RawClient(proc.port) as c:
+            assert c.admin(b"create function " + f + b"\r") == b"OK\r\n"
+            assert c.admin(b"maxqueue " + f + b" 10") == b"OK\r\n"
+            c.sendRaw(b"".join(encodeRequest(P.SUBMIT_JOB_BG, f, b"", b"%d" % i)
+                               for i in range(100)))
+            kinds = [kind for kind, _ in c.recvAll(100, timeout=10)]
+            assert (kinds.count(P.JOB_CREATED), kinds.count(P.ERROR)) == (10, 90), name
+            assert statusOf(proc.port, f) == (10, 0, 0), name
+
+
+def test_repeatedCanDoIsOneRegistration(servers: Dict[str, Any]) -> None:
+    """
+    DIFFERENCE: gearmand registers a repeated CAN_DO again (C{workers}
+    lists C{f f}, C{status} counts the connection twice); txgear keeps one
+    registration per function per connection.
+    """
+    seen = {}
+    for name, proc in servers.items():
+        f = b"dup-%d" % next(_names)
+        with RawClient(proc.port) as w, RawClient(proc.port) as a:
+            w.send(P.SET_CLIENT_ID, f)
+            for _ in range(3):
+                w.send(P.CAN_DO, f)
+            w.echo()
+            line = [l for l in listing(a.admin("workers")) if b" " + f + b" :" in l]
+            seen[name] = (line[0].split(b" : ")[1].split(b" ").count(f), statusOf(proc.port, f))
+    assert seen["gearmand"] == (3, (0, 0, 3))
+    assert seen["txgear"] == (1, (0, 0, 1))
 
 
 def test_dropFunction(servers: Dict[str, Any]) -> None:

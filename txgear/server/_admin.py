@@ -5,8 +5,9 @@ against a L{JobServerState}. Replies follow gearmand 1.1.20 byte for byte,
 except where txgear deliberately differs (see docs/server.md):
 
   - C{create function NAME} creates C{NAME} (gearmand drops the last character);
-  - C{drop function} also refuses a function that still has queued jobs
-    (gearmand drops them silently);
+  - C{drop function} also refuses a function that still has jobs, queued,
+    scheduled or waiting for the store (gearmand drops them silently);
+  - functions nothing uses are forgotten (see L{JobServerState.createFunction});
   - C{shutdown} and C{shutdown graceful} exist only when enabled.
 """
 from __future__ import annotations

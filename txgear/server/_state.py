@@ -374,45 +374,44 @@ class JobServerState:
             function.running += 1
             job.worker.held[job.handle] = job  # type: ignore[union-attr]
         elif new == DONE:
-            self._retire(job, old)
+            # Forget the job (inline: this is the end of every job's hot path).
+            self.jobs.pop(job.handle, None)
+            if job.coalesceKey is not None:
+                self._unindex(job)
+            storeState = job.storeState
+            if storeState is _S_STORED:
+                self.storeQueue.remove(job)  # type: ignore[union-attr]
+            if job.clients:
+                for client in job.clients:
+                    client.waiting.pop(job, None)
+                job.clients = ()
+            if old != RUNNING and storeState is not _S_WRITING:
+                # A dead queue entry may outlive it: let go of the payload now.
+                job.payload = b""
+            if not function.workers and not function.kept and not function.total():
+                self._forgetFunction(function)
+            if not self.accepting:
+                self._checkIdle()
+            if self._largeQueue and not self.jobs:
+                self._largeQueue = False
+                if self.onEmptied is not None:
+                    self.onEmptied()
         elif new == SCHEDULED:
             function.scheduled += 1
             self.scheduler.add(job, job.when)
         elif new == PENDING:
             function.pending += 1
 
-    def _retire(self, job: Job, old: int) -> None:
-        """A job entered DONE: remove every trace of it."""
-        self.jobs.pop(job.handle, None)
-        function = job.func
-        key = job.coalesceKey
-        if key is not None:
-            uniques = function.uniques
-            if uniques.get(key) is job:
-                del uniques[key]
-            index = self._uniqueIndex.get(job.unique)
-            if index is not None:
-                index.pop(job, None)
-                if not index:
-                    del self._uniqueIndex[job.unique]
-        storeState = job.storeState
-        if storeState is _S_STORED:
-            self.storeQueue.remove(job)  # type: ignore[union-attr]
-        if job.clients:
-            for client in job.clients:
-                client.waiting.pop(job, None)
-            job.clients = ()
-        if old != RUNNING and storeState is not _S_WRITING:
-            # A dead queue entry may outlive it: let go of the payload now.
-            job.payload = b""
-        if not function.workers and not function.kept and not function.total():
-            self._forgetFunction(function)
-        if not self.accepting:
-            self._checkIdle()
-        if self._largeQueue and not self.jobs:
-            self._largeQueue = False
-            if self.onEmptied is not None:
-                self.onEmptied()
+    def _unindex(self, job: Job) -> None:
+        """Remove a job from the coalescing indexes (O(1))."""
+        uniques = job.func.uniques
+        if uniques.get(job.coalesceKey) is job:
+            del uniques[job.coalesceKey]
+        index = self._uniqueIndex.get(job.unique)
+        if index is not None:
+            index.pop(job, None)
+            if not index:
+                del self._uniqueIndex[job.unique]
 
     def _compact(self, function: Function) -> None:
         """Drop a function's dead queue entries (amortised O(1) per removal)."""
