@@ -315,9 +315,32 @@ def test_noRecheckTimerOnceTheWokenWorkerGrabs():
     handle = submit(state, client, cpeer)
     assert fpeer.take() == [(P.NOOP, [])]
     assert grab(state, first, fpeer)[1][0] == handle
-    assert clock.getDelayedCalls() == []
     clock.advance(WAKE_RECHECK)
     assert speer.take() == []
+    assert clock.getDelayedCalls() == []
+
+
+def test_recheckWaitsAFullPeriodAfterEachNoop():
+    from txgear.server._state import WAKE_RECHECK
+
+    state, clock = makeState()
+    client, cpeer = connect(state)
+    sessions = [connect(state) for _ in range(3)]
+    for session, _ in sessions:
+        state.canDo(session, b"f")
+        state.preSleep(session)
+    handle = submit(state, client, cpeer)
+    assert sessions[0][1].take() == [(P.NOOP, [])]
+    assert grab(state, sessions[0][0], sessions[0][1])[1][0] == handle
+    # A later job, whose woken worker hangs, is rechecked a full period after its NOOP.
+    clock.advance(WAKE_RECHECK * 0.8)
+    submit(state, client, cpeer)
+    assert sessions[1][1].take() == [(P.NOOP, [])]
+    clock.advance(WAKE_RECHECK * 0.8)
+    assert sessions[2][1].take() == []
+    clock.advance(WAKE_RECHECK * 0.2)
+    assert sessions[2][1].take() == [(P.NOOP, [])]
+    assert clock.getDelayedCalls() == []
 
 
 def test_recheckStopsWhenNoSleeperIsLeft():

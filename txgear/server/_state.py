@@ -316,9 +316,10 @@ class JobServerState:
         self.sessions: Dict[int, Session] = {}
         self._nextSession = 1
         self.scheduler = EpochScheduler(clock, self._epochDue)
-        # Functions whose sleepers were woken while others slept on.
-        self._wakeWatch: Dict[Function, None] = {}
+        # Functions whose sleepers were woken while others slept on: when.
+        self._wakeWatch: Dict[Function, float] = {}
         self._wakeCall: Any = None
+        self._functionsRefused = 0
         self.accepting = True
         self._idleWaiters: List[Deferred[None]] = []
 
@@ -445,8 +446,12 @@ class JobServerState:
     def _newFunction(self, name: bytes) -> Optional[Function]:
         """A new L{Function}, or C{None} when L{maxFunctions} exist already."""
         if len(self.functions) >= self.maxFunctions:
-            self._log.warn("{count} functions exist already: {name!r} refused",
-                           count=len(self.functions), name=name[:64])
+            # Logged once per many refusals: a peer must not turn them into a log flood.
+            if self._functionsRefused % 10000 == 0:
+                self._log.warn("{count} functions exist already (--max-functions): {name!r} "
+                               "refused ({refused} refused so far)", count=len(self.functions),
+                               name=name[:64], refused=self._functionsRefused + 1)
+            self._functionsRefused += 1
             return None
         function = self.functions[name] = Function(name)
         return function
@@ -607,26 +612,38 @@ class JobServerState:
             count -= 1
         if sleepers and function not in self._wakeWatch:
             # Others sleep on: if the woken ones do not grab, wake them later.
-            self._wakeWatch[function] = None
+            self._wakeWatch[function] = self.clock.seconds()
             if self._wakeCall is None:
                 self._wakeCall = self.clock.callLater(self.wakeRecheck, self._recheckWakes)
 
     def _unwatch(self, function: Function) -> None:
-        watch = self._wakeWatch
-        if watch.pop(function, 1) is None and not watch and self._wakeCall is not None:
-            if self._wakeCall.active():
-                self._wakeCall.cancel()
-            self._wakeCall = None
+        # The timer is left to run out: cancelling and re-arming it for every
+        # job would cost a timer per job while workers sleep.
+        self._wakeWatch.pop(function, None)
 
     def _recheckWakes(self) -> None:
-        """Jobs still queued after their NOOPs: wake the next sleepers."""
+        """Jobs still queued L{wakeRecheck} seconds after their NOOPs: wake the next sleepers."""
         self._wakeCall = None
-        watch, self._wakeWatch = self._wakeWatch, {}
-        for function in watch:
+        now = self.clock.seconds()
+        watch = self._wakeWatch
+        due = []
+        for function, woken in watch.items():  # oldest first
+            if woken + self.wakeRecheck > now + 1e-6:
+                break
+            due.append(function)
+        for function in due:
+            del watch[function]
             if function.queued and function.sleepers:
                 self._log.debug("Jobs of {function!r} still queued after a wake-up; waking more",
                                 function=function.name)
                 self._wake(function, function.queued)
+        if self._wakeCall is not None:
+            self._wakeCall.cancel()
+            self._wakeCall = None
+        if watch:
+            first = next(iter(watch.values()))
+            self._wakeCall = self.clock.callLater(max(0.0, first + self.wakeRecheck - now),
+                                                  self._recheckWakes)
 
     # -- submitting ------------------------------------------------------
 
