@@ -406,3 +406,30 @@ def test_storeStateIsTyped(unused):
     clock.advance(0)
     store.adds[0][1].callback(None)
     assert job.storeState is StoreState.STORED
+
+
+def test_aKeyLoadedTwiceKeepsTheFirstJobAndItsRecord():
+    store = RecordingStore()
+    state, _ = makeState(store=store)
+    assert state.loadStored([StoredJob(4, b"f", b"", b"first"), StoredJob(4, b"f", b"", b"copy")]) == 1
+    assert state.jobs[b"H:t:4"].payload == b"first" and store.removed == []
+
+
+def test_aJobCancelledWhileBeingStoredLetsGoOfItsPayloadWhateverTheStoreSays():
+    from txgear.errors import StoreError
+
+    for outcome in ("stored", "failed"):
+        store = RecordingStore()
+        state, clock = makeState(store=store)
+        fg, fpeer = connect(state)
+        bg, bpeer = connect(state)
+        handle = submit(state, fg, fpeer, unique=b"u", payload=b"big")
+        state.submit(bg, b"f", b"u", b"big", background=True)  # turns it background
+        job = state.jobs[handle]
+        assert state.cancel(handle)
+        clock.advance(0)
+        assert store.adds[0][0].payload == b"big"  # still there for the store
+        d = store.adds[0][1]
+        d.callback(None) if outcome == "stored" else d.errback(StoreError("down"))
+        assert job.payload == b"", outcome
+        assert store.removed == ([job.key] if outcome == "stored" else [])

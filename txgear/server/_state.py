@@ -767,7 +767,9 @@ class JobServerState:
                     self._makeRunnable(job)
                 else:
                     self._move(job, DONE)
-            elif job.state != DONE:
+            elif job.state == DONE:
+                job.payload = b""  # kept only for the store's sake
+            else:
                 job.background = False
 
     def loadStored(self, stored: Sequence[Any]) -> int:
@@ -787,9 +789,14 @@ class JobServerState:
             if unique:
                 coalesceKey = unique if unique != b"-" else (
                     (b"-", record.payload) if record.payload else None)
-            if (coalesceKey is not None and coalesceKey in function.uniques) or handle in self.jobs:
-                self._log.warn("Stored job {key!r} duplicates another (unique {unique!r}); "
-                               "dropping it", key=record.key, unique=unique)
+            if handle in self.jobs:
+                # Not removed: the store would remove the first one, by key.
+                self._log.warn("Stored job {key!r} loaded twice; ignoring the copy", key=record.key)
+                self._forgetIfUnused(function)
+                continue
+            if coalesceKey is not None and coalesceKey in function.uniques:
+                self._log.warn("Stored job {key!r} duplicates unique {unique!r}; dropping it",
+                               key=record.key, unique=unique)
                 if self.store is not None:
                     self.store.remove(record).addErrback(lambda f: None)
                 self._forgetIfUnused(function)
