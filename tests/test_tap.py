@@ -47,3 +47,25 @@ def test_gearmandStyleOptions():
 def test_badValues(argv):
     with pytest.raises(usage.UsageError):
         parse(*argv)
+
+
+def test_maxFunctions():
+    from twisted.internet.testing import MemoryReactorClock
+
+    from txgear.tap import makeService
+
+    import gc
+
+    from txgear._log import logLevel, setLogLevel
+
+    assert parse()["max-functions"] == 100000
+    thresholds, level = gc.get_threshold(), logLevel()  # makeService sets both
+    try:
+        service = makeService(parse("--max-functions", "7", "--queue", "memory"),
+                              reactor=MemoryReactorClock())
+    finally:
+        gc.set_threshold(*thresholds)
+        setLogLevel(level)
+    assert service.state.maxFunctions == 7
+    with pytest.raises(usage.UsageError):
+        parse("--max-functions", "-1")
