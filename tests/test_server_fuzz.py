@@ -48,7 +48,7 @@ def packet(draw) -> bytes:
     choice = draw(st.integers(0, 19))
     if choice == 0:  # garbage, or an admin line
         return draw(st.sampled_from([b"status\n", b"workers\n", b"show jobs\n", b"cancel job H:t:1\n",
-                                     b"maxqueue f 1\n", b"drop function g\n", b"\0XYZ" + bytes(8),
+                                     b"maxqueue f 1\n", b"drop function g\n", b"create function g\n", b"\0XYZ" + bytes(8),
                                      b"\0REQ" + struct.pack(">II", 7, 3) + b"f",
                                      encodeRequest(P.SUBMIT_JOB, b"f")]))
     kind = draw(st.integers(1, MAX_TYPE))
