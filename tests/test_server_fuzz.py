@@ -76,6 +76,7 @@ def _checkBookkeeping(state: JobServerState) -> None:
         assert function.workers >= 0
     for job in state.jobs.values():
         assert job.state != DONE
+        assert job.handle == b"H:t:%d" % job.key
         assert state.functions.get(job.function) is job.func
         if job.state == RUNNING:
             assert job.worker is not None and job.worker.held.get(job.handle) is job
@@ -85,9 +86,30 @@ def _checkBookkeeping(state: JobServerState) -> None:
 @given(st.lists(st.tuples(st.integers(0, 3), packet(), st.booleans(), st.integers(0, 2)),
                 max_size=40))
 def test_anyPacketsFromAnyConnections(steps):
+    _run(steps, store=None)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, 3), packet(), st.booleans(), st.integers(0, 2)),
+                max_size=40))
+def test_anyPacketsWithAStore(steps):
+    """The same with a store: background jobs go through PENDING."""
+    from txgear.store import MemoryJobStore
+
+    store = MemoryJobStore()
+    _run(steps, store=store)
+    assert sorted(store.jobs) == sorted(job.key for job in _lastState[0].jobs.values()
+                                        if job.storeState == 2)
+
+
+_lastState: list = [None]
+
+
+def _run(steps, store):
     clock = Clock()
     clock.advance(1_000_000)
-    factory = GearmanServerFactory(JobServerState(clock=clock, handlePrefix=b"H:t"))
+    factory = GearmanServerFactory(JobServerState(clock=clock, handlePrefix=b"H:t", store=store))
+    _lastState[0] = factory.state
     connections = {}
 
     def connection(n):
