@@ -239,7 +239,17 @@ def test_abandonedAndCancelledJobsReleaseTheirPayloadsAtOnce():
     assert all(_released(job) for job in jobs)
     function = state.functions[b"f"]
     assert function.queued == 1
-    # Dead entries do not pile up in the queue either.
+    # Dead entries do not pile up in the queue either, and are counted right.
+    for count in range(65, 70):
+        state2, _ = makeState()
+        c2, p2 = connect(state2)
+        state2.canDo(c2, b"f")
+        for i in range(count + 1):
+            state2.submit(c2, b"f", b"", b"p", background=True)
+        for handle in list(state2.jobs)[:count]:
+            state2.cancel(handle)
+        f2 = state2.functions[b"f"]
+        assert sum(len(q) for q in f2.queues) == f2.queued + f2.dead, count
     assert sum(len(q) for q in function.queues) <= 64
     assert grab(state, worker, wpeer)[1][0] == kept
     assert _released(cancelledJob)

@@ -342,7 +342,7 @@ class JobServerState:
                 # when dead entries outnumber live ones.
                 function.dead += 1
                 if function.dead > _COMPACT_MINIMUM and function.dead > function.queued:
-                    self._compact(function)
+                    self._compact(function, job)
             if not function.queued and self._wakeWatch:
                 self._unwatch(function)
         elif old == RUNNING:
@@ -414,12 +414,16 @@ class JobServerState:
             if not index:
                 del self._uniqueIndex[job.unique]
 
-    def _compact(self, function: Function) -> None:
-        """Drop a function's dead queue entries (amortised O(1) per removal)."""
+    def _compact(self, function: Function, leaving: Job) -> None:
+        """
+        Drop a function's dead queue entries, and C{leaving}, which is
+        leaving QUEUED (amortised O(1) per removal).
+        """
         queues = function.queues
         if queues is not None:
             function.queues = tuple(  # type: ignore[assignment]
-                deque(job for job in queue if job.state == QUEUED) for queue in queues)
+                deque(job for job in queue if job.state == QUEUED and job is not leaving)
+                for queue in queues)
         function.dead = 0
 
     def _makeRunnable(self, job: Job) -> None:
