@@ -18,7 +18,7 @@ import pytest
 
 from tests._peers import gearmandProcess, requireProgram, txgearProcess
 from tests._rawclient import RawClient, adminOnce, listing, runTool, statusOf, waitFor
-from txgear._packet import PacketType as P
+from txgear._packet import PacketType as P, encodeRequest
 
 _names = itertools.count(1)
 
@@ -197,7 +197,7 @@ def test_cancelJob(servers: Dict[str, Any]) -> None:
     cancel job: OK and WORK_FAIL (bare handle) to the client. DIFFERENCE:
     gearmand keeps the cancelled job in memory (still counted by status, and
     a second cancel says OK again) until a worker's grab skips it; txgear
-    forgets it at once.
+    forgets it at once, and its function too once nothing uses it.
     """
     after = {}
     for name, proc in servers.items():
@@ -209,7 +209,7 @@ def test_cancelJob(servers: Dict[str, Any]) -> None:
             after[name] = (a.admin(b"cancel job " + h), statusOf(proc.port, f))
             assert a.admin("cancel job H:nosuch:1") == b"ERR UNKNOWN_JOB\r\n"
     assert after["gearmand"] == (b"OK\r\n", (1, 0, 0))
-    assert after["txgear"] == (b"ERR UNKNOWN_JOB\r\n", (0, 0, 0))
+    assert after["txgear"] == (b"ERR UNKNOWN_JOB\r\n", None)
 
 
 def test_maxqueueEnforced(servers: Dict[str, Any]) -> None:
@@ -232,11 +232,51 @@ def test_maxqueueEnforced(servers: Dict[str, Any]) -> None:
             assert statusOf(proc.port, f) == (4, 0, 0), name
 
 
+def test_maxqueueEnforcedOnABurstWithAStore(servers: Dict[str, Any]) -> None:
+    """
+    maxqueue F 10, then 100 background submissions in one write: txgear
+    (with its default SQLite store, so the jobs wait for it together)
+    accepts exactly 10, as gearmand, and status counts them.
+    """
+    for name, proc in servers.items():
+        f = b"mqb-%d" % next(_names)
+        with RawClient(proc.port) as c:
+            assert c.admin(b"create function " + f + b"\r") == b"OK\r\n"
+            assert c.admin(b"maxqueue " + f + b" 10") == b"OK\r\n"
+            c.sendRaw(b"".join(encodeRequest(P.SUBMIT_JOB_BG, f, b"", b"%d" % i)
+                               for i in range(100)))
+            kinds = [kind for kind, _ in c.recvAll(100, timeout=10)]
+            assert (kinds.count(P.JOB_CREATED), kinds.count(P.ERROR)) == (10, 90), name
+            assert statusOf(proc.port, f) == (10, 0, 0), name
+
+
+def test_repeatedCanDoIsOneRegistration(servers: Dict[str, Any]) -> None:
+    """
+    DIFFERENCE: gearmand registers a repeated CAN_DO again (C{workers}
+    lists C{f f}, C{status} counts the connection twice); txgear keeps one
+    registration per function per connection.
+    """
+    seen = {}
+    for name, proc in servers.items():
+        f = b"dup-%d" % next(_names)
+        with RawClient(proc.port) as w, RawClient(proc.port) as a:
+            w.send(P.SET_CLIENT_ID, f)
+            for _ in range(3):
+                w.send(P.CAN_DO, f)
+            w.echo()
+            line = [l for l in listing(a.admin("workers")) if b" " + f + b" :" in l]
+            seen[name] = (line[0].split(b" : ")[1].split(b" ").count(f), statusOf(proc.port, f))
+    assert seen["gearmand"] == (3, (0, 0, 3))
+    assert seen["txgear"] == (1, (0, 0, 1))
+
+
 def test_dropFunction(servers: Dict[str, Any]) -> None:
     """
     drop function: OK for an idle function (case-insensitive), ERR while a
     worker is registered; DIFFERENCE: txgear refuses a function with queued
-    jobs, gearmand drops it and loses the jobs.
+    jobs, gearmand drops it and loses the jobs. DIFFERENCE: a function made
+    by a worker that left is forgotten at once by txgear (gearmand keeps it
+    until dropped); one made by C{create function} stays.
     """
     results = {}
     for name, proc in servers.items():
@@ -244,7 +284,12 @@ def test_dropFunction(servers: Dict[str, Any]) -> None:
         with RawClient(proc.port) as a, RawClient(proc.port) as w:
             with RawClient(proc.port) as gone:  # the function exists, nobody can do it
                 gone.register(f + b"x")
-            waitFor(lambda: statusOf(proc.port, f + b"x") == (0, 0, 0), what="worker gone")
+            idle = (0, 0, 0) if name == "gearmand" else None
+            waitFor(lambda: statusOf(proc.port, f + b"x") == idle, what="worker gone")
+            if name == "txgear":
+                assert a.admin(b"drop function " + f + b"x") == b"ERR function not found\r\n"
+                assert a.admin(b"create function " + f + b"x") == b"OK\r\n"
+                assert statusOf(proc.port, f + b"x") == (0, 0, 0)
             assert a.admin(b"drop function " + f.lower() + b"X") == b"OK\r\n", name
             assert statusOf(proc.port, f + b"x") is None
             w.register(f + b"w")

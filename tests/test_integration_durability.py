@@ -212,6 +212,59 @@ def test_gracefulShutdownKeepsQueuedJobsForTheNextStart(queue, tmp_path):
     assert set(after.values()) == {1}
 
 
+def _number(handle: bytes) -> int:
+    return int(handle.rsplit(b":", 1)[1])
+
+
+def test_handlesSurviveARestartAndAreNeverReused(queue, tmp_path):
+    """
+    A job's handle is its store key: after a restart a queued job keeps its
+    handle, GET_STATUS on it still answers, and new jobs get numbers the
+    store never used.
+    """
+    port = freePort()
+    server = startServer(queue, str(tmp_path), port, ["--enable-shutdown-command"])
+    try:
+        with RawClient(port) as client:
+            handles = [client.submit(FUNCTION, b"job-%d" % i, kind=P.SUBMIT_JOB_BG)
+                       for i in range(5)]
+            client.submit(b"other", b"memory", kind=P.SUBMIT_JOB)  # a foreground job
+        runs = {}
+        with RawClient(port) as worker:  # run the first two
+            worker.register(FUNCTION)
+            for _ in range(2):
+                kind, args = worker.grab()
+                runs[args[0]] = args[3]
+                worker.send(P.WORK_COMPLETE, args[0], b"done")
+            worker.echo()
+        assert sorted(runs) == sorted(handles[:2])
+        with RawClient(port) as admin:
+            assert admin.admin(b"shutdown graceful") == b"OK\n"
+        server.process.wait(30)
+    finally:
+        server.stop()
+    server = startServer(queue, str(tmp_path), port)
+    try:
+        with RawClient(port) as client:
+            for handle in handles[2:]:
+                assert client.call(P.GET_STATUS, handle, reply=P.STATUS_RES)[:2] == [handle, b"1"]
+            for handle in handles[:2]:
+                assert client.call(P.GET_STATUS, handle, reply=P.STATUS_RES)[:2] == [handle, b"0"]
+            fresh = client.submit(FUNCTION, b"new", kind=P.SUBMIT_JOB_BG)
+            assert _number(fresh) > max(_number(h) for h in handles)
+        with RawClient(port) as worker:
+            worker.register(FUNCTION)
+            assigned = {}
+            for _ in range(4):
+                kind, args = worker.grab()
+                assigned[args[0]] = args[3]
+                worker.send(P.WORK_COMPLETE, args[0], b"done")
+        assert assigned == {handles[2]: b"job-2", handles[3]: b"job-3", handles[4]: b"job-4",
+                            fresh: b"new"}
+    finally:
+        server.stop()
+
+
 def _failsToStart(queue: str, cwd: str) -> str:
     server = txgearProcess(extra=["--queue", queue], cwd=cwd)
     with pytest.raises(RuntimeError):

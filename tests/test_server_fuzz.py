@@ -16,7 +16,7 @@ from twisted.internet.testing import StringTransport
 
 from txgear._packet import ARGUMENT_COUNTS, MAX_TYPE, PacketDecoder, PacketType, encodeRequest
 from txgear.server import GearmanServerFactory, JobServerState
-from txgear.server._state import DONE, QUEUED, RUNNING, SCHEDULED
+from txgear.server._state import DONE, PENDING, QUEUED, RUNNING, SCHEDULED
 
 P = PacketType
 NAMES = [b"f", b"g", b""]
@@ -48,7 +48,7 @@ def packet(draw) -> bytes:
     choice = draw(st.integers(0, 19))
     if choice == 0:  # garbage, or an admin line
         return draw(st.sampled_from([b"status\n", b"workers\n", b"show jobs\n", b"cancel job H:t:1\n",
-                                     b"maxqueue f 1\n", b"drop function g\n", b"\0XYZ" + bytes(8),
+                                     b"maxqueue f 1\n", b"drop function g\n", b"create function g\n", b"\0XYZ" + bytes(8),
                                      b"\0REQ" + struct.pack(">II", 7, 3) + b"f",
                                      encodeRequest(P.SUBMIT_JOB, b"f")]))
     kind = draw(st.integers(1, MAX_TYPE))
@@ -59,9 +59,15 @@ def packet(draw) -> bytes:
 
 def _checkBookkeeping(state: JobServerState) -> None:
     for function in state.functions.values():
-        live = [job for queue in function.queues for job in queue
-                if job.state == QUEUED and job.worker is None]
+        entries = [job for queue in function.queues or () for job in queue]
+        live = [job for job in entries if job.state == QUEUED and job.worker is None]
         assert function.queued == len(live), function.name
+        assert function.dead == len(entries) - len(live), function.name
+        assert function.pending == sum(1 for j in state.jobs.values()
+                                       if j.func is function and j.state == PENDING)
+        # An unused function is forgotten.
+        assert function.workers or function.total() or function.kept, function.name
+        assert function.workers == sum(1 for s in state.sessions.values() if function in s.functions)
         assert function.priorityCounts == [sum(1 for j in live if j.priority == p) for p in range(3)]
         assert function.running == sum(1 for j in state.jobs.values()
                                        if j.func is function and j.state == RUNNING)
@@ -70,6 +76,8 @@ def _checkBookkeeping(state: JobServerState) -> None:
         assert function.workers >= 0
     for job in state.jobs.values():
         assert job.state != DONE
+        assert job.handle == b"H:t:%d" % job.key
+        assert state.functions.get(job.function) is job.func
         if job.state == RUNNING:
             assert job.worker is not None and job.worker.held.get(job.handle) is job
 
@@ -78,9 +86,30 @@ def _checkBookkeeping(state: JobServerState) -> None:
 @given(st.lists(st.tuples(st.integers(0, 3), packet(), st.booleans(), st.integers(0, 2)),
                 max_size=40))
 def test_anyPacketsFromAnyConnections(steps):
+    _run(steps, store=None)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, 3), packet(), st.booleans(), st.integers(0, 2)),
+                max_size=40))
+def test_anyPacketsWithAStore(steps):
+    """The same with a store: background jobs go through PENDING."""
+    from txgear.store import MemoryJobStore
+
+    store = MemoryJobStore()
+    _run(steps, store=store)
+    assert sorted(store.jobs) == sorted(job.key for job in _lastState[0].jobs.values()
+                                        if job.storeState == 2)
+
+
+_lastState: list = [None]
+
+
+def _run(steps, store):
     clock = Clock()
     clock.advance(1_000_000)
-    factory = GearmanServerFactory(JobServerState(clock=clock, handlePrefix=b"H:t"))
+    factory = GearmanServerFactory(JobServerState(clock=clock, handlePrefix=b"H:t", store=store))
+    _lastState[0] = factory.state
     connections = {}
 
     def connection(n):

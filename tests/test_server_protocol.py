@@ -229,7 +229,7 @@ def test_optionReq(factory):
 
 def test_canDoTimeoutIsInMilliseconds():
     clock = Clock()
-    factory = GearmanServerFactory(JobServerState(clock=clock))
+    factory = GearmanServerFactory(JobServerState(clock=clock, jobRetries=2))  # a timeout requeues
     worker, client = Conn(factory), Conn(factory)
     worker.send(P.CAN_DO_TIMEOUT, b"f", b"1500")
     client.send(P.SUBMIT_JOB, b"f", b"", b"x")

@@ -56,10 +56,15 @@ def _makeService(*argv: str):
 
     from txgear.tap import makeService
 
+    from txgear._log import logLevel, setLogLevel
+
+    # makeService sets the collector's thresholds and the log level: put them back.
     thresholds = gc.get_threshold() if hasattr(gc, "get_threshold") else None
+    level = logLevel()
     try:
         return makeService(parse(*argv), reactor=MemoryReactorClock())
     finally:
+        setLogLevel(level)
         if thresholds is not None:
             gc.set_threshold(*thresholds)
 
@@ -324,3 +329,11 @@ def test_wheelHoldsThePluginAndMetadata(tmp_path):
                    "txgear-worker = txgear._cli:workerMain",
                    "txgear-admin = txgear._cli:adminMain"):
         assert script in entryPoints
+
+
+def test_maxFunctions():
+    assert parse()["max-functions"] == 100000
+    service = _makeService("--max-functions", "7", "--queue", "memory")
+    assert service.state.maxFunctions == 7
+    with pytest.raises(usage.UsageError):
+        parse("--max-functions", "-1")

@@ -69,3 +69,17 @@ class IJobStore(Interface):
 
         @return: a Deferred firing once everything is written and released.
         """
+
+
+class IServerPeer(Interface):
+    """
+    What the job server's state (L{txgear.server._state.JobServerState})
+    needs of one connection: a place to send reply bytes. Output is
+    buffered by the peer and sent in order.
+    """
+
+    def write(data):  # type: ignore[misc]
+        """Send the bytes C{data} (one or more whole packets or text lines)."""
+
+    def writeSequence(data):  # type: ignore[misc]
+        """Send the list of bytes C{data}, in order, as if joined (large payloads are not copied)."""

@@ -19,6 +19,7 @@ from txgear._pluginoptions import PluginOptions, namedCoercions
 from txgear.server import GearmanServerFactory, GearmanServerService, JobServerState
 from txgear.server._names import DEFAULT_MAX_FUNCTION_NAME
 from txgear.server.service import DEFAULT_SHUTDOWN_GRACE
+from txgear.server._state import DEFAULT_MAX_FUNCTIONS
 
 _LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn,
            "warning": LogLevel.warn, "error": LogLevel.error, "critical": LogLevel.critical,
@@ -66,7 +67,13 @@ class Options(PluginOptions):
     ]
     optParameters = namedCoercions([
         ["job-retries", "j", 0, "Fail a job (WORK_FAIL to its clients) after its worker was lost "
-                                "this many times; 0 retries forever.", _nonNegative],
+                                "or its CAN_DO_TIMEOUT expired this many times; 0 retries a lost "
+                                "worker's job forever and fails a timed-out job at once.",
+         _nonNegative],
+        ["max-functions", None, DEFAULT_MAX_FUNCTIONS, "Most functions known at once; past it a "
+                                                       "CAN_DO of a new name is ignored and a "
+                                                       "submission gets ERROR QUEUE_ERROR.",
+         _nonNegative],
         ["worker-wakeup", "w", 1, "Sleeping workers woken (NOOP) per newly runnable job; 0 wakes "
                                   "every sleeping worker of the function, as gearmand's default.",
          _nonNegative],
@@ -146,7 +153,8 @@ def makeService(options: Any, reactor: Any = None) -> IService:
     store = _makeStore(options["queue"], reactor)
     state = JobServerState(clock=reactor, handlePrefix=prefix, jobRetries=options["job-retries"],
                            roundRobin=options["round-robin"], workerWakeup=options["worker-wakeup"],
-                           store=store, onEmptied=_reclaimMemory())
+                           store=store, onEmptied=_reclaimMemory(),
+                           maxFunctions=options["max-functions"])
     if store is None:
         _log.warn("The queue is memory: background jobs are lost when the server stops "
                   "(--queue sqlite:PATH keeps them)")

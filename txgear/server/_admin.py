@@ -5,8 +5,9 @@ against a L{JobServerState}. Replies follow gearmand 1.1.20 byte for byte,
 except where txgear deliberately differs (see docs/server.md):
 
   - C{create function NAME} creates C{NAME} (gearmand drops the last character);
-  - C{drop function} also refuses a function that still has queued jobs
-    (gearmand drops them silently);
+  - C{drop function} also refuses a function that still has jobs, queued,
+    scheduled or waiting for the store (gearmand drops them silently);
+  - functions nothing uses are forgotten (see L{JobServerState.createFunction});
   - C{shutdown} and C{shutdown graceful} exist only when enabled.
 """
 from __future__ import annotations
@@ -84,7 +85,7 @@ class AdminCommands:
             return text.unknownCommand(word), None
         what = [a.lower() for a in args]
         if what == [b"jobs"]:
-            rows = [(job.handle, job.retries, 0, 1 if job.persisted or job.background else 0)
+            rows = [(job.handle, job.retries, 0, 1 if job.background else 0)
                     for job in self.state.jobs.values()]
             return text.formatShowJobs(rows), None
         if what == [b"unique", b"jobs"]:
@@ -106,7 +107,9 @@ class AdminCommands:
         refusal = self._refusedName(args[1])
         if refusal is not None:
             return refusal, None
-        self.state.function(args[1])
+        error = self.state.createFunction(args[1])
+        if error is not None:
+            return text.err(b"TOO_MANY_FUNCTIONS", error.encode("ascii")), None
         return text.OK, None
 
     def command_drop(self, word: bytes, args: List[bytes]) -> Tuple[bytes, Optional[str]]:

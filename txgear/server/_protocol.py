@@ -55,6 +55,9 @@ ARGUMENT_ALLOWANCE = 64 * 1024
 #: Workloads at least this large are passed around as memoryviews, not copied.
 _BIG = 64 * 1024
 
+#: Shortest CAN_DO_TIMEOUT, in milliseconds; shorter ones are raised to it (gearmand's minimum).
+MIN_CAN_DO_TIMEOUT = 1000
+
 ERR_INVALID_MAGIC = encodeResponse(PacketType.ERROR, b"INVALID_MAGIC", b"Request magic expected")
 ERR_INVALID_COMMAND = encodeResponse(PacketType.ERROR, b"INVALID_COMMAND", b"Command not expected")
 ERR_TOO_LARGE = encodeResponse(PacketType.ERROR, b"ARGUMENT_TOO_LARGE",
@@ -264,6 +267,9 @@ class GearmanServerProtocol(Protocol):
             milliseconds = int(timeout.strip() or b"0")
         except ValueError:
             milliseconds = 0
+        if 0 < milliseconds < MIN_CAN_DO_TIMEOUT:
+            # As gearmand: a client sending seconds (the Perl one) gets 1 s, not 3 ms.
+            milliseconds = MIN_CAN_DO_TIMEOUT
         self.state.canDo(self.session, name, max(0, milliseconds) / 1000.0)
 
     def _cantDo(self, body: bytes) -> None:

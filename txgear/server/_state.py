@@ -4,29 +4,45 @@ The job server's state machine: queues, jobs, workers and clients.
 
 Synchronous and transport-free. Connections appear here as L{Session}s, made
 by L{JobServerState.connect} for a peer that provides
-L{txgear.interfaces.IServerPeer}-like C{write}/C{writeSequence}; the protocol
-layer maps packets to the methods of this class. Time comes from an injected
-clock (an L{twisted.internet.interfaces.IReactorTime}).
+L{txgear.interfaces.IServerPeer}; the protocol layer maps packets to the
+methods of this class. Time comes from an injected clock (an
+L{twisted.internet.interfaces.IReactorTime}).
+
+Every job goes through one lifecycle::
+
+    NEW -> PENDING (waiting for the store) -> QUEUED or SCHEDULED -> RUNNING -> DONE
+                                  QUEUED <- RUNNING (worker lost, retries left)
+                          SCHEDULED -> QUEUED (its time came)
+                        any state -> DONE (completed, failed, cancelled, abandoned)
+
+and only L{JobServerState._move} changes a job's state: it keeps every
+counter of the job's L{Function}, the queues, the scheduler, the worker's
+held jobs and the indexes right, and on DONE forgets the job (and its
+function, once nothing uses it). Store batching and the replies held for it
+live in L{txgear.server._storequeue}, epoch timers in
+L{txgear.server._scheduler}.
 
 Every per-job operation is O(1) in the number of queued jobs, functions and
 connections: a grab looks only at the heads of the worker's own functions'
 queues, wake-ups pop sleepers off per-function ordered dicts, and jobs removed
-while queued are dropped lazily when they reach the head of their queue.
+while queued are dropped lazily when they reach the head of their queue (the
+queues are compacted once such dead entries outnumber live ones, and a
+removed job lets go of its payload at once).
 """
 from __future__ import annotations
 
-import heapq
 import platform
 from collections import OrderedDict, deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred
+
 from txgear._log import logger
 from txgear._peerlog import PeerLog
-from twisted.python.failure import Failure
-
 from txgear._packet import PacketType, encodeResponse, responseHeader
 from txgear.jobs import Priority
+from txgear.server._scheduler import EpochScheduler
+from txgear.server._storequeue import StoreQueue, StoreState
 
 HIGH, NORMAL, LOW = Priority.HIGH.value, Priority.NORMAL.value, Priority.LOW.value
 
@@ -36,18 +52,32 @@ LARGE_QUEUE = 10000
 #: Largest unique id accepted (gearmand refuses 65 bytes and more).
 MAX_UNIQUE = 64
 
+#: Default cap on the number of functions known at once (C{--max-functions}).
+DEFAULT_MAX_FUNCTIONS = 100000
+
+#: Seconds after a NOOP at which a job still queued wakes the next sleeper.
+WAKE_RECHECK = 0.25
+
+#: Handles of jobs taken from a worker (timed out, cancelled) whose late
+#: reports are dropped quietly; older ones then get JOB_NOT_FOUND.
+MAX_DROPPED_HANDLES = 1024
+
+# Dead queue entries tolerated before a function's queues are compacted.
+_COMPACT_MINIMUM = 64
+
 # Job states.
 PENDING = 0  # waiting for the store to record it
 QUEUED = 1
 RUNNING = 2
 DONE = 3  # completed, failed, cancelled or abandoned: gone
 SCHEDULED = 4  # an epoch job waiting for its time
+NEW = 5  # just made, in no queue yet
 
-# Job.storeState values (besides None, and an ERROR packet after a failure).
-STORE_PENDING = 0
-STORE_DONE = 1
+_S_NONE, _S_WRITING, _S_STORED = StoreState.NONE, StoreState.WRITING, StoreState.STORED
 
 _BIG = 64 * 1024
+
+_NO_LIMITS = (0, 0, 0)
 
 _NOOP = encodeResponse(PacketType.NOOP)
 _NO_JOB = encodeResponse(PacketType.NO_JOB)
@@ -66,9 +96,9 @@ ERR_JOB_NOT_FOUND_EXC = _errorPacket(
 )
 ERR_UNIQUE_TOO_LARGE = _errorPacket(b"ARGUMENT_TOO_LARGE", b"Unique value too large")
 ERR_QUEUE_FULL = _errorPacket(b"QUEUE_ERROR", b"Job queue is full")
+ERR_TOO_MANY_FUNCTIONS = _errorPacket(b"QUEUE_ERROR", b"Too many functions")
 ERR_UNKNOWN_OPTION = _errorPacket(b"UNKNOWN_OPTION", b"Server does not recognize given option")
 ERR_SHUTTING_DOWN = _errorPacket(b"QUEUE_ERROR", b"Server is shutting down")
-ERR_NOT_STORED = _errorPacket(b"QUEUE_ERROR", b"Job could not be stored")
 
 
 class Function:
@@ -76,54 +106,68 @@ class Function:
     One function name: its three priority queues, its counters and its
     sleeping workers.
 
-    @ivar queued: live queued jobs (the deques may also hold dead entries).
+    @ivar queues: the HIGH, NORMAL and LOW queues, made when a first job is
+        queued (C{None} before); they may also hold dead entries (jobs that
+        left them early), counted in C{dead}.
+    @ivar pending: jobs waiting for the store.
+    @ivar queued: live queued jobs.
     @ivar running: jobs a worker holds.
-    @ivar workers: registrations (a connection registering twice counts twice,
-        as in gearmand).
+    @ivar scheduled: epoch jobs waiting for their time.
+    @ivar workers: connections registered for it (each counts once).
     @ivar sleepers: sessions registered for this function that sent PRE_SLEEP
         and have not been woken yet, oldest first.
-    @ivar maxQueue: per-priority limits on queued + running jobs; 0 = none.
+    @ivar maxQueue: per-priority limits on its jobs; 0 = none.
+    @ivar kept: made by C{create function} (or given a C{maxqueue}): never
+        forgotten for being unused.
     """
 
-    __slots__ = ("name", "queues", "queued", "running", "scheduled", "workers", "sleepers",
-                 "uniques", "maxQueue", "priorityCounts")
+    __slots__ = ("name", "queues", "dead", "pending", "queued", "running", "scheduled", "workers",
+                 "sleepers", "uniques", "maxQueue", "priorityCounts", "kept")
 
     def __init__(self, name: bytes) -> None:
         self.name = name
-        self.queues: Tuple[Deque[Job], Deque[Job], Deque[Job]] = (deque(), deque(), deque())
+        self.queues: Optional[Tuple[Deque[Job], Deque[Job], Deque[Job]]] = None
+        self.dead = 0
+        self.pending = 0
         self.queued = 0
         self.running = 0
         self.scheduled = 0
         self.workers = 0
         self.sleepers: "OrderedDict[Session, None]" = OrderedDict()
         self.uniques: Dict[Any, Job] = {}
-        self.maxQueue = [0, 0, 0]
+        self.maxQueue: Sequence[int] = _NO_LIMITS
         self.priorityCounts = [0, 0, 0]  # queued live jobs per priority
+        self.kept = False
 
     def total(self) -> int:
-        """Jobs of this function, queued, scheduled or running."""
-        return self.queued + self.running + self.scheduled
+        """Jobs of this function, in any state but DONE."""
+        return self.pending + self.queued + self.running + self.scheduled
 
 
 class Job:
     """
     A job the server knows about.
 
+    @ivar key: its number, unique in the server's store across restarts: the
+        job's handle is C{<prefix>:<key>}, and a store records it under it.
     @ivar clients: sessions of the foreground clients attached to the job.
     @ivar background: C{True} if any submitter asked for a background job;
         such a job never goes away because a client disconnected.
     @ivar worker: the session holding the job while it runs.
-    @ivar key: the id under which a store records the job (background only).
+    @ivar state: where it is in the lifecycle (see the module docstring);
+        changed only by L{JobServerState._move}.
+    @ivar storeState: a L{StoreState}; C{storeError} is the ERROR packet once
+        it is L{StoreState.FAILED}.
     """
 
     __slots__ = ("handle", "func", "unique", "payload", "priority", "background",
                  "when", "reducer", "clientId", "key", "clients", "worker", "numerator",
-                 "denominator", "retries", "state", "seq", "coalesceKey", "timeoutCall",
-                 "persisted", "storeState")
+                 "denominator", "retries", "state", "coalesceKey", "timeoutCall",
+                 "storeState", "storeError")
 
     def __init__(self, handle: bytes, function: Function, unique: bytes, payload: bytes,
                  priority: int, background: bool, when: int, reducer: bytes,
-                 clientId: bytes, seq: int) -> None:
+                 clientId: bytes, key: int) -> None:
         self.handle = handle
         self.func = function
         self.unique = unique
@@ -133,20 +177,17 @@ class Job:
         self.when = when
         self.reducer = reducer
         self.clientId = clientId
-        self.key = 0
+        self.key = key
         self.clients: Any = ()  # a list once a client attaches; most jobs have none
         self.worker: Optional[Session] = None
         self.numerator = b"0"
         self.denominator = b"0"
         self.retries = 0
-        self.state = QUEUED
-        self.seq = seq
+        self.state = NEW
         self.coalesceKey: Any = None
         self.timeoutCall: Any = None
-        self.persisted = False
-        # None; STORE_PENDING while a store writes it; STORE_DONE once it has
-        # it; or the ERROR packet its submitters get if the store failed.
-        self.storeState: Any = None
+        self.storeState = _S_NONE
+        self.storeError = b""
 
     @property
     def function(self) -> bytes:
@@ -158,31 +199,34 @@ class Session:
     """
     The server's view of one connection, in whichever roles it plays.
 
-    @ivar peer: the protocol; the state calls its C{write}, C{writeSequence},
-        C{pauseReading} and C{resumeReading}.
-    @ivar functions: the functions registered (in registration order; a
-        function registered twice appears twice).
+    @ivar peer: an L{txgear.interfaces.IServerPeer}.
+    @ivar functions: the functions registered, once each, in registration order.
+    @ivar registered: the same functions, for O(1) membership.
     @ivar timeouts: CAN_DO_TIMEOUT limits, in seconds, by function.
     @ivar held: jobs this session runs, by handle.
+    @ivar dropped: handles taken from this worker (timed out, cancelled):
+        what it still reports on them is dropped quietly.
     @ivar waiting: foreground jobs this session is attached to.
+    @ivar replies: output held back behind a JOB_CREATED that waits for the
+        store, in request order (see L{txgear.server._storequeue}).
     """
 
-    __slots__ = ("peer", "id", "clientId", "functions", "timeouts", "held", "waiting",
-                 "sleeping", "exceptions", "replies", "rotation", "blockedWorkers",
-                 "writePaused", "closed", "__weakref__")
+    __slots__ = ("peer", "id", "clientId", "functions", "registered", "timeouts", "held",
+                 "dropped", "waiting", "sleeping", "exceptions", "replies", "rotation",
+                 "blockedWorkers", "writePaused", "closed", "__weakref__")
 
     def __init__(self, peer: Any, sessionId: int) -> None:
         self.peer = peer
         self.id = sessionId
         self.clientId = b"-"
         self.functions: List[Function] = []
+        self.registered: Dict[Function, None] = {}
         self.timeouts: Dict[Function, float] = {}
         self.held: Dict[bytes, Job] = {}
+        self.dropped: Optional[Dict[bytes, None]] = None
         self.waiting: Dict[Job, None] = {}
         self.sleeping = False
         self.exceptions = False
-        # Output held back behind a JOB_CREATED that waits for the store, in
-        # request order: bytes, or the Job whose JOB_CREATED goes there.
         self.replies: Optional[Deque[Any]] = None
         self.rotation = 0
         self.blockedWorkers: Optional[Dict[Session, None]] = None
@@ -202,60 +246,52 @@ class Session:
         else:
             self.replies.append(b"".join(data))
 
-    def _awaitStore(self, job: "Job") -> None:
-        """This session's next reply is C{job}'s JOB_CREATED, once it is stored."""
-        if self.replies is None:
-            self.replies = deque()
-        self.replies.append(job)
-
-    def _flushReplies(self) -> bool:
-        """Send what no longer waits for the store; C{True} once nothing does."""
-        replies = self.replies
-        while replies:
-            item = replies[0]
-            if type(item) is not bytes:
-                state = item.storeState
-                if state == STORE_PENDING:
-                    return False
-                if state == STORE_DONE:
-                    handle = item.handle
-                    item = _H_JOB_CREATED + len(handle).to_bytes(4, "big") + handle
-                else:
-                    item = state
-            replies.popleft()
-            if not self.closed:
-                self.peer.write(item)
-        self.replies = None
-        return True
+    def _drop(self, handle: bytes) -> None:
+        """Quietly ignore what this worker still sends about C{handle}."""
+        dropped = self.dropped
+        if dropped is None:
+            dropped = self.dropped = {}
+        elif len(dropped) >= MAX_DROPPED_HANDLES:
+            del dropped[next(iter(dropped))]
+        dropped[handle] = None
 
 
 class JobServerState:
     """
     Everything a job server knows: functions, jobs and connections.
 
-    @param clock: an C{IReactorTime} for timers (CAN_DO_TIMEOUT, epoch jobs).
+    @param clock: an C{IReactorTime} for timers (CAN_DO_TIMEOUT, epoch jobs,
+        wake-up rechecks).
     @param handlePrefix: job handles are C{<prefix>:<n>}; default
         C{H:<hostname>} as gearmand.
-    @param jobRetries: fail a job (WORK_FAIL to its clients) once it has been
-        requeued this many times after losing its worker; 0 = retry forever
-        (gearmand 1.1.20's meaning of 0).
+    @param jobRetries: fail a job (WORK_FAIL to its clients) once it has
+        lost its worker or timed out this many times; 0 = a lost worker's
+        job is retried forever (gearmand 1.1.20's meaning of 0) but a timed
+        out job fails at once.
     @param roundRobin: alternate between a worker's functions instead of
         serving strictly by priority then submission order.
     @param workerWakeup: how many sleeping workers one new runnable job wakes;
         0 wakes all of the function's sleepers, as gearmand does by default.
+        A job still queued L{WAKE_RECHECK} seconds after its NOOPs wakes the
+        next sleepers.
     @param store: an L{txgear.interfaces.IJobStore} for background jobs, or
         C{None} to keep them in memory only.
     @param onEmptied: called when the last job is gone after at least
         L{LARGE_QUEUE} were held at once: the moment to give memory back
         (PyPy's collector otherwise waits for the heap to grow well past
         its last size).
+    @param maxFunctions: how many functions may exist at once; past it, a
+        CAN_DO of a new name is ignored and a submission gets C{ERROR
+        QUEUE_ERROR}. Jobs loaded from the store are never refused.
     """
 
     _log = logger()
 
     def __init__(self, clock: Any = None, handlePrefix: Optional[bytes] = None,
                  jobRetries: int = 0, roundRobin: bool = False, workerWakeup: int = 1,
-                 store: Any = None, onEmptied: Optional[Callable[[], None]] = None) -> None:
+                 store: Any = None, onEmptied: Optional[Callable[[], None]] = None,
+                 maxFunctions: int = DEFAULT_MAX_FUNCTIONS,
+                 wakeRecheck: float = WAKE_RECHECK) -> None:
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[no-redef]
         self.clock = clock
@@ -266,25 +302,184 @@ class JobServerState:
         self.jobRetries = jobRetries
         self.roundRobin = roundRobin
         self.workerWakeup = workerWakeup
+        self.maxFunctions = maxFunctions
+        self.wakeRecheck = wakeRecheck
         self.store = store
-        # Store keys continue after the largest one loaded (handles restart at 1).
+        self.storeQueue: Optional[StoreQueue] = None
+        if store is not None:
+            self.storeQueue = StoreQueue(store, clock, self._jobsStored, self._jobsNotStored)
+        # Job keys (and handle numbers) continue after the largest one loaded.
         self._nextKey = 1
         self.onEmptied = onEmptied
         self._largeQueue = False
-        self._unstored: List[Job] = []
-        # Sessions whose output waits for a JOB_CREATED the store holds back.
-        self._storeWaiting: Dict[Session, None] = {}
         self.functions: Dict[bytes, Function] = {}
         self.jobs: Dict[bytes, Job] = {}
-        self._uniqueIndex: Dict[bytes, List[Job]] = {}
+        self._uniqueIndex: Dict[bytes, Dict[Job, None]] = {}
         self.sessions: Dict[int, Session] = {}
-        self._nextHandle = 1
         self._nextSession = 1
-        self._seq = 0
-        self._epochHeap: List[Tuple[int, int, Job]] = []
-        self._epochCall: Any = None
+        self.scheduler = EpochScheduler(clock, self._epochDue)
+        # Functions whose sleepers were woken while others slept on: when.
+        self._wakeWatch: Dict[Function, float] = {}
+        self._wakeCall: Any = None
+        self._functionsRefused = 0
         self.accepting = True
         self._idleWaiters: List[Deferred[None]] = []
+
+    # -- the lifecycle -----------------------------------------------------
+
+    def _move(self, job: Job, new: int) -> None:
+        """
+        The one place a job changes state: leave the old state's counters,
+        queue, timer or worker, then enter C{new}'s. A job entering RUNNING
+        has its C{worker} set already; one leaving QUEUED for RUNNING has
+        been popped off its queue by the grab.
+        """
+        old = job.state
+        function = job.func
+        if old == QUEUED:
+            function.queued -= 1
+            function.priorityCounts[job.priority] -= 1
+            if new != RUNNING:
+                # Still in its queue: dropped when it reaches the head, or
+                # when dead entries outnumber live ones.
+                function.dead += 1
+                if function.dead > _COMPACT_MINIMUM and function.dead > function.queued:
+                    self._compact(function, job)
+            if not function.queued and self._wakeWatch:
+                self._unwatch(function)
+        elif old == RUNNING:
+            function.running -= 1
+            worker = job.worker
+            if worker is not None:
+                job.worker = None
+                worker.held.pop(job.handle, None)
+            call = job.timeoutCall
+            if call is not None:
+                if call.active():
+                    call.cancel()
+                job.timeoutCall = None
+        elif old == SCHEDULED:
+            function.scheduled -= 1
+            self.scheduler.remove(job)
+        elif old == PENDING:
+            function.pending -= 1
+        job.state = new
+        if new == QUEUED:
+            queues = function.queues
+            if queues is None:
+                queues = function.queues = (deque(), deque(), deque())
+            queues[job.priority].append(job)
+            function.queued += 1
+            function.priorityCounts[job.priority] += 1
+            if function.sleepers:
+                self._wake(function)
+        elif new == RUNNING:
+            function.running += 1
+            job.worker.held[job.handle] = job  # type: ignore[union-attr]
+        elif new == DONE:
+            # Forget the job (inline: this is the end of every job's hot path).
+            self.jobs.pop(job.handle, None)
+            if job.coalesceKey is not None:
+                self._unindex(job)
+            storeState = job.storeState
+            if storeState is _S_STORED:
+                self.storeQueue.remove(job)  # type: ignore[union-attr]
+            if job.clients:
+                for client in job.clients:
+                    client.waiting.pop(job, None)
+                job.clients = ()
+            if old != RUNNING and storeState is not _S_WRITING:
+                # A dead queue entry may outlive it: let go of the payload now.
+                job.payload = b""
+            if not function.workers and not function.kept and not function.total():
+                self._forgetFunction(function)
+            if not self.accepting:
+                self._checkIdle()
+            if self._largeQueue and not self.jobs:
+                self._largeQueue = False
+                if self.onEmptied is not None:
+                    self.onEmptied()
+        elif new == SCHEDULED:
+            function.scheduled += 1
+            self.scheduler.add(job, job.when)
+        elif new == PENDING:
+            function.pending += 1
+
+    def _unindex(self, job: Job) -> None:
+        """Remove a job from the coalescing indexes (O(1))."""
+        uniques = job.func.uniques
+        if uniques.get(job.coalesceKey) is job:
+            del uniques[job.coalesceKey]
+        index = self._uniqueIndex.get(job.unique)
+        if index is not None:
+            index.pop(job, None)
+            if not index:
+                del self._uniqueIndex[job.unique]
+
+    def _compact(self, function: Function, leaving: Job) -> None:
+        """
+        Drop a function's dead queue entries, and C{leaving}, which is
+        leaving QUEUED (amortised O(1) per removal).
+        """
+        queues = function.queues
+        if queues is not None:
+            function.queues = tuple(  # type: ignore[assignment]
+                deque(job for job in queue if job.state == QUEUED and job is not leaving)
+                for queue in queues)
+        function.dead = 0
+
+    def _makeRunnable(self, job: Job) -> None:
+        when = job.when
+        if when and when > self.clock.seconds():
+            self._move(job, SCHEDULED)
+        else:
+            self._move(job, QUEUED)
+
+    def _epochDue(self, job: Job) -> None:
+        if job.state == SCHEDULED:
+            job.when = 0
+            self._move(job, QUEUED)
+
+    # -- functions -------------------------------------------------------
+
+    def function(self, name: bytes) -> Function:
+        """The L{Function} called C{name}, created if new (whatever the cap)."""
+        function = self.functions.get(name)
+        if function is None:
+            function = self.functions[name] = Function(name)
+        return function
+
+    def _newFunction(self, name: bytes) -> Optional[Function]:
+        """A new L{Function}, or C{None} when L{maxFunctions} exist already."""
+        if len(self.functions) >= self.maxFunctions:
+            # Logged once per many refusals: a peer must not turn them into a log flood.
+            if self._functionsRefused % 10000 == 0:
+                self._log.warn("{count} functions exist already (--max-functions): {name!r} "
+                               "refused ({refused} refused so far)", count=len(self.functions),
+                               name=name[:64], refused=self._functionsRefused + 1)
+            self._functionsRefused += 1
+            return None
+        function = self.functions[name] = Function(name)
+        return function
+
+    def _forgetIfUnused(self, function: Function) -> None:
+        if not function.workers and not function.kept and not function.total():
+            self._forgetFunction(function)
+
+    def _forgetFunction(self, function: Function) -> None:
+        if self.functions.get(function.name) is function:
+            del self.functions[function.name]
+        self._wakeWatch.pop(function, None)
+
+    def createFunction(self, name: bytes) -> Optional[str]:
+        """Admin C{create function}: C{None} on success, else the error text."""
+        function = self.functions.get(name)
+        if function is None:
+            function = self._newFunction(name)
+            if function is None:
+                return "too many functions"
+        function.kept = True
+        return None
 
     # -- connections -----------------------------------------------------
 
@@ -304,27 +499,30 @@ class JobServerState:
             return
         session.closed = True
         self.sessions.pop(session.id, None)
-        self._storeWaiting.pop(session, None)
+        if self.storeQueue is not None:
+            self.storeQueue.forget(session)
         if session.sleeping:
             self._stopSleeping(session)
         touched: Dict[Function, None] = {}
         for job in list(session.held.values()):
-            if job.state == RUNNING and job.worker is session:
-                self._jobLostWorker(job, "worker disconnected")
-                touched[job.func] = None
+            touched[job.func] = None
+            self._lostWorker(job, "worker disconnected")
         session.held.clear()
-        for function in session.functions:
+        session.dropped = None
+        functions = session.functions
+        session.functions = []
+        session.registered = {}
+        session.timeouts.clear()
+        for function in functions:
             function.workers -= 1
             touched[function] = None
-        session.functions = []
-        session.timeouts.clear()
-        for job in session.waiting:
+        for job in list(session.waiting):
             clients = job.clients
             if session in clients:
                 clients.remove(session)
             if not clients and not job.background and job.state != RUNNING:
                 # Nobody waits for the result: drop it, as gearmand does.
-                self._forget(job)
+                self._move(job, DONE)
         session.waiting.clear()
         if session.blockedWorkers:
             self._resumeBlocked(session)
@@ -332,26 +530,31 @@ class JobServerState:
         for function in touched:
             if function.queued and function.sleepers:
                 self._wake(function, function.queued)
+            self._forgetIfUnused(function)
         self._checkIdle()
 
     # -- worker registration --------------------------------------------
 
-    def function(self, name: bytes) -> Function:
-        """The L{Function} called C{name}, created if new."""
+    def canDo(self, session: Session, name: bytes, timeout: float = 0.0) -> None:
+        """
+        CAN_DO / CAN_DO_TIMEOUT (C{timeout} in seconds; 0 = none). A
+        connection registers a function once; repeating it only sets the
+        timeout.
+        """
         function = self.functions.get(name)
         if function is None:
-            function = self.functions[name] = Function(name)
-        return function
-
-    def canDo(self, session: Session, name: bytes, timeout: float = 0.0) -> None:
-        """CAN_DO / CAN_DO_TIMEOUT (C{timeout} in seconds; 0 = none)."""
-        function = self.function(name)
-        session.functions.append(function)
-        function.workers += 1
+            function = self._newFunction(name)
+            if function is None:
+                return
         if timeout > 0:
             session.timeouts[function] = timeout
-        else:
+        elif session.timeouts:
             session.timeouts.pop(function, None)
+        if function in session.registered:
+            return
+        session.registered[function] = None
+        session.functions.append(function)
+        function.workers += 1
         if session.sleeping:
             if function.queued:
                 self._wakeSession(session)
@@ -359,23 +562,26 @@ class JobServerState:
                 function.sleepers[session] = None
 
     def cantDo(self, session: Session, name: bytes) -> None:
-        """CANT_DO: forget every registration of C{name} by this session."""
+        """CANT_DO: forget this session's registration of C{name}."""
         function = self.functions.get(name)
-        if function is None or function not in session.functions:
+        if function is None or session.registered.pop(function, 1) is not None:
             return
-        count = session.functions.count(function)
-        session.functions = [f for f in session.functions if f is not function]
-        function.workers -= count
+        session.functions.remove(function)
+        function.workers -= 1
         session.timeouts.pop(function, None)
         function.sleepers.pop(session, None)
+        self._forgetIfUnused(function)
 
     def resetAbilities(self, session: Session) -> None:
         """RESET_ABILITIES."""
-        for function in session.functions:
+        functions = session.functions
+        session.functions = []
+        session.registered = {}
+        session.timeouts.clear()
+        for function in functions:
             function.workers -= 1
             function.sleepers.pop(session, None)
-        session.functions = []
-        session.timeouts.clear()
+            self._forgetIfUnused(function)
 
     def setClientId(self, session: Session, clientId: bytes) -> None:
         session.clientId = clientId.strip() or b"-"
@@ -410,6 +616,40 @@ class JobServerState:
             session, _ = sleepers.popitem(last=False)
             self._wakeSession(session)
             count -= 1
+        if sleepers and function not in self._wakeWatch:
+            # Others sleep on: if the woken ones do not grab, wake them later.
+            self._wakeWatch[function] = self.clock.seconds()
+            if self._wakeCall is None:
+                self._wakeCall = self.clock.callLater(self.wakeRecheck, self._recheckWakes)
+
+    def _unwatch(self, function: Function) -> None:
+        # The timer is left to run out: cancelling and re-arming it for every
+        # job would cost a timer per job while workers sleep.
+        self._wakeWatch.pop(function, None)
+
+    def _recheckWakes(self) -> None:
+        """Jobs still queued L{wakeRecheck} seconds after their NOOPs: wake the next sleepers."""
+        self._wakeCall = None
+        now = self.clock.seconds()
+        watch = self._wakeWatch
+        due = []
+        for function, woken in watch.items():  # oldest first
+            if woken + self.wakeRecheck > now + 1e-6:
+                break
+            due.append(function)
+        for function in due:
+            del watch[function]
+            if function.queued and function.sleepers:
+                self._log.debug("Jobs of {function!r} still queued after a wake-up; waking more",
+                                function=function.name)
+                self._wake(function, function.queued)
+        if self._wakeCall is not None:
+            self._wakeCall.cancel()
+            self._wakeCall = None
+        if watch:
+            first = next(iter(watch.values()))
+            self._wakeCall = self.clock.callLater(max(0.0, first + self.wakeRecheck - now),
+                                                  self._recheckWakes)
 
     # -- submitting ------------------------------------------------------
 
@@ -427,18 +667,22 @@ class JobServerState:
             return
         function = self.functions.get(name)
         if function is None:
-            function = self.functions[name] = Function(name)
+            function = self._newFunction(name)
+            if function is None:
+                session.write(ERR_TOO_MANY_FUNCTIONS)
+                return
         if unique:
-            key: Any = unique if unique != b"-" else ((b"-", payload) if payload else None)
-            if key is not None:
-                job = function.uniques.get(key)
+            coalesceKey: Any = unique if unique != b"-" else ((b"-", payload) if payload else None)
+            if coalesceKey is not None:
+                job = function.uniques.get(coalesceKey)
                 if job is not None:
                     self._attach(session, job, background)
                     return
         else:
-            key = None
+            coalesceKey = None
         if not self.accepting:
             session.write(ERR_SHUTTING_DOWN)
+            self._forgetIfUnused(function)
             return
         limit = function.maxQueue[priority]
         if limit and function.total() >= limit:
@@ -446,32 +690,35 @@ class JobServerState:
                               "submit refused", function=name, limit=limit)
             session.write(ERR_QUEUE_FULL)
             return
-        handle = self.handlePrefix + b"%d" % self._nextHandle
-        self._nextHandle += 1
-        self._seq += 1
+        key = self._nextKey
+        self._nextKey = key + 1
+        handle = self.handlePrefix + b"%d" % key
         job = Job(handle, function, unique, payload, priority, background, when, reducer,
-                  session.clientId if session.clientId != b"-" else b"",
-                  self._seq)
+                  session.clientId if session.clientId != b"-" else b"", key)
         jobs = self.jobs
         jobs[handle] = job
         if len(jobs) >= LARGE_QUEUE:
             self._largeQueue = True
-        if key is not None:
-            job.coalesceKey = key
-            function.uniques[key] = job
-            index = self._uniqueIndex.get(unique)
-            if index is None:
-                self._uniqueIndex[unique] = [job]
-            else:
-                index.append(job)
+        if coalesceKey is not None:
+            self._index(job, coalesceKey)
         if not background:
             job.clients = [session]
             session.waiting[job] = None
-        if background and self.store is not None:
-            self._persist(job, session, True)
+        elif self.storeQueue is not None:
+            self._move(job, PENDING)
+            self._persist(job, session)
             return
         session.write(_H_JOB_CREATED + len(handle).to_bytes(4, "big") + handle)
         self._makeRunnable(job)
+
+    def _index(self, job: Job, coalesceKey: Any) -> None:
+        job.coalesceKey = coalesceKey
+        job.func.uniques[coalesceKey] = job
+        index = self._uniqueIndex.get(job.unique)
+        if index is None:
+            self._uniqueIndex[job.unique] = {job: None}
+        else:
+            index[job] = None
 
     def _attach(self, session: Session, job: Job, background: bool) -> None:
         if background:
@@ -479,8 +726,8 @@ class JobServerState:
                 # A background submitter makes the job survive its foreground
                 # clients; gearmand loses it when they go (not copied).
                 job.background = True
-                if self.store is not None and job.state != DONE:
-                    self._persist(job, session, False)
+                if self.storeQueue is not None and job.state != DONE:
+                    self._persist(job, session)
                     return
         elif session not in job.clients:
             if job.clients:
@@ -488,86 +735,54 @@ class JobServerState:
             else:
                 job.clients = [session]
             session.waiting[job] = None
-        if job.storeState == STORE_PENDING:
+        if job.storeState is _S_WRITING:
             # Answer once the store has the job, in this session's order.
-            session._awaitStore(job)
-            self._storeWaiting[session] = None
+            self.storeQueue.holdReply(session, job)  # type: ignore[union-attr]
             return
         handle = job.handle
         session.write(_H_JOB_CREATED + len(handle).to_bytes(4, "big") + handle)
 
     # -- persistence -----------------------------------------------------
 
-    def _persist(self, job: Job, session: Session, new: bool) -> None:
+    def _persist(self, job: Job, session: Session) -> None:
         """
-        Record a background job; JOB_CREATED goes out once it is durable.
-        Jobs of one reactor turn go to the store together (one C{addMany}).
+        Record a background job; JOB_CREATED goes out once it is durable. A
+        new job waits in PENDING; a foreground job turned background stays
+        runnable meanwhile.
         """
-        session._awaitStore(job)
-        self._storeWaiting[session] = None
-        if job.storeState == STORE_PENDING:  # already being written
-            return
-        job.storeState = STORE_PENDING
-        if new:
-            job.state = PENDING
-        # else: a foreground job turned background stays runnable meanwhile.
-        job.key = self._nextKey
-        self._nextKey += 1
-        if type(job.payload) is not bytes:
-            job.payload = bytes(job.payload)  # a large one arrived as a view
-        unstored = self._unstored
-        unstored.append(job)
-        if len(unstored) == 1:
-            self.clock.callLater(0, self._storeBatch)
+        storeQueue: StoreQueue = self.storeQueue  # type: ignore[assignment]
+        storeQueue.holdReply(session, job)
+        if job.storeState is not _S_WRITING:
+            storeQueue.write(job)
 
-    def _storeBatch(self) -> None:
-        batch, self._unstored = self._unstored, []
-        d = self.store.addMany(batch)
-        d.addCallbacks(self._stored, self._storeFailed, callbackArgs=(batch,),
-                       errbackArgs=(batch,))
-
-    def _stored(self, _: object, batch: List[Job]) -> None:
+    def _jobsStored(self, batch: List[Job]) -> None:
         for job in batch:
-            job.persisted = True
-            job.storeState = STORE_DONE
             if job.state == PENDING:
                 self._makeRunnable(job)
             elif job.state == DONE:
                 # Finished (cancelled) while being written: forget it again.
-                self.store.remove(job).addErrback(self._logStoreFailure, job)
-        self._flushStoreWaiting()
+                self.storeQueue.remove(job)  # type: ignore[union-attr]
+                job.payload = b""
 
-    def _flushStoreWaiting(self) -> None:
-        """Send the replies the store's answer has released, session by session."""
-        waiting = self._storeWaiting
-        for session in list(waiting):
-            if session._flushReplies():
-                del waiting[session]
-
-    def _storeFailed(self, failure: Failure, batch: List[Job]) -> None:
-        self._log.failure("Could not store {count} background jobs", failure, count=len(batch))
-        packet = ERR_NOT_STORED  # the detail (paths...) is for the log only
+    def _jobsNotStored(self, batch: List[Job]) -> None:
         for job in batch:
-            job.storeState = packet
             if job.state == PENDING:
                 if job.clients:
                     # Foreground clients also wait on it: keep it as a memory job.
                     job.background = False
                     self._makeRunnable(job)
                 else:
-                    self._forget(job)
-            elif job.state != DONE:
+                    self._move(job, DONE)
+            elif job.state == DONE:
+                job.payload = b""  # kept only for the store's sake
+            else:
                 job.background = False
-        self._flushStoreWaiting()
-
-    def _logStoreFailure(self, failure: Failure, job: Job) -> None:
-        self._log.failure("Could not remove job {handle!r} from the store", failure,
-                          handle=job.handle)
 
     def loadStored(self, stored: Sequence[Any]) -> int:
         """
         Re-create background jobs a store loaded at start-up, in the order
-        given (priority, then submission). Returns how many were created.
+        given (priority, then submission), each under its old handle.
+        Returns how many were created.
         """
         count = 0
         for record in stored:
@@ -575,76 +790,34 @@ class JobServerState:
                 self._nextKey = record.key + 1
             function = self.function(record.function)
             unique = record.unique
-            key: Any = None
+            coalesceKey: Any = None
+            handle = self.handlePrefix + b"%d" % record.key
             if unique:
-                key = unique if unique != b"-" else ((b"-", record.payload) if record.payload else None)
-                if key is not None and key in function.uniques:
-                    self._log.warn("Stored job {key!r} duplicates unique {unique!r}; dropping it",
-                                   key=record.key, unique=unique)
-                    if self.store is not None:
-                        self.store.remove(record).addErrback(lambda f: None)
-                    continue
-            handle = self.handlePrefix + b"%d" % self._nextHandle
-            self._nextHandle += 1
-            self._seq += 1
+                coalesceKey = unique if unique != b"-" else (
+                    (b"-", record.payload) if record.payload else None)
+            if handle in self.jobs:
+                # Not removed: the store would remove the first one, by key.
+                self._log.warn("Stored job {key!r} loaded twice; ignoring the copy", key=record.key)
+                self._forgetIfUnused(function)
+                continue
+            if coalesceKey is not None and coalesceKey in function.uniques:
+                self._log.warn("Stored job {key!r} duplicates unique {unique!r}; dropping it",
+                               key=record.key, unique=unique)
+                if self.store is not None:
+                    self.store.remove(record).addErrback(lambda f: None)
+                self._forgetIfUnused(function)
+                continue
             job = Job(handle, function, unique, record.payload, record.priority, True,
-                      record.when, record.reducer, record.clientId, self._seq)
-            job.key = record.key
-            job.persisted = True
+                      record.when, record.reducer, record.clientId, record.key)
+            job.storeState = _S_STORED
             self.jobs[handle] = job
-            if key is not None:
-                job.coalesceKey = key
-                function.uniques[key] = job
-                self._uniqueIndex.setdefault(unique, []).append(job)
+            if coalesceKey is not None:
+                self._index(job, coalesceKey)
             self._makeRunnable(job)
             count += 1
+        if len(self.jobs) >= LARGE_QUEUE:
+            self._largeQueue = True
         return count
-
-    # -- queues ------------------------------------------------------------
-
-    def _makeRunnable(self, job: Job) -> None:
-        when = job.when
-        function = job.func
-        if when and when > self.clock.seconds():
-            job.state = SCHEDULED
-            function.scheduled += 1
-            self._scheduleEpoch(job)
-            return
-        self._enqueue(job)
-
-    def _enqueue(self, job: Job) -> None:
-        """Put a job at the tail of its priority queue and wake a sleeper."""
-        job.state = QUEUED
-        function = job.func
-        function.queues[job.priority].append(job)
-        function.queued += 1
-        function.priorityCounts[job.priority] += 1
-        if function.sleepers:
-            self._wake(function)
-
-    def _scheduleEpoch(self, job: Job) -> None:
-        heapq.heappush(self._epochHeap, (job.when, job.seq, job))
-        head = self._epochHeap[0]
-        if head[2] is job:
-            if self._epochCall is not None and self._epochCall.active():
-                self._epochCall.cancel()
-            delay = max(0.0, job.when - self.clock.seconds())
-            self._epochCall = self.clock.callLater(delay, self._epochDue)
-
-    def _epochDue(self) -> None:
-        self._epochCall = None
-        heap = self._epochHeap
-        now = self.clock.seconds()
-        while heap and heap[0][0] <= now:
-            _, _, job = heapq.heappop(heap)
-            if job.state == SCHEDULED:
-                job.func.scheduled -= 1
-                job.when = 0
-                self._makeRunnable(job)
-        while heap and heap[0][2].state != SCHEDULED:
-            heapq.heappop(heap)
-        if heap:
-            self._epochCall = self.clock.callLater(max(0.0, heap[0][0] - now), self._epochDue)
 
     # -- grabbing --------------------------------------------------------
 
@@ -658,17 +831,19 @@ class JobServerState:
         functions = session.functions
         job = None
         if len(functions) == 1:
-            queues = functions[0].queues
-            for priority in (HIGH, NORMAL, LOW):
-                queue = queues[priority]
-                while queue:
-                    head = queue[0]
-                    if head.state == QUEUED and head.worker is None:
-                        job = queue.popleft()
+            function = functions[0]
+            queues = function.queues
+            if queues is not None:
+                for priority in (HIGH, NORMAL, LOW):
+                    queue = queues[priority]
+                    while queue:
+                        head = queue.popleft()
+                        if head.state == QUEUED:
+                            job = head
+                            break
+                        function.dead -= 1
+                    if job is not None:
                         break
-                    queue.popleft()
-                if job is not None:
-                    break
         elif functions:
             job = self._pickAmong(session, functions)
         if job is None:
@@ -684,34 +859,35 @@ class JobServerState:
             bestIndex = 0
             for i in range(count):
                 index = (start + i) % count
-                queue = functions[index].queues[priority]
+                function = functions[index]
+                queues = function.queues
+                if queues is None:
+                    continue
+                queue = queues[priority]
                 while queue:
                     head = queue[0]
-                    if head.state == QUEUED and head.worker is None:
+                    if head.state == QUEUED:
                         break
                     queue.popleft()
+                    function.dead -= 1
                 if not queue:
                     continue
                 head = queue[0]
                 if self.roundRobin:
                     best, bestIndex = head, index
                     break
-                if best is None or head.seq < best.seq:
+                if best is None or head.key < best.key:
                     best, bestIndex = head, index
             if best is not None:
-                best.func.queues[priority].popleft()
+                best.func.queues[priority].popleft()  # type: ignore[index]
                 session.rotation = bestIndex + 1
                 return best
         return None
 
     def _assign(self, session: Session, job: Job, kind: int) -> None:
-        function = job.func
-        function.queued -= 1
-        function.priorityCounts[job.priority] -= 1
-        function.running += 1
-        job.state = RUNNING
         job.worker = session
-        session.held[job.handle] = job
+        self._move(job, RUNNING)
+        function = job.func
         handle = job.handle
         payload = job.payload
         if kind == PacketType.GRAB_JOB:
@@ -735,31 +911,31 @@ class JobServerState:
         job.timeoutCall = None
         if job.worker is not session or job.state != RUNNING:
             return
-        self._log.info("Job {handle!r} exceeded its worker's timeout; requeued",
-                       handle=job.handle)
-        del session.held[job.handle]
-        self._jobLostWorker(job, "worker timed out")
+        session._drop(job.handle)
+        self._lostWorker(job, "worker timed out", timedOut=True)
 
-    def _jobLostWorker(self, job: Job, why: str) -> None:
-        """Requeue a job whose worker went away, or fail it past --job-retries."""
-        if job.timeoutCall is not None:
-            if job.timeoutCall.active():
-                job.timeoutCall.cancel()
-            job.timeoutCall = None
-        function = job.func
-        function.running -= 1
-        job.worker = None
+    def _lostWorker(self, job: Job, why: str, timedOut: bool = False) -> None:
+        """
+        A running job's worker went away or overran its timeout: requeue it,
+        or fail it (WORK_FAIL to its clients) when no attempt is left. A
+        timed-out job fails at once unless C{--job-retries} allows more
+        attempts; a lost worker's job is retried forever when it is 0.
+        """
         job.retries += 1
         job.numerator = job.denominator = b"0"
-        if self.jobRetries and job.retries >= self.jobRetries:
-            self._log.warn("Job {handle!r} failed after {retries} retries ({why})",
+        retries = self.jobRetries
+        if (retries and job.retries >= retries) or (timedOut and not retries):
+            self._log.warn("Job {handle!r} failed after {retries} attempts ({why})",
                            handle=job.handle, retries=job.retries, why=why)
             self._finish(job, _H_WORK_FAIL + len(job.handle).to_bytes(4, "big") + job.handle)
             return
+        if timedOut:
+            self._log.info("Job {handle!r} exceeded its worker's timeout; requeued",
+                           handle=job.handle)
         if not job.clients and not job.background:
-            self._forget(job)
+            self._move(job, DONE)
             return
-        self._enqueue(job)
+        self._move(job, QUEUED)
 
     # -- work results ----------------------------------------------------
 
@@ -767,8 +943,8 @@ class JobServerState:
                    denominator: bytes, body: bytes) -> None:
         job = session.held.get(handle)
         if job is None:
-            self._unknownHandle(session, handle, "WORK_STATUS")
-            session.write(ERR_JOB_NOT_FOUND)
+            if not self._unknownHandle(session, handle, "WORK_STATUS"):
+                session.write(ERR_JOB_NOT_FOUND)
             return
         job.numerator = numerator
         job.denominator = denominator
@@ -778,38 +954,42 @@ class JobServerState:
         """WORK_DATA or WORK_WARNING: relayed to the attached clients."""
         job = session.held.get(handle)
         if job is None:
-            self._unknownHandle(session, handle, PacketType(kind).name)
-            session.write(ERR_JOB_NOT_FOUND_DATA)
+            if not self._unknownHandle(session, handle, PacketType(kind).name):
+                session.write(ERR_JOB_NOT_FOUND_DATA)
             return
         self._relay(job, kind, body, session)
 
     def workEnd(self, session: Session, kind: int, handle: bytes, body: bytes) -> None:
         """WORK_COMPLETE, WORK_FAIL or WORK_EXCEPTION: relay and end the job."""
-        job = session.held.pop(handle, None)
+        job = session.held.get(handle)
         if job is None:
-            self._unknownHandle(session, handle, PacketType(kind).name)
+            if self._unknownHandle(session, handle, PacketType(kind).name, True):
+                return
             session.write(ERR_JOB_NOT_FOUND_EXC if kind == PacketType.WORK_EXCEPTION
                           else ERR_JOB_NOT_FOUND)
             return
-        if job.worker is not session:
-            return  # cancelled by an admin while running: result dropped
-        job.func.running -= 1
-        job.worker = None
-        if job.timeoutCall is not None:
-            if job.timeoutCall.active():
-                job.timeoutCall.cancel()
-            job.timeoutCall = None
         if kind == PacketType.WORK_EXCEPTION:
             self._finishException(job, body, session)
         else:
             self._finish(job, responseHeader(kind, len(body)) + body if len(body) < _BIG
                          else [responseHeader(kind, len(body)), body], session)
 
-    def _unknownHandle(self, session: Session, handle: bytes, what: str) -> None:
-        # Info, not a warning: a worker whose job timed out or was cancelled
-        # sends these in good faith.
+    def _unknownHandle(self, session: Session, handle: bytes, what: str,
+                       final: bool = False) -> bool:
+        """
+        A report on a job this session does not hold: C{True} if the job was
+        taken from it (timed out, cancelled), so the report is dropped quietly.
+        """
+        dropped = session.dropped
+        if dropped is not None and handle in dropped:
+            if final:
+                del dropped[handle]
+            return True
+        # Info, not a warning: a worker whose job was taken long ago sends
+        # these in good faith.
         self.peerLog.info(session.peer, "handle", "Session {id}: {what} for {handle}, which it "
                           "does not hold", id=session.id, what=what, handle=handle)
+        return False
 
     def _relay(self, job: Job, kind: int, body: bytes, worker: Session) -> None:
         clients = job.clients
@@ -829,61 +1009,29 @@ class JobServerState:
                     self._blockWorker(client, worker)
 
     def _finish(self, job: Job, packet: Any, worker: Optional[Session] = None) -> None:
-        """Send the final packet to every attached client and forget the job."""
-        for client in job.clients:
-            client.waiting.pop(job, None)
-            if type(packet) is list:
-                client.writeSequence(packet)
-            else:
-                client.write(packet)
-            if worker is not None and client.writePaused:
-                self._blockWorker(client, worker)
-        job.clients = ()
-        self._forget(job)
+        """Send the final packet to every attached client and end the job."""
+        clients = job.clients
+        if clients:
+            job.clients = ()
+            for client in clients:
+                client.waiting.pop(job, None)
+                if type(packet) is list:
+                    client.writeSequence(packet)
+                else:
+                    client.write(packet)
+                if worker is not None and client.writePaused:
+                    self._blockWorker(client, worker)
+        self._move(job, DONE)
 
     def _finishException(self, job: Job, body: bytes, worker: Session) -> None:
         exception = responseHeader(PacketType.WORK_EXCEPTION, len(body)) + body
         fail = _H_WORK_FAIL + len(job.handle).to_bytes(4, "big") + job.handle
-        for client in job.clients:
+        clients = job.clients
+        job.clients = ()
+        for client in clients:
             client.waiting.pop(job, None)
             client.write(exception if client.exceptions else fail)
-        job.clients = ()
-        self._forget(job)
-
-    def _forget(self, job: Job) -> None:
-        """Remove every trace of a finished job (its queue entry is dropped lazily)."""
-        state = job.state
-        if state == QUEUED:
-            function = job.func
-            function.queued -= 1
-            function.priorityCounts[job.priority] -= 1
-        elif state == SCHEDULED:
-            job.func.scheduled -= 1
-        job.state = DONE
-        self.jobs.pop(job.handle, None)
-        key = job.coalesceKey
-        if key is not None:
-            uniques = job.func.uniques
-            if uniques.get(key) is job:
-                del uniques[key]
-            index = self._uniqueIndex.get(job.unique)
-            if index is not None:
-                if len(index) == 1:
-                    del self._uniqueIndex[job.unique]
-                else:
-                    index.remove(job)
-        if job.persisted and self.store is not None:
-            job.persisted = False
-            self.store.remove(job).addErrback(self._logStoreFailure, job)
-        for client in job.clients:
-            client.waiting.pop(job, None)
-        job.clients = ()
-        if not self.accepting:
-            self._checkIdle()
-        if self._largeQueue and not self.jobs:
-            self._largeQueue = False
-            if self.onEmptied is not None:
-                self.onEmptied()
+        self._move(job, DONE)
 
     # -- backpressure ----------------------------------------------------
 
@@ -910,6 +1058,7 @@ class JobServerState:
             if not worker.closed:
                 worker.peer.resumeReading()
 
+
     # -- status ----------------------------------------------------------
 
     def getStatus(self, session: Session, handle: bytes) -> None:
@@ -927,7 +1076,7 @@ class JobServerState:
             session.write(encodeResponse(PacketType.STATUS_RES_UNIQUE, unique,
                                          b"0", b"0", b"0", b"0", b"0"))
             return
-        job = jobs[0]
+        job = next(iter(jobs))
         session.write(encodeResponse(PacketType.STATUS_RES_UNIQUE, unique, b"1",
                                      b"1" if job.state == RUNNING else b"0",
                                      job.numerator, job.denominator,
@@ -940,17 +1089,10 @@ class JobServerState:
         job = self.jobs.get(handle)
         if job is None or job.state == DONE:
             return False
-        if job.state == RUNNING:
-            worker = job.worker
-            job.func.running -= 1
-            job.worker = None
-            if job.timeoutCall is not None and job.timeoutCall.active():
-                job.timeoutCall.cancel()
-            job.timeoutCall = None
-            # The worker may still report on it: accept and drop what it sends.
-            job.state = DONE
-            if worker is not None:
-                worker.held[handle] = job
+        worker = job.worker
+        if worker is not None:
+            # The worker may still report on it: dropped quietly.
+            worker._drop(handle)
         self._finish(job, _H_WORK_FAIL + len(handle).to_bytes(4, "big") + handle)
         return True
 
@@ -959,16 +1101,19 @@ class JobServerState:
         lowered = name.lower()
         for fname, function in self.functions.items():
             if fname.lower() == lowered:
-                if function.workers or function.running or function.queued or function.uniques:
+                if function.workers or function.total() or function.uniques:
                     return "there are still connected workers or executing clients"
-                del self.functions[fname]
+                self._forgetFunction(function)
                 return None
         return "function not found"
 
     def setMaxQueue(self, name: bytes, limits: Sequence[int]) -> None:
+        """Admin C{maxqueue}: a function given limits is kept when unused."""
         function = self.functions.get(name)
         if function is not None:
             function.maxQueue = [max(0, n) for n in limits]
+            if any(function.maxQueue):
+                function.kept = True
 
     # -- graceful shutdown ----------------------------------------------
 
@@ -983,10 +1128,9 @@ class JobServerState:
         if self.store is None:
             return
         for job in list(self.jobs.values()):
-            if job.persisted and not job.clients and job.state in (QUEUED, SCHEDULED):
-                job.persisted = False  # forget it here, keep it in the store
-                self._forget(job)
-                job.persisted = True
+            if job.storeState is _S_STORED and not job.clients and job.state in (QUEUED, SCHEDULED):
+                job.storeState = _S_NONE  # forget it here, keep it in the store
+                self._move(job, DONE)
 
     def whenIdle(self) -> "Deferred[None]":
         """Fires once no job is queued or running."""
@@ -1003,11 +1147,12 @@ class JobServerState:
 
     def cancelTimers(self) -> None:
         """Cancel every pending timer (used when the service stops)."""
-        if self._epochCall is not None and self._epochCall.active():
-            self._epochCall.cancel()
-        self._epochCall = None
+        self.scheduler.cancel()
+        if self._wakeCall is not None and self._wakeCall.active():
+            self._wakeCall.cancel()
+        self._wakeCall = None
+        self._wakeWatch = {}
         for job in self.jobs.values():
             if job.timeoutCall is not None and job.timeoutCall.active():
                 job.timeoutCall.cancel()
             job.timeoutCall = None
-

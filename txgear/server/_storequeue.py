@@ -1,0 +1,150 @@
+# -*- test-case-name: tests.test_server_lifecycle -*-
+"""
+Background jobs on their way to a store, and the replies held back for them.
+
+A job handed to L{StoreQueue.write} goes to the store with every other job
+of the same reactor turn (one C{addMany}). Its submitters get JOB_CREATED
+only once the store has it; every later reply to the same connection waits
+behind it, so a connection's replies keep their request order. No I/O of
+its own: the store and the clock are injected.
+"""
+from __future__ import annotations
+
+from collections import deque
+from enum import IntEnum
+from typing import Any, Callable, Dict, List
+
+from twisted.python.failure import Failure
+
+from txgear._log import logger
+from txgear._packet import PacketType, encodeResponse, responseHeader
+
+_H_JOB_CREATED = responseHeader(PacketType.JOB_CREATED, 0)[:8]
+
+#: What submitters hear when the store failed: fixed, as the failure's own text may
+#: name files or hosts.
+ERR_NOT_STORED = encodeResponse(PacketType.ERROR, b"QUEUE_ERROR", b"Job could not be stored")
+
+
+class StoreState(IntEnum):
+    """Where a job stands with the store (independent of its run state)."""
+
+    #: Not in a store: a memory job, or one the store keeps for the next start.
+    NONE = 0
+    #: Handed to the store, not yet durable.
+    WRITING = 1
+    #: Durable: it must be removed from the store when it ends.
+    STORED = 2
+    #: The store refused it; C{job.storeError} is the ERROR its submitters get.
+    FAILED = 3
+
+
+NONE, WRITING, STORED, FAILED = StoreState.NONE, StoreState.WRITING, StoreState.STORED, StoreState.FAILED
+
+
+class StoreQueue:
+    """
+    Batches background jobs to an L{txgear.interfaces.IJobStore} and holds
+    the replies that must wait for it.
+
+    @param store: the store.
+    @param clock: an C{IReactorTime}; one batch per reactor turn.
+    @param stored: called with each batch once the store has it (its jobs
+        are L{STORED} by then).
+    @param failed: called with each batch the store refused (its jobs are
+        L{FAILED} by then).
+    """
+
+    _log = logger()
+
+    def __init__(self, store: Any, clock: Any, stored: Callable[[List[Any]], None],
+                 failed: Callable[[List[Any]], None]) -> None:
+        self.store = store
+        self._clock = clock
+        self._stored = stored
+        self._failed = failed
+        self._unstored: List[Any] = []
+        # Sessions with replies held back, in no particular order.
+        self._holding: Dict[Any, None] = {}
+
+    def write(self, job: Any) -> None:
+        """Record C{job} in the store with the rest of this reactor turn's jobs."""
+        job.storeState = WRITING
+        if type(job.payload) is not bytes:
+            job.payload = bytes(job.payload)  # a large one arrived as a view
+        unstored = self._unstored
+        unstored.append(job)
+        if len(unstored) == 1:
+            self._clock.callLater(0, self._flush)
+
+    def remove(self, job: Any) -> None:
+        """Forget C{job} in the store (it ended)."""
+        job.storeState = NONE
+        self.store.remove(job).addErrback(self._removeFailed, job)
+
+    def holdReply(self, session: Any, job: Any) -> None:
+        """C{session}'s next reply is C{job}'s JOB_CREATED (or ERROR), once the store answers."""
+        if session.replies is None:
+            session.replies = deque()
+        session.replies.append(job)
+        self._holding[session] = None
+
+    def forget(self, session: Any) -> None:
+        """C{session} is gone: nothing to send it any more."""
+        self._holding.pop(session, None)
+
+    def _flush(self) -> None:
+        batch, self._unstored = self._unstored, []
+        d = self.store.addMany(batch)
+        d.addCallbacks(self._written, self._notWritten, callbackArgs=(batch,),
+                       errbackArgs=(batch,))
+
+    def _written(self, _: object, batch: List[Any]) -> None:
+        for job in batch:
+            job.storeState = STORED
+        self._stored(batch)
+        self._release()
+
+    def _notWritten(self, failure: Failure, batch: List[Any]) -> None:
+        self._log.failure("Could not store {count} background jobs", failure, count=len(batch))
+        packet = ERR_NOT_STORED  # the detail (a file path...) is for the log only
+        for job in batch:
+            job.storeState = FAILED
+            job.storeError = packet
+        self._failed(batch)
+        self._release()
+
+    def _release(self) -> None:
+        """Send what no longer waits for the store, session by session."""
+        holding = self._holding
+        for session in list(holding):
+            if _flushReplies(session):
+                del holding[session]
+
+    def _removeFailed(self, failure: Failure, job: Any) -> None:
+        self._log.failure("Could not remove job {handle!r} from the store", failure,
+                          handle=job.handle)
+
+
+def _flushReplies(session: Any) -> bool:
+    """Send C{session}'s held replies up to the first job still being written."""
+    replies = session.replies
+    while replies:
+        item = replies[0]
+        if type(item) is not bytes:
+            state = item.storeState
+            if state is WRITING:
+                return False
+            if state is FAILED:
+                item = item.storeError
+            else:
+                handle = item.handle
+                item = _H_JOB_CREATED + len(handle).to_bytes(4, "big") + handle
+        replies.popleft()
+        if not session.closed:
+            session.peer.write(item)
+    session.replies = None
+    return True
+
+
+__all__ = ["StoreQueue", "StoreState"]
