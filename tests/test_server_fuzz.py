@@ -74,6 +74,7 @@ def _checkBookkeeping(state: JobServerState) -> None:
         assert function.scheduled == sum(1 for j in state.jobs.values()
                                          if j.func is function and j.state == SCHEDULED)
         assert function.workers >= 0
+    assert state.runningCount == sum(1 for j in state.jobs.values() if j.state == RUNNING)
     for job in state.jobs.values():
         assert job.state != DONE
         assert job.handle == b"H:t:%d" % job.key

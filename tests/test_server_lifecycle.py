@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 
 from tests.test_server_state import P, RecordingStore, connect, grab, makeState, submit
 from txgear.jobs import StoredJob
-from txgear.server._state import HIGH, NORMAL
+from txgear.server._state import HIGH, NORMAL, RUNNING
 
 
 def _released(job) -> bool:
@@ -443,3 +443,36 @@ def test_aJobCancelledWhileBeingStoredLetsGoOfItsPayloadWhateverTheStoreSays():
         d.callback(None) if outcome == "stored" else d.errback(StoreError("down"))
         assert job.payload == b"", outcome
         assert store.removed == ([job.key] if outcome == "stored" else [])
+
+
+# -- the stop: an event when no worker holds a job -----------------------------
+
+
+def test_whenNoneRunningFiresWhenTheLastHeldJobEnds():
+    state, clock = makeState()
+    client, cpeer = connect(state)
+    worker, wpeer = connect(state)
+    other, opeer = connect(state)
+    state.canDo(worker, b"f")
+    state.canDo(other, b"f")
+    first = submit(state, client, cpeer)
+    second = submit(state, client, cpeer)
+    grab(state, worker, wpeer)
+    grab(state, other, opeer)
+    fired = []
+    state.whenNoneRunning().addCallback(fired.append)
+    state.workEnd(worker, P.WORK_COMPLETE, first, first + b"\0done")
+    assert fired == []
+    # A lost worker puts its job back in the queue: nothing runs any more.
+    state.disconnect(other)
+    assert fired == [None] and state.jobs[second].state != RUNNING
+    # Nothing running: fires at once; a waiter cancelled meanwhile is skipped.
+    done = []
+    state.whenNoneRunning().addCallback(done.append)
+    assert done == [None]
+    grab(state, worker, wpeer)
+    cancelled = state.whenNoneRunning()
+    cancelled.addErrback(lambda f: None)
+    cancelled.cancel()
+    state.workEnd(worker, P.WORK_COMPLETE, second, second + b"\0done")
+    assert clock.getDelayedCalls() == []

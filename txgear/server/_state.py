@@ -324,6 +324,9 @@ class JobServerState:
         self._functionsRefused = 0
         self.accepting = True
         self._idleWaiters: List[Deferred[None]] = []
+        # Jobs some worker holds, and who waits for there to be none (a stop).
+        self.runningCount = 0
+        self._noneRunningWaiters: List[Deferred[None]] = []
 
     # -- the lifecycle -----------------------------------------------------
 
@@ -349,6 +352,9 @@ class JobServerState:
                 self._unwatch(function)
         elif old == RUNNING:
             function.running -= 1
+            self.runningCount -= 1
+            if not self.runningCount and self._noneRunningWaiters:
+                self._noneRunning()
             worker = job.worker
             if worker is not None:
                 job.worker = None
@@ -375,6 +381,7 @@ class JobServerState:
                 self._wake(function)
         elif new == RUNNING:
             function.running += 1
+            self.runningCount += 1
             job.worker.held[job.handle] = job  # type: ignore[union-attr]
         elif new == DONE:
             # Forget the job (inline: this is the end of every job's hot path).
@@ -1138,6 +1145,20 @@ class JobServerState:
         self._idleWaiters.append(d)
         self._checkIdle()
         return d
+
+    def whenNoneRunning(self) -> "Deferred[None]":
+        """Fires once no worker holds a job (at once if none does)."""
+        d: Deferred[None] = Deferred()
+        self._noneRunningWaiters.append(d)
+        if not self.runningCount:
+            self._noneRunning()
+        return d
+
+    def _noneRunning(self) -> None:
+        waiters, self._noneRunningWaiters = self._noneRunningWaiters, []
+        for d in waiters:
+            if not d.called:  # a waiter may have been cancelled (a timeout)
+                d.callback(None)
 
     def _checkIdle(self) -> None:
         if self._idleWaiters and not self.jobs:

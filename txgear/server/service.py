@@ -9,7 +9,7 @@ import os
 from typing import Any, List, Optional, Sequence, Tuple
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, TimeoutError, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.python.failure import Failure
@@ -22,9 +22,6 @@ from txgear.server._state import JobServerState
 
 #: Seconds a stop waits for the jobs workers hold to finish, by default.
 DEFAULT_SHUTDOWN_GRACE = 5.0
-
-#: How often a stop checks whether workers still hold jobs, in seconds.
-_DRAIN_CHECK = 0.05
 
 
 class GearmanServerService(Service):
@@ -160,24 +157,12 @@ class GearmanServerService(Service):
             await store.close()
 
     def _drain(self, deadline: float) -> Deferred[None]:
-        """
-        Fires once no worker holds a job, or at C{deadline}. (The state has
-        no event for this; the stop checks a few times per second.)
-        """
-        done: Deferred[None] = Deferred()
-
-        def check() -> None:
-            if not self._jobsRunning() or self._reactor.seconds() >= deadline:
-                done.callback(None)
-            else:
-                self._reactor.callLater(min(_DRAIN_CHECK, deadline - self._reactor.seconds()),
-                                        check)
-
-        check()
+        """Fires once no worker holds a job, or at C{deadline}."""
+        done = self.state.whenNoneRunning()
+        if not done.called:
+            done.addTimeout(max(0.0, deadline - self._reactor.seconds()), self._reactor)
+            done.addErrback(lambda failure: failure.trap(TimeoutError))
         return done
-
-    def _jobsRunning(self) -> bool:
-        return any(function.running for function in self.state.functions.values())
 
     def shutdown(self, graceful: bool = False) -> Deferred[None]:
         """
