@@ -281,35 +281,6 @@ def test_largePayloadIsForwardedIntact(factory):
     assert client.packets()[-1] == (P.WORK_COMPLETE, [args[0], payload[::-1]])
 
 
-def test_slowClientTransportPausesTheWorker(factory):
-    client, worker = Conn(factory), Conn(factory)
-    worker.send(P.CAN_DO, b"f")
-    client.send(P.SUBMIT_JOB, b"f", b"", b"x")
-    worker.send(P.GRAB_JOB)
-    client.transport.producer.pauseProducing()  # what a full TCP write buffer does
-    worker.send(P.WORK_DATA, b"H:t:1", b"chunk")
-    assert worker.transport.producerState == "paused"
-    client.transport.producer.resumeProducing()
-    assert worker.transport.producerState == "producing"
-
-
-def test_clientThatDoesNotReadIsNotReadEither(factory):
-    # Replies pile up in the transport: stop taking its requests until it drains.
-    client, worker = Conn(factory), Conn(factory)
-    client.transport.producer.pauseProducing()
-    assert client.transport.producerState == "paused"
-    # A worker blocked for it, and the client's own pause, resume independently.
-    worker.send(P.CAN_DO, b"f")
-    client.protocol.resumeProducing()
-    assert client.transport.producerState == "producing"
-    client.protocol.pauseReading()
-    client.protocol.pauseProducing()
-    client.protocol.resumeProducing()
-    assert client.transport.producerState == "paused"
-    client.protocol.resumeReading()
-    assert client.transport.producerState == "producing"
-
-
 def test_submitJobSchedRunsAtTheNextMatchingMinute():
     import time as _time
 

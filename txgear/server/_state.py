@@ -156,8 +156,8 @@ class Session:
     """
     The server's view of one connection, in whichever roles it plays.
 
-    @ivar peer: the protocol; the state calls its C{write}, C{writeSequence},
-        C{pauseReading} and C{resumeReading}.
+    @ivar peer: the protocol; the state calls its C{write} and C{writeSequence}
+        (the protocol bounds that output itself: see txgear.server._protocol).
     @ivar functions: the functions registered (in registration order; a
         function registered twice appears twice).
     @ivar timeouts: CAN_DO_TIMEOUT limits, in seconds, by function.
@@ -166,8 +166,8 @@ class Session:
     """
 
     __slots__ = ("peer", "id", "clientId", "functions", "timeouts", "held", "waiting",
-                 "sleeping", "exceptions", "replies", "rotation", "blockedWorkers",
-                 "writePaused", "closed", "__weakref__")
+                 "sleeping", "exceptions", "replies", "rotation", "closed",
+                 "__weakref__")
 
     def __init__(self, peer: Any, sessionId: int) -> None:
         self.peer = peer
@@ -183,8 +183,6 @@ class Session:
         # request order: bytes, or the Job whose JOB_CREATED goes there.
         self.replies: Optional[Deque[Any]] = None
         self.rotation = 0
-        self.blockedWorkers: Optional[Dict[Session, None]] = None
-        self.writePaused = False
         self.closed = False
 
     def write(self, data: bytes) -> None:
@@ -323,8 +321,6 @@ class JobServerState:
                 # Nobody waits for the result: drop it, as gearmand does.
                 self._forget(job)
         session.waiting.clear()
-        if session.blockedWorkers:
-            self._resumeBlocked(session)
         # A worker that was woken but went away may leave jobs nobody was told of.
         for function in touched:
             if function.queued and function.sleepers:
@@ -817,14 +813,11 @@ class JobServerState:
             packet = responseHeader(kind, len(body)) + body
             for client in clients:
                 client.write(packet)
-                if client.writePaused:
-                    self._blockWorker(client, worker)
         else:
+            # One buffer shared by every client's output, never copied per client.
             header = responseHeader(kind, len(body))
             for client in clients:
                 client.writeSequence([header, body])
-                if client.writePaused:
-                    self._blockWorker(client, worker)
 
     def _finish(self, job: Job, packet: Any, worker: Optional[Session] = None) -> None:
         """Send the final packet to every attached client and forget the job."""
@@ -834,8 +827,6 @@ class JobServerState:
                 client.writeSequence(packet)
             else:
                 client.write(packet)
-            if worker is not None and client.writePaused:
-                self._blockWorker(client, worker)
         job.clients = ()
         self._forget(job)
 
@@ -882,31 +873,6 @@ class JobServerState:
             self._largeQueue = False
             if self.onEmptied is not None:
                 self.onEmptied()
-
-    # -- backpressure ----------------------------------------------------
-
-    def pauseWriting(self, session: Session) -> None:
-        """The session's peer cannot take more output for now."""
-        session.writePaused = True
-
-    def resumeWriting(self, session: Session) -> None:
-        session.writePaused = False
-        if session.blockedWorkers:
-            self._resumeBlocked(session)
-
-    def _blockWorker(self, client: Session, worker: Session) -> None:
-        # Stop reading from a worker whose results pile up for a slow client.
-        if client.blockedWorkers is None:
-            client.blockedWorkers = {}
-        if worker not in client.blockedWorkers and worker is not client:
-            client.blockedWorkers[worker] = None
-            worker.peer.pauseReading()
-
-    def _resumeBlocked(self, client: Session) -> None:
-        blocked, client.blockedWorkers = client.blockedWorkers, None
-        for worker in blocked or ():
-            if not worker.closed:
-                worker.peer.resumeReading()
 
     # -- status ----------------------------------------------------------
 
