@@ -138,6 +138,8 @@ class GearmanServerProtocol(Protocol):
         # Dispatching stops while the output is full or a listing is produced.
         self._stalled = False
         self._dispatching = False
+        # Messages decoded but not dispatched when the output filled up.
+        self._held: Optional[List[Tuple[int, bytes]]] = None
         self._listing: Optional[Iterator[bytes]] = None
         self._reserved = 0
         self._partialSerial = -1
@@ -203,10 +205,10 @@ class GearmanServerProtocol(Protocol):
         self._resume(_OUTPUT)
         if self._listing is not None:
             self._produceListing()
-        if not self._stalled and not self._dispatching and self._decoder.bufferedBytes():
+        if (not self._stalled and not self._dispatching and not self.transport.disconnecting
+                and (self._held is not None or self._decoder.bufferedBytes())):
             # Requests read before the pause, not dispatched yet.
-            self._dispatchInput()
-            self._checkUnfinished()
+            self._resumeInput()
 
     def outputOverflow(self) -> None:
         self._log.warn("Closing connection from {peer}: more than {limit} bytes of output "
@@ -216,29 +218,41 @@ class GearmanServerProtocol(Protocol):
     # -- input ------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        self._decoder.add(data)
-        if not self._stalled:
-            self._dispatchInput()
+        if self._stalled or self._held is not None:
+            # Not dispatching now: keep it, undecoded, in order.
+            self._decoder.add(data)
+        else:
+            self._dispatching = True
+            try:
+                self._dispatch(self._decoder.feed(data))
+            finally:
+                self._dispatching = False
         self._checkUnfinished()
 
-    def _dispatchInput(self) -> None:
-        """Dispatch the complete messages received, until none is left or output is full."""
+    def _resumeInput(self) -> None:
+        """Dispatch what was received while dispatching was stopped."""
         self._dispatching = True
         try:
-            self._dispatchMessages()
+            held = self._held
+            if held is not None:
+                self._held = None
+                self._dispatch(held)
+                if self._stalled or self.transport.disconnecting:
+                    return
+            self._dispatch(self._decoder.feed(b""))
         finally:
             self._dispatching = False
+        self._checkUnfinished()
 
-    def _dispatchMessages(self) -> None:
-        decoder = self._decoder
-        take = decoder.next
+    def _dispatch(self, messages: List[Tuple[int, bytes]]) -> None:
+        """
+        Dispatch C{messages} in order, until the output is full or a listing
+        is being produced: the rest is held, in order, until it drains.
+        """
         dispatch = _DISPATCH
         transport = self.transport
-        while not self._stalled:
-            message = take()
-            if message is None:
-                break
-            kind, body = message
+        pending = iter(messages)
+        for kind, body in pending:
             if kind > 0:
                 try:
                     dispatch[kind](self, body)
@@ -254,6 +268,12 @@ class GearmanServerProtocol(Protocol):
                 self.session.write(ERR_INVALID_MAGIC)
             if transport.disconnecting:
                 return
+            if self._stalled:
+                rest = list(pending)
+                if rest:
+                    self._held = rest
+                return
+        decoder = self._decoder
         if decoder.error is not None:
             self._log.warn("Closing connection from {peer}: {error}", peer=self._peer(),
                            error=str(decoder.error))
@@ -320,6 +340,7 @@ class GearmanServerProtocol(Protocol):
                 self._deadlineCall.cancel()
             self._deadlineCall = None
         self._decoder.clear()
+        self._held = None
         self._listing = None
         self.__dict__.pop("write", None)
         self.__dict__.pop("writeSequence", None)
