@@ -155,6 +155,20 @@ class ConnectionOutput:
         if pending is None:
             return
         self._pending = None
+        if self._ready and self._pull and not self._large:
+            # The common case: small packets, the transport holds nothing.
+            data = pending[0] if len(pending) == 1 else b"".join(pending)
+            try:
+                sent = self.socket.send(data)
+            except OSError:
+                sent = 0  # EAGAIN, or an error the transport will meet itself
+            self.queued -= sent
+            if sent < len(data):
+                self._backlog.append(memoryview(data)[sent:] if sent else data)
+                self._feed()
+            if self._full:
+                self._checkDrained()
+            return
         if self._large:
             self._large = False
             chunks = _coalesce(pending)
@@ -250,8 +264,10 @@ class ConnectionOutput:
                     backlog[0] = chunks[0]
             self._feed()
         if closing and self._pull and not backlog and self._ready:
-            # All given to the transport: let it close.
+            # All given to the transport: let it close. Later output (if any)
+            # goes through transport.write, whose drain is no longer reported.
             self._attached = False
+            self._ready = False
             transport.unregisterProducer()
         self._checkDrained()
 
@@ -277,6 +293,7 @@ class ConnectionOutput:
         self._inTransport = 0
         self._listener = None
         self.softLimit = -1  # every later write lands in _over, which drops it
+        self._ready = False
         if self._attached:
             self._attached = False
             self.transport.unregisterProducer()
