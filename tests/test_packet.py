@@ -1,6 +1,7 @@
 """Tests for the pure packet codec, txgear._packet."""
 from __future__ import annotations
 
+import platform
 import struct
 
 import pytest
@@ -185,7 +186,8 @@ def test_unfinishedSizeIsTheAnnouncedSize():
     assert decoder.feed(packet[100:] + packet[:3]) == [(16, b"x" * 1000)]
     assert decoder.unfinishedSize() == 3 and decoder.partialSerial != serial
 
-
+@pytest.mark.skipif(platform.python_implementation() == "PyPy",
+                    reason="tracemalloc is CPython's")
 def test_trickledBodyCostsAboutOneByteOfMemoryPerByte():
     import tracemalloc
 

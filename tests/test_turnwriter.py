@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import os
+import platform
 
 import pytest
-
 import pytest_twisted
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
@@ -170,7 +170,8 @@ def test_plainTcpSendsDirectlyThenHandsTheTransportOneBoundedPiece():
     assert _drain(conn, theirs) == b"head" + b"hdr" + payload
     assert output.queued == 0
 
-
+@pytest.mark.skipif(platform.python_implementation() == "PyPy",
+                    reason="tracemalloc is CPython's")
 def test_oneLargeBufferIsHeldOnceForManyConnectionsThatDoNotRead():
     import tracemalloc
 
