@@ -1,6 +1,7 @@
 """Tests for the pure packet codec, txgear._packet."""
 from __future__ import annotations
 
+import platform
 import struct
 
 import pytest
@@ -157,3 +158,55 @@ def test_anySplitOfAStreamDecodesTheSame(packets, cuts):
         i += 1
     assert out == expected
     assert len(out) == len(packets)
+
+
+def test_messagesAreTakenOneAtATimeAndTheRestWaits():
+    # A server stops taking messages midway (its output is full); what it
+    # did not take stays, in order, ahead of later reads.
+    decoder = PacketDecoder(allowText=True)
+    first = encodeRequest(PacketType.ECHO_REQ, b"1") + b"status\n" + encodeRequest(PacketType.ECHO_REQ, b"3")
+    decoder.add(first[:-2])
+    assert decoder.next() == (16, b"1")
+    assert decoder.bufferedBytes() == len(first) - 2 - 13
+    decoder.add(first[-2:] + encodeRequest(PacketType.ECHO_REQ, b"4")[:5])
+    decoder.add(encodeRequest(PacketType.ECHO_REQ, b"4")[5:])
+    assert [decoder.next() for _ in range(4)] == [(0, b"status"), (16, b"3"), (16, b"4"), None]
+    assert decoder.bufferedBytes() == 0 and decoder.unfinishedSize() == 0
+
+
+def test_unfinishedSizeIsTheAnnouncedSize():
+    decoder = PacketDecoder()
+    packet = encodeRequest(PacketType.ECHO_REQ, b"x" * 1000)
+    assert decoder.feed(packet[:5]) == []
+    assert decoder.unfinishedSize() == 5
+    serial = decoder.partialSerial
+    assert decoder.feed(packet[5:100]) == []
+    assert decoder.unfinishedSize() == len(packet) and decoder.bufferedBytes() == 100
+    assert decoder.partialSerial == serial  # still the same message
+    assert decoder.feed(packet[100:] + packet[:3]) == [(16, b"x" * 1000)]
+    assert decoder.unfinishedSize() == 3 and decoder.partialSerial != serial
+
+@pytest.mark.skipif(platform.python_implementation() == "PyPy",
+                    reason="tracemalloc is CPython's")
+def test_trickledBodyCostsAboutOneByteOfMemoryPerByte():
+    import tracemalloc
+
+    size = 128 * 1024
+    stream = encodeRequest(PacketType.ECHO_REQ, b"y" * size)
+    decoder = PacketDecoder()
+    tracemalloc.start()
+    try:
+        for i in range(len(stream) - 1):
+            decoder.feed(stream[i:i + 1])
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 2 * size, held
+    assert decoder.feed(stream[-1:]) == [(16, b"y" * size)]
+
+
+def test_clearDropsTheBuffers():
+    decoder = PacketDecoder()
+    decoder.feed(encodeRequest(PacketType.ECHO_REQ, b"z" * 100)[:50])
+    decoder.clear()
+    assert decoder.bufferedBytes() == 0

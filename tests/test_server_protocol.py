@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import struct
 
 import pytest
@@ -281,35 +282,6 @@ def test_largePayloadIsForwardedIntact(factory):
     assert client.packets()[-1] == (P.WORK_COMPLETE, [args[0], payload[::-1]])
 
 
-def test_slowClientTransportPausesTheWorker(factory):
-    client, worker = Conn(factory), Conn(factory)
-    worker.send(P.CAN_DO, b"f")
-    client.send(P.SUBMIT_JOB, b"f", b"", b"x")
-    worker.send(P.GRAB_JOB)
-    client.transport.producer.pauseProducing()  # what a full TCP write buffer does
-    worker.send(P.WORK_DATA, b"H:t:1", b"chunk")
-    assert worker.transport.producerState == "paused"
-    client.transport.producer.resumeProducing()
-    assert worker.transport.producerState == "producing"
-
-
-def test_clientThatDoesNotReadIsNotReadEither(factory):
-    # Replies pile up in the transport: stop taking its requests until it drains.
-    client, worker = Conn(factory), Conn(factory)
-    client.transport.producer.pauseProducing()
-    assert client.transport.producerState == "paused"
-    # A worker blocked for it, and the client's own pause, resume independently.
-    worker.send(P.CAN_DO, b"f")
-    client.protocol.resumeProducing()
-    assert client.transport.producerState == "producing"
-    client.protocol.pauseReading()
-    client.protocol.pauseProducing()
-    client.protocol.resumeProducing()
-    assert client.transport.producerState == "paused"
-    client.protocol.resumeReading()
-    assert client.transport.producerState == "producing"
-
-
 def test_submitJobSchedRunsAtTheNextMatchingMinute():
     import time as _time
 
@@ -500,3 +472,186 @@ def test_refusalsDoNotAmplifyInputInTheLog(factory, packet):
     assert 0 < _loggedBytes(events) < sent / 20
     assert all(len(str(e.get("log_format", ""))) < 200 for e in events)
     assert max(_loggedBytes([e]) for e in events) < 300
+
+
+# -- connection I/O policy (issue 8, items 1-6) --------------------------------
+
+
+def _ioFactory(**kwargs):
+    return GearmanServerFactory(JobServerState(clock=Clock(), handlePrefix=b"H:t"), **kwargs)
+
+
+def test_outputOverTheSoftLimitStopsDispatchingInput():
+    # `status` lines from a connection that does not read, many functions
+    # (the issue: 64 KiB of them with 2,000 functions; scaled down).
+    factory = _ioFactory(outputSoftLimit=16 * 1024)
+    for i in range(500):
+        factory.state.function(b"function-%04d" % i)
+    admin = Conn(factory)
+    admin.protocol._output.pauseProducing()  # its transport's buffer is full
+    admin.sendBytes(b"status\n" * 2000)
+    factory.flush()
+    output = admin.protocol._output
+    # Replies stop a little past the limit, and the connection is not read.
+    assert output.queued < 16 * 1024 + 64 * 1024
+    assert admin.transport.producerState == "paused"
+    # A bystander is served meanwhile.
+    bystander = Conn(factory)
+    bystander.send(P.ECHO_REQ, b"hi")
+    assert bystander.packets() == [(P.ECHO_RES, [b"hi"])]
+    # The peer reads: every status is answered, in order, and reading resumes.
+    answered = 0
+    for _ in range(100000):
+        output.resumeProducing()
+        factory.flush()
+        answered += admin.transport.value().count(b"\n.\n")
+        admin.transport.clear()
+        if answered == 2000:
+            break
+    assert answered == 2000
+    assert admin.transport.producerState == "producing"
+
+
+def test_longListingLeavesInPiecesAsThePeerReads():
+    factory = _ioFactory(outputSoftLimit=8 * 1024)
+    for i in range(3000):
+        factory.state.function(b"f%05d" % i)
+    admin = Conn(factory)
+    admin.protocol._output.pauseProducing()
+    admin.sendBytes(b"status\nversion\n")
+    output = admin.protocol._output
+    full = sum(len(b"f%05d\t0\t0\t0\n" % i) for i in range(3000)) + 2
+    assert output.queued < full // 2
+    got = b""
+    for _ in range(1000):
+        output.resumeProducing()
+        factory.flush()
+        got += admin.transport.value()
+        admin.transport.clear()
+        if got.endswith(b"\n") and b"OK " in got:
+            break
+    listing, version = got.split(b"\n.\n")
+    assert listing.split(b"\n") == [b"f%05d\t0\t0\t0" % i for i in range(3000)]
+    assert version.startswith(b"OK ")
+
+
+def test_aSlowClientNeverPausesTheWorkerAndIsClosedPastTheHardLimit():
+    factory = _ioFactory(outputSoftLimit=4096, outputHardLimit=64 * 1024)
+    slow, other, worker = Conn(factory), Conn(factory), Conn(factory)
+    worker.send(P.CAN_DO, b"f")
+    slow.send(P.SUBMIT_JOB, b"f", b"u", b"x")
+    other.send(P.SUBMIT_JOB, b"f", b"u", b"x")  # attached to the same job
+    other.send(P.SUBMIT_JOB, b"f", b"v", b"y")
+    worker.send(P.GRAB_JOB)
+    slow.protocol._output.pauseProducing()  # slow stops reading
+    for _ in range(8):
+        worker.send(P.WORK_DATA, b"H:t:1", b"d" * 10000)
+        factory.flush()  # the end of the reactor turn
+        assert worker.transport.producerState == "producing"
+    assert slow.transport.disconnecting  # aborted past 64 KiB
+    slow.close()
+    worker.send(P.WORK_COMPLETE, b"H:t:1", b"done")
+    assert other.packets()[-1] == (P.WORK_COMPLETE, [b"H:t:1", b"done"])
+    # The worker goes on serving the others.
+    worker.send(P.GRAB_JOB)
+    assert worker.packets()[-1][0] == P.JOB_ASSIGN
+
+
+def test_pausesAndResumesInAnyOrderNeverLeaveTheConnectionUnread():
+    # Twisted calls pauseProducing on every write over the high-water mark
+    # and resumeProducing once; only the reasons matter.
+    factory = _ioFactory(outputSoftLimit=100)
+    conn = Conn(factory)
+    output = conn.protocol._output
+    for _ in range(55):
+        output.pauseProducing()
+        conn.send(P.ECHO_REQ, b"x" * 200)
+    assert conn.transport.producerState == "paused"
+    for _ in range(9):
+        output.resumeProducing()
+    for _ in range(60):
+        factory.flush()  # reactor turns: each drains, then dispatches one more
+    assert conn.transport.producerState == "producing"
+    assert len(conn.packets()) == 55
+    conn.send(P.ECHO_REQ, b"after")
+    assert conn.packets() == [(P.ECHO_RES, [b"after"])]
+    # Full output and the partial-packet budget: reading waits for both.
+    conn.protocol.outputFull()
+    conn.protocol.outputFull()
+    conn.protocol._pause("budget")
+    conn.protocol.outputDrained()
+    assert conn.transport.producerState == "paused"
+    conn.protocol._resume("budget")
+    assert conn.transport.producerState == "producing"
+
+
+def _header(size):
+    return b"\0REQ" + struct.pack(">II", P.ECHO_REQ, size)
+
+
+def test_unfinishedLargeMessagesShareOneBudget():
+    factory = _ioFactory(partialBudget=1024 * 1024)
+    first, second, small = Conn(factory), Conn(factory), Conn(factory)
+    first.sendBytes(_header(700 * 1024) + b"a" * 1000)
+    assert factory.partialReserved == 700 * 1024 + 12
+    second.sendBytes(_header(700 * 1024) + b"b" * 1000)
+    assert second.transport.producerState == "paused"  # waits for room
+    assert first.transport.producerState == "producing"
+    # Small messages are never held back.
+    small.sendBytes(_header(1000) + b"c" * 10)
+    assert small.transport.producerState == "producing"
+    first.sendBytes(b"a" * (700 * 1024 - 1000))
+    assert first.packets() == [(P.ECHO_RES, [b"a" * 700 * 1024])]
+    assert second.transport.producerState == "producing"
+    assert factory.partialReserved == 700 * 1024 + 12
+    second.close()
+    assert factory.partialReserved == 0
+
+
+def test_aMessageNotFinishedWithinTheDeadlineClosesTheConnection():
+    factory = _ioFactory(packetDeadline=30)
+    clock = factory.state.clock
+    slow, steady = Conn(factory), Conn(factory)
+    for byte in _header(100) + b"x" * 50:
+        slow.sendBytes(bytes([byte]))  # one byte at a time
+        clock.advance(0.1)
+    assert len(clock.getDelayedCalls()) == 1  # one timer, not one per read
+    clock.advance(10)
+    # Each message of the steady connection completes in time.
+    for _ in range(30):
+        steady.sendBytes(_header(4) + b"ab")
+        clock.advance(1)
+        steady.sendBytes(b"cd")
+    assert slow.transport.disconnecting and not steady.transport.disconnecting
+    assert len(steady.packets()) == 30
+    steady.close()
+    slow.close()
+    clock.advance(0)
+    assert clock.getDelayedCalls() == []
+
+@pytest.mark.skipif(platform.python_implementation() == "PyPy",
+                    reason="PyPy frees only by its collector, whatever the references")
+def test_closedConnectionsAreFreedWithoutTheCycleCollector():
+    import gc
+    import weakref
+
+    factory = _ioFactory()
+    worker = Conn(factory)
+    worker.send(P.CAN_DO, b"f")
+    refs = []
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(50):
+            conn = Conn(factory, 6000 + i)
+            conn.send(P.SUBMIT_JOB, b"f", b"", b"x")
+            conn.send(P.ECHO_REQ, b"y")
+            conn.sendBytes(_header(1 << 20) + b"z" * 100000)  # part of a large packet
+            factory.flush()
+            refs.append((weakref.ref(conn.protocol), weakref.ref(conn.protocol.session)))
+            conn.close()
+            del conn
+        alive = [r for pair in refs for r in pair if r() is not None]
+        assert alive == []
+    finally:
+        gc.enable()

@@ -535,20 +535,6 @@ def test_whenIdleAfterStopAccepting():
     assert idle.called
 
 
-def test_slowClientPausesTheWorkerFeedingIt():
-    state, _ = makeState()
-    client, cpeer = connect(state)
-    worker, wpeer = connect(state)
-    state.canDo(worker, b"f")
-    handle = submit(state, client, cpeer)
-    grab(state, worker, wpeer)
-    state.pauseWriting(client)
-    state.workData(worker, P.WORK_DATA, handle, handle + b"\0" + b"x" * 100)
-    assert wpeer.paused
-    state.resumeWriting(client)
-    assert not wpeer.paused
-
-
 # -- persistence seam ---------------------------------------------------------
 
 

@@ -43,7 +43,10 @@ def test_gearmandStyleOptions():
 
 
 @pytest.mark.parametrize("argv", [["--log-level", "loud"], ["--job-retries", "-1"],
-                                  ["--max-packet-size", "100"], ["--worker-wakeup", "x"]])
+                                  ["--max-packet-size", "100"], ["--worker-wakeup", "x"],
+                                  ["--output-soft-limit", "100"],
+                                  ["--output-hard-limit", str(16 * 1024 * 1024)],
+                                  ["--packet-deadline", "0"], ["--partial-packet-budget", "-1"]])
 def test_badValues(argv):
     with pytest.raises(usage.UsageError):
         parse(*argv)
@@ -337,3 +340,20 @@ def test_maxFunctions():
     assert service.state.maxFunctions == 7
     with pytest.raises(usage.UsageError):
         parse("--max-functions", "-1")
+
+
+def test_connectionLimits():
+    options = parse()
+    assert options["output-soft-limit"] == 1024 * 1024 and options["output-hard-limit"] == 0
+    assert options["partial-packet-budget"] == 256 * 1024 * 1024
+    assert options["packet-deadline"] == 60.0
+    options = parse("--output-soft-limit", "65536", "--output-hard-limit", "40000000",
+                    "--partial-packet-budget", "1000000", "--packet-deadline", "2.5")
+    assert (options["output-soft-limit"], options["output-hard-limit"]) == (65536, 40000000)
+    assert (options["partial-packet-budget"], options["packet-deadline"]) == (1000000, 2.5)
+    service = _makeService("--queue", "memory", "--output-soft-limit", "65536",
+                           "--output-hard-limit", "40000000", "--partial-packet-budget", "1000000",
+                           "--packet-deadline", "2.5")
+    factory = service.factory
+    assert (factory.outputSoftLimit, factory.outputHardLimit) == (65536, 40000000)
+    assert (factory.partialBudget, factory.packetDeadline) == (1000000, 2.5)

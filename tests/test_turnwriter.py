@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import platform
 
+import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
@@ -91,40 +93,191 @@ async def test_realSocketSmallAndLargeOutputArriveInOrder():
         await port.stopListening()
 
 
-def test_peerProtocolsBatchPerTurnWhenTheTransportHasAReactor():
+def _tcpPair(reactor, sendBuffer=None):
+    """
+    A real C{tcp.Connection} on one end of a local socket pair (no network),
+    driven by hand: C{doWrite()} is what the reactor calls when writable.
+    """
+    import socket
+
+    from twisted.internet import tcp
+
+    ours, theirs = socket.socketpair()
+    if sendBuffer:
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sendBuffer)
+        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, sendBuffer)
+    theirs.setblocking(False)
+    proto = protocol.Protocol()
+    conn = tcp.Connection(ours, proto, reactor)
+    conn.connected = 1
+    proto.makeConnection(conn)
+    return conn, theirs
+
+
+def _drain(conn, theirs, limit=10000):
+    """Read everything the peer gets, letting the transport write as the reactor would."""
+    received = bytearray()
+    for _ in range(limit):
+        try:
+            chunk = theirs.recv(1 << 20)
+        except BlockingIOError:
+            chunk = b""
+        received += chunk
+        if conn.connected and not chunk:
+            if conn.doWrite() is not None or conn.reactor.getWriters() == []:
+                if not chunk:
+                    try:
+                        received += theirs.recv(1 << 20)
+                    except BlockingIOError:
+                        pass
+                    break
+    return bytes(received)
+
+
+class _Listener:
+    def __init__(self):
+        self.events = []
+
+    def outputFull(self):
+        self.events.append("full")
+
+    def outputDrained(self):
+        self.events.append("drained")
+
+    def outputOverflow(self):
+        self.events.append("overflow")
+
+
+def test_plainTcpSendsDirectlyThenHandsTheTransportOneBoundedPiece():
+    from twisted.internet.testing import MemoryReactorClock
+
+    from txgear._turnwriter import PIECE
+
+    reactor = MemoryReactorClock()
+    conn, theirs = _tcpPair(reactor, sendBuffer=65536)
+    handed = []
+    write = conn.write
+    conn.write = lambda data: (handed.append(len(data)), write(data))  # type: ignore[method-assign]
+    output = TurnWriter(reactor).output(conn)
+    assert conn.producer is output and not conn.streamingProducer
+    payload = os.urandom(4 * 1024 * 1024)
+    output.write(b"head")
+    output.writeSequence([b"hdr", payload])
+    reactor.advance(0)
+    # The kernel took some; the transport holds one piece; the rest waits here.
+    assert len(handed) == 1 and handed[0] <= PIECE
+    assert 0 < output.queued < len(payload) + 7
+    assert _drain(conn, theirs) == b"head" + b"hdr" + payload
+    assert output.queued == 0
+
+@pytest.mark.skipif(platform.python_implementation() == "PyPy",
+                    reason="tracemalloc is CPython's")
+def test_oneLargeBufferIsHeldOnceForManyConnectionsThatDoNotRead():
+    import tracemalloc
+
+    from twisted.internet.testing import MemoryReactorClock
+
+    reactor = MemoryReactorClock()
+    writer = TurnWriter(reactor)
+    pairs = [_tcpPair(reactor, sendBuffer=65536) for _ in range(20)]
+    outputs = [writer.output(conn) for conn, _ in pairs]
+    body = os.urandom(4 * 1024 * 1024)
+    tracemalloc.start()
+    try:
+        for output in outputs:
+            output.writeSequence([b"0123456789ab", body])
+        reactor.advance(0)
+        for conn, _ in pairs:
+            conn.doWrite()  # the reactor: the sockets are writable
+            conn.doWrite()
+        grown, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Each connection counts the whole buffer; memory holds it about once.
+    assert all(o.queued > 3 * 1024 * 1024 for o in outputs)
+    assert grown < 16 * 1024 * 1024, grown
+    for (conn, theirs), output in zip(pairs, outputs):
+        assert _drain(conn, theirs) == b"0123456789ab" + body
+
+
+def test_loseConnectionFromElsewhereStillSendsThisTurnsOutputFirst():
+    # A timer callback that writes and then closes, in the same turn: the
+    # output is the transport's producer, which holds the close until it is sent.
+    from twisted.internet.testing import MemoryReactorClock
+
+    reactor = MemoryReactorClock()
+    conn, theirs = _tcpPair(reactor)
+    output = TurnWriter(reactor).output(conn)
+    output.write(b"last words")
+    conn.loseConnection()
+    assert conn.doWrite() is None  # the transport asks its producer first
+    assert conn.producer is None
+    assert conn.doWrite() is not None  # then closes
+    assert theirs.recv(100) == b"last words"
+
+
+def test_peerProtocolsBatchPerTurnOnPlainTcp():
+    from twisted.internet.testing import MemoryReactorClock
+
     from txgear._protocol import GearmanPeerProtocol
-    from txgear._turnwriter import turnWriterFor
 
     class Peer(GearmanPeerProtocol):
         pass
 
-    clock = Clock()
-    assert turnWriterFor(clock) is turnWriterFor(clock)
-    transport = StringTransport()
-    transport.reactor = clock  # type: ignore[attr-defined]
+    reactor = MemoryReactorClock()
+    conn, theirs = _tcpPair(reactor)
     peer = Peer()
-    peer.makeConnection(transport)
+    conn.protocol = peer
+    peer.makeConnection(conn)
     peer.sendPacket(PacketType.ECHO_REQ, b"a")
     peer.sendPacket(PacketType.ECHO_REQ, b"b")
-    assert transport.value() == b""
-    clock.advance(0)
-    assert transport.value() == (encodeRequest(PacketType.ECHO_REQ, b"a")
-                                 + encodeRequest(PacketType.ECHO_REQ, b"b"))
-    # Without a reactor (test transports), packets are written at once.
+    with pytest.raises(BlockingIOError):
+        theirs.recv(100)
+    reactor.advance(0)
+    assert theirs.recv(100) == (encodeRequest(PacketType.ECHO_REQ, b"a")
+                                + encodeRequest(PacketType.ECHO_REQ, b"b"))
+    # Other transports (TLS, test transports) are written at once.
     plain = StringTransport()
+    plain.reactor = reactor  # type: ignore[attr-defined]
     other = Peer()
     other.makeConnection(plain)
     other.sendPacket(PacketType.ECHO_REQ, b"c")
     assert plain.value() == encodeRequest(PacketType.ECHO_REQ, b"c")
 
 
-def test_loseConnectionSendsThePendingOutputFirst():
-    # A timer callback that writes and then closes, in the same turn.
+def test_streamingTransportKeepsTheRestWhilePaused():
     clock = Clock()
     transport = StringTransport()
     output = TurnWriter(clock).output(transport)
-    output.write(b"last words")
-    transport.loseConnection()
-    assert transport.disconnecting and transport.value() == b"last words"
+    assert transport.producer is output and transport.streaming
+    output.pauseProducing()  # the transport's buffer is over its high-water mark
+    output.write(b"x" * 1000)
     clock.advance(0)
-    assert transport.value() == b"last words"
+    assert transport.value() == b"" and output.queued == 1000
+    output.pauseProducing()
+    output.resumeProducing()
+    assert transport.value() == b"x" * 1000 and output.queued == 0
+
+
+def test_softAndHardLimitsTellTheListener():
+    clock = Clock()
+    transport = StringTransport()
+    listener = _Listener()
+    output = TurnWriter(clock).output(transport, listener, softLimit=1000, hardLimit=5000)
+    output.pauseProducing()
+    output.write(b"a" * 900)
+    assert listener.events == []
+    output.write(b"a" * 200)
+    output.write(b"a" * 200)
+    assert listener.events == ["full"] and output.isFull()
+    output.resumeProducing()
+    clock.advance(0)  # this turn's output leaves at the end of the turn
+    assert listener.events == ["full", "drained"] and not output.isFull()
+    output.pauseProducing()
+    output.write(b"b" * 6000)
+    assert listener.events == ["full", "drained", "overflow"]
+    # Everything is dropped, now and later; the transport is left alone.
+    output.write(b"c" * 10)
+    clock.advance(0)
+    assert output.queued == 0 and transport.value() == b"a" * 1300
+    assert transport.producer is None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import struct
 from enum import IntEnum
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from txgear.errors import ProtocolError
 
@@ -183,24 +183,39 @@ class PacketDecoder:
     """
     Incremental decoder of a Gearman byte stream.
 
-    Feed it whatever a read returned; it returns the complete messages found so
-    far as C{(kind, body)} pairs:
+    Give it whatever a read returned (L{add}) and take the complete messages
+    one at a time (L{next}), as C{(kind, body)} pairs:
       - a binary packet whose magic is the expected one gives C{(type, body)};
       - one with the other valid magic gives C{(-type, body)}, so the caller can
         answer it (gearmand replies C{INVALID_MAGIC} and keeps the connection);
       - with C{allowText}, a line that starts with a byte other than NUL gives
         C{(TEXT, line)}, without its line ending (C{\\n} or C{\\r\\n}).
+    L{feed} does both at once and returns every complete message.
+
+    Taking messages one at a time lets a server stop dispatching a
+    connection's input midway (its output is over its limit) and resume
+    later: what was not taken stays here, in order.
 
     A framing error (bad magic, type 0 or above L{MAX_TYPE}, a body larger than
     C{maxPacket}, a text line longer than C{maxLine}, text on a binary-only
     connection) stops decoding: the messages before it are returned and
-    L{error} is set; every later C{feed} returns nothing.
+    L{error} is set; nothing is returned after it.
 
-    Buffering is linear: bytes that do not yet make a whole message are kept as
-    a list of chunks and joined once when enough have arrived.
+    Buffering: messages wholly inside one read are sliced from that read's
+    C{bytes}. Only a message split across reads is copied, into one growing
+    C{bytearray} per connection (linear in its size however it is trickled),
+    and only up to its own end: the rest of the read is decoded from the read.
+    The C{bytearray} is trimmed at the front at most once per read, and
+    emptied (its memory returned) when its last message is taken.
 
     @ivar error: the L{ProtocolError} that stopped decoding, or C{None}.
+    @ivar partialSerial: incremented whenever a new unfinished message starts
+        being held, so a caller can time how long one message takes to arrive
+        without per-packet work.
     """
+
+    __slots__ = ("_magic", "_otherMagic", "_allowText", "maxPacket", "maxLine", "_buf",
+                 "_pos", "_data", "_off", "_need", "error", "partialSerial")
 
     def __init__(
         self,
@@ -214,82 +229,209 @@ class PacketDecoder:
         self._allowText = allowText
         self.maxPacket = maxPacket
         self.maxLine = maxLine
-        self._chunks: List[bytes] = []
-        self._buffered = 0
-        # Bytes needed in total before a feed can produce anything new.
-        self._need = 1
+        # Bytes of a message split across reads, from _pos on.
+        self._buf = bytearray()
+        self._pos = 0
+        # The latest read, decoded in place from _off on.
+        self._data = b""
+        self._off = 0
+        # Size of the first unfinished message (header included) once known, else 0.
+        self._need = 0
         self.error: Optional[ProtocolError] = None
+        self.partialSerial = 0
 
     def bufferedBytes(self) -> int:
-        """How many received bytes wait for the rest of their message."""
-        return self._buffered
+        """How many received bytes have not been returned as messages yet."""
+        return len(self._buf) - self._pos + len(self._data) - self._off
+
+    def unfinishedSize(self) -> int:
+        """
+        The announced size (header included) of the message being received,
+        if its header has arrived and the message is split across reads;
+        otherwise how many of its bytes are held (a text line, a partial header).
+        0 when no message is unfinished.
+        """
+        held = len(self._buf) - self._pos
+        if not held:
+            return 0
+        return max(self._need, held)
+
+    def add(self, data: bytes) -> None:
+        """Append one read's bytes to the stream."""
+        if self.error is not None:
+            return
+        buf = self._buf
+        if self._off < len(self._data):
+            # The previous read was not decoded to its end (the caller
+            # stopped taking messages): keep its rest, in order, before this one.
+            if self._pos:
+                del buf[:self._pos]
+                self._pos = 0
+            buf += memoryview(self._data)[self._off:]
+            buf += data
+            self._data = b""
+            self._off = 0
+            return
+        if self._pos:
+            del buf[:self._pos]
+            self._pos = 0
+        self._data = data
+        self._off = 0
+
+    def next(self) -> Optional[Tuple[int, bytes]]:
+        """The next complete message, or C{None} until more bytes arrive."""
+        buf = self._buf
+        while len(buf) > self._pos:
+            found = self._parse(buf, self._pos, len(buf))
+            if found is not None:
+                kind, body, stop = found
+                if stop >= len(buf):
+                    buf.clear()
+                    self._pos = 0
+                else:
+                    self._pos = stop
+                    self.partialSerial += 1
+                return kind, body
+            if self.error is not None:
+                return None
+            # Complete the held message from the current read, and no further.
+            data, off = self._data, self._off
+            avail = len(data) - off
+            if not avail:
+                return None
+            held = len(buf) - self._pos
+            if self._need:
+                take = self._need - held
+            elif buf[self._pos] == 0:
+                take = HEADER_SIZE - held
+            else:
+                newline = data.find(b"\n", off, off + self.maxLine + 1)
+                take = newline + 1 - off if newline >= 0 else avail
+            if take >= avail:
+                take = avail
+                buf += memoryview(data)[off:] if off else data
+                self._data = b""
+                self._off = 0
+            else:
+                buf += memoryview(data)[off:off + take]
+                self._off = off + take
+        data, off = self._data, self._off
+        end = len(data)
+        if off >= end:
+            return None
+        found = self._parse(data, off, end)
+        if found is None:
+            if self.error is None:
+                # An unfinished message: hold its bytes until the rest arrives.
+                buf += memoryview(data)[off:] if off else data
+                self.partialSerial += 1
+            self._data = b""
+            self._off = 0
+            return None
+        kind, body, stop = found
+        if stop == end:
+            self._data = b""
+            self._off = 0
+        else:
+            self._off = stop
+        return kind, body
 
     def feed(self, data: bytes) -> List[Tuple[int, bytes]]:
         """
-        Add C{data} to the stream and return the messages it completes.
+        Add C{data} to the stream and return every message now complete.
+        (The same as L{add} then L{next} until C{None}, in one tight loop: the
+        server's per-packet path.)
         """
-        if self.error is not None:
-            return []
-        chunks = self._chunks
-        if chunks:
-            chunks.append(data)
-            self._buffered += len(data)
-            if self._buffered < self._need:
-                return []
-            data = b"".join(chunks)
-            chunks.clear()
-            self._buffered = 0
+        self.add(data)
         out: List[Tuple[int, bytes]] = []
+        buf = self._buf
+        while len(buf) > self._pos:
+            message = self.next()
+            if message is None:
+                return out
+            out.append(message)
+        data, offset = self._data, self._off
         end = len(data)
-        offset = 0
         magic = self._magic
         unpack = HEADER.unpack_from
+        append = out.append
         while offset < end:
-            if data[offset] == 0:
-                if end - offset < HEADER_SIZE:
-                    self._need = HEADER_SIZE
-                    break
+            if data[offset] == 0 and end - offset >= HEADER_SIZE:
                 head, kind, size = unpack(data, offset)
-                if head != magic:
-                    if head != self._otherMagic:
-                        self._fail(f"bad magic {head!r}")
-                        return out
-                    kind = -kind
-                if kind == 0 or kind > MAX_TYPE or kind < -MAX_TYPE:
-                    self._fail(f"unknown packet type {abs(kind)}")
-                    return out
-                if size > self.maxPacket:
-                    self._fail(f"packet of {size} bytes exceeds the limit of {self.maxPacket}")
-                    return out
                 stop = offset + HEADER_SIZE + size
-                if stop > end:
-                    self._need = HEADER_SIZE + size
-                    break
-                out.append((kind, data[offset + HEADER_SIZE:stop]))
-                offset = stop
-            else:
-                if not self._allowText:
-                    self._fail(f"expected a packet, got byte {data[offset]:#04x}")
-                    return out
-                newline = data.find(b"\n", offset, offset + self.maxLine + 1)
-                if newline < 0:
-                    if end - offset > self.maxLine:
-                        self._fail(f"text line longer than {self.maxLine} bytes")
-                        return out
-                    self._need = end - offset + 1
-                    break
-                stop = newline
-                if stop > offset and data[stop - 1] == 13:  # strip \r
-                    stop -= 1
-                out.append((TEXT, data[offset:stop]))
-                offset = newline + 1
-        if offset < end:
-            rest = data[offset:] if offset else data
-            chunks.append(rest)
-            self._buffered = len(rest)
+                if head == magic and 0 < kind <= MAX_TYPE and size <= self.maxPacket and stop <= end:
+                    append((kind, data[offset + HEADER_SIZE:stop]))
+                    offset = stop
+                    continue
+            # Anything else (text, other magic, errors, an unfinished message).
+            self._off = offset
+            message = self.next()
+            if message is None:
+                return out
+            append(message)
+            if self._data is not data:
+                return out
+            offset = self._off
+        self._data = b""
+        self._off = 0
         return out
+
+    def clear(self) -> None:
+        """Drop every buffered byte (the connection is gone)."""
+        self._buf = bytearray()
+        self._pos = 0
+        self._data = b""
+        self._off = 0
+        self._need = 0
+
+    def _parse(self, data: Any, offset: int, end: int) -> Optional[Tuple[int, bytes, int]]:
+        """
+        The message at C{offset} of C{data} (C{bytes} or the C{bytearray}) as
+        C{(kind, body, stop)}, or C{None} if it is unfinished (then C{_need}
+        is its whole size, if known) or invalid (then L{error} is set).
+        """
+        if data[offset] == 0:
+            if end - offset < HEADER_SIZE:
+                self._need = 0
+                return None
+            head, kind, size = HEADER.unpack_from(data, offset)
+            if head != self._magic:
+                if head != self._otherMagic:
+                    self._fail(f"bad magic {bytes(head)!r}")
+                    return None
+                kind = -kind
+            if kind == 0 or kind > MAX_TYPE or kind < -MAX_TYPE:
+                self._fail(f"unknown packet type {abs(kind)}")
+                return None
+            if size > self.maxPacket:
+                self._fail(f"packet of {size} bytes exceeds the limit of {self.maxPacket}")
+                return None
+            stop = offset + HEADER_SIZE + size
+            if stop > end:
+                self._need = HEADER_SIZE + size
+                return None
+            self._need = 0
+            if type(data) is bytes:
+                return kind, data[offset + HEADER_SIZE:stop], stop
+            if offset == 0 and stop == end:
+                # The held message is the whole buffer: one copy, not two.
+                del data[:HEADER_SIZE]
+                return kind, bytes(data), end
+            return kind, bytes(data[offset + HEADER_SIZE:stop]), stop
+        if not self._allowText:
+            self._fail(f"expected a packet, got byte {data[offset]:#04x}")
+            return None
+        newline = data.find(b"\n", offset, offset + self.maxLine + 1)
+        if newline < 0:
+            if end - offset > self.maxLine:
+                self._fail(f"text line longer than {self.maxLine} bytes")
+            self._need = 0
+            return None
+        stop = newline
+        if stop > offset and data[stop - 1] == 13:  # strip \r
+            stop -= 1
+        return TEXT, bytes(data[offset:stop]), newline + 1
 
     def _fail(self, message: str) -> None:
         self.error = ProtocolError(message)
-        self._chunks.clear()
-        self._buffered = 0
+        self.clear()

@@ -21,7 +21,7 @@ from txgear._packet import (
     responseHeader,
     splitArguments,
 )
-from txgear._turnwriter import turnWriterFor
+from txgear._turnwriter import directSocket, turnWriterFor
 from txgear.errors import ProtocolError
 
 #: Payloads at least this large are written without being copied into the packet.
@@ -87,10 +87,11 @@ class GearmanPeerProtocol(Protocol):
     def connectionMade(self) -> None:
         setNoDelay(self.transport)
         self._decoder = PacketDecoder(expectRequests=False, maxPacket=self.maxPacket)
-        # Packets leave once per reactor turn (see txgear._turnwriter), on
-        # transports that know their reactor; others are written at once.
+        # Packets leave once per reactor turn (see txgear._turnwriter) on
+        # plain TCP/UNIX connections, where the output can also hold a close
+        # until it is sent, whoever closes; others are written at once.
         reactor = getattr(self.transport, "reactor", None)
-        if reactor is not None and hasattr(reactor, "callLater"):
+        if directSocket(self.transport) is not None and hasattr(reactor, "callLater"):
             output: Any = turnWriterFor(reactor).output(self.transport)
         else:
             output = self.transport

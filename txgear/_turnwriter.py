@@ -1,126 +1,340 @@
 # -*- test-case-name: tests.test_turnwriter -*-
 """
-One write per connection per reactor turn.
+Each connection's output: one send per connection per reactor turn, a
+bounded hand-off to the transport, and an account of what the peer has not
+taken yet.
 
 A job server answers many small packets to many connections while it
 processes one read. Twisted's transports buffer each C{write} and register
 the socket with the poller until the buffer drains: two C{epoll_ctl} calls
-per connection per turn, which cost as much as the C{send} itself. L{TurnWriter}
-gathers each connection's output during a turn and, once the turn's events
-are processed (a C{callLater(0)}), sends it with one C{send}. Only what the
-kernel does not take goes through the transport's normal buffering (and its
-producer/backpressure machinery); anything that is not a plain TCP transport
-(TLS, UNIX sockets, test transports) gets one C{transport.write} instead.
+per connection per turn, which cost as much as the C{send} itself. A
+L{ConnectionOutput} gathers a connection's output during a turn and, once the
+turn's events are processed (the L{TurnWriter}'s C{callLater(0)}), sends it.
+
+Only public interfaces of the transport are used:
+  - On a plain TCP (or UNIX) socket, the output registers itself as the
+    transport's B{pull} producer (C{IPullProducer}). The transport then calls
+    C{resumeProducing} each time its buffer is empty (and once at
+    registration): only then does the output send straight to the socket
+    (C{getHandle()}), so nothing it sends can overtake bytes the transport
+    still holds. What the kernel does not take goes to C{transport.write}, at
+    most L{PIECE} bytes at a time; the next piece follows the next
+    C{resumeProducing}. A registered producer also holds a closing transport
+    open until it unregisters (documented in C{IConsumer.registerProducer}),
+    which is how output written in the same turn as a C{loseConnection}, by
+    whoever calls it, still leaves first.
+  - On any other transport (TLS, test transports) the output is a
+    B{streaming} producer: pieces are written while the transport has not
+    called C{pauseProducing}, and resume on C{resumeProducing}. Pull
+    producers are not used there: TLS would poll them in a busy loop.
+
+Buffers are never joined across connections: a large buffer given to several
+connections (one result relayed to every client attached to a job) is held
+once, as the same C{bytes} or C{memoryview} in each connection's queue; only
+the piece being handed to a transport is copied.
+
+L{ConnectionOutput.queued} counts the bytes written and not yet taken by the
+kernel (the transport's share is counted until it reports itself drained).
+Past the soft limit the output tells its listener (C{outputFull}), which
+stops producing for that peer; below half of it, C{outputDrained}; past the
+hard limit, C{outputOverflow}, and everything queued is dropped.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+import sys
+from collections import deque
+from typing import Any, Deque, Dict, List, Optional
 
 from twisted.internet import tcp
+from twisted.internet.interfaces import IPullProducer, IPushProducer
+from zope.interface import implementer
+
+#: Largest piece handed to a transport at once (copied there if a view).
+PIECE = 256 * 1024
+#: Buffers at least this large are kept apart, not joined with small ones.
+_LARGE = 64 * 1024
+#: At most this many buffers per gathering send.
+_IOV = 64
+_UNLIMITED = sys.maxsize
 
 
 def directSocket(transport: Any) -> Optional[Any]:
-    """The socket to send on directly, if C{transport} is a plain TCP connection."""
+    """The socket to send on directly, if C{transport} is a plain TCP/UNIX connection."""
     if isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False):
-        required = ("dataBuffer", "offset", "_tempDataLen")
-        if all(hasattr(transport, name) for name in required):
-            return transport.getHandle()
+        return transport.getHandle()
     return None
 
 
-class BufferedOutput:
+@implementer(IPullProducer, IPushProducer)
+class ConnectionOutput:
     """
-    The output of one connection, waiting for the end of the turn.
+    The output of one connection (see the module docstring).
 
-    @ivar pending: chunks written this turn, or C{None} when there are none.
+    @ivar queued: bytes written and not yet taken by the kernel.
+    @ivar softLimit: past this many queued bytes, the listener's
+        C{outputFull} is called; once they fall to half of it, C{outputDrained}.
+    @ivar hardLimit: past this many, C{outputOverflow}; the output then drops
+        everything it holds and anything written later.
     """
 
-    __slots__ = ("transport", "socket", "pending", "writer")
+    __slots__ = ("writer", "transport", "socket", "queued", "softLimit", "hardLimit",
+                 "_listener", "_pending", "_large", "_backlog", "_inTransport", "_ready",
+                 "_attached", "_full", "_pull")
 
-    def __init__(self, writer: "TurnWriter", transport: Any) -> None:
+    def __init__(self, writer: "TurnWriter", transport: Any, listener: Any = None,
+                 softLimit: int = 0, hardLimit: int = 0) -> None:
         self.writer = writer
         self.transport = transport
-        self.socket = directSocket(transport)
-        self.pending: Optional[List[bytes]] = None
-        # Whoever closes the connection (a ClientService stopping, user code
-        # in a timer callback) must not close it ahead of this turn's output.
-        loseConnection = transport.loseConnection
+        self.socket: Any = directSocket(transport)
+        self.queued = 0
+        self.softLimit = softLimit or _UNLIMITED
+        self.hardLimit = hardLimit or _UNLIMITED
+        self._listener = listener
+        # Written this turn; _large: some of it is a buffer not to be joined.
+        self._pending: Optional[List[Any]] = None
+        self._large = False
+        # Waiting for the transport to take it.
+        self._backlog: Deque[Any] = deque()
+        # Bytes handed to the transport that it has not reported drained.
+        self._inTransport = 0
+        self._pull = self.socket is not None
+        # May the transport be given more now (pull: it holds nothing)?
+        self._ready = not self._pull
+        self._attached = True
+        self._full = False
+        transport.registerProducer(self, not self._pull)
 
-        def flushThenLoseConnection(*args: Any, **kwargs: Any) -> Any:
-            self.flush()
-            return loseConnection(*args, **kwargs)
+    # -- writing -----------------------------------------------------------
 
-        transport.loseConnection = flushThenLoseConnection
-
-    def write(self, data: bytes) -> None:
-        pending = self.pending
+    def write(self, data: Any) -> None:
+        """Queue C{data} (bytes or a view of immutable bytes) for the end of the turn."""
+        self.queued += len(data)
+        pending = self._pending
         if pending is None:
-            self.pending = [data]
-            self.writer._dirty.append(self)
-            if not self.writer._scheduled:
-                self.writer._schedule()
+            self._pending = [data]
+            writer = self.writer
+            writer._dirty.append(self)
+            if not writer._scheduled:
+                writer._schedule()
         else:
             pending.append(data)
+        if self.queued > self.softLimit:
+            self._over()
 
-    def writeSequence(self, data: List[bytes]) -> None:
-        """
-        Large payloads: send what is pending and the pieces in one gathering
-        C{sendmsg}, so the payload is not copied into a joined buffer.
-        """
-        pending = self.pending
-        if pending is not None:
-            self.pending = None
-            data = pending + data
-        transport = self.transport
-        sock = self._idleSocket()
-        if sock is not None:
-            try:
-                sent = sock.sendmsg(data)
-            except OSError:
-                sent = 0
-            if sent:
-                rest = []
-                for piece in data:
-                    if sent >= len(piece):
-                        sent -= len(piece)
-                        continue
-                    rest.append(piece[sent:] if sent else piece)
-                    sent = 0
-                data = rest
-                if not data:
-                    return
-        # Transports take bytes only; large payloads may be memoryviews.
-        transport.writeSequence([bytes(p) if type(p) is memoryview else p for p in data])
+    def writeSequence(self, data: List[Any]) -> None:
+        """Queue several buffers; large ones are kept as they are, never joined."""
+        for piece in data:
+            if len(piece) >= _LARGE:
+                self._large = True
+            self.write(piece)
+
+    def isFull(self) -> bool:
+        """Over the soft limit (and not yet drained to half of it), or discarded."""
+        return self._full or self.softLimit < 0
+
+    def _over(self) -> None:
+        if self._listener is None:
+            if not self._attached:
+                # Dead: keep nothing.
+                self._pending = None
+                self.queued = 0
+            return
+        if self.queued > self.hardLimit:
+            listener = self._listener
+            self.discard()
+            listener.outputOverflow()
+        elif not self._full:
+            self._full = True
+            self._listener.outputFull()
+
+    # -- sending -------------------------------------------------------------
 
     def flush(self) -> None:
-        pending = self.pending
+        """Send, or hand to the transport, everything written so far."""
+        pending = self._pending
         if pending is None:
             return
-        self.pending = None
-        data = pending[0] if len(pending) == 1 else b"".join(pending)
-        transport = self.transport
-        sock = self._idleSocket()
-        if sock is not None:
+        self._pending = None
+        if self._ready and self._pull and not self._large:
+            # The common case: small packets, the transport holds nothing.
+            data = pending[0] if len(pending) == 1 else b"".join(pending)
             try:
-                sent = sock.send(data)
+                sent = self.socket.send(data)
             except OSError:
-                sent = 0  # EAGAIN, or an error the transport will report itself
-            if sent == len(data):
+                sent = 0  # EAGAIN, or an error the transport will meet itself
+            self.queued -= sent
+            if sent < len(data):
+                self._backlog.append(memoryview(data)[sent:] if sent else data)
+                self._feed()
+            if self._full:
+                self._checkDrained()
+            return
+        if self._large:
+            self._large = False
+            chunks = _coalesce(pending)
+        else:
+            chunks = [pending[0] if len(pending) == 1 else b"".join(pending)]
+        if not self._attached:
+            # No longer a producer: the transport sends it before closing.
+            for chunk in chunks:
+                self.transport.write(bytes(chunk) if type(chunk) is not bytes else chunk)
+            self.queued = 0
+            return
+        if not self._ready:
+            self._backlog.extend(chunks)
+            return
+        if self._pull:
+            chunks = self._sendDirect(chunks)
+            if not chunks:
+                self._checkDrained()
                 return
-            data = data[sent:]
-        transport.write(data)
+        self._backlog.extend(chunks)
+        self._feed()
+        self._checkDrained()
 
-    def _idleSocket(self) -> Optional[Any]:
-        """The socket, if it may be written to now: connected, nothing buffered."""
-        sock = self.socket
+    def _sendDirect(self, chunks: List[Any]) -> List[Any]:
+        """Send on the socket (the transport holds nothing); return what is left."""
+        try:
+            if len(chunks) == 1:
+                sent = self.socket.send(chunks[0])
+            else:
+                sent = self.socket.sendmsg(chunks[:_IOV])
+        except OSError:
+            # EAGAIN, or an error the transport will meet and report itself.
+            return chunks
+        self.queued -= sent
+        for i, chunk in enumerate(chunks):
+            size = len(chunk)
+            if sent < size:
+                if sent:
+                    chunks[i] = memoryview(chunk)[sent:]
+                return chunks[i:]
+            sent -= size
+        return []
+
+    def _feed(self) -> None:
+        """Hand the transport pieces of the backlog while it may take them."""
+        backlog = self._backlog
         transport = self.transport
-        if (sock is not None and transport.connected and not transport.disconnecting
-                and len(transport.dataBuffer) == transport.offset and not transport._tempDataLen):
-            return sock
-        return None
+        while self._ready and backlog:
+            piece = _takePiece(backlog)
+            size = len(piece)
+            if self._pull:
+                self._ready = False
+                self._inTransport += size
+                transport.write(piece)
+            else:
+                transport.write(piece)
+                if self._ready:
+                    self.queued -= size  # below the transport's high-water mark
+                else:
+                    self._inTransport += size
+
+    def _checkDrained(self) -> None:
+        if self._full and self.queued <= self.softLimit // 2:
+            self._full = False
+            if self._listener is not None:
+                self._listener.outputDrained()
+
+    # -- producer (called by the transport) ---------------------------------
+
+    def resumeProducing(self) -> None:
+        """The transport's buffer is empty (pull) or below its high-water mark (push)."""
+        if not self._attached:
+            return
+        self.queued -= self._inTransport
+        self._inTransport = 0
+        self._ready = True
+        transport = self.transport
+        closing = transport.disconnecting
+        if closing and self._pending is not None:
+            # Closing: this turn's output goes first (nothing can follow it).
+            pending, self._pending = self._pending, None
+            self._large = False
+            self._backlog.extend(_coalesce(pending))
+        backlog = self._backlog
+        if backlog:
+            if self._pull:
+                chunks = self._sendDirect(list(backlog) if len(backlog) <= _IOV
+                                          else [backlog[i] for i in range(_IOV)])
+                taken = min(len(backlog), _IOV) - len(chunks)
+                for _ in range(taken):
+                    backlog.popleft()
+                if chunks:
+                    backlog[0] = chunks[0]
+            self._feed()
+        if closing and self._pull and not backlog and self._ready:
+            # All given to the transport: let it close. Later output (if any)
+            # goes through transport.write, whose drain is no longer reported.
+            self._attached = False
+            self._ready = False
+            transport.unregisterProducer()
+        self._checkDrained()
+
+    def pauseProducing(self) -> None:
+        """The transport's buffer is over its high-water mark (push mode only)."""
+        self._ready = False
+
+    def stopProducing(self) -> None:
+        """The connection is gone: drop everything, keep no references."""
+        self._attached = False
+        self.discard()
+        self.socket = None
 
     def discard(self) -> None:
-        self.pending = None
+        """
+        Drop everything not yet handed to the transport, and anything written
+        later; stop being the transport's producer (an abort follows, or the
+        connection closes without it).
+        """
+        self._pending = None
+        self._backlog.clear()
+        self.queued = 0
+        self._inTransport = 0
+        self._listener = None
+        self.softLimit = -1  # every later write lands in _over, which drops it
+        self._ready = False
+        if self._attached:
+            self._attached = False
+            self.transport.unregisterProducer()
+
+
+def _coalesce(buffers: List[Any]) -> List[Any]:
+    """Join runs of small buffers; keep large ones (possibly shared) apart."""
+    out: List[Any] = []
+    run: List[Any] = []
+    for buffer in buffers:
+        if len(buffer) >= _LARGE:
+            if run:
+                out.append(run[0] if len(run) == 1 else b"".join(run))
+                run = []
+            out.append(buffer)
+        else:
+            run.append(buffer)
+    if run:
+        out.append(run[0] if len(run) == 1 else b"".join(run))
+    return out
+
+
+def _takePiece(backlog: Deque[Any]) -> bytes:
+    """Up to L{PIECE} bytes from the front of C{backlog}, as C{bytes}."""
+    first = backlog[0]
+    if len(first) > PIECE:
+        view = memoryview(first)
+        backlog[0] = view[PIECE:]
+        return bytes(view[:PIECE])
+    backlog.popleft()
+    if type(first) is not bytes:
+        first = bytes(first)
+    if not backlog or len(first) + len(backlog[0]) > PIECE:
+        return first
+    parts = [first]
+    size = len(first)
+    while backlog and size + len(backlog[0]) <= PIECE:
+        part = backlog.popleft()
+        parts.append(part)
+        size += len(part)
+    return b"".join(parts)
 
 
 _writers: Dict[int, "TurnWriter"] = {}
@@ -136,7 +350,7 @@ def turnWriterFor(reactor: Any) -> "TurnWriter":
 
 class TurnWriter:
     """
-    Flushes every L{BufferedOutput} written to during a reactor turn.
+    Flushes every L{ConnectionOutput} written to during a reactor turn.
 
     @param clock: an C{IReactorTime}; the flush is a C{callLater(0)}, which the
         reactor runs after the current batch of I/O events.
@@ -144,12 +358,21 @@ class TurnWriter:
 
     def __init__(self, clock: Any) -> None:
         self._clock = clock
-        self._dirty: List[BufferedOutput] = []
+        self._dirty: List[ConnectionOutput] = []
         self._scheduled = False
 
-    def output(self, transport: Any) -> BufferedOutput:
-        """A buffered output for one connection's transport."""
-        return BufferedOutput(self, transport)
+    def output(self, transport: Any, listener: Any = None, softLimit: int = 0,
+               hardLimit: int = 0) -> ConnectionOutput:
+        """
+        The output of one connection; it registers itself as C{transport}'s
+        producer (see the module docstring).
+
+        @param listener: told C{outputFull()}, C{outputDrained()} and
+            C{outputOverflow()} (see L{ConnectionOutput}), or C{None}.
+        @param softLimit: queued bytes past which C{outputFull} is called; 0: none.
+        @param hardLimit: queued bytes past which C{outputOverflow} is called; 0: none.
+        """
+        return ConnectionOutput(self, transport, listener, softLimit, hardLimit)
 
     def _schedule(self) -> None:
         self._scheduled = True

@@ -20,6 +20,12 @@ from txgear.server import GearmanServerFactory, GearmanServerService, JobServerS
 from txgear.server._names import DEFAULT_MAX_FUNCTION_NAME
 from txgear.server.service import DEFAULT_SHUTDOWN_GRACE
 from txgear.server._state import DEFAULT_MAX_FUNCTIONS
+from txgear.server._protocol import (
+    ARGUMENT_ALLOWANCE,
+    DEFAULT_OUTPUT_SOFT_LIMIT,
+    DEFAULT_PACKET_DEADLINE,
+    DEFAULT_PARTIAL_BUDGET,
+)
 
 _LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn,
            "warning": LogLevel.warn, "error": LogLevel.error, "critical": LogLevel.critical,
@@ -91,6 +97,22 @@ class Options(PluginOptions):
          "On SIGTERM/SIGINT, seconds the server waits for workers to finish the jobs they "
          "hold and for peers to read their replies before it closes the connections (then "
          "the store).", float],
+        ["output-soft-limit", None, DEFAULT_OUTPUT_SOFT_LIMIT,
+         "Bytes of replies a connection may leave unread before its own requests wait (and "
+         "it is not read) until half of them have drained.", _nonNegative],
+        ["output-hard-limit", None, 0,
+         "Bytes of output a connection may leave unread before it is closed (a client's "
+         "foreground jobs are then handled as on any client loss); must exceed "
+         "--max-packet-size + 64 KiB + --output-soft-limit [default: the larger of 64 MiB "
+         "and twice --max-packet-size + 64 KiB, plus the soft limit].", _nonNegative],
+        ["partial-packet-budget", None, DEFAULT_PARTIAL_BUDGET,
+         "Bytes all connections' unfinished packets of 64 KiB or more may hold together "
+         "(their announced sizes); a connection whose packet does not fit is not read "
+         "until there is room (one connection alone may always finish one packet).",
+         _nonNegative],
+        ["packet-deadline", None, DEFAULT_PACKET_DEADLINE,
+         "Seconds a packet or admin line may take from its first byte to its last; a "
+         "connection past it is closed.", float],
         ["log-level", None, "info", "Log level for txgear's messages: debug, info, warn, error "
                                     "(gearmand's --verbose names work too: DEBUG, INFO, "
                                     "WARNING, ERROR, FATAL...)."],
@@ -139,6 +161,15 @@ class Options(PluginOptions):
             raise usage.UsageError("--max-function-name must be at least 1")
         if self["queue"] is not None:
             _checkQueue(self["queue"])
+        if self["output-soft-limit"] < 4096:
+            raise usage.UsageError("--output-soft-limit must be at least 4096")
+        room = self["max-packet-size"] + ARGUMENT_ALLOWANCE + self["output-soft-limit"]
+        if self["output-hard-limit"] and self["output-hard-limit"] <= room:
+            raise usage.UsageError("--output-hard-limit must exceed --max-packet-size + 64 KiB "
+                                   "+ --output-soft-limit, so that the largest result still "
+                                   "reaches a client that reads")
+        if self["packet-deadline"] <= 0:
+            raise usage.UsageError("--packet-deadline must be positive")
 
 
 def makeService(options: Any, reactor: Any = None) -> IService:
@@ -163,7 +194,11 @@ def makeService(options: Any, reactor: Any = None) -> IService:
                                    allowShutdown=options["enable-shutdown-command"],
                                    verbosity=lambda: _GEARMAND_LEVEL_NAMES.get(logLevel(), "INFO"),
                                    exceptions=options["exceptions"],
-                                   maxFunctionName=options["max-function-name"])
+                                   maxFunctionName=options["max-function-name"],
+                                   outputSoftLimit=options["output-soft-limit"],
+                                   outputHardLimit=options["output-hard-limit"] or None,
+                                   partialBudget=options["partial-packet-budget"],
+                                   packetDeadline=options["packet-deadline"])
     service = GearmanServerService(options["ports"], state, factory, reactor=reactor,
                                    shutdownGrace=options["shutdown-grace"])
     service.started.addErrback(_fatal, reactor)

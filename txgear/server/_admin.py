@@ -13,7 +13,8 @@ except where txgear deliberately differs (see docs/server.md):
 from __future__ import annotations
 
 import os
-from typing import Callable, List, Optional, Tuple
+from itertools import islice
+from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
 
 from txgear import _admintext as text
 from txgear._version import __version__
@@ -22,6 +23,12 @@ from txgear.server._state import JobServerState, Session
 
 #: gearmand closes the connection on lines of more than this many tokens.
 MAX_TOKENS = 8
+
+#: Listings longer than this many rows are produced in pieces of that many.
+LISTING_PIECE = 500
+
+#: A reply: bytes, or the pieces of a long listing.
+Reply = Union[bytes, Iterator[bytes]]
 
 #: What the protocol must do after sending a reply.
 CLOSE = "close"
@@ -50,8 +57,12 @@ class AdminCommands:
         self.verbosity = verbosity
         self.allowShutdown = allowShutdown
 
-    def run(self, session: Session, line: bytes) -> Tuple[bytes, Optional[str]]:
-        """Execute one command line; returns the reply and an optional action."""
+    def run(self, session: Session, line: bytes) -> Tuple[Reply, Optional[str]]:
+        """
+        Execute one command line; returns the reply and an optional action.
+        A long listing's reply is an iterator of pieces, to be pulled as the
+        peer reads them (see L{_inPieces}).
+        """
         tokens = line.split()
         if len(tokens) > MAX_TOKENS:
             return b"", CLOSE
@@ -63,33 +74,34 @@ class AdminCommands:
             return text.unknownCommand(tokens[0]), None
         return handler(tokens[0], tokens[1:])
 
-    def command_status(self, word: bytes, args: List[bytes]) -> Tuple[bytes, Optional[str]]:
-        rows = [(f.name, f.total(), f.running, f.workers) for f in self.state.functions.values()]
-        return text.formatStatus(rows), None
+    def command_status(self, word: bytes, args: List[bytes]) -> Tuple[Reply, Optional[str]]:
+        rows = ((f.name, f.total(), f.running, f.workers) for f in list(self.state.functions.values()))
+        return _inPieces(rows, text.formatStatus), None
 
-    def command_prioritystatus(self, word: bytes, args: List[bytes]) -> Tuple[bytes, Optional[str]]:
-        rows = [(f.name, f.priorityCounts[0], f.priorityCounts[1], f.priorityCounts[2], f.workers)
-                for f in self.state.functions.values()]
-        return text.formatPriorityStatus(rows), None
+    def command_prioritystatus(self, word: bytes, args: List[bytes]) -> Tuple[Reply, Optional[str]]:
+        rows = ((f.name, f.priorityCounts[0], f.priorityCounts[1], f.priorityCounts[2], f.workers)
+                for f in list(self.state.functions.values()))
+        return _inPieces(rows, text.formatPriorityStatus), None
 
-    def command_workers(self, word: bytes, args: List[bytes]) -> Tuple[bytes, Optional[str]]:
-        rows = []
-        for session in self.state.sessions.values():
+    def command_workers(self, word: bytes, args: List[bytes]) -> Tuple[Reply, Optional[str]]:
+        def row(session: Session) -> Tuple[bytes, bytes, bytes, List[bytes]]:
             fd, ip = self.describe(session)
             # Most recently registered first, as gearmand lists them.
-            rows.append((fd, ip, session.clientId, [f.name for f in reversed(session.functions)]))
-        return text.formatWorkers(rows), None
+            return fd, ip, session.clientId, [f.name for f in reversed(session.functions)]
+        rows = (row(session) for session in list(self.state.sessions.values()))
+        return _inPieces(rows, text.formatWorkers), None
 
-    def command_show(self, word: bytes, args: List[bytes]) -> Tuple[bytes, Optional[str]]:
+    def command_show(self, word: bytes, args: List[bytes]) -> Tuple[Reply, Optional[str]]:
         if not args:
             return text.unknownCommand(word), None
         what = [a.lower() for a in args]
         if what == [b"jobs"]:
-            rows = [(job.handle, job.retries, 0, 1 if job.background else 0)
-                    for job in self.state.jobs.values()]
-            return text.formatShowJobs(rows), None
+            rows = ((job.handle, job.retries, 0, 1 if job.background else 0)
+                    for job in list(self.state.jobs.values()))
+            return _inPieces(rows, text.formatShowJobs), None
         if what == [b"unique", b"jobs"]:
-            return text.formatLines(job.unique for job in self.state.jobs.values()), None
+            return _inPieces((job.unique for job in list(self.state.jobs.values())),
+                             text.formatLines), None
         return text.err(b"UNKNOWN_SHOW_ARGUMENTS"), None
 
     def command_cancel(self, word: bytes, args: List[bytes]) -> Tuple[bytes, Optional[str]]:
@@ -163,6 +175,32 @@ class AdminCommands:
         if [a.lower() for a in args] == [b"graceful"]:
             return b"OK\n", GRACEFUL
         return b"ERR unknown_args Unknown+arguments+to+server+command\r\n", None
+
+
+def _inPieces(rows: Iterator[Any], format: Callable[[List[Any]], bytes]) -> Reply:
+    """
+    A listing: as one C{bytes} if it has fewer than L{LISTING_PIECE} rows,
+    else as an iterator of pieces of that many rows, formatted only when
+    pulled (the caller pulls while the peer's output has room). The rows
+    come from a snapshot of the table taken now; their values are read when
+    their piece is formatted.
+    """
+    first = list(islice(rows, LISTING_PIECE))
+    if len(first) < LISTING_PIECE:
+        return format(first)
+    return _pieces(first, rows, format)
+
+
+def _pieces(first: List[Any], rows: Iterator[Any],
+            format: Callable[[List[Any]], bytes]) -> Iterator[bytes]:
+    chunk = first
+    while True:
+        following = list(islice(rows, LISTING_PIECE))
+        if not following:
+            yield format(chunk)
+            return
+        yield format(chunk)[:-len(text.END)]  # the end marker only once, last
+        chunk = following
 
 
 def _int(value: bytes) -> int:

@@ -23,13 +23,12 @@ Log lines a peer causes go through the state's L{PeerLog} (rate-limited).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple, cast
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from txgear._log import logger
-from zope.interface import implementer
 
 from txgear._packet import (
     ARGUMENT_COUNTS,
@@ -51,6 +50,16 @@ from txgear.server._state import ERR_UNKNOWN_OPTION, HIGH, LOW, NORMAL, JobServe
 #: Room for the arguments besides the workload (function, unique, handle...),
 #: so that a workload of exactly the maximum packet size is accepted.
 ARGUMENT_ALLOWANCE = 64 * 1024
+
+#: Default soft limit of a connection's unsent output: past it, its input waits.
+DEFAULT_OUTPUT_SOFT_LIMIT = 1024 * 1024
+#: Default hard limit of a connection's unsent output: past it, it is closed
+#: (raised to fit two packets of the largest size if that is more).
+DEFAULT_OUTPUT_HARD_LIMIT = 64 * 1024 * 1024
+#: Default memory all connections' unfinished large messages may reserve together.
+DEFAULT_PARTIAL_BUDGET = 256 * 1024 * 1024
+#: Default seconds a message may take to arrive, from its first byte to its last.
+DEFAULT_PACKET_DEADLINE = 60.0
 
 #: Workloads at least this large are passed around as memoryviews, not copied.
 _BIG = 64 * 1024
@@ -89,12 +98,50 @@ def _split(body: bytes, kind: int) -> List[bytes]:
     return args
 
 
-@implementer(IPushProducer)
+#: Why a connection is not read (L{GearmanServerProtocol._pausedFor}).
+_OUTPUT = "output"    # its output is over the soft limit: its requests would add more
+_LISTING = "listing"  # an admin listing is still being produced for it
+_BUDGET = "budget"    # its unfinished message waits for the partial-packet budget
+
+#: Unfinished messages smaller than this never wait for the partial-packet
+#: budget: ordinary requests of bystanders are never held back.
+SMALL_MESSAGE = 64 * 1024
+
+
+class _ClosedPeer:
+    """What a session's peer becomes once its connection is lost: writes go nowhere."""
+
+    __slots__ = ()
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def writeSequence(self, data: List[bytes]) -> None:
+        pass
+
+
+_CLOSED_PEER = _ClosedPeer()
+
+
 class GearmanServerProtocol(Protocol):
     """
     One connection to the job server, in any mix of roles (client, worker,
-    admin). Registered as a streaming producer on its transport so that a
-    client that reads slowly pauses the workers feeding it.
+    admin).
+
+    I/O policy (see docs/architecture.md):
+      - output goes through a L{txgear._turnwriter.ConnectionOutput}, which
+        counts what the peer has not taken; past the soft limit this
+        connection's input is no longer dispatched nor read (its own requests
+        make that output), until half of it has drained; past the hard limit
+        the connection is aborted and its session handled as any lost
+        connection. No other connection is ever paused on its behalf;
+      - reading is paused for a set of reasons, and resumes exactly when none
+        is left, whatever order pauses and resumes arrive in;
+      - an unfinished message of L{SMALL_MESSAGE} bytes or more reserves its
+        announced size from the factory's partial-packet budget, and waits,
+        unread, until the budget has room; a message that has not arrived
+        within the packet deadline closes the connection (one timer per
+        connection, re-armed lazily, not per packet).
     """
 
     _log = logger()
@@ -104,7 +151,17 @@ class GearmanServerProtocol(Protocol):
 
     def __init__(self) -> None:
         self._closedWaiters: List[Deferred[None]] = []
-        self._readPauses = 0
+        self._pausedFor: Set[str] = set()
+        # Dispatching stops while the output is full or a listing is produced.
+        self._stalled = False
+        self._dispatching = False
+        # Messages decoded but not dispatched when the output filled up.
+        self._held: Optional[List[Tuple[int, bytes]]] = None
+        self._listing: Optional[Iterator[bytes]] = None
+        self._reserved = 0
+        self._partialSerial = -1
+        self._partialSince = 0.0
+        self._deadlineCall: Any = None
 
     def connectionMade(self) -> None:
         factory = self.factory
@@ -115,8 +172,14 @@ class GearmanServerProtocol(Protocol):
                                       maxPacket=factory.maxPacket + ARGUMENT_ALLOWANCE)
         transport = self.transport
         setNoDelay(transport)
-        transport.registerProducer(self, True)
-        self._output = output = factory.writer.output(transport)
+        if ITCPTransport.providedBy(transport):
+            try:
+                # A peer that vanished without a FIN is noticed eventually.
+                transport.setTcpKeepAlive(True)
+            except OSError:
+                pass
+        self._output = output = factory.writer.output(
+            transport, self, factory.outputSoftLimit, factory.outputHardLimit)
         self.write = output.write  # type: ignore[method-assign]
         self.writeSequence = output.writeSequence  # type: ignore[method-assign]
         factory.connections[self.session] = self
@@ -128,36 +191,85 @@ class GearmanServerProtocol(Protocol):
     def writeSequence(self, data: List[bytes]) -> None:  # replaced in connectionMade
         self._output.writeSequence(data)
 
-    def pauseReading(self) -> None:
-        """Stop reading this peer's requests (counted: each pause needs a resume)."""
-        self._readPauses += 1
-        if self._readPauses == 1:
+    # -- why this connection is not read --------------------------------------
+
+    def _pause(self, reason: str) -> None:
+        """Stop reading for C{reason} (idempotent)."""
+        paused = self._pausedFor
+        if reason in paused:
+            return
+        paused.add(reason)
+        if reason != _BUDGET:
+            self._stalled = True
+        if len(paused) == 1:
             self.transport.pauseProducing()
 
-    def resumeReading(self) -> None:
-        self._readPauses -= 1
-        if self._readPauses == 0 and not self.transport.disconnecting:
+    def _resume(self, reason: str) -> None:
+        """C{reason} no longer holds; read again if no other reason remains."""
+        paused = self._pausedFor
+        if reason not in paused:
+            return
+        paused.discard(reason)
+        self._stalled = _OUTPUT in paused or _LISTING in paused
+        if not paused and not self.transport.disconnecting:
             self.transport.resumeProducing()
 
-    # IPushProducer: the transport's write buffer is full / drained.
-    def pauseProducing(self) -> None:
-        # A peer that does not read its replies: stop reading its requests,
-        # and stop the workers whose results would pile up for it.
-        self.pauseReading()
-        self.state.pauseWriting(self.session)
+    # Listener of the ConnectionOutput.
+    def outputFull(self) -> None:
+        self._pause(_OUTPUT)
 
-    def resumeProducing(self) -> None:
-        self.resumeReading()
-        self.state.resumeWriting(self.session)
+    def outputDrained(self) -> None:
+        self._resume(_OUTPUT)
+        if self._listing is not None:
+            self._produceListing()
+        if (not self._stalled and not self._dispatching and not self.transport.disconnecting
+                and (self._held is not None or self._decoder.bufferedBytes())):
+            # Requests read before the pause, not dispatched yet.
+            self._resumeInput()
 
-    def stopProducing(self) -> None:
-        pass
+    def outputOverflow(self) -> None:
+        self._log.warn("Closing connection from {peer}: more than {limit} bytes of output "
+                       "it does not read", peer=self._peer(), limit=self.factory.outputHardLimit)
+        self.transport.abortConnection()
+
+    # -- input ------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        decoder = self._decoder
+        if self._stalled or self._held is not None:
+            # Not dispatching now: keep it, undecoded, in order.
+            self._decoder.add(data)
+        else:
+            self._dispatching = True
+            try:
+                self._dispatch(self._decoder.feed(data))
+            finally:
+                self._dispatching = False
+        self._checkUnfinished()
+
+    def _resumeInput(self) -> None:
+        """Dispatch what was received while dispatching was stopped."""
+        self._dispatching = True
+        try:
+            held = self._held
+            if held is not None:
+                self._held = None
+                self._dispatch(held)
+                if self._stalled or self.transport.disconnecting:
+                    return
+            self._dispatch(self._decoder.feed(b""))
+        finally:
+            self._dispatching = False
+        self._checkUnfinished()
+
+    def _dispatch(self, messages: List[Tuple[int, bytes]]) -> None:
+        """
+        Dispatch C{messages} in order, until the output is full or a listing
+        is being produced: the rest is held, in order, until it drains.
+        """
         dispatch = _DISPATCH
         transport = self.transport
-        for kind, body in decoder.feed(data):
+        pending = iter(messages)
+        for kind, body in pending:
             if kind > 0:
                 try:
                     dispatch[kind](self, body)
@@ -173,6 +285,12 @@ class GearmanServerProtocol(Protocol):
                 self.session.write(ERR_INVALID_MAGIC)
             if transport.disconnecting:
                 return
+            if self._stalled:
+                rest = list(pending)
+                if rest:
+                    self._held = rest
+                return
+        decoder = self._decoder
         if decoder.error is not None:
             self._log.warn("Closing connection from {peer}: {error}", peer=self._peer(),
                            error=str(decoder.error))
@@ -185,10 +303,64 @@ class GearmanServerProtocol(Protocol):
                 self._output.discard()
                 self.transport.abortConnection()
 
+    def _checkUnfinished(self) -> None:
+        """
+        Once per read: an unfinished message reserves its size from the
+        partial-packet budget if large, and is timed.
+        """
+        size = self._decoder.unfinishedSize()
+        if not size:
+            if self._reserved:
+                self.factory._releasePartial(self)
+            return
+        serial = self._decoder.partialSerial
+        if serial != self._partialSerial:
+            self._partialSerial = serial
+            clock = self.state.clock
+            self._partialSince = clock.seconds()
+            if self._deadlineCall is None and not self.transport.disconnecting:
+                self._deadlineCall = clock.callLater(self.factory.packetDeadline,
+                                                     self._deadlinePassed)
+        if size >= SMALL_MESSAGE and size != self._reserved:
+            self.factory._reservePartial(self, size)
+
+    def _deadlinePassed(self) -> None:
+        self._deadlineCall = None
+        if not self._decoder.unfinishedSize() or self.transport.disconnecting:
+            return
+        clock = self.state.clock
+        deadline = self.factory.packetDeadline
+        now = clock.seconds()
+        if self._pausedFor:
+            # Not read by our choice: the peer cannot be late meanwhile.
+            self._partialSince = now
+        elif now - self._partialSince >= deadline:
+            self._log.warn("Closing connection from {peer}: a message unfinished after "
+                           "{deadline} seconds", peer=self._peer(), deadline=deadline)
+            self._output.discard()
+            self.transport.abortConnection()
+            return
+        self._deadlineCall = clock.callLater(self._partialSince + deadline - now,
+                                             self._deadlinePassed)
+
     def connectionLost(self, reason: Any = None) -> None:
-        self._output.discard()
-        self.factory.connections.pop(self.session, None)
+        # Break every reference between this protocol, its session, its
+        # output and its transport, and drop the buffers now: the server
+        # raises the cyclic collector's thresholds, so memory that waited
+        # for it would pile up.
+        self._output.stopProducing()
+        self.factory._connectionGone(self)
         self.state.disconnect(self.session)
+        self.session.peer = _CLOSED_PEER
+        if self._deadlineCall is not None:
+            if self._deadlineCall.active():
+                self._deadlineCall.cancel()
+            self._deadlineCall = None
+        self._decoder.clear()
+        self._held = None
+        self._listing = None
+        self.__dict__.pop("write", None)
+        self.__dict__.pop("writeSequence", None)
         waiters, self._closedWaiters = self._closedWaiters, []
         for d in waiters:
             d.callback(None)
@@ -228,11 +400,32 @@ class GearmanServerProtocol(Protocol):
             self._output.flush()
             self.transport.loseConnection()
             return
+        if type(reply) is not bytes:
+            # A long listing: produced in pieces as the peer reads them.
+            self._listing = iter(cast(Iterable[bytes], reply))
+            self._pause(_LISTING)
+            self._produceListing()
+            return
         self.session.write(reply)
         if action == SHUTDOWN:
             self.factory.requestShutdown(graceful=False)
         elif action == GRACEFUL:
             self.factory.requestShutdown(graceful=True)
+
+    def _produceListing(self) -> None:
+        """Write pieces of the listing in progress while the output has room."""
+        listing = self._listing
+        output = self._output
+        write = self.session.write
+        while not output.isFull():
+            piece = next(listing, None)  # type: ignore[arg-type]
+            if piece is None:
+                # Done: the input that waited behind it is dispatched by
+                # whoever called (the dispatch loop, or outputDrained).
+                self._listing = None
+                self._resume(_LISTING)
+                return
+            write(piece)
 
     # -- packets -------------------------------------------------------------
 
@@ -469,6 +662,17 @@ class GearmanServerFactory(Factory):
     @param exceptions: forward WORK_EXCEPTION to every client, as if each had
         asked with OPTION_REQ (gearmand's C{--exceptions}).
     @param maxFunctionName: the longest function name accepted, in bytes.
+    @param outputSoftLimit: bytes of output a connection may leave unread
+        before its own input is no longer dispatched nor read (until half of
+        it has drained).
+    @param outputHardLimit: bytes of output past which a connection that
+        does not read is closed; by default the larger of 64 MiB and room
+        for two packets of the largest size plus the soft limit.
+    @param partialBudget: bytes all connections' unfinished messages of
+        L{SMALL_MESSAGE} bytes or more may reserve together (their announced
+        size); past it, such a connection is not read until there is room.
+    @param packetDeadline: seconds a message may take from its first byte to
+        its last before the connection is closed.
     @ivar connections: the live protocols, by session.
     """
 
@@ -479,7 +683,11 @@ class GearmanServerFactory(Factory):
                  allowShutdown: bool = False,
                  shutdown: Optional[Callable[..., Any]] = None,
                  verbosity: Callable[[], str] = lambda: "INFO", exceptions: bool = False,
-                 maxFunctionName: int = DEFAULT_MAX_FUNCTION_NAME) -> None:
+                 maxFunctionName: int = DEFAULT_MAX_FUNCTION_NAME,
+                 outputSoftLimit: int = DEFAULT_OUTPUT_SOFT_LIMIT,
+                 outputHardLimit: Optional[int] = None,
+                 partialBudget: int = DEFAULT_PARTIAL_BUDGET,
+                 packetDeadline: float = DEFAULT_PACKET_DEADLINE) -> None:
         self.state = state if state is not None else JobServerState()
         self.writer = TurnWriter(self.state.clock)
         self.exceptions = exceptions
@@ -487,10 +695,57 @@ class GearmanServerFactory(Factory):
         self.maxFunctionName = maxFunctionName
         #: Rate-limits the log lines peers cause (shared with the state's).
         self.peerLog: PeerLog = self.state.peerLog
+        self.outputSoftLimit = outputSoftLimit
+        if outputHardLimit is None:
+            # Always room for one packet of the largest size, plus the soft limit.
+            outputHardLimit = max(DEFAULT_OUTPUT_HARD_LIMIT,
+                                  2 * (maxPacket + ARGUMENT_ALLOWANCE) + outputSoftLimit)
+        self.outputHardLimit = outputHardLimit
+        self.partialBudget = partialBudget
+        self.packetDeadline = packetDeadline
+        # Bytes reserved by unfinished large messages, and who waits for room, in order.
+        self.partialReserved = 0
+        self._budgetWaiters: Dict[GearmanServerProtocol, int] = {}
         self.connections: Dict[Session, GearmanServerProtocol] = {}
         self._shutdown = shutdown
         self.admin = AdminCommands(self.state, self._describe, verbosity, allowShutdown,
                                    maxFunctionName)
+
+    def _reservePartial(self, protocol: GearmanServerProtocol, size: int) -> None:
+        """
+        C{protocol} holds an unfinished message of C{size} bytes: reserve them,
+        or pause it until they fit. A connection alone may always reserve,
+        whatever the budget, so one packet of the largest size always arrives.
+        """
+        others = self.partialReserved - protocol._reserved
+        if others == 0 or others + size <= self.partialBudget:
+            self.partialReserved = others + size
+            protocol._reserved = size
+            return
+        self.partialReserved = others
+        protocol._reserved = 0
+        self._budgetWaiters[protocol] = size
+        protocol._pause(_BUDGET)
+
+    def _releasePartial(self, protocol: GearmanServerProtocol) -> None:
+        self.partialReserved -= protocol._reserved
+        protocol._reserved = 0
+        self._budgetWaiters.pop(protocol, None)
+        waiters = self._budgetWaiters
+        # First come, first served: a large waiter is not overtaken forever.
+        while waiters:
+            waiter, size = next(iter(waiters.items()))
+            if self.partialReserved and self.partialReserved + size > self.partialBudget:
+                break
+            del waiters[waiter]
+            self.partialReserved += size
+            waiter._reserved = size
+            waiter._resume(_BUDGET)
+
+    def _connectionGone(self, protocol: GearmanServerProtocol) -> None:
+        self.connections.pop(protocol.session, None)
+        if protocol._reserved or protocol in self._budgetWaiters:
+            self._releasePartial(protocol)
 
     def _describe(self, session: Session) -> Tuple[bytes, bytes]:
         protocol = self.connections.get(session)

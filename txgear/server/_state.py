@@ -199,7 +199,8 @@ class Session:
     """
     The server's view of one connection, in whichever roles it plays.
 
-    @ivar peer: an L{txgear.interfaces.IServerPeer}.
+    @ivar peer: an L{txgear.interfaces.IServerPeer}; the protocol bounds that
+        output itself (see L{txgear.server._protocol}).
     @ivar functions: the functions registered, once each, in registration order.
     @ivar registered: the same functions, for O(1) membership.
     @ivar timeouts: CAN_DO_TIMEOUT limits, in seconds, by function.
@@ -213,7 +214,7 @@ class Session:
 
     __slots__ = ("peer", "id", "clientId", "functions", "registered", "timeouts", "held",
                  "dropped", "waiting", "sleeping", "exceptions", "replies", "rotation",
-                 "blockedWorkers", "writePaused", "closed", "__weakref__")
+                 "closed", "__weakref__")
 
     def __init__(self, peer: Any, sessionId: int) -> None:
         self.peer = peer
@@ -229,8 +230,6 @@ class Session:
         self.exceptions = False
         self.replies: Optional[Deque[Any]] = None
         self.rotation = 0
-        self.blockedWorkers: Optional[Dict[Session, None]] = None
-        self.writePaused = False
         self.closed = False
 
     def write(self, data: bytes) -> None:
@@ -531,8 +530,6 @@ class JobServerState:
                 # Nobody waits for the result: drop it, as gearmand does.
                 self._move(job, DONE)
         session.waiting.clear()
-        if session.blockedWorkers:
-            self._resumeBlocked(session)
         # A worker that was woken but went away may leave jobs nobody was told of.
         for function in touched:
             if function.queued and function.sleepers:
@@ -1006,14 +1003,11 @@ class JobServerState:
             packet = responseHeader(kind, len(body)) + body
             for client in clients:
                 client.write(packet)
-                if client.writePaused:
-                    self._blockWorker(client, worker)
         else:
+            # One buffer shared by every client's output, never copied per client.
             header = responseHeader(kind, len(body))
             for client in clients:
                 client.writeSequence([header, body])
-                if client.writePaused:
-                    self._blockWorker(client, worker)
 
     def _finish(self, job: Job, packet: Any, worker: Optional[Session] = None) -> None:
         """Send the final packet to every attached client and end the job."""
@@ -1026,8 +1020,6 @@ class JobServerState:
                     client.writeSequence(packet)
                 else:
                     client.write(packet)
-                if worker is not None and client.writePaused:
-                    self._blockWorker(client, worker)
         self._move(job, DONE)
 
     def _finishException(self, job: Job, body: bytes, worker: Session) -> None:
@@ -1039,32 +1031,6 @@ class JobServerState:
             client.waiting.pop(job, None)
             client.write(exception if client.exceptions else fail)
         self._move(job, DONE)
-
-    # -- backpressure ----------------------------------------------------
-
-    def pauseWriting(self, session: Session) -> None:
-        """The session's peer cannot take more output for now."""
-        session.writePaused = True
-
-    def resumeWriting(self, session: Session) -> None:
-        session.writePaused = False
-        if session.blockedWorkers:
-            self._resumeBlocked(session)
-
-    def _blockWorker(self, client: Session, worker: Session) -> None:
-        # Stop reading from a worker whose results pile up for a slow client.
-        if client.blockedWorkers is None:
-            client.blockedWorkers = {}
-        if worker not in client.blockedWorkers and worker is not client:
-            client.blockedWorkers[worker] = None
-            worker.peer.pauseReading()
-
-    def _resumeBlocked(self, client: Session) -> None:
-        blocked, client.blockedWorkers = client.blockedWorkers, None
-        for worker in blocked or ():
-            if not worker.closed:
-                worker.peer.resumeReading()
-
 
     # -- status ----------------------------------------------------------
 
