@@ -222,3 +222,41 @@ class PoolClientServiceTests(SynchronousTestCase):
             self.assertFalse(pool.servers[0].service.running)
             self.assertEqual(clock.getDelayedCalls(), [])
             self.assertTrue(all(t.closed for _, t in endpoint.connections))
+
+    def test_connectionLostBeforeTheEndpointFires(self):
+        # The connection is made and lost before the endpoint's Deferred
+        # fires: a failed attempt for ClientService, which retries.
+        from twisted.internet.defer import Deferred
+
+        from tests.test_client_fakes import LoopTransport
+
+        attempts = []
+
+        class Endpoint:
+            def connect(self, factory):
+                d = Deferred()
+                attempts.append((d, factory))
+                return d
+
+        clock = Clock()
+        pool = ServerPool(["h:5000"], Factory.forProtocol(_Peer), reactor=clock, clock=clock,
+                          retryPolicy=backoffPolicy(initialDelay=1, factor=2, jitter=lambda: 0),
+                          endpointFor=lambda s: Endpoint())
+        pool.start()
+        d, factory = attempts[0]
+        proto = factory.buildProtocol(None)
+        transport = LoopTransport()
+        transport.protocol = proto
+        proto.makeConnection(transport)
+        transport.drop()
+        d.callback(proto)
+        server = pool.servers[0]
+        self.assertEqual(server.state, "down")
+        self.assertIn("closed at once", server.lastError.getErrorMessage())
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        clock.advance(2)
+        self.assertEqual(len(attempts), 2)
+        self.assertEqual(server.state, "connecting")
+        self.successResultOf(pool.stop())
+        self.assertTrue(attempts[1][0].called)     # cancelled
+        self.assertEqual(clock.getDelayedCalls(), [])
