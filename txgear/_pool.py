@@ -527,7 +527,9 @@ class ServerPool:
         @param clock: the clock for reconnection delays (default: C{reactor}).
         @param retryPolicy: maps the number of consecutive failures to the
             delay before the next attempt, as
-            C{twisted.application.internet.backoffPolicy()} returns; default L{defaultRetryPolicy}.
+            C{twisted.application.internet.backoffPolicy()} returns; default
+            L{defaultRetryPolicy}. Each server's L{ClientService} uses it,
+            rounded to 0.01 s (see L{roundedPolicy}).
         @param connectTimeout: connect timeout of plain C{host:port} addresses.
         @param endpointFor: makes a server's endpoint (tests use fakes);
             default: from its address.
@@ -722,7 +724,8 @@ class ServerPool:
                 waiter.deferred.callback(outcome)
 
 
-__all__ = ["PoolServer", "PoolService", "ServerPool", "defaultRetryPolicy", "serverIndex", "uniqueHash"]
+__all__ = ["PoolServer", "PoolService", "ServerPool", "defaultRetryPolicy", "roundedPolicy", "serverIndex",
+           "uniqueHash"]
 
 
 class PoolService(Service):
