@@ -325,6 +325,7 @@ async def test_startAndStopAtAnyMomentOnTheRealReactor(kind, form):
         factory = service.pool.servers[0]._factory
         real = factory.buildProtocol
         closing: Deferred = Deferred()
+        closed: List[bool] = []
 
         def build(addr: Any) -> Any:
             proto = real(addr)
@@ -332,8 +333,9 @@ async def test_startAndStopAtAnyMomentOnTheRealReactor(kind, form):
 
             def connectionMade() -> None:
                 made()
-                if not closing.called:
-                    closing.callback(service.close())
+                if not closed:
+                    closed.append(True)
+                    service.close().chainDeferred(closing)
             proto.connectionMade = connectionMade
             return proto
         factory.buildProtocol = build
