@@ -10,11 +10,14 @@ import gc
 from typing import Any, List
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError, NotConnectingError, UserError
+from twisted.internet.interfaces import IHostnameResolver, IHostResolution, IReactorPluggableNameResolver
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from txgear._packet import PacketDecoder, PacketType, encodeResponse
 from txgear.client import GearmanClient
@@ -87,12 +90,36 @@ class _Transport(StringTransport):
                                                      Failure(ConnectionDone("closed")))
 
 
+@implementer(IHostResolution)
+class _Resolution:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def cancel(self) -> None:
+        pass
+
+
+@implementer(IHostnameResolver)
+class _Resolver:
+    """Resolves an IPv4 literal at once (Twisted 22.10's memory reactor has no resolver)."""
+
+    def resolveHostName(self, receiver: Any, hostName: str, portNumber: int = 0,
+                        addressTypes: Any = None, transportSemantics: str = "TCP") -> Any:
+        resolution = _Resolution(hostName)
+        receiver.resolutionBegan(resolution)
+        receiver.addressResolved(IPv4Address("TCP", hostName, portNumber))
+        receiver.resolutionComplete()
+        return resolution
+
+
+@implementer(IReactorPluggableNameResolver)
 class _Reactor(MemoryReactorClock):
     """Connection attempts the test completes with L{accept} or L{refuse}."""
 
     def __init__(self) -> None:
         MemoryReactorClock.__init__(self)
         self.attempts: List[_Connector] = []
+        self.nameResolver = _Resolver()
 
     def connectTCP(self, host: str, port: int, factory: Any, timeout: float = 30,
                    bindAddress: Any = None) -> _Connector:
@@ -295,6 +322,54 @@ class _Lifecycle:
         self.assertIn(self.successResultOf(d.addErrback(lambda f: f.trap(NoServers) and None)),
                       (None, service))
         self.assertClean()
+
+    def test_closeWhenTheFirstAttemptFails(self) -> None:
+        # User code run because an attempt failed stops the service: the
+        # ClientService is still handling that failure when it is called.
+        service = self.make()
+        closed: List[Any] = []
+        service.connect().addErrback(lambda f: closed.append(service.close()))
+        self.reactor.refuse()
+        self.successResultOf(closed[0])
+        self.assertClean()
+
+    def test_restartAndStopAgainFromCloseCallbacks(self) -> None:
+        # connect() in close()'s callback, close() in that connect()'s: each
+        # runs inside the previous step's ClientService callbacks.
+        service = self.make()
+        self.reactor_connect(service)
+        steps: List[Any] = []
+
+        def reopen(_: Any) -> None:
+            again = service.connect()
+            steps.append(again)
+            steps.append(Deferred())
+            again.addCallback(lambda s: s.close().chainDeferred(steps[1]))
+
+        service.close().addCallback(reopen)
+        self.reactor.settle()
+        if self.reactor.pending():
+            self.reactor.accept()
+        self.reactor.settle()
+        self.successResultOf(steps[0])
+        self.successResultOf(steps[1])
+        self.assertClean()
+
+    def test_closeAgainInsideCloseCallback(self) -> None:
+        service = self.make()
+        self.reactor_connect(service)
+        second: List[Any] = []
+        first = service.close()
+        first.addCallback(lambda _: second.append(service.close()))
+        self.reactor.settle()
+        self.successResultOf(first)
+        self.successResultOf(second[0])
+        self.assertClean()
+
+    def reactor_connect(self, service: Any) -> None:
+        d = service.connect()
+        self.reactor.accept()
+        self.assertIs(self.successResultOf(d), service)
 
 
 class ClientPlainAddressTests(_Lifecycle, SynchronousTestCase):

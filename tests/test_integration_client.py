@@ -298,3 +298,75 @@ async def test_gracefulStopDeliversAResultSentFromATimer(server):
         await within(stopping)
     finally:
         await closeAll(client, worker)
+
+
+@pytest.mark.parametrize("form", ["127.0.0.1:{port}", "tcp:host=127.0.0.1:port={port}"])
+@pytest.mark.parametrize("kind", [GearmanClient, GearmanWorker])
+@pytest_twisted.ensureDeferred
+async def test_startAndStopAtAnyMomentOnTheRealReactor(kind, form):
+    # Issue 9 item 1 on real sockets, with each server on a ClientService:
+    # close() right after connect(), inside the protocol's connectionMade
+    # (connected, but the endpoint has not said so: NotConnectingError and
+    # NoTransition before), inside connect()'s callback, and after it; all
+    # silent.
+    from twisted.logger import LogLevel, capturedLogs
+
+    from txgear.errors import NoServers
+
+    srv = InProcessServer()
+
+    def make() -> Any:
+        service = kind([form.format(port=srv.port)])
+        if kind is GearmanWorker:
+            service.register("f", lambda job: b"")
+        return service
+
+    def closeInsideConnectionMade(service: Any) -> Deferred:
+        factory = service.pool.servers[0]._factory
+        real = factory.buildProtocol
+        closing: Deferred = Deferred()
+        closed: List[bool] = []
+
+        def build(addr: Any) -> Any:
+            proto = real(addr)
+            made = proto.connectionMade
+
+            def connectionMade() -> None:
+                made()
+                if not closed:
+                    closed.append(True)
+                    service.close().chainDeferred(closing)
+            proto.connectionMade = connectionMade
+            return proto
+        factory.buildProtocol = build
+        return closing
+
+    try:
+        with capturedLogs() as events:
+            for moment in ("whileConnecting", "insideConnectionMade", "insideConnectCallback",
+                           "afterConnect"):
+                service = make()
+                closing: List[Any] = []
+                if moment == "insideConnectionMade":
+                    # Waited for first (it fires once that close() is done):
+                    # connect() fails inside that close().
+                    closedInside = closeInsideConnectionMade(service)
+                    connected = service.connect()
+                    closing.append(closedInside)
+                else:
+                    connected = service.connect()
+                if moment == "whileConnecting":
+                    closing.append(service.close())
+                elif moment == "insideConnectCallback":
+                    connected.addCallback(lambda s: closing.append(s.close()))
+                outcome = await within(connected.addErrback(lambda f: f.trap(NoServers)))
+                if moment == "afterConnect":
+                    assert outcome is service
+                    closing.append(service.close())
+                await within(closing[0])
+                assert service.connectedServers() == []
+                assert not service.pool.servers[0].service.running
+        noisy = [e for e in events if e["log_level"] > LogLevel.info]
+        assert noisy == []
+    finally:
+        await srv._port.stopListening()

@@ -157,10 +157,106 @@ class PoolMessageTests(SynchronousTestCase):
                           endpointFor=lambda s: endpoint)
         with capturedLogs() as events:
             pool.start()
-        text = "\n".join(formatEvent(e) for e in events)
-        self.assertIn("tcp:host=127.0.0.1:port=4730", text)
-        self.assertIn("2.07", text)
+        lines = [formatEvent(e) for e in events]
+        text = "\n".join(lines)
+        # ClientService's own line, once: no second retry line of txgear's.
+        retries = [line for line in lines if "retry" in line.lower()]
+        self.assertEqual(retries, ["Scheduling retry 1 to connect tcp:host=127.0.0.1:port=4730 "
+                                   "in 2.07 seconds."])
         self.assertNotIn("2.0749", text)
         self.assertNotIn("object at", text)
         self.successResultOf(pool.stop())
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class PoolClientServiceTests(SynchronousTestCase):
+    """Each server of the pool is kept connected by a ClientService of its own."""
+
+    def test_eachServerRunsOnAClientService(self):
+        from twisted.application.internet import ClientService
+
+        clock = Clock()
+        endpoints = {"h:5000": FakeEndpoint("accept", 5000), "h:5001": FakeEndpoint("refuse", 5001)}
+        pool = ServerPool(list(endpoints), Factory.forProtocol(_Peer), reactor=clock, clock=clock,
+                          retryPolicy=backoffPolicy(initialDelay=1, factor=2, jitter=lambda: 0),
+                          endpointFor=lambda s: endpoints[s.name])
+        services = [s.service for s in pool.servers]
+        self.assertTrue(all(isinstance(s, ClientService) for s in services), services)
+        self.assertEqual([s.running for s in services], [False, False])
+        pool.start()
+        self.assertEqual([s.running for s in services], [True, True])
+        self.assertEqual([s.state for s in pool.servers], ["connected", "down"])
+        # The refused server's retry is ClientService's, on the pool's clock.
+        self.assertEqual([round(c.getTime()) for c in clock.getDelayedCalls()], [2])
+        clock.advance(2)
+        self.assertEqual(endpoints["h:5001"].attempts, 2)
+        self.successResultOf(pool.stop())
+        self.assertEqual([s.running for s in services], [False, False])
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertTrue(endpoints["h:5000"].transport.closed)
+
+    def test_stopFromCallbacksOfSynchronousEndpoints(self):
+        # Endpoints that connect or fail inside connect() (ClientService is
+        # then still starting): stopping, restarting and stopping again from
+        # the callbacks they fire is safe, and leaves nothing behind.
+        for mode in ("accept", "refuse"):
+            clock = Clock()
+            endpoint = FakeEndpoint(mode)
+            pool = ServerPool(["h:5000"], Factory.forProtocol(_Peer), reactor=clock, clock=clock,
+                              retryPolicy=backoffPolicy(initialDelay=1, factor=2, jitter=lambda: 0),
+                              endpointFor=lambda s: endpoint)
+            steps = []
+
+            def restart(_):
+                pool.start()
+                steps.append(pool.stop())
+
+            def first(result):
+                steps.append(pool.stop().addCallback(restart))
+
+            pool.whenReady().addBoth(first)
+            pool.start()
+            self.assertEqual(len(steps), 2, mode)
+            for d in steps:
+                self.assertIsNone(self.successResultOf(d))
+            self.assertFalse(pool.servers[0].service.running)
+            self.assertEqual(clock.getDelayedCalls(), [])
+            self.assertTrue(all(t.closed for _, t in endpoint.connections))
+
+    def test_connectionLostBeforeTheEndpointFires(self):
+        # The connection is made and lost before the endpoint's Deferred
+        # fires: a failed attempt for ClientService, which retries.
+        from twisted.internet.defer import Deferred
+
+        from tests.test_client_fakes import LoopTransport
+
+        attempts = []
+
+        class Endpoint:
+            def connect(self, factory):
+                d = Deferred()
+                attempts.append((d, factory))
+                return d
+
+        clock = Clock()
+        pool = ServerPool(["h:5000"], Factory.forProtocol(_Peer), reactor=clock, clock=clock,
+                          retryPolicy=backoffPolicy(initialDelay=1, factor=2, jitter=lambda: 0),
+                          endpointFor=lambda s: Endpoint())
+        pool.start()
+        d, factory = attempts[0]
+        proto = factory.buildProtocol(None)
+        transport = LoopTransport()
+        transport.protocol = proto
+        proto.makeConnection(transport)
+        transport.drop()
+        d.callback(proto)
+        server = pool.servers[0]
+        self.assertEqual(server.state, "down")
+        self.assertIn("closed at once", server.lastError.getErrorMessage())
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        clock.advance(2)
+        self.assertEqual(len(attempts), 2)
+        self.assertEqual(server.state, "connecting")
+        self.successResultOf(pool.stop())
+        self.assertTrue(attempts[1][0].called)     # cancelled
         self.assertEqual(clock.getDelayedCalls(), [])

@@ -1,28 +1,33 @@
 # -*- test-case-name: tests.test_pool -*-
 """
-A set of job servers, one reconnecting connection each, with the bookkeeping the
-client and the worker need: which servers are connected right now, which
-server a unique id hashes to, round-robin choice, and waiting (bounded by
-connection attempts, never forever) for a server to become usable.
+A set of job servers, each kept connected by a L{ClientService} of its own,
+with the bookkeeping the client and the worker need: which servers are
+connected right now, which server a unique id hashes to, round-robin choice,
+and waiting (bounded by connection attempts, never forever) for a server to
+become usable.
 
 The pool does not know what its protocols do. Every server shares one
 protocol factory; each protocol it builds for a server gets a C{poolServer}
 attribute. A server counts as connected when its endpoint's Deferred fires
-with the protocol; the protocol calls C{poolServer.protocolLost(self)} from
-C{connectionLost}. That is the whole interface.
+with the protocol (and its L{ClientService} has been told); the protocol
+calls C{poolServer.protocolLost(self)} from C{connectionLost}. That is the
+whole interface.
 """
 from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from collections import deque
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from twisted.application.internet import backoffPolicy
+from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
-from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IProtocolFactory, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from txgear._address import ServerAddress, parseAddress
 from txgear._log import logger
@@ -84,9 +89,16 @@ def serverIndex(unique: bytes, count: int) -> int:
     return (uniqueHash(unique) * count) >> 64
 
 
-def _seconds(delay: float) -> str:
-    """A delay as a person reads it: C{2.07}, C{0.5}, C{30}."""
-    return f"{delay:.3g}"
+def roundedPolicy(policy: Callable[[int], float]) -> Callable[[int], float]:
+    """
+    A retry policy whose delays are rounded to hundredths of a second, so
+    that L{ClientService}'s C{Scheduling retry 2 to connect gear1:4730 in
+    2.07 seconds.} reads well.
+    """
+    def rounded(attempt: int) -> float:
+        return round(policy(attempt), 2)
+
+    return rounded
 
 
 class _PoolFactory(Factory):
@@ -102,19 +114,140 @@ class _PoolFactory(Factory):
         proto: Any = self._inner.buildProtocol(addr)
         if proto is not None:
             proto.poolServer = self._server
-            self._server._built = proto
         return proto
+
+
+class _Attempt:
+    """
+    One connection attempt of a server's L{ClientService}.
+
+    @ivar factory: the factory L{ClientService} passed to its endpoint; it
+        builds the protocol L{ClientService} is given for this connection.
+    @ivar result: the L{Deferred} L{ClientService} waits on.
+    @ivar connecting: the real endpoint's L{Deferred}.
+    @ivar protocol: the protocol built for the connection, once there is one.
+    @ivar address: the address C{protocol} was built for.
+    @ivar cancelled: whether L{ClientService} cancelled the attempt.
+    @ivar lost: whether C{protocol} lost its connection before the endpoint's
+        L{Deferred} fired.
+    """
+
+    __slots__ = ("factory", "result", "connecting", "protocol", "address", "cancelled", "lost")
+
+    def __init__(self, factory: IProtocolFactory, canceller: Callable[[Deferred[Any]], None]) -> None:
+        self.factory = factory
+        self.result: Deferred[Any] = Deferred(canceller)
+        self.connecting: Optional[Deferred[Any]] = None
+        self.protocol: Any = None
+        self.address: Any = None
+        self.cancelled = False
+        self.lost = False
+
+
+class _AttemptFactory(Factory):
+    """Builds one attempt's protocol with the server's factory, and notes it."""
+
+    noisy = False
+
+    def __init__(self, attempt: _Attempt, server: "PoolServer") -> None:
+        self._attempt = attempt
+        self._server = server
+
+    def buildProtocol(self, addr: Any) -> Any:
+        proto = self._server._factory.buildProtocol(addr)
+        self._attempt.protocol = proto
+        self._attempt.address = addr
+        return proto
+
+
+class _Connection(Protocol):
+    """
+    What a server's L{ClientService} is given for a connection: the transport
+    (which L{ClientService} closes when it stops) and the end of the
+    connection (L{PoolServer} calls C{connectionLost} once the real protocol
+    has lost it). The bytes go to the real protocol, never through here.
+    """
+
+
+@implementer(IStreamClientEndpoint)
+class _ServerEndpoint:
+    """
+    The endpoint a server's L{ClientService} connects with: the server's own
+    endpoint, through L{PoolServer}. Shown as the address the user wrote.
+    """
+
+    def __init__(self, server: "PoolServer") -> None:
+        self._server = server
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[Any]:
+        return self._server._connect(protocolFactory)
+
+    def __str__(self) -> str:
+        return self._server.name
+
+    __repr__ = __str__
+
+
+@implementer(IReactorTime)
+class _ServerClock:
+    """
+    The pool's clock, as a server's L{ClientService} sees it: its timers
+    (reconnection) run through L{PoolServer._serially}.
+    """
+
+    def __init__(self, server: "PoolServer", clock: Any) -> None:
+        self._server = server
+        self._clock = clock
+
+    def callLater(self, delay: float, callable: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        return self._clock.callLater(delay, self._server._serially, callable, *args, **kw)
+
+    def seconds(self) -> float:
+        return self._clock.seconds()  # type: ignore[no-any-return]
+
+    def getDelayedCalls(self) -> Any:
+        return self._clock.getDelayedCalls()
+
+
+class _ServerService(ClientService):
+    """
+    A L{ClientService} that logs through txgear's logger, so that its
+    C{Scheduling retry ...} line obeys C{--log-level} as txgear's own lines
+    do. (L{ClientService} hands its class's C{_log} to its state machine.)
+    """
+
+    _log = logger()
 
 
 class PoolServer:
     """
-    One job server of a L{ServerPool}, and the connection kept to it: one
-    attempt at a time, a retry after every failure or loss (delays from the
-    pool's retry policy), and a stop that can come at any moment.
+    One job server of a L{ServerPool}, kept connected by a L{ClientService}
+    (C{service}): it connects, retries with the pool's retry policy on the
+    pool's clock, and stops.
 
-    A server counts as connected once its endpoint's L{Deferred} has fired
-    with the protocol (never from inside C{connectionMade}); protocols tell
-    it they lost their connection by calling L{protocolLost}.
+    Around it, this class keeps the pool's view of the server (C{state},
+    C{protocol}) and makes stopping safe at any moment. L{ClientService}
+    connects through a L{_ServerEndpoint} that hands each attempt to
+    L{_connect}; the real protocol sits directly on the transport, and
+    L{ClientService} is given a stand-in protocol (L{_Connection}) only once
+    the real endpoint's L{Deferred} has fired, and told of its end only
+    after the real protocol's C{connectionLost}. That is needed because:
+
+      - C{ClientService.stopService()} while connecting cancels the
+        endpoint's L{Deferred}. When the connection has already been made
+        but the endpoint has not said so yet (TCP endpoints fire after the
+        protocol's C{connectionMade}), the cancel raises
+        C{NotConnectingError} from the connector, and the connection's later
+        loss reaches a stopped L{ClientService} (automat C{NoTransition} for
+        C{_clientDisconnected} in state C{Stopped}). Here the cancel closes
+        such a connection itself, and L{ClientService} never hears of it.
+      - L{ClientService}'s state machine (Twisted 24.10 and later) refuses to
+        be stopped from code it is running (a C{RuntimeError}: "attempting
+        to reentrantly run stop"), e.g. from a callback of its stop
+        L{Deferred}, or from user code called because an attempt failed.
+        So every call into it, and everything it calls (endpoint, timers),
+        runs through L{_serially}: one thing at a time, what they trigger
+        (the pool's waiters, user code) after they return.
 
     @ivar address: its L{ServerAddress}.
     @ivar index: its position in the pool's server list.
@@ -123,6 +256,7 @@ class PoolServer:
         connection was lost; a retry is scheduled) or C{"stopped"}.
     @ivar protocol: the connected protocol, or C{None}.
     @ivar lastError: the L{Failure} of the last failed attempt, or C{None}.
+    @ivar service: the L{ClientService} keeping it connected.
     """
 
     _log = logger()
@@ -138,14 +272,18 @@ class PoolServer:
         self.protocol: Any = None
         self.lastError: Optional[Failure] = None
         self._factory = _PoolFactory(factory, self)
+        self.service = _ServerService(_ServerEndpoint(self), Factory.forProtocol(_Connection),
+                                      retryPolicy=pool._retryPolicy,
+                                      clock=_ServerClock(self, pool._clock))
         self._running = False
-        self._attempt: Optional[Deferred] = None
-        self._built: Any = None            # the protocol the current attempt built
-        self._retry: Any = None
-        self._failures = 0
-        self._closing: List[Any] = []      # protocols closed by stop(), not yet lost
-        self._lostEarly: List[Any] = []    # lost before their attempt fired
-        self._stopWaiters: List[Deferred] = []
+        self._attempt: Optional[_Attempt] = None
+        # The connection ClientService knows of: (real protocol, its stand-in).
+        self._current: Optional[Tuple[Any, Any]] = None
+        self._closing: List[Any] = []      # protocols closed outside ClientService, not yet lost
+        self._serviceStops = 0             # ClientService stops not finished yet
+        self._stopWaiters: List[Deferred[None]] = []
+        self._queue: Deque[Tuple[Callable[..., Any], Tuple[Any, ...], Dict[str, Any]]] = deque()
+        self._busy = False
 
     def __repr__(self) -> str:
         return f"<PoolServer {self.address.text} {self.state}>"
@@ -162,17 +300,41 @@ class PoolServer:
         """
         return self._endpoint.connect(factory)
 
+    def _serially(self, call: Callable[..., Any], *args: Any, **kw: Any) -> None:
+        """
+        Run C{call} now if nothing of this server is running, else once
+        what runs (and what was queued before) has returned.
+        """
+        self._queue.append((call, args, kw))
+        if self._busy:
+            return
+        self._busy = True
+        try:
+            while self._queue:
+                call, args, kw = self._queue.popleft()
+                try:
+                    call(*args, **kw)
+                except Exception:
+                    self._log.failure("Gearman server {server}: {call!r} failed",
+                                      server=self.name, call=call)
+        finally:
+            self._busy = False
+
     # Starting and stopping
 
     def start(self) -> None:
         """Keep a connection to this server (idempotent)."""
+        self._serially(self._start)
+
+    def _start(self) -> None:
         if self._running:
             return
         self._running = True
-        if self._attempt is None and self.protocol is None and not self._closing:
-            self._connect()
-        # Otherwise: an attempt still runs, or a closing connection will
-        # reconnect when it is gone.
+        if self.state == STOPPED:
+            # Reconnecting, once a connection still closing is gone.
+            self.state = CONNECTING
+        if not self.service.running:
+            self.service.startService()
 
     def stop(self) -> Deferred[None]:
         """
@@ -180,134 +342,141 @@ class PoolServer:
 
         @return: fires once no attempt runs and no connection is open.
         """
-        self._running = False
-        if self._retry is not None:
-            if self._retry.active():
-                self._retry.cancel()
-            self._retry = None
-        if self._attempt is not None:
-            built = self._built
-            if built is None:
-                self._attempt.cancel()
-            elif built.transport is not None:
-                # Connected, but the endpoint has not said so yet: cancelling
-                # now would fail (NotConnectingError) or fire its Deferred
-                # twice. Close the connection; the attempt ends on its own.
-                built.transport.loseConnection()
-        if self.state != NEW:
-            self.state = STOPPED
-        protocol = self.protocol
-        if protocol is not None:
-            self._disconnected(protocol)
-            self._close(protocol)
-        if self._attempt is None and not self._closing:
-            return succeed(None)
         d: Deferred[None] = Deferred()
         self._stopWaiters.append(d)
+        self._serially(self._stop)
         return d
 
-    def _close(self, protocol: Any) -> None:
+    def _stop(self) -> None:
+        self._running = False
+        if self.state != NEW:
+            self.state = STOPPED
+        if self.protocol is not None:
+            self._disconnected()
+        if self.service.running:
+            self._serviceStops += 1
+            self.service.stopService().addCallback(
+                lambda _: self._serially(self._serviceStopped))
+        self._settled()
+
+    def _serviceStopped(self) -> None:
+        self._serviceStops -= 1
+        self._settled()
+
+    def _settled(self) -> None:
+        """Fire L{stop}'s Deferreds once nothing of an earlier stop is left."""
+        if self._serviceStops or self._closing or not self._stopWaiters:
+            return
+        waiters, self._stopWaiters = self._stopWaiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def _closeAside(self, protocol: Any) -> None:
         self._closing.append(protocol)
         transport = protocol.transport
         if transport is not None:
             transport.loseConnection()
 
-    def _settled(self) -> None:
-        """Nothing runs any more: fire L{stop}'s Deferreds, or reconnect if restarted."""
-        if self._attempt is not None or self._closing:
-            return
-        waiters, self._stopWaiters = self._stopWaiters, []
-        if self._running:
-            # Restarted while closing: the old connection is gone, connect.
-            if self.protocol is None and self._retry is None:
-                self._connect()
-        else:
-            self.state = STOPPED
-        for d in waiters:
-            d.callback(None)
+    # Attempts (ClientService calls _connect; the rest runs serially)
 
-    # Attempts
-
-    def _connect(self) -> None:
-        self._retry = None
-        self._built = None
+    def _connect(self, factory: IProtocolFactory) -> Deferred[Any]:
+        attempt = _Attempt(factory, self._cancel)
+        self._attempt = attempt
         self.state = CONNECTING
         try:
-            attempt = self._endpoint.connect(self._factory)
+            connecting = self._endpoint.connect(_AttemptFactory(attempt, self))
         except Exception:
-            attempt = fail()
-        self._attempt = attempt
-        self.pool._changed(self)
-        attempt.addCallbacks(self._attemptSucceeded, self._attemptFailed)
+            connecting = fail()
+        attempt.connecting = connecting
+        connecting.addCallbacks(lambda proto: self._serially(self._attemptSucceeded, attempt, proto),
+                                lambda reason: self._serially(self._attemptFailed, attempt, reason))
+        self._serially(self.pool._changed, self)
+        return attempt.result
 
-    def _attemptSucceeded(self, protocol: Any) -> None:
+    def _cancel(self, result: Deferred[Any]) -> None:
+        """L{ClientService} stops while the attempt whose C{result} this is runs."""
+        attempt = self._attempt
+        if attempt is None or attempt.result is not result:
+            return
+        attempt.cancelled = True
         self._attempt = None
-        self._built = None
-        if protocol in self._lostEarly:
-            self._lostEarly.remove(protocol)
-            if not self._running:
-                self._settled()
-            else:
-                self._failed(Failure(ConnectionError("the connection closed at once")))
+        connecting = attempt.connecting
+        if attempt.protocol is not None:
+            # Connected, but the endpoint has not said so yet: cancelling the
+            # endpoint now would raise NotConnectingError. Close it here.
+            if not attempt.lost:
+                self._closeAside(attempt.protocol)
+        elif connecting is not None:
+            try:
+                connecting.cancel()
+            except Exception:
+                # Nothing may escape into ClientService's stop.
+                self._log.failure("Cancelling the connection to {server} failed", server=self.name)
+        # Deferred.cancel now fails attempt.result: ClientService stops.
+
+    def _attemptSucceeded(self, attempt: _Attempt, protocol: Any) -> None:
+        if attempt.cancelled:
+            if protocol not in self._closing and not attempt.lost:
+                self._closeAside(protocol)
             return
-        if not self._running:
-            self._close(protocol)
+        self._attempt = None
+        if attempt.lost:
+            self._failed(attempt, Failure(ConnectionDone("the connection closed at once")))
             return
+        connection: Any = attempt.factory.buildProtocol(attempt.address)
+        connection.makeConnection(protocol.transport)
+        self._current = (protocol, connection)
+        attempt.result.callback(connection)
         self.protocol = protocol
         self.state = CONNECTED
         self.lastError = None
-        self._failures = 0
         self._log.info("Connected to Gearman server {server}", server=self.name)
         self.pool._connected.append(self)
         self.pool._changed(self)
 
-    def _attemptFailed(self, reason: Failure) -> None:
-        self._attempt = None
-        self._built = None
-        self._lostEarly.clear()
-        if not self._running:
-            # Cancelled by stop(); some endpoints report it as another error.
-            self._settled()
+    def _attemptFailed(self, attempt: _Attempt, reason: Failure) -> None:
+        if attempt.cancelled:
             return
-        self._failed(reason)
+        self._attempt = None
+        self._failed(attempt, reason)
 
-    def _failed(self, reason: Failure) -> None:
+    def _failed(self, attempt: _Attempt, reason: Failure) -> None:
         self.lastError = reason
         self.state = DOWN
         self._log.info("Cannot connect to Gearman server {server}: {error}",
                        server=self.name, error=reason.getErrorMessage())
-        if self._running:
-            self._scheduleRetry()
+        attempt.result.errback(reason)    # ClientService schedules the retry, and logs it
         self.pool._changed(self)
-        self._settled()
-
-    def _scheduleRetry(self) -> None:
-        self._failures += 1
-        delay = self.pool._retryPolicy(self._failures)
-        self._log.info("Retrying Gearman server {server} in {delay} s (attempt {attempt})",
-                       server=self.name, delay=_seconds(delay), attempt=self._failures)
-        self._retry = self.pool._clock.callLater(delay, self._connect)
 
     # What protocols tell it
 
-    def protocolLost(self, protocol: Any) -> None:
+    def protocolLost(self, protocol: Any, reason: Optional[Failure] = None) -> None:
         """A protocol built for this server has lost its connection."""
+        self._serially(self._protocolLost, protocol, reason)
+
+    def _protocolLost(self, protocol: Any, reason: Optional[Failure]) -> None:
         if protocol in self._closing:
             self._closing.remove(protocol)
             self._settled()
             return
-        if protocol is not self.protocol:
-            if self._attempt is not None:
-                self._lostEarly.append(protocol)
+        current = self._current
+        if current is None or current[0] is not protocol:
+            attempt = self._attempt
+            if attempt is not None and attempt.protocol is protocol:
+                attempt.lost = True
             return
-        self._disconnected(protocol)
-        self.state = LOST
-        self._log.info("Lost connection to Gearman server {server}", server=self.name)
-        if self._running:
-            self._scheduleRetry()
-        self.pool._changed(self)
+        self._current = None
+        unexpected = protocol is self.protocol
+        if unexpected:
+            self._disconnected()
+            self.state = LOST
+            self._log.info("Lost connection to Gearman server {server}", server=self.name)
+        # ClientService retries, finishes its stop, or reconnects if restarted.
+        current[1].connectionLost(reason or Failure(ConnectionDone("connection closed")))
+        if unexpected:
+            self.pool._changed(self)
 
-    def _disconnected(self, protocol: Any) -> None:
+    def _disconnected(self) -> None:
         self.protocol = None
         try:
             self.pool._connected.remove(self)
@@ -358,7 +527,9 @@ class ServerPool:
         @param clock: the clock for reconnection delays (default: C{reactor}).
         @param retryPolicy: maps the number of consecutive failures to the
             delay before the next attempt, as
-            C{twisted.application.internet.backoffPolicy()} returns; default L{defaultRetryPolicy}.
+            C{twisted.application.internet.backoffPolicy()} returns; default
+            L{defaultRetryPolicy}. Each server's L{ClientService} uses it,
+            rounded to 0.01 s (see L{roundedPolicy}).
         @param connectTimeout: connect timeout of plain C{host:port} addresses.
         @param endpointFor: makes a server's endpoint (tests use fakes);
             default: from its address.
@@ -371,7 +542,7 @@ class ServerPool:
             reactor = globalReactor
         self._reactor = reactor
         self._clock = clock if clock is not None else reactor
-        self._retryPolicy = retryPolicy or defaultRetryPolicy()
+        self._retryPolicy = roundedPolicy(retryPolicy or defaultRetryPolicy())
         self.servers: List[PoolServer] = []
         self._connected: List[PoolServer] = []
         self._waiters: List[_Waiter] = []
@@ -553,7 +724,8 @@ class ServerPool:
                 waiter.deferred.callback(outcome)
 
 
-__all__ = ["PoolServer", "PoolService", "ServerPool", "defaultRetryPolicy", "serverIndex", "uniqueHash"]
+__all__ = ["PoolServer", "PoolService", "ServerPool", "defaultRetryPolicy", "roundedPolicy", "serverIndex",
+           "uniqueHash"]
 
 
 class PoolService(Service):

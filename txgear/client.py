@@ -61,8 +61,9 @@ class GearmanClient(PoolService):
     """
     A Gearman client over one or more job servers.
 
-    It keeps one connection per server (reconnecting with exponential
-    backoff). Add it to an application as a service, or call
+    It keeps one connection per server (a
+    L{twisted.application.internet.ClientService} each, reconnecting with
+    exponential backoff). Add it to an application as a service, or call
     L{connect} and L{close} yourself.
 
     Choosing a server: a job with a unique id goes to the server the id

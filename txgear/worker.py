@@ -8,7 +8,7 @@ hand out.
     connection to one job server. Several connections built by one factory
     share its limit.
   - L{GearmanWorker} is a service that connects to every listed server
-    (reconnecting with backoff), re-registers its functions
+    (a C{ClientService} each, with backoff), re-registers its functions
     after each reconnect, and stops gracefully.
 
 A function is called with a L{Job} and may return a value, a L{Deferred},
@@ -571,9 +571,11 @@ class GearmanWorker(PoolService):
     """
     A worker over one or more job servers.
 
-    Connects to every server (reconnecting with backoff), registers the
-    functions on each connection (again after every reconnect), and runs
-    up to C{concurrency} jobs at once from whichever servers are up.
+    Connects to every server (a
+    L{twisted.application.internet.ClientService} each, reconnecting with
+    backoff), registers the functions on each connection (again after every
+    reconnect), and runs up to C{concurrency} jobs at once from whichever
+    servers are up.
 
     Use it as a service (C{worker.setServiceParent(application)}) or call
     L{connect} / L{close}.
