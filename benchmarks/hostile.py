@@ -496,11 +496,14 @@ def sharedResult(ctx: Context) -> None:
     time.sleep(1)
 
 
-@attack("pause-churn", "6", lambda L, s: L.output + L.slack, "one output limit + slack")
+@attack("pause-churn", "6", lambda L, s: L.output + 2 * L.maxPacket + L.slack,
+        "one output limit + 2 packets + slack")
 def pauseChurn(ctx: Context) -> None:
     """
-    One connection alternates 0.2 s of sending 64 KiB ECHO_REQs without
-    reading with reading everything back, 20 times; then one more ECHO.
+    Pause/resume churn: one connection alternates sending 64 KiB ECHO_REQs
+    without reading with reading everything back, 20 times, then an ECHO;
+    then 20 workers send results one by one to a client that reads only
+    after 2 s, then sends an ECHO.
     """
     import select
     c = ctx.conn()
@@ -548,9 +551,50 @@ def pauseChurn(ctx: Context) -> None:
         answered = True
     except (socket.timeout, Closed, AssertionError):
         pass
-    ctx.fact(f"{completed}/{cycles} cycles read back; final ECHO "
+    ctx.fact(f"echo bursts: {completed}/{cycles} read back, final ECHO "
              + ("answered" if answered else "NOT answered in 3 s"))
     ctx.check(answered and completed == cycles, "a connection stopped being served")
+    forwardedChurn(ctx)
+
+
+def forwardedChurn(ctx: Context) -> None:
+    """
+    Writes from other connections, in separate reactor turns, to a client
+    whose buffer is full: the client submits 20 jobs and does not read for
+    2 s while 20 workers join one by one, each sending one 512 KiB result;
+    then the client reads them all and sends an ECHO.
+    """
+    jobs = 20
+    piece = b"w" * (512 * 1024)
+
+    def handler(c: Conn, handle: bytes, payload: bytes) -> None:
+        data = packet(WORK_DATA, handle, piece)
+        if c.sendRaw(data, deadline=time.monotonic() + 10) < len(data):
+            raise socket.timeout("the server stopped reading the worker")
+        c.send(WORK_COMPLETE, handle, b"")
+
+    client = ctx.conn(rcvbuf=4096)
+    client.sendRaw(b"".join(packet(SUBMIT_JOB, b"churn", b"", b"%d" % i) for i in range(jobs)))
+    for _ in range(jobs):
+        client.expect(JOB_CREATED)
+    started = time.monotonic()
+    for _ in range(jobs):  # one worker at a time: each result is written in its own turn
+        Worker(ctx, b"churn", handler)
+        time.sleep(0.05)
+    time.sleep(max(0.0, 2.0 - (time.monotonic() - started)))
+    completed = 0
+    answered = False
+    try:
+        while completed < jobs:
+            if client.recv(10)[0] == WORK_COMPLETE:
+                completed += 1
+        client.echo(b"after", 3)
+        answered = True
+    except (socket.timeout, Closed, AssertionError):
+        pass
+    ctx.fact(f"streamed results: {completed}/{jobs} received, then ECHO "
+             + ("answered" if answered else "NOT answered"))
+    ctx.check(answered, "a client stopped being served after results from several workers")
 
 
 @attack("client-id", "7", lambda L, s: 2 * int(MiB * s) + L.slack,
