@@ -107,7 +107,7 @@ class Soak:
                                 continue
                             with self.ledger.lock:
                                 self.ledger.acked.add(args[0])
-                        time.sleep(0.05)
+                        time.sleep(0.1)  # about 100 jobs/s per submitter
                 finally:
                     c.close()
             except (OSError, Closed, AssertionError) as e:
@@ -146,6 +146,7 @@ class Soak:
                             with self.ledger.lock:
                                 self.ledger.fgTimedOut += 1
                             break  # the connection's replies are out of step now
+                        time.sleep(0.02)  # churn, not a benchmark: about 50 jobs/s per client
                 finally:
                     c.close()
             except (OSError, Closed, AssertionError) as e:
