@@ -24,9 +24,10 @@ acknowledged with JOB_CREATED completes at least once.  Exactly-once is not
 what the design promises (a worker killed after doing the work but before
 its WORK_COMPLETE arrived has its job run again); duplicates are counted
 and printed.  RSS is sampled every second and printed per minute (per 15 s
-for runs of 2 minutes or less); "flat" means the highest RSS of the last
-fifth of the run is within 10% (+ 8 MiB) of the RSS at the end of warm-up
-(the first fifth, at most 2 minutes).
+for runs of 2 minutes or less); "flat" means the median RSS of the last
+fifth of the run is within 10% (+ 8 MiB) of the median RSS of the fifth
+right after warm-up (warm-up: the first fifth, at most 2 minutes); medians,
+because an attacker's packet in flight is a spike, not growth.
 """
 from __future__ import annotations
 
@@ -35,10 +36,11 @@ import collections
 import os
 import random
 import socket
+import statistics
 import sys
 import threading
 import time
-from typing import Counter, Dict, List, Optional, Set
+from typing import Counter, List, Optional, Set
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -344,10 +346,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             lost = ledger.acked - set(ledger.completions)
             duplicates = sum(1 for h in ledger.acked if ledger.completions[h] > 1)
             acked = len(ledger.acked)
-        warm = [rss for t, rss in samples if t <= warmup]
-        tail = [rss for t, rss in samples if t >= seconds * 4 / 5]
-        warmRss = warm[-1] if warm else samples[0][1]
-        tailRss = max(tail) if tail else samples[-1][1]
+        # Medians: an attacker's packet in flight is a spike, not growth.
+        fifth = seconds / 5
+        warm = [rss for t, rss in samples if warmup <= t <= warmup + fifth] or [samples[0][1]]
+        tail = [rss for t, rss in samples if t >= seconds - fifth] or [samples[-1][1]]
+        warmRss = statistics.median(warm)
+        tailRss = statistics.median(tail)
         flat = tailRss <= warmRss * 1.10 + 8 * MiB
         stuck = status is not None and (status[0] != 0 or status[1] != 0)
         print(f"soak {args.minutes:g} min against txgear from {args.source}")
@@ -359,7 +363,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"workers started {ledger.workersStarted}, killed mid-job {ledger.workersKilled}; "
               f"attack rounds {ledger.attacks}")
         print(f"status of {FUNCTION.decode()} at the end (total running workers): {status}")
-        print(f"RSS after warm-up {mib(warmRss)} MiB, highest in the last fifth {mib(tailRss)} MiB: "
+        print(f"RSS median just after warm-up {mib(warmRss)} MiB, in the last fifth {mib(tailRss)} MiB "
+              f"(highest {mib(max(tail))}): "
               + ("flat" if flat else "GROWING"))
         for e in ledger.errors:
             print("  error: " + e)
