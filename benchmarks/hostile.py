@@ -944,7 +944,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     servers = [s for s in args.servers.split(",") if s]
     commit = subprocess.run(["git", "-C", args.source, "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip() or "?"
+                            capture_output=True, text=True).stdout.strip() or "(not a git checkout)"
     log(f"hostile suite: servers {servers}, txgear source {args.source} ({commit}), scale {args.scale}")
     rows: List[Row] = []
     try:
