@@ -476,3 +476,31 @@ def test_whenNoneRunningFiresWhenTheLastHeldJobEnds():
     cancelled.cancel()
     state.workEnd(worker, P.WORK_COMPLETE, second, second + b"\0done")
     assert clock.getDelayedCalls() == []
+
+
+# -- memory comes back when a large function table empties -----------------------
+
+
+def test_aLargeFunctionTableThatEmptiesIsRebuiltAndReclaimed():
+    import sys
+
+    reclaimed = []
+    state, clock = makeState(onEmptied=lambda: reclaimed.append(len(state.functions)))
+    workers = [connect(state)[0] for _ in range(4)]
+    for k, worker in enumerate(workers):
+        for i in range(5000):
+            state.canDo(worker, b"f-%d-%d" % (k, i))
+    assert len(state.functions) == 20000 and reclaimed == []
+    large = sys.getsizeof(state.functions)
+    for worker in workers:
+        state.disconnect(worker)
+    # The dict's table shrank with it (a dict never shrinks by deletion alone),
+    # and the server was told to give memory back, once the table was nearly empty.
+    assert state.functions == {} and sys.getsizeof(state.functions) * 4 < large
+    assert len(reclaimed) == 1 and reclaimed[0] <= 20000 // 8
+    # Small tables coming and going never ask for it.
+    worker = connect(state)[0]
+    for i in range(500):
+        state.canDo(worker, b"g-%d" % i)
+    state.disconnect(worker)
+    assert len(reclaimed) == 1

@@ -5,7 +5,6 @@ The C{twistd gearman} plugin: command-line options and service construction.
 from __future__ import annotations
 
 import gc
-import platform
 import signal
 from typing import Any, List, Optional
 
@@ -19,6 +18,7 @@ from txgear._pluginoptions import PluginOptions, namedCoercions
 from txgear.server import GearmanServerFactory, GearmanServerService, JobServerState
 from txgear.server._names import DEFAULT_MAX_FUNCTION_NAME
 from txgear.server.service import DEFAULT_SHUTDOWN_GRACE
+from txgear.server._reclaim import reclaimer, tuneAllocator
 from txgear.server._state import DEFAULT_MAX_FUNCTIONS
 from txgear.server._protocol import (
     ARGUMENT_ALLOWANCE,
@@ -178,13 +178,14 @@ def makeService(options: Any, reactor: Any = None) -> IService:
         from twisted.internet import reactor  # type: ignore[no-redef]
     setLogLevel(options["log-level"])
     _tuneGarbageCollector()
+    tuneAllocator()
     prefix: Optional[bytes] = None
     if options["job-handle-prefix"]:
         prefix = options["job-handle-prefix"].encode("utf-8")
     store = _makeStore(options["queue"], reactor)
     state = JobServerState(clock=reactor, handlePrefix=prefix, jobRetries=options["job-retries"],
                            roundRobin=options["round-robin"], workerWakeup=options["worker-wakeup"],
-                           store=store, onEmptied=_reclaimMemory(),
+                           store=store, onEmptied=reclaimer(),
                            maxFunctions=options["max-functions"])
     if store is None:
         _log.warn("The queue is memory: background jobs are lost when the server stops "
@@ -215,18 +216,6 @@ def _tuneGarbageCollector() -> None:
     """
     if hasattr(gc, "set_threshold"):  # CPython; PyPy's collector is incremental
         gc.set_threshold(20000, 50, 100)
-
-
-def _reclaimMemory() -> Optional[Any]:
-    """
-    What to do when a large queue has drained. On PyPy, a full collection:
-    its collector starts one only when the heap has grown well past its size
-    at the last one, so the freed jobs would otherwise stay, and the next
-    large queue would grow the process further. CPython frees them at once.
-    """
-    if platform.python_implementation() == "PyPy":
-        return gc.collect
-    return None
 
 
 def _makeStore(description: Optional[str], reactor: Any) -> Any:

@@ -49,6 +49,10 @@ HIGH, NORMAL, LOW = Priority.HIGH.value, Priority.NORMAL.value, Priority.LOW.val
 #: Jobs held at once that make the next empty queue worth an L{onEmptied} call.
 LARGE_QUEUE = 10000
 
+#: A function table that grew to this size and then shrank to an eighth of it
+#: is rebuilt at its new size (and L{JobServerState.onEmptied} called).
+LARGE_FUNCTION_TABLE = 10000
+
 #: Largest unique id accepted (gearmand refuses 65 bytes and more).
 MAX_UNIQUE = 64
 
@@ -275,10 +279,10 @@ class JobServerState:
         next sleepers.
     @param store: an L{txgear.interfaces.IJobStore} for background jobs, or
         C{None} to keep them in memory only.
-    @param onEmptied: called when the last job is gone after at least
-        L{LARGE_QUEUE} were held at once: the moment to give memory back
-        (PyPy's collector otherwise waits for the heap to grow well past
-        its last size).
+    @param onEmptied: called when much of the state was just freed: the last
+        job is gone after at least L{LARGE_QUEUE} were held at once, or a
+        function table of L{LARGE_FUNCTION_TABLE} or more has shrunk to an
+        eighth. The moment to give memory back (see L{txgear.server._reclaim}).
     @param maxFunctions: how many functions may exist at once; past it, a
         CAN_DO of a new name is ignored and a submission gets C{ERROR
         QUEUE_ERROR}. Jobs loaded from the store are never refused.
@@ -312,6 +316,7 @@ class JobServerState:
         self.onEmptied = onEmptied
         self._largeQueue = False
         self.functions: Dict[bytes, Function] = {}
+        self._functionsPeak = 0
         self.jobs: Dict[bytes, Job] = {}
         self._uniqueIndex: Dict[bytes, Dict[Job, None]] = {}
         self.sessions: Dict[int, Session] = {}
@@ -452,7 +457,7 @@ class JobServerState:
         """The L{Function} called C{name}, created if new (whatever the cap)."""
         function = self.functions.get(name)
         if function is None:
-            function = self.functions[name] = Function(name)
+            function = self._addFunction(name)
         return function
 
     def _newFunction(self, name: bytes) -> Optional[Function]:
@@ -465,7 +470,13 @@ class JobServerState:
                                name=name[:64], refused=self._functionsRefused + 1)
             self._functionsRefused += 1
             return None
-        function = self.functions[name] = Function(name)
+        return self._addFunction(name)
+
+    def _addFunction(self, name: bytes) -> Function:
+        functions = self.functions
+        function = functions[name] = Function(name)
+        if len(functions) > self._functionsPeak:
+            self._functionsPeak = len(functions)
         return function
 
     def _forgetIfUnused(self, function: Function) -> None:
@@ -473,8 +484,17 @@ class JobServerState:
             self._forgetFunction(function)
 
     def _forgetFunction(self, function: Function) -> None:
-        if self.functions.get(function.name) is function:
-            del self.functions[function.name]
+        functions = self.functions
+        if functions.get(function.name) is function:
+            del functions[function.name]
+            if (self._functionsPeak >= LARGE_FUNCTION_TABLE
+                    and len(functions) * 8 <= self._functionsPeak):
+                # A dict never shrinks by deletion: copy what is left into a
+                # table of its size, and give the memory back.
+                self.functions = dict(functions)
+                self._functionsPeak = len(functions)
+                if self.onEmptied is not None:
+                    self.onEmptied()
         self._wakeWatch.pop(function, None)
 
     def createFunction(self, name: bytes) -> Optional[str]:
