@@ -215,7 +215,7 @@ class PacketDecoder:
     """
 
     __slots__ = ("_magic", "_otherMagic", "_allowText", "maxPacket", "maxLine", "_buf",
-                 "_pos", "_data", "_off", "_need", "error", "partialSerial")
+                 "_pos", "_data", "_off", "_need", "_kind", "error", "partialSerial")
 
     def __init__(
         self,
@@ -235,8 +235,10 @@ class PacketDecoder:
         # The latest read, decoded in place from _off on.
         self._data = b""
         self._off = 0
-        # Size of the first unfinished message (header included) once known, else 0.
+        # Size of the first unfinished message (header included) once known,
+        # else 0; _kind: its kind, as L{next} would return it.
         self._need = 0
+        self._kind = 0
         self.error: Optional[ProtocolError] = None
         self.partialSerial = 0
 
@@ -342,15 +344,34 @@ class PacketDecoder:
         (The same as L{add} then L{next} until C{None}, in one tight loop: the
         server's per-packet path.)
         """
-        self.add(data)
-        out: List[Tuple[int, bytes]] = []
         buf = self._buf
-        while len(buf) > self._pos:
-            message = self.next()
-            if message is None:
-                return out
-            out.append(message)
-        data, offset = self._data, self._off
+        # Bytes missing from a binary message held from earlier reads, its
+        # header parsed, nothing else held: then extend it, or complete it,
+        # without parsing it again.
+        missing = self._need - len(buf) if not self._data and not self._pos else 0
+        if missing > 0:
+            if len(data) < missing:
+                buf += data
+                return []
+            if missing == len(data):
+                buf += data
+            else:
+                buf += memoryview(data)[:missing]
+            del buf[:HEADER_SIZE]  # at the front: no copy
+            out: List[Tuple[int, bytes]] = [(self._kind, bytes(buf))]
+            buf.clear()
+            self._need = 0
+            self._data = data
+            offset = missing
+        else:
+            self.add(data)
+            out = []
+            while len(buf) > self._pos:
+                message = self.next()
+                if message is None:
+                    return out
+                out.append(message)
+            data, offset = self._data, self._off
         end = len(data)
         magic = self._magic
         unpack = HEADER.unpack_from
@@ -359,10 +380,19 @@ class PacketDecoder:
             if data[offset] == 0 and end - offset >= HEADER_SIZE:
                 head, kind, size = unpack(data, offset)
                 stop = offset + HEADER_SIZE + size
-                if head == magic and 0 < kind <= MAX_TYPE and size <= self.maxPacket and stop <= end:
-                    append((kind, data[offset + HEADER_SIZE:stop]))
-                    offset = stop
-                    continue
+                if head == magic and 0 < kind <= MAX_TYPE and size <= self.maxPacket:
+                    if stop <= end:
+                        append((kind, data[offset + HEADER_SIZE:stop]))
+                        offset = stop
+                        continue
+                    # The start of a message that later reads complete: hold it.
+                    buf += memoryview(data)[offset:] if offset else data
+                    self._need = HEADER_SIZE + size
+                    self._kind = kind
+                    self.partialSerial += 1
+                    self._data = b""
+                    self._off = 0
+                    return out
             # Anything else (text, other magic, errors, an unfinished message).
             self._off = offset
             message = self.next()
@@ -409,6 +439,7 @@ class PacketDecoder:
             stop = offset + HEADER_SIZE + size
             if stop > end:
                 self._need = HEADER_SIZE + size
+                self._kind = kind
                 return None
             self._need = 0
             if type(data) is bytes:
