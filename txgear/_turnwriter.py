@@ -123,10 +123,24 @@ class ConnectionOutput:
 
     def writeSequence(self, data: List[Any]) -> None:
         """Queue several buffers; large ones are kept as they are, never joined."""
+        size = 0
         for piece in data:
-            if len(piece) >= _LARGE:
+            length = len(piece)
+            if length >= _LARGE:
                 self._large = True
-            self.write(piece)
+            size += length
+        self.queued += size
+        pending = self._pending
+        if pending is None:
+            self._pending = list(data)
+            writer = self.writer
+            writer._dirty.append(self)
+            if not writer._scheduled:
+                writer._schedule()
+        else:
+            pending.extend(data)
+        if self.queued > self.softLimit:
+            self._over()
 
     def isFull(self) -> bool:
         """Over the soft limit (and not yet drained to half of it), or discarded."""
@@ -155,20 +169,33 @@ class ConnectionOutput:
         if pending is None:
             return
         self._pending = None
-        if self._ready and self._pull and not self._large:
-            # The common case: small packets, the transport holds nothing.
-            data = pending[0] if len(pending) == 1 else b"".join(pending)
-            try:
-                sent = self.socket.send(data)
-            except OSError:
-                sent = 0  # EAGAIN, or an error the transport will meet itself
-            self.queued -= sent
-            if sent < len(data):
-                self._backlog.append(memoryview(data)[sent:] if sent else data)
-                self._feed()
-            if self._full:
-                self._checkDrained()
-            return
+        if self._ready and self._pull:
+            # The common cases: the transport holds nothing, so send now.
+            if not self._large:
+                # Small packets: joined, one send.
+                data = pending[0] if len(pending) == 1 else b"".join(pending)
+                try:
+                    sent = self.socket.send(data)
+                except OSError:
+                    sent = 0  # EAGAIN, or an error the transport will meet itself
+                self.queued -= sent
+                if sent < len(data):
+                    self._backlog.append(memoryview(data)[sent:] if sent else data)
+                    self._feed()
+                if self._full:
+                    self._checkDrained()
+                return
+            if len(pending) <= _IOV:
+                # Large buffers among them: one gathering send, nothing
+                # copied; the backlog joins what is left in pieces.
+                self._large = False
+                rest = self._sendDirect(pending)
+                if rest:
+                    self._backlog.extend(rest)
+                    self._feed()
+                if self._full:
+                    self._checkDrained()
+                return
         if self._large:
             self._large = False
             chunks = _coalesce(pending)
