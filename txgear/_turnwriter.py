@@ -28,6 +28,11 @@ Only public interfaces of the transport are used:
     called C{pauseProducing}, and resume on C{resumeProducing}. Pull
     producers are not used there: TLS would poll them in a busy loop.
 
+One exception to "once per turn": a packet with a large buffer (at least 64
+KiB), written while a pull-mode transport holds nothing, is sent at once,
+after what the turn wrote before it, in one gathering C{sendmsg}: its
+payload costs far more than a send, and it leaves a turn earlier.
+
 Buffers are never joined across connections: a large buffer given to several
 connections (one result relayed to every client attached to a job) is held
 once, as the same C{bytes} or C{memoryview} in each connection's queue; only
@@ -124,13 +129,34 @@ class ConnectionOutput:
     def writeSequence(self, data: List[Any]) -> None:
         """Queue several buffers; large ones are kept as they are, never joined."""
         size = 0
+        large = False
         for piece in data:
             length = len(piece)
             if length >= _LARGE:
-                self._large = True
+                large = True
             size += length
         self.queued += size
         pending = self._pending
+        if large and self._ready and self._pull:
+            # A large packet and the transport holds nothing: send it now,
+            # after what this turn wrote before it, in one gathering send
+            # (a second send in the turn costs little beside its payload,
+            # and the peer gets it a turn earlier).
+            chunks = list(data) if pending is None else pending + list(data)
+            if len(chunks) <= _IOV:
+                self._pending = None
+                self._large = False
+                rest = self._sendDirect(chunks)
+                if rest:
+                    self._backlog.extend(rest)
+                    self._feed()
+                if self.queued > self.softLimit:
+                    self._over()
+                elif self._full:
+                    self._checkDrained()
+                return
+        if large:
+            self._large = True
         if pending is None:
             self._pending = list(data)
             writer = self.writer
