@@ -395,14 +395,20 @@ class PacketDecoder:
             self._data = data
             offset = missing
         elif held is None:
-            self.add(data)
-            out = []
-            while len(buf) > self._pos:
-                message = self.next()
-                if message is None:
-                    return out
-                out.append(message)
-            data, offset = self._data, self._off
+            if not self._data and not buf and self.error is None:
+                # Nothing held: decode this read in place.
+                self._data = data
+                out = []
+                offset = 0
+            else:
+                self.add(data)
+                out = []
+                while len(buf) > self._pos:
+                    message = self.next()
+                    if message is None:
+                        return out
+                    out.append(message)
+                data, offset = self._data, self._off
         end = len(data)
         magic = self._magic
         unpack = HEADER.unpack_from

@@ -113,7 +113,7 @@ class ConnectionOutput:
 
     def write(self, data: Any) -> None:
         """Queue C{data} (bytes or a view of immutable bytes) for the end of the turn."""
-        self.queued += len(data)
+        queued = self.queued = self.queued + len(data)
         pending = self._pending
         if pending is None:
             self._pending = [data]
@@ -123,7 +123,7 @@ class ConnectionOutput:
                 writer._schedule()
         else:
             pending.append(data)
-        if self.queued > self.softLimit:
+        if queued > self.softLimit:
             self._over()
 
     def writeSequence(self, data: List[Any]) -> None:
