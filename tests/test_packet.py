@@ -160,6 +160,42 @@ def test_anySplitOfAStreamDecodesTheSame(packets, cuts):
     assert len(out) == len(packets)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["req", "res", "text"]),
+                          st.binary(max_size=300)), max_size=8),
+       st.lists(st.tuples(st.integers(min_value=1, max_value=400), st.booleans(),
+                          st.integers(min_value=0, max_value=2)), min_size=1, max_size=30))
+def test_anyMixOfFeedAndTakingOneAtATimeDecodesTheSame(messages, reads):
+    # Reads fed whole, or added while the caller takes only some messages
+    # (a stalled server), with held messages of either magic and text lines.
+    def encode(kind, body):
+        if kind == "text":
+            return b"t" + body.replace(b"\n", b"") + b"\n"
+        return (encodeRequest if kind == "req" else encodeResponse)(PacketType.ECHO_REQ, body)
+
+    stream = b"".join(encode(kind, body) for kind, body in messages)
+    expected = PacketDecoder(allowText=True).feed(stream)
+    assert len(expected) == len(messages)
+    decoder = PacketDecoder(allowText=True)
+    out, offset, i = [], 0, 0
+    while offset < len(stream):
+        size, whole, taken = reads[i % len(reads)]
+        chunk = stream[offset:offset + size]
+        if whole:
+            out.extend(decoder.feed(chunk))
+        else:
+            decoder.add(chunk)
+            for _ in range(taken):
+                message = decoder.next()
+                if message is not None:
+                    out.append(message)
+        offset += size
+        i += 1
+    out.extend(decoder.feed(b""))
+    assert out == expected
+    assert decoder.bufferedBytes() == 0 and decoder.unfinishedSize() == 0
+
+
 def test_messagesAreTakenOneAtATimeAndTheRestWaits():
     # A server stops taking messages midway (its output is full); what it
     # did not take stays, in order, ahead of later reads.

@@ -629,6 +629,33 @@ def test_aMessageNotFinishedWithinTheDeadlineClosesTheConnection():
     clock.advance(0)
     assert clock.getDelayedCalls() == []
 
+def test_oneDeadlineTimerForAllConnectionsOnlyWhileAMessageIsUnfinished():
+    # Per-connection timers would sit in the reactor's heap, which every
+    # turn's callLater(0) flush is compared against.
+    factory = _ioFactory(packetDeadline=30)
+    clock = factory.state.clock
+    conns = [Conn(factory) for _ in range(5)]
+    for conn in conns:
+        conn.sendBytes(_header(100) + b"x" * 50)
+        clock.advance(1)
+    assert len(clock.getDelayedCalls()) == 1
+    for conn in conns:
+        conn.sendBytes(b"x" * 50)
+    clock.advance(30)
+    assert clock.getDelayedCalls() == []  # nothing unfinished: not re-armed
+    assert all(len(conn.packets()) == 1 and not conn.transport.disconnecting for conn in conns)
+    # A late one still closes, on time.
+    conns[0].sendBytes(_header(100))
+    clock.advance(29.5)
+    assert not conns[0].transport.disconnecting
+    clock.advance(0.5)
+    assert conns[0].transport.disconnecting
+    for conn in conns:
+        conn.close()
+    clock.advance(0)
+    assert clock.getDelayedCalls() == []
+
+
 @pytest.mark.skipif(platform.python_implementation() == "PyPy",
                     reason="PyPy frees only by its collector, whatever the references")
 def test_closedConnectionsAreFreedWithoutTheCycleCollector():

@@ -170,6 +170,34 @@ def test_plainTcpSendsDirectlyThenHandsTheTransportOneBoundedPiece():
     assert _drain(conn, theirs) == b"head" + b"hdr" + payload
     assert output.queued == 0
 
+def test_aLargePacketLeavesWhenWrittenIfTheTransportHoldsNothing():
+    # Its payload dwarfs a send's cost; small output still waits for the
+    # end of the turn, and the order is kept.
+    from twisted.internet.testing import MemoryReactorClock
+
+    reactor = MemoryReactorClock()
+    conn, theirs = _tcpPair(reactor)
+    output = TurnWriter(reactor).output(conn)
+    payload = os.urandom(100 * 1024)
+    output.write(b"before")
+    output.writeSequence([b"hdr", payload])
+    output.write(b"after")
+
+    def received():
+        data = bytearray()
+        while True:
+            try:
+                chunk = theirs.recv(1 << 20)
+            except BlockingIOError:
+                return bytes(data)
+            data += chunk
+
+    assert received() == b"before" + b"hdr" + payload
+    assert output.queued == len(b"after")
+    reactor.advance(0)
+    assert received() == b"after" and output.queued == 0
+
+
 @pytest.mark.skipif(platform.python_implementation() == "PyPy",
                     reason="tracemalloc is CPython's")
 def test_oneLargeBufferIsHeldOnceForManyConnectionsThatDoNotRead():

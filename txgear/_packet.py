@@ -206,7 +206,11 @@ class PacketDecoder:
     C{bytearray} per connection (linear in its size however it is trickled),
     and only up to its own end: the rest of the read is decoded from the read.
     The C{bytearray} is trimmed at the front at most once per read, and
-    emptied (its memory returned) when its last message is taken.
+    emptied (its memory returned) when its last message is taken. One
+    exception, the common case of large packets: a binary message whose
+    header has arrived and that fills at least half of its read is first
+    held as a view of that read; if the next read completes it, its body is
+    joined from the two (one copy); otherwise it moves to the C{bytearray}.
 
     @ivar error: the L{ProtocolError} that stopped decoding, or C{None}.
     @ivar partialSerial: incremented whenever a new unfinished message starts
@@ -215,7 +219,7 @@ class PacketDecoder:
     """
 
     __slots__ = ("_magic", "_otherMagic", "_allowText", "maxPacket", "maxLine", "_buf",
-                 "_pos", "_data", "_off", "_need", "error", "partialSerial")
+                 "_pos", "_data", "_off", "_need", "_kind", "_head", "error", "partialSerial")
 
     def __init__(
         self,
@@ -235,14 +239,20 @@ class PacketDecoder:
         # The latest read, decoded in place from _off on.
         self._data = b""
         self._off = 0
-        # Size of the first unfinished message (header included) once known, else 0.
+        # Size of the first unfinished message (header included) once known,
+        # else 0; _kind: its kind, as L{next} would return it.
         self._need = 0
+        self._kind = 0
+        # Or the start of that message, header parsed, as a view of its read
+        # (then nothing else is held).
+        self._head: Optional[memoryview] = None
         self.error: Optional[ProtocolError] = None
         self.partialSerial = 0
 
     def bufferedBytes(self) -> int:
         """How many received bytes have not been returned as messages yet."""
-        return len(self._buf) - self._pos + len(self._data) - self._off
+        held = len(self._buf) - self._pos + len(self._data) - self._off
+        return held if self._head is None else held + len(self._head)
 
     def unfinishedSize(self) -> int:
         """
@@ -251,6 +261,8 @@ class PacketDecoder:
         otherwise how many of its bytes are held (a text line, a partial header).
         0 when no message is unfinished.
         """
+        if self._head is not None:
+            return self._need
         held = len(self._buf) - self._pos
         if not held:
             return 0
@@ -260,6 +272,8 @@ class PacketDecoder:
         """Append one read's bytes to the stream."""
         if self.error is not None:
             return
+        if self._head is not None:
+            self._keepHead()
         buf = self._buf
         if self._off < len(self._data):
             # The previous read was not decoded to its end (the caller
@@ -280,6 +294,8 @@ class PacketDecoder:
 
     def next(self) -> Optional[Tuple[int, bytes]]:
         """The next complete message, or C{None} until more bytes arrive."""
+        if self._head is not None:
+            self._keepHead()
         buf = self._buf
         while len(buf) > self._pos:
             found = self._parse(buf, self._pos, len(buf))
@@ -342,15 +358,57 @@ class PacketDecoder:
         (The same as L{add} then L{next} until C{None}, in one tight loop: the
         server's per-packet path.)
         """
-        self.add(data)
-        out: List[Tuple[int, bytes]] = []
         buf = self._buf
-        while len(buf) > self._pos:
-            message = self.next()
-            if message is None:
-                return out
-            out.append(message)
-        data, offset = self._data, self._off
+        held = self._head
+        if held is not None:
+            # The previous read ended inside a message: complete it from
+            # this one (one copy), or keep both in the bytearray.
+            self._head = None
+            missing = self._need - len(held)
+            if len(data) < missing:
+                buf += held
+                buf += data
+                return []
+            out: List[Tuple[int, bytes]] = [
+                (self._kind, b"".join((held[HEADER_SIZE:], memoryview(data)[:missing])))]
+            self._need = 0
+            self._data = data
+            offset = missing
+            missing = 0
+        else:
+            # Bytes missing from a binary message held from earlier reads, its
+            # helder parsed, nothing else held: then extend it, or complete
+            # it, without parsing it again.
+            missing = self._need - len(buf) if not self._data and not self._pos else 0
+        if missing > 0:
+            if len(data) < missing:
+                buf += data
+                return []
+            if missing == len(data):
+                buf += data
+            else:
+                buf += memoryview(data)[:missing]
+            del buf[:HEADER_SIZE]  # at the front: no copy
+            out = [(self._kind, bytes(buf))]
+            buf.clear()
+            self._need = 0
+            self._data = data
+            offset = missing
+        elif held is None:
+            if not self._data and not buf and self.error is None:
+                # Nothing held: decode this read in place.
+                self._data = data
+                out = []
+                offset = 0
+            else:
+                self.add(data)
+                out = []
+                while len(buf) > self._pos:
+                    message = self.next()
+                    if message is None:
+                        return out
+                    out.append(message)
+                data, offset = self._data, self._off
         end = len(data)
         magic = self._magic
         unpack = HEADER.unpack_from
@@ -359,10 +417,22 @@ class PacketDecoder:
             if data[offset] == 0 and end - offset >= HEADER_SIZE:
                 head, kind, size = unpack(data, offset)
                 stop = offset + HEADER_SIZE + size
-                if head == magic and 0 < kind <= MAX_TYPE and size <= self.maxPacket and stop <= end:
-                    append((kind, data[offset + HEADER_SIZE:stop]))
-                    offset = stop
-                    continue
+                if head == magic and 0 < kind <= MAX_TYPE and size <= self.maxPacket:
+                    if stop <= end:
+                        append((kind, data[offset + HEADER_SIZE:stop]))
+                        offset = stop
+                        continue
+                    # The start of a message that later reads complete: hold it.
+                    if end - offset >= offset:
+                        self._head = memoryview(data)[offset:]
+                    else:
+                        buf += memoryview(data)[offset:]
+                    self._need = HEADER_SIZE + size
+                    self._kind = kind
+                    self.partialSerial += 1
+                    self._data = b""
+                    self._off = 0
+                    return out
             # Anything else (text, other magic, errors, an unfinished message).
             self._off = offset
             message = self.next()
@@ -378,11 +448,18 @@ class PacketDecoder:
 
     def clear(self) -> None:
         """Drop every buffered byte (the connection is gone)."""
+        self._head = None
         self._buf = bytearray()
         self._pos = 0
         self._data = b""
         self._off = 0
         self._need = 0
+
+    def _keepHead(self) -> None:
+        """Copy the held start of a message into the bytearray (empty then)."""
+        assert self._head is not None
+        self._buf += self._head
+        self._head = None
 
     def _parse(self, data: Any, offset: int, end: int) -> Optional[Tuple[int, bytes, int]]:
         """
@@ -409,6 +486,7 @@ class PacketDecoder:
             stop = offset + HEADER_SIZE + size
             if stop > end:
                 self._need = HEADER_SIZE + size
+                self._kind = kind
                 return None
             self._need = 0
             if type(data) is bytes:

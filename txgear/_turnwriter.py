@@ -28,6 +28,11 @@ Only public interfaces of the transport are used:
     called C{pauseProducing}, and resume on C{resumeProducing}. Pull
     producers are not used there: TLS would poll them in a busy loop.
 
+One exception to "once per turn": a packet with a large buffer (at least 64
+KiB), written while a pull-mode transport holds nothing, is sent at once,
+after what the turn wrote before it, in one gathering C{sendmsg}: its
+payload costs far more than a send, and it leaves a turn earlier.
+
 Buffers are never joined across connections: a large buffer given to several
 connections (one result relayed to every client attached to a job) is held
 once, as the same C{bytes} or C{memoryview} in each connection's queue; only
@@ -108,7 +113,7 @@ class ConnectionOutput:
 
     def write(self, data: Any) -> None:
         """Queue C{data} (bytes or a view of immutable bytes) for the end of the turn."""
-        self.queued += len(data)
+        queued = self.queued = self.queued + len(data)
         pending = self._pending
         if pending is None:
             self._pending = [data]
@@ -118,15 +123,50 @@ class ConnectionOutput:
                 writer._schedule()
         else:
             pending.append(data)
-        if self.queued > self.softLimit:
+        if queued > self.softLimit:
             self._over()
 
     def writeSequence(self, data: List[Any]) -> None:
         """Queue several buffers; large ones are kept as they are, never joined."""
+        size = 0
+        large = False
         for piece in data:
-            if len(piece) >= _LARGE:
-                self._large = True
-            self.write(piece)
+            length = len(piece)
+            if length >= _LARGE:
+                large = True
+            size += length
+        self.queued += size
+        pending = self._pending
+        if large and self._ready and self._pull:
+            # A large packet and the transport holds nothing: send it now,
+            # after what this turn wrote before it, in one gathering send
+            # (a second send in the turn costs little beside its payload,
+            # and the peer gets it a turn earlier).
+            chunks = list(data) if pending is None else pending + list(data)
+            if len(chunks) <= _IOV:
+                self._pending = None
+                self._large = False
+                rest = self._sendDirect(chunks)
+                if rest:
+                    self._backlog.extend(rest)
+                    self._feed()
+                if self.queued > self.softLimit:
+                    self._over()
+                elif self._full:
+                    self._checkDrained()
+                return
+        if large:
+            self._large = True
+        if pending is None:
+            self._pending = list(data)
+            writer = self.writer
+            writer._dirty.append(self)
+            if not writer._scheduled:
+                writer._schedule()
+        else:
+            pending.extend(data)
+        if self.queued > self.softLimit:
+            self._over()
 
     def isFull(self) -> bool:
         """Over the soft limit (and not yet drained to half of it), or discarded."""
@@ -155,20 +195,33 @@ class ConnectionOutput:
         if pending is None:
             return
         self._pending = None
-        if self._ready and self._pull and not self._large:
-            # The common case: small packets, the transport holds nothing.
-            data = pending[0] if len(pending) == 1 else b"".join(pending)
-            try:
-                sent = self.socket.send(data)
-            except OSError:
-                sent = 0  # EAGAIN, or an error the transport will meet itself
-            self.queued -= sent
-            if sent < len(data):
-                self._backlog.append(memoryview(data)[sent:] if sent else data)
-                self._feed()
-            if self._full:
-                self._checkDrained()
-            return
+        if self._ready and self._pull:
+            # The common cases: the transport holds nothing, so send now.
+            if not self._large:
+                # Small packets: joined, one send.
+                data = pending[0] if len(pending) == 1 else b"".join(pending)
+                try:
+                    sent = self.socket.send(data)
+                except OSError:
+                    sent = 0  # EAGAIN, or an error the transport will meet itself
+                self.queued -= sent
+                if sent < len(data):
+                    self._backlog.append(memoryview(data)[sent:] if sent else data)
+                    self._feed()
+                if self._full:
+                    self._checkDrained()
+                return
+            if len(pending) <= _IOV:
+                # Large buffers among them: one gathering send, nothing
+                # copied; the backlog joins what is left in pieces.
+                self._large = False
+                rest = self._sendDirect(pending)
+                if rest:
+                    self._backlog.extend(rest)
+                    self._feed()
+                if self._full:
+                    self._checkDrained()
+                return
         if self._large:
             self._large = False
             chunks = _coalesce(pending)

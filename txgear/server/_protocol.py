@@ -140,8 +140,8 @@ class GearmanServerProtocol(Protocol):
       - an unfinished message of L{SMALL_MESSAGE} bytes or more reserves its
         announced size from the factory's partial-packet budget, and waits,
         unread, until the budget has room; a message that has not arrived
-        within the packet deadline closes the connection (one timer per
-        connection, re-armed lazily, not per packet).
+        within the packet deadline closes the connection (one timer for the
+        factory, armed only while some message is unfinished, not per packet).
     """
 
     _log = logger()
@@ -160,8 +160,6 @@ class GearmanServerProtocol(Protocol):
         self._listing: Optional[Iterator[bytes]] = None
         self._reserved = 0
         self._partialSerial = -1
-        self._partialSince = 0.0
-        self._deadlineCall: Any = None
 
     def connectionMade(self) -> None:
         factory = self.factory
@@ -235,16 +233,21 @@ class GearmanServerProtocol(Protocol):
     # -- input ------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        decoder = self._decoder
         if self._stalled or self._held is not None:
             # Not dispatching now: keep it, undecoded, in order.
-            self._decoder.add(data)
+            decoder.add(data)
         else:
-            self._dispatching = True
-            try:
-                self._dispatch(self._decoder.feed(data))
-            finally:
-                self._dispatching = False
-        self._checkUnfinished()
+            messages = decoder.feed(data)
+            if messages or decoder.error is not None:
+                self._dispatching = True
+                try:
+                    self._dispatch(messages)
+                finally:
+                    self._dispatching = False
+        size = decoder.unfinishedSize()
+        if size or self._reserved:
+            self._checkUnfinished(size)
 
     def _resumeInput(self) -> None:
         """Dispatch what was received while dispatching was stopped."""
@@ -259,7 +262,7 @@ class GearmanServerProtocol(Protocol):
             self._dispatch(self._decoder.feed(b""))
         finally:
             self._dispatching = False
-        self._checkUnfinished()
+        self._checkUnfinished(self._decoder.unfinishedSize())
 
     def _dispatch(self, messages: List[Tuple[int, bytes]]) -> None:
         """
@@ -303,12 +306,13 @@ class GearmanServerProtocol(Protocol):
                 self._output.discard()
                 self.transport.abortConnection()
 
-    def _checkUnfinished(self) -> None:
+    def _checkUnfinished(self, size: int) -> None:
         """
-        Once per read: an unfinished message reserves its size from the
-        partial-packet budget if large, and is timed.
+        Once per read that ends inside a message (C{size}: its
+        L{PacketDecoder.unfinishedSize}) or releases a reservation: an
+        unfinished message reserves its size from the partial-packet budget
+        if large, and a new one is timed.
         """
-        size = self._decoder.unfinishedSize()
         if not size:
             if self._reserved:
                 self.factory._releasePartial(self)
@@ -316,32 +320,17 @@ class GearmanServerProtocol(Protocol):
         serial = self._decoder.partialSerial
         if serial != self._partialSerial:
             self._partialSerial = serial
-            clock = self.state.clock
-            self._partialSince = clock.seconds()
-            if self._deadlineCall is None and not self.transport.disconnecting:
-                self._deadlineCall = clock.callLater(self.factory.packetDeadline,
-                                                     self._deadlinePassed)
+            if not self.transport.disconnecting:
+                self.factory._partialStarted(self)
         if size >= SMALL_MESSAGE and size != self._reserved:
             self.factory._reservePartial(self, size)
 
-    def _deadlinePassed(self) -> None:
-        self._deadlineCall = None
-        if not self._decoder.unfinishedSize() or self.transport.disconnecting:
-            return
-        clock = self.state.clock
-        deadline = self.factory.packetDeadline
-        now = clock.seconds()
-        if self._pausedFor:
-            # Not read by our choice: the peer cannot be late meanwhile.
-            self._partialSince = now
-        elif now - self._partialSince >= deadline:
-            self._log.warn("Closing connection from {peer}: a message unfinished after "
-                           "{deadline} seconds", peer=self._peer(), deadline=deadline)
-            self._output.discard()
-            self.transport.abortConnection()
-            return
-        self._deadlineCall = clock.callLater(self._partialSince + deadline - now,
-                                             self._deadlinePassed)
+    def _tooLate(self, deadline: float) -> None:
+        """Its unfinished message has taken longer than C{deadline} seconds."""
+        self._log.warn("Closing connection from {peer}: a message unfinished after "
+                       "{deadline} seconds", peer=self._peer(), deadline=deadline)
+        self._output.discard()
+        self.transport.abortConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
         # Break every reference between this protocol, its session, its
@@ -352,10 +341,6 @@ class GearmanServerProtocol(Protocol):
         self.factory._connectionGone(self)
         self.state.disconnect(self.session)
         self.session.peer = _CLOSED_PEER
-        if self._deadlineCall is not None:
-            if self._deadlineCall.active():
-                self._deadlineCall.cancel()
-            self._deadlineCall = None
         self._decoder.clear()
         self._held = None
         self._listing = None
@@ -706,6 +691,10 @@ class GearmanServerFactory(Factory):
         # Bytes reserved by unfinished large messages, and who waits for room, in order.
         self.partialReserved = 0
         self._budgetWaiters: Dict[GearmanServerProtocol, int] = {}
+        # When each connection's unfinished message began (entries are dropped
+        # lazily, by the one deadline timer), and that timer.
+        self._partialSince: Dict[GearmanServerProtocol, float] = {}
+        self._deadlineCall: Any = None
         self.connections: Dict[Session, GearmanServerProtocol] = {}
         self._shutdown = shutdown
         self.admin = AdminCommands(self.state, self._describe, verbosity, allowShutdown,
@@ -742,10 +731,48 @@ class GearmanServerFactory(Factory):
             waiter._reserved = size
             waiter._resume(_BUDGET)
 
+    def _partialStarted(self, protocol: GearmanServerProtocol) -> None:
+        """C{protocol} holds a new unfinished message: time it."""
+        clock = self.state.clock
+        self._partialSince[protocol] = clock.seconds()
+        if self._deadlineCall is None:
+            self._deadlineCall = clock.callLater(self.packetDeadline, self._checkDeadlines)
+
+    def _checkDeadlines(self) -> None:
+        """
+        Close each connection whose unfinished message is older than the
+        packet deadline; forget those with none; re-arm for the oldest left.
+        """
+        self._deadlineCall = None
+        clock = self.state.clock
+        now = clock.seconds()
+        deadline = self.packetDeadline
+        since = self._partialSince
+        first: Optional[float] = None
+        for protocol, started in list(since.items()):
+            if protocol.transport.disconnecting or not protocol._decoder.unfinishedSize():
+                del since[protocol]
+            elif protocol._pausedFor:
+                # Not read by our choice: the peer cannot be late meanwhile.
+                since[protocol] = now
+                first = now if first is None else first
+            elif now - started >= deadline:
+                del since[protocol]
+                protocol._tooLate(deadline)
+            elif first is None or started < first:
+                first = started
+        if first is not None:
+            self._deadlineCall = clock.callLater(first + deadline - now, self._checkDeadlines)
+
     def _connectionGone(self, protocol: GearmanServerProtocol) -> None:
         self.connections.pop(protocol.session, None)
         if protocol._reserved or protocol in self._budgetWaiters:
             self._releasePartial(protocol)
+        since = self._partialSince
+        if since.pop(protocol, None) is not None and not since and self._deadlineCall is not None:
+            if self._deadlineCall.active():
+                self._deadlineCall.cancel()
+            self._deadlineCall = None
 
     def _describe(self, session: Session) -> Tuple[bytes, bytes]:
         protocol = self.connections.get(session)
