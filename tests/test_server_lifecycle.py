@@ -491,12 +491,14 @@ def test_aLargeFunctionTableThatEmptiesIsRebuiltAndReclaimed():
         for i in range(5000):
             state.canDo(worker, b"f-%d-%d" % (k, i))
     assert len(state.functions) == 20000 and reclaimed == []
-    large = sys.getsizeof(state.functions)
+    table = state.functions
+    large = sys.getsizeof(table, 0)  # 0 on PyPy, which has no getsizeof
     for worker in workers:
         state.disconnect(worker)
     # The dict's table shrank with it (a dict never shrinks by deletion alone),
     # and the server was told to give memory back, once the table was nearly empty.
-    assert state.functions == {} and sys.getsizeof(state.functions) * 4 < large
+    assert state.functions == {} and state.functions is not table
+    assert sys.getsizeof(state.functions, 0) * 4 <= large
     assert len(reclaimed) == 1 and reclaimed[0] <= 20000 // 8
     # Small tables coming and going never ask for it.
     worker = connect(state)[0]
