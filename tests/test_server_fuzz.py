@@ -68,7 +68,7 @@ def _checkBookkeeping(state: JobServerState) -> None:
         # An unused function is forgotten.
         assert function.workers or function.total() or function.kept, function.name
         assert function.workers == sum(1 for s in state.sessions.values() if function in s.functions)
-        assert function.priorityCounts == [sum(1 for j in live if j.priority == p) for p in range(3)]
+        assert list(function.priorityCounts) == [sum(1 for j in live if j.priority == p) for p in range(3)]
         assert function.running == sum(1 for j in state.jobs.values()
                                        if j.func is function and j.state == RUNNING)
         assert function.scheduled == sum(1 for j in state.jobs.values()

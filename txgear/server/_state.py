@@ -82,6 +82,8 @@ _S_NONE, _S_WRITING, _S_STORED = StoreState.NONE, StoreState.WRITING, StoreState
 _BIG = 64 * 1024
 
 _NO_LIMITS = (0, 0, 0)
+# Shared by functions that never queued a job: they get their own list with their queues.
+_NO_COUNTS = (0, 0, 0)
 
 _NOOP = encodeResponse(PacketType.NOOP)
 _NO_JOB = encodeResponse(PacketType.NO_JOB)
@@ -119,7 +121,10 @@ class Function:
     @ivar scheduled: epoch jobs waiting for their time.
     @ivar workers: connections registered for it (each counts once).
     @ivar sleepers: sessions registered for this function that sent PRE_SLEEP
-        and have not been woken yet, oldest first.
+        and have not been woken yet, oldest first; C{None} until a first one.
+    @ivar uniques: its queued or running jobs by coalescing key; C{None}
+        until a first job with a unique (most functions never get one, and
+        an attacker may register many: every object they keep costs memory).
     @ivar maxQueue: per-priority limits on its jobs; 0 = none.
     @ivar kept: made by C{create function} (or given a C{maxqueue}): never
         forgotten for being unused.
@@ -137,10 +142,11 @@ class Function:
         self.running = 0
         self.scheduled = 0
         self.workers = 0
-        self.sleepers: "OrderedDict[Session, None]" = OrderedDict()
-        self.uniques: Dict[Any, Job] = {}
+        self.sleepers: "Optional[OrderedDict[Session, None]]" = None
+        self.uniques: Optional[Dict[Any, Job]] = None
         self.maxQueue: Sequence[int] = _NO_LIMITS
-        self.priorityCounts = [0, 0, 0]  # queued live jobs per priority
+        # Queued live jobs per priority; a list of its own from its first queued job.
+        self.priorityCounts: List[int] = _NO_COUNTS  # type: ignore[assignment]
         self.kept = False
 
     def total(self) -> int:
@@ -378,6 +384,7 @@ class JobServerState:
             queues = function.queues
             if queues is None:
                 queues = function.queues = (deque(), deque(), deque())
+                function.priorityCounts = [0, 0, 0]
             queues[job.priority].append(job)
             function.queued += 1
             function.priorityCounts[job.priority] += 1
@@ -419,7 +426,7 @@ class JobServerState:
     def _unindex(self, job: Job) -> None:
         """Remove a job from the coalescing indexes (O(1))."""
         uniques = job.func.uniques
-        if uniques.get(job.coalesceKey) is job:
+        if uniques and uniques.get(job.coalesceKey) is job:
             del uniques[job.coalesceKey]
         index = self._uniqueIndex.get(job.unique)
         if index is not None:
@@ -583,7 +590,7 @@ class JobServerState:
             if function.queued:
                 self._wakeSession(session)
             else:
-                function.sleepers[session] = None
+                self._addSleeper(function, session)
 
     def cantDo(self, session: Session, name: bytes) -> None:
         """CANT_DO: forget this session's registration of C{name}."""
@@ -593,7 +600,8 @@ class JobServerState:
         session.functions.remove(function)
         function.workers -= 1
         session.timeouts.pop(function, None)
-        function.sleepers.pop(session, None)
+        if function.sleepers:
+            function.sleepers.pop(session, None)
         self._forgetIfUnused(function)
 
     def resetAbilities(self, session: Session) -> None:
@@ -604,7 +612,8 @@ class JobServerState:
         session.timeouts.clear()
         for function in functions:
             function.workers -= 1
-            function.sleepers.pop(session, None)
+            if function.sleepers:
+                function.sleepers.pop(session, None)
             self._forgetIfUnused(function)
 
     def setClientId(self, session: Session, clientId: bytes) -> None:
@@ -621,12 +630,21 @@ class JobServerState:
         if not session.sleeping:
             session.sleeping = True
             for function in session.functions:
-                function.sleepers[session] = None
+                self._addSleeper(function, session)
+
+    @staticmethod
+    def _addSleeper(function: Function, session: Session) -> None:
+        sleepers = function.sleepers
+        if sleepers is None:
+            sleepers = function.sleepers = OrderedDict()
+        sleepers[session] = None
 
     def _stopSleeping(self, session: Session) -> None:
         session.sleeping = False
         for function in session.functions:
-            function.sleepers.pop(session, None)
+            sleepers = function.sleepers
+            if sleepers:
+                sleepers.pop(session, None)
 
     def _wakeSession(self, session: Session) -> None:
         self._stopSleeping(session)
@@ -635,6 +653,8 @@ class JobServerState:
     def _wake(self, function: Function, jobs: int = 1) -> None:
         """Wake sleepers of C{function} for C{jobs} newly runnable jobs."""
         sleepers = function.sleepers
+        if not sleepers:
+            return
         count = self.workerWakeup * jobs if self.workerWakeup > 0 else len(sleepers)
         while sleepers and count > 0:
             session, _ = sleepers.popitem(last=False)
@@ -698,7 +718,7 @@ class JobServerState:
         if unique:
             coalesceKey: Any = unique if unique != b"-" else ((b"-", payload) if payload else None)
             if coalesceKey is not None:
-                job = function.uniques.get(coalesceKey)
+                job = function.uniques.get(coalesceKey) if function.uniques else None
                 if job is not None:
                     self._attach(session, job, background)
                     return
@@ -737,7 +757,10 @@ class JobServerState:
 
     def _index(self, job: Job, coalesceKey: Any) -> None:
         job.coalesceKey = coalesceKey
-        job.func.uniques[coalesceKey] = job
+        uniques = job.func.uniques
+        if uniques is None:
+            uniques = job.func.uniques = {}
+        uniques[coalesceKey] = job
         index = self._uniqueIndex.get(job.unique)
         if index is None:
             self._uniqueIndex[job.unique] = {job: None}
@@ -824,7 +847,7 @@ class JobServerState:
                 self._log.warn("Stored job {key!r} loaded twice; ignoring the copy", key=record.key)
                 self._forgetIfUnused(function)
                 continue
-            if coalesceKey is not None and coalesceKey in function.uniques:
+            if coalesceKey is not None and function.uniques and coalesceKey in function.uniques:
                 self._log.warn("Stored job {key!r} duplicates unique {unique!r}; dropping it",
                                key=record.key, unique=unique)
                 if self.store is not None:
