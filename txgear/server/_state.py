@@ -343,15 +343,26 @@ class JobServerState:
         """
         old = job.state
         function = job.func
+        # Branches in order of frequency; the grab (QUEUED -> RUNNING) and
+        # the submit (NEW -> QUEUED) are each done in one piece and return.
         if old == QUEUED:
+            if new == RUNNING:
+                job.state = RUNNING
+                queued = function.queued = function.queued - 1
+                function.priorityCounts[job.priority] -= 1
+                if not queued and self._wakeWatch:
+                    self._unwatch(function)
+                function.running += 1
+                self.runningCount += 1
+                job.worker.held[job.handle] = job  # type: ignore[union-attr]
+                return
             function.queued -= 1
             function.priorityCounts[job.priority] -= 1
-            if new != RUNNING:
-                # Still in its queue: dropped when it reaches the head, or
-                # when dead entries outnumber live ones.
-                function.dead += 1
-                if function.dead > _COMPACT_MINIMUM and function.dead > function.queued:
-                    self._compact(function, job)
+            # Still in its queue: dropped when it reaches the head, or when
+            # dead entries outnumber live ones.
+            function.dead += 1
+            if function.dead > _COMPACT_MINIMUM and function.dead > function.queued:
+                self._compact(function, job)
             if not function.queued and self._wakeWatch:
                 self._unwatch(function)
         elif old == RUNNING:
@@ -368,26 +379,26 @@ class JobServerState:
                 if call.active():
                     call.cancel()
                 job.timeoutCall = None
+        elif old == NEW:
+            if new == QUEUED:
+                job.state = QUEUED
+                priority = job.priority
+                queues = function.queues
+                if queues is None:
+                    queues = function.queues = (deque(), deque(), deque())
+                queues[priority].append(job)
+                function.queued += 1
+                function.priorityCounts[priority] += 1
+                if function.sleepers:
+                    self._wake(function)
+                return
         elif old == SCHEDULED:
             function.scheduled -= 1
             self.scheduler.remove(job)
         elif old == PENDING:
             function.pending -= 1
         job.state = new
-        if new == QUEUED:
-            queues = function.queues
-            if queues is None:
-                queues = function.queues = (deque(), deque(), deque())
-            queues[job.priority].append(job)
-            function.queued += 1
-            function.priorityCounts[job.priority] += 1
-            if function.sleepers:
-                self._wake(function)
-        elif new == RUNNING:
-            function.running += 1
-            self.runningCount += 1
-            job.worker.held[job.handle] = job  # type: ignore[union-attr]
-        elif new == DONE:
+        if new == DONE:
             # Forget the job (inline: this is the end of every job's hot path).
             self.jobs.pop(job.handle, None)
             if job.coalesceKey is not None:
@@ -410,6 +421,19 @@ class JobServerState:
                 self._largeQueue = False
                 if self.onEmptied is not None:
                     self.onEmptied()
+        elif new == QUEUED:
+            queues = function.queues
+            if queues is None:
+                queues = function.queues = (deque(), deque(), deque())
+            queues[job.priority].append(job)
+            function.queued += 1
+            function.priorityCounts[job.priority] += 1
+            if function.sleepers:
+                self._wake(function)
+        elif new == RUNNING:
+            function.running += 1
+            self.runningCount += 1
+            job.worker.held[job.handle] = job  # type: ignore[union-attr]
         elif new == SCHEDULED:
             function.scheduled += 1
             self.scheduler.add(job, job.when)
