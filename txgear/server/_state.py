@@ -87,6 +87,14 @@ _NOOP = encodeResponse(PacketType.NOOP)
 _NO_JOB = encodeResponse(PacketType.NO_JOB)
 _H_JOB_CREATED = responseHeader(PacketType.JOB_CREATED, 0)[:8]
 _H_WORK_FAIL = responseHeader(PacketType.WORK_FAIL, 0)[:8]
+# Packet types the per-job path compares with, as plain ints (an enum
+# member costs a class attribute lookup each time).
+_GRAB_JOB = int(PacketType.GRAB_JOB)
+_GRAB_JOB_ALL = int(PacketType.GRAB_JOB_ALL)
+_JOB_ASSIGN = int(PacketType.JOB_ASSIGN)
+_JOB_ASSIGN_UNIQ = int(PacketType.JOB_ASSIGN_UNIQ)
+_JOB_ASSIGN_ALL = int(PacketType.JOB_ASSIGN_ALL)
+_WORK_EXCEPTION = int(PacketType.WORK_EXCEPTION)
 
 
 def _errorPacket(code: bytes, text: bytes) -> bytes:
@@ -757,7 +765,8 @@ class JobServerState:
             self._persist(job, session)
             return
         session.write(_H_JOB_CREATED + len(handle).to_bytes(4, "big") + handle)
-        self._makeRunnable(job)
+        # _makeRunnable, inline: every submit passes here.
+        self._move(job, SCHEDULED if when and when > self.clock.seconds() else QUEUED)
 
     def _index(self, job: Job, coalesceKey: Any) -> None:
         job.coalesceKey = coalesceKey
@@ -938,15 +947,15 @@ class JobServerState:
         function = job.func
         handle = job.handle
         payload = job.payload
-        if kind == PacketType.GRAB_JOB:
+        if kind == _GRAB_JOB:
             head = b"\0".join((handle, function.name, b""))
-            ptype = PacketType.JOB_ASSIGN
-        elif kind == PacketType.GRAB_JOB_ALL and job.reducer:
+            ptype = _JOB_ASSIGN
+        elif kind == _GRAB_JOB_ALL and job.reducer:
             head = b"\0".join((handle, function.name, job.unique, job.reducer, b""))
-            ptype = PacketType.JOB_ASSIGN_ALL
+            ptype = _JOB_ASSIGN_ALL
         else:
             head = b"\0".join((handle, function.name, job.unique, b""))
-            ptype = PacketType.JOB_ASSIGN_UNIQ
+            ptype = _JOB_ASSIGN_UNIQ
         if len(payload) >= _BIG:
             session.writeSequence([responseHeader(ptype, len(head) + len(payload)) + head, payload])
         else:
@@ -1016,7 +1025,7 @@ class JobServerState:
             session.write(ERR_JOB_NOT_FOUND_EXC if kind == PacketType.WORK_EXCEPTION
                           else ERR_JOB_NOT_FOUND)
             return
-        if kind == PacketType.WORK_EXCEPTION:
+        if kind == _WORK_EXCEPTION:
             self._finishException(job, body, session)
         else:
             self._finish(job, responseHeader(kind, len(body)) + body if len(body) < _BIG
