@@ -379,7 +379,9 @@ class PacketDecoder:
             # Bytes missing from a binary message held from earlier reads, its
             # helder parsed, nothing else held: then extend it, or complete
             # it, without parsing it again.
-            missing = self._need - len(buf) if not self._data and not self._pos else 0
+            # (_need is 0 when nothing is unfinished: the common case, no len().)
+            need = self._need
+            missing = need - len(buf) if need and not self._data and not self._pos else 0
         if missing > 0:
             if len(data) < missing:
                 buf += data

@@ -72,6 +72,13 @@ ERR_INVALID_COMMAND = encodeResponse(PacketType.ERROR, b"INVALID_COMMAND", b"Com
 ERR_TOO_LARGE = encodeResponse(PacketType.ERROR, b"ARGUMENT_TOO_LARGE",
                                b"Packet size exceeds the server's maximum")
 _ECHO_HEADER = encodeResponse(PacketType.ECHO_RES)[:8]
+# Packet types passed on every job, as plain ints (an enum member costs a
+# class attribute lookup each time).
+_GRAB_JOB = int(PacketType.GRAB_JOB)
+_GRAB_JOB_UNIQ = int(PacketType.GRAB_JOB_UNIQ)
+_GRAB_JOB_ALL = int(PacketType.GRAB_JOB_ALL)
+_WORK_COMPLETE = int(PacketType.WORK_COMPLETE)
+_WORK_FAIL = int(PacketType.WORK_FAIL)
 
 #: The latest SUBMIT_JOB_EPOCH time accepted: the end of year 9999 UTC, well
 #: within what every store holds (signed 64 bits).
@@ -462,13 +469,13 @@ class GearmanServerProtocol(Protocol):
         self.state.preSleep(self.session)
 
     def _grabJob(self, body: bytes) -> None:
-        self.state.grab(self.session, PacketType.GRAB_JOB)
+        self.state.grab(self.session, _GRAB_JOB)
 
     def _grabJobUniq(self, body: bytes) -> None:
-        self.state.grab(self.session, PacketType.GRAB_JOB_UNIQ)
+        self.state.grab(self.session, _GRAB_JOB_UNIQ)
 
     def _grabJobAll(self, body: bytes) -> None:
-        self.state.grab(self.session, PacketType.GRAB_JOB_ALL)
+        self.state.grab(self.session, _GRAB_JOB_ALL)
 
     def _workStatus(self, body: bytes) -> None:
         handle, numerator, denominator = _split(body, PacketType.WORK_STATUS)
@@ -478,10 +485,10 @@ class GearmanServerProtocol(Protocol):
         end = body.find(b"\0")
         if end < 0:
             raise _Malformed(PacketType.WORK_COMPLETE, 1)
-        self.state.workEnd(self.session, PacketType.WORK_COMPLETE, body[:end], body)
+        self.state.workEnd(self.session, _WORK_COMPLETE, body[:end], body)
 
     def _workFail(self, body: bytes) -> None:
-        self.state.workEnd(self.session, PacketType.WORK_FAIL, body, body)
+        self.state.workEnd(self.session, _WORK_FAIL, body, body)
 
     def _workException(self, body: bytes) -> None:
         end = body.find(b"\0")

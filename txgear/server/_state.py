@@ -89,6 +89,14 @@ _NOOP = encodeResponse(PacketType.NOOP)
 _NO_JOB = encodeResponse(PacketType.NO_JOB)
 _H_JOB_CREATED = responseHeader(PacketType.JOB_CREATED, 0)[:8]
 _H_WORK_FAIL = responseHeader(PacketType.WORK_FAIL, 0)[:8]
+# Packet types the per-job path compares with, as plain ints (an enum
+# member costs a class attribute lookup each time).
+_GRAB_JOB = int(PacketType.GRAB_JOB)
+_GRAB_JOB_ALL = int(PacketType.GRAB_JOB_ALL)
+_JOB_ASSIGN = int(PacketType.JOB_ASSIGN)
+_JOB_ASSIGN_UNIQ = int(PacketType.JOB_ASSIGN_UNIQ)
+_JOB_ASSIGN_ALL = int(PacketType.JOB_ASSIGN_ALL)
+_WORK_EXCEPTION = int(PacketType.WORK_EXCEPTION)
 
 
 def _errorPacket(code: bytes, text: bytes) -> bytes:
@@ -349,15 +357,26 @@ class JobServerState:
         """
         old = job.state
         function = job.func
+        # Branches in order of frequency; the grab (QUEUED -> RUNNING), once
+        # per job, is done in one piece and returns.
         if old == QUEUED:
+            if new == RUNNING:
+                job.state = RUNNING
+                queued = function.queued = function.queued - 1
+                function.priorityCounts[job.priority] -= 1
+                if not queued and self._wakeWatch:
+                    self._unwatch(function)
+                function.running += 1
+                self.runningCount += 1
+                job.worker.held[job.handle] = job  # type: ignore[union-attr]
+                return
             function.queued -= 1
             function.priorityCounts[job.priority] -= 1
-            if new != RUNNING:
-                # Still in its queue: dropped when it reaches the head, or
-                # when dead entries outnumber live ones.
-                function.dead += 1
-                if function.dead > _COMPACT_MINIMUM and function.dead > function.queued:
-                    self._compact(function, job)
+            # Still in its queue: dropped when it reaches the head, or when
+            # dead entries outnumber live ones.
+            function.dead += 1
+            if function.dead > _COMPACT_MINIMUM and function.dead > function.queued:
+                self._compact(function, job)
             if not function.queued and self._wakeWatch:
                 self._unwatch(function)
         elif old == RUNNING:
@@ -380,21 +399,7 @@ class JobServerState:
         elif old == PENDING:
             function.pending -= 1
         job.state = new
-        if new == QUEUED:
-            queues = function.queues
-            if queues is None:
-                queues = function.queues = (deque(), deque(), deque())
-                function.priorityCounts = [0, 0, 0]
-            queues[job.priority].append(job)
-            function.queued += 1
-            function.priorityCounts[job.priority] += 1
-            if function.sleepers:
-                self._wake(function)
-        elif new == RUNNING:
-            function.running += 1
-            self.runningCount += 1
-            job.worker.held[job.handle] = job  # type: ignore[union-attr]
-        elif new == DONE:
+        if new == DONE:
             # Forget the job (inline: this is the end of every job's hot path).
             self.jobs.pop(job.handle, None)
             if job.coalesceKey is not None:
@@ -417,6 +422,20 @@ class JobServerState:
                 self._largeQueue = False
                 if self.onEmptied is not None:
                     self.onEmptied()
+        elif new == QUEUED:
+            queues = function.queues
+            if queues is None:
+                queues = function.queues = (deque(), deque(), deque())
+                function.priorityCounts = [0, 0, 0]
+            queues[job.priority].append(job)
+            function.queued += 1
+            function.priorityCounts[job.priority] += 1
+            if function.sleepers:
+                self._wake(function)
+        elif new == RUNNING:
+            function.running += 1
+            self.runningCount += 1
+            job.worker.held[job.handle] = job  # type: ignore[union-attr]
         elif new == SCHEDULED:
             function.scheduled += 1
             self.scheduler.add(job, job.when)
@@ -753,7 +772,8 @@ class JobServerState:
             self._persist(job, session)
             return
         session.write(_H_JOB_CREATED + len(handle).to_bytes(4, "big") + handle)
-        self._makeRunnable(job)
+        # _makeRunnable, inline: every submit passes here.
+        self._move(job, SCHEDULED if when and when > self.clock.seconds() else QUEUED)
 
     def _index(self, job: Job, coalesceKey: Any) -> None:
         job.coalesceKey = coalesceKey
@@ -937,15 +957,15 @@ class JobServerState:
         function = job.func
         handle = job.handle
         payload = job.payload
-        if kind == PacketType.GRAB_JOB:
+        if kind == _GRAB_JOB:
             head = b"\0".join((handle, function.name, b""))
-            ptype = PacketType.JOB_ASSIGN
-        elif kind == PacketType.GRAB_JOB_ALL and job.reducer:
+            ptype = _JOB_ASSIGN
+        elif kind == _GRAB_JOB_ALL and job.reducer:
             head = b"\0".join((handle, function.name, job.unique, job.reducer, b""))
-            ptype = PacketType.JOB_ASSIGN_ALL
+            ptype = _JOB_ASSIGN_ALL
         else:
             head = b"\0".join((handle, function.name, job.unique, b""))
-            ptype = PacketType.JOB_ASSIGN_UNIQ
+            ptype = _JOB_ASSIGN_UNIQ
         if len(payload) >= _BIG:
             session.writeSequence([responseHeader(ptype, len(head) + len(payload)) + head, payload])
         else:
@@ -1015,7 +1035,7 @@ class JobServerState:
             session.write(ERR_JOB_NOT_FOUND_EXC if kind == PacketType.WORK_EXCEPTION
                           else ERR_JOB_NOT_FOUND)
             return
-        if kind == PacketType.WORK_EXCEPTION:
+        if kind == _WORK_EXCEPTION:
             self._finishException(job, body, session)
         else:
             self._finish(job, responseHeader(kind, len(body)) + body if len(body) < _BIG
