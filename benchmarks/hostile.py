@@ -4,7 +4,7 @@ The hostile-peer suite: replay each attack of issue 8 against a fresh job
 server process and measure what it costs the server and its other peers.
 
     python3 benchmarks/hostile.py                               # txgear (this tree) and gearmand
-    python3 benchmarks/hostile.py --servers txgear --source /work/main --scale 0.25
+    python3 benchmarks/hostile.py --servers txgear --source ../txgear-other --scale 0.25
     python3 benchmarks/hostile.py --quick --attacks forged-lines,status-flood
     python3 benchmarks/hostile.py --list                        # the attacks and their budgets
     python3 benchmarks/hostile.py --markdown table.md

@@ -6,7 +6,7 @@ job was lost, that no job is stuck, and that memory stayed flat.
 
     python3 benchmarks/soak.py --minutes 10                  # the full run
     python3 benchmarks/soak.py --minutes 1                   # to try it
-    python3 benchmarks/soak.py --minutes 10 --source /work/main
+    python3 benchmarks/soak.py --minutes 10 --source ../txgear-other
 
 Load (all on 127.0.0.1, raw Gearman connections in threads):
   - background submitters: SUBMIT_JOB_BG with uniques; every second job
