@@ -9,15 +9,16 @@ C{resize}" says more than C{TimeoutError}.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Tuple
+from typing import Any, List
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
+from txgear._admintext import StatusTable, parseStatus
+
 #: Function -> (queued or running, running, workers), as C{status} lists it.
-StatusTable = Dict[bytes, Tuple[int, int, int]]
 
 #: The most lines of a C{status} answer read (one per function).
 MAX_STATUS_LINES = 100000
@@ -39,7 +40,7 @@ class _StatusProtocol(LineOnlyReceiver):
     def lineReceived(self, line: bytes) -> None:
         line = line.rstrip(b"\r")
         if line == b".":
-            self._finish(_parse(self._lines))
+            self._finish(parseStatus(self._lines))
             return
         self._lines.append(line)
         if len(self._lines) > MAX_STATUS_LINES:
@@ -61,19 +62,6 @@ class _StatusProtocol(LineOnlyReceiver):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         if not self._answer.called:
             self._answer.errback(reason)
-
-
-def _parse(lines: List[bytes]) -> StatusTable:
-    table: StatusTable = {}
-    for line in lines:
-        fields = line.split(b"\t")
-        if len(fields) < 4:
-            continue
-        try:
-            table[fields[0]] = (int(fields[1]), int(fields[2]), int(fields[3]))
-        except ValueError:
-            continue
-    return table
 
 
 def queryStatus(connect: Any, clock: Any, timeout: float = 2.0) -> Deferred[StatusTable]:

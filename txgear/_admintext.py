@@ -9,7 +9,7 @@ end in C{\\n}, C{OK}/C{ERR} replies to commands in C{\\r\\n}.
 from __future__ import annotations
 
 import re
-from typing import Iterable, List, NamedTuple, Sequence, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Sequence, Tuple
 
 OK = b"OK\r\n"
 END = b".\n"
@@ -101,6 +101,27 @@ def formatLines(lines: Iterable[bytes]) -> bytes:
 
 
 # -- parsing (for clients of the admin protocol) -----------------------------
+
+
+#: A parsed C{status} reply: C{(total, running, workers)} by function name.
+StatusTable = Dict[bytes, Tuple[int, int, int]]
+
+
+def parseStatus(lines: List[bytes]) -> StatusTable:
+    """
+    Parse the lines (without the final C{.}) of a C{status} reply; lines that
+    are not four tab-separated fields with numbers are skipped.
+    """
+    table: StatusTable = {}
+    for line in lines:
+        fields = line.split(b"\t")
+        if len(fields) < 4:
+            continue
+        try:
+            table[fields[0]] = (int(fields[1]), int(fields[2]), int(fields[3]))
+        except ValueError:
+            continue
+    return table
 
 
 class WorkerInfo(NamedTuple):

@@ -117,10 +117,7 @@ class ConnectionOutput:
         pending = self._pending
         if pending is None:
             self._pending = [data]
-            writer = self.writer
-            writer._dirty.append(self)
-            if not writer._scheduled:
-                writer._schedule()
+            self._startTurn()
         else:
             pending.append(data)
         if queued > self.softLimit:
@@ -159,14 +156,18 @@ class ConnectionOutput:
             self._large = True
         if pending is None:
             self._pending = list(data)
-            writer = self.writer
-            writer._dirty.append(self)
-            if not writer._scheduled:
-                writer._schedule()
+            self._startTurn()
         else:
             pending.extend(data)
         if self.queued > self.softLimit:
             self._over()
+
+    def _startTurn(self) -> None:
+        """The first output of this turn: be flushed at its end."""
+        writer = self.writer
+        writer._dirty.append(self)
+        if not writer._scheduled:
+            writer._schedule()
 
     def isFull(self) -> bool:
         """Over the soft limit (and not yet drained to half of it), or discarded."""
