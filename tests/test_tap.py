@@ -357,3 +357,32 @@ def test_connectionLimits():
     factory = service.factory
     assert (factory.outputSoftLimit, factory.outputHardLimit) == (65536, 40000000)
     assert (factory.partialBudget, factory.packetDeadline) == (1000000, 2.5)
+
+
+def test_acl(tmp_path):
+    assert parse()["access"] is None
+    assert _makeService("--queue", "memory").factory.access is None
+    path = tmp_path / "acl.ini"
+    path.write_text("[anonymous]\ninvoke = echo\n")
+    service = _makeService("--queue", "memory", "--acl", str(path))
+    assert service.factory.access.path == str(path)
+    assert service.factory.access.allows(("anonymous",), "invoke", b"echo")
+    assert service.factory.guard is not None
+
+
+def test_aclMistakes(tmp_path):
+    with pytest.raises(usage.UsageError, match="--acl: cannot read"):
+        parse("--acl", str(tmp_path / "missing.ini"))
+    path = tmp_path / "acl.ini"
+    path.write_text("[anonymous]\n\ninvoke = (\n")
+    with pytest.raises(usage.UsageError, match=r"--acl: .*acl.ini, line 3: \[anonymous\] invoke"):
+        parse("--acl", str(path))
+
+
+def test_twistdGearmanAclMistake(tmp_path):
+    path = tmp_path / "acl.ini"
+    path.write_text("[ops]\nadmin = sure\n")
+    code, out, err = runTwistd(tmp_path, "gearman", "--acl", str(path))
+    assert (code, out) == (2, "")
+    assert err == (f"twistd gearman: --acl: {path}, line 2: [ops] admin: give true or false, "
+                   f"not 'sure' (see twistd gearman --help)\n")

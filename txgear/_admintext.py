@@ -9,7 +9,7 @@ end in C{\\n}, C{OK}/C{ERR} replies to commands in C{\\r\\n}.
 from __future__ import annotations
 
 import re
-from typing import Dict, Iterable, List, NamedTuple, Sequence, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 OK = b"OK\r\n"
 END = b".\n"
@@ -98,6 +98,32 @@ def formatShowJobs(rows: Iterable[Tuple[bytes, int, int, int]]) -> bytes:
 def formatLines(lines: Iterable[bytes]) -> bytes:
     """C{show unique jobs}: one value per line, escaped (L{escape})."""
     return b"".join(escape(line) + b"\n" for line in lines) + END
+
+
+#: gear's replies to the C{acl} commands (C{\\n} endings, as gear).
+ACL_OK = b"OK\n"
+ACL_DISABLED = b"ERR ACL_DISABLED\n"
+PERMISSION_DENIED = b"ERR PERMISSION_DENIED\n"
+UNKNOWN_ACL_VERB = b"ERR UNKNOWN_ACL_VERB\n"
+
+
+def aclUnable(message: bytes) -> bytes:
+    """gear's C{ERR UNABLE <message>} (the message kept on one line)."""
+    return b"ERR UNABLE " + escape(message) + b"\n"
+
+
+def formatAclList(rows: Iterable[Tuple[bytes, Optional[bytes], Optional[bytes], bool, bool]]) -> bytes:
+    """
+    C{acl list}: gear's C{NAME\\tregister=P\\tinvoke=P\\tgrant=B} per identity
+    (C{None} for no pattern, C{True}/C{False}), then txgear's C{\\tadmin=B}.
+    """
+    def pattern(value: Optional[bytes]) -> bytes:
+        return b"None" if value is None else escape(value)
+
+    return b"".join(b"%s\tregister=%s\tinvoke=%s\tgrant=%s\tadmin=%s\n"
+                    % (escape(name), pattern(register), pattern(invoke),
+                       b"True" if grant else b"False", b"True" if admin else b"False")
+                    for name, register, invoke, grant, admin in rows) + END
 
 
 # -- parsing (for clients of the admin protocol) -----------------------------

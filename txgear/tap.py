@@ -120,6 +120,10 @@ class Options(PluginOptions):
                               "gearmand's --listen [default: all interfaces]."],
         ["threads", "t", None, "Accepted for gearmand command lines and ignored: txgear runs one "
                                "reactor thread."],
+        ["acl", None, None, "Access control list: an INI file of rights per identity (a client "
+                            "certificate's name, or anonymous on a plain port), gear's format plus "
+                            "an admin right; deny by default. Read again on SIGHUP. See "
+                            "docs/security.md."],
         ["queue", "q", None, "Where background jobs are kept: sqlite:PATH (a file, relative to the "
                              "working directory), postgresql:<dsn>, redis:<url>, or memory (lost on "
                              "restart). [default: sqlite:txgear-queue.sqlite]"],
@@ -170,6 +174,14 @@ class Options(PluginOptions):
                                    "reaches a client that reads")
         if self["packet-deadline"] <= 0:
             raise usage.UsageError("--packet-deadline must be positive")
+        self["access"] = None
+        if self["acl"] is not None:
+            from txgear.server._access import AccessControl, AccessFileError
+
+            try:
+                self["access"] = AccessControl.fromFile(self["acl"])
+            except AccessFileError as e:
+                raise usage.UsageError(f"--acl: {e}")
 
 
 def makeService(options: Any, reactor: Any = None) -> IService:
@@ -199,7 +211,8 @@ def makeService(options: Any, reactor: Any = None) -> IService:
                                    outputSoftLimit=options["output-soft-limit"],
                                    outputHardLimit=options["output-hard-limit"] or None,
                                    partialBudget=options["partial-packet-budget"],
-                                   packetDeadline=options["packet-deadline"])
+                                   packetDeadline=options["packet-deadline"],
+                                   access=options.get("access"))
     service = GearmanServerService(options["ports"], state, factory, reactor=reactor,
                                    shutdownGrace=options["shutdown-grace"])
     service.started.addErrback(_fatal, reactor)

@@ -158,6 +158,10 @@ class AdminCommands:
             return None
         return text.err(*problem)
 
+    def command_acl(self, word: bytes, args: List[bytes]) -> Tuple[bytes, Optional[str]]:
+        # Access control is off (with it, L{txgear.server._guard} answers).
+        return text.ACL_DISABLED, None
+
     def command_getpid(self, word: bytes, args: List[bytes]) -> Tuple[bytes, Optional[str]]:
         return text.ok(b"%d" % os.getpid()), None
 

@@ -43,7 +43,10 @@ from txgear._peerlog import PeerLog
 from txgear._protocol import setNoDelay
 from txgear._schedule import ScheduleError, nextRunTime
 from txgear._turnwriter import TurnWriter
+from txgear.server._access import AccessControl
 from txgear.server._admin import CLOSE, GRACEFUL, SHUTDOWN, AdminCommands
+from txgear.server._guard import AccessGuard, guardedDispatch
+from txgear.server._identity import peerNames
 from txgear.server._names import DEFAULT_MAX_FUNCTION_NAME, cleanClientId, functionNameProblem
 from txgear.server._state import ERR_UNKNOWN_OPTION, HIGH, LOW, NORMAL, JobServerState, Session
 
@@ -167,9 +170,14 @@ class GearmanServerProtocol(Protocol):
         self._listing: Optional[Iterator[bytes]] = None
         self._reserved = 0
         self._partialSerial = -1
+        # The names of its client certificate, once access control asked.
+        self._names: Optional[Tuple[str, ...]] = None
+        self._table = _DISPATCH
 
     def connectionMade(self) -> None:
         factory = self.factory
+        if factory.guard is not None:
+            self._table = _GUARDED_DISPATCH
         self.state = factory.state
         self.session = self.state.connect(self)
         self.session.exceptions = factory.exceptions
@@ -276,7 +284,7 @@ class GearmanServerProtocol(Protocol):
         Dispatch C{messages} in order, until the output is full or a listing
         is being produced: the rest is held, in order, until it drains.
         """
-        dispatch = _DISPATCH
+        dispatch = self._table
         transport = self.transport
         pending = iter(messages)
         for kind, body in pending:
@@ -363,6 +371,20 @@ class GearmanServerProtocol(Protocol):
         self._closedWaiters.append(d)
         return d
 
+    def accessNames(self) -> Tuple[str, ...]:
+        """
+        The names access control knows this connection by (see
+        L{txgear.server._identity.peerNames}), computed on first use.
+        """
+        names = self._names
+        if names is None:
+            names = self._names = peerNames(self.transport)
+        return names
+
+    def knownNames(self) -> Optional[Tuple[str, ...]]:
+        """L{accessNames} if computed already, else C{None}."""
+        return self._names
+
     def _peer(self) -> str:
         try:
             return str(self.transport.getPeer())
@@ -386,7 +408,11 @@ class GearmanServerProtocol(Protocol):
     # -- admin -------------------------------------------------------------
 
     def _adminLine(self, line: bytes) -> None:
-        reply, action = self.factory.admin.run(self.session, line)
+        guard = self.factory.guard
+        if guard is None:
+            reply, action = self.factory.admin.run(self.session, line)
+        else:
+            reply, action = guard.runAdmin(self, line)
         if action == CLOSE:
             self._log.warn("Admin line with too many tokens from {peer}; closing", peer=self._peer())
             self._output.flush()
@@ -639,6 +665,8 @@ _HANDLERS: Dict[int, Callable[[GearmanServerProtocol, bytes], None]] = {
 _DISPATCH: Tuple[Callable[[GearmanServerProtocol, bytes], None], ...] = tuple(
     _HANDLERS.get(kind, GearmanServerProtocol._invalidCommand) for kind in range(MAX_TYPE + 1)
 )
+#: The same, for connections under access control (see L{txgear.server._guard}).
+_GUARDED_DISPATCH = guardedDispatch(_DISPATCH)
 
 
 class GearmanServerFactory(Factory):
@@ -665,7 +693,11 @@ class GearmanServerFactory(Factory):
         size); past it, such a connection is not read until there is room.
     @param packetDeadline: seconds a message may take from its first byte to
         its last before the connection is closed.
+    @param access: an L{AccessControl} to apply (C{None}: everyone may do
+        everything, as with gearmand). Set it before connections arrive:
+        a connection keeps the choice it found.
     @ivar connections: the live protocols, by session.
+    @ivar guard: the L{AccessGuard} applying C{access}, or C{None}.
     """
 
     protocol = GearmanServerProtocol  # type: ignore[assignment]
@@ -679,7 +711,8 @@ class GearmanServerFactory(Factory):
                  outputSoftLimit: int = DEFAULT_OUTPUT_SOFT_LIMIT,
                  outputHardLimit: Optional[int] = None,
                  partialBudget: int = DEFAULT_PARTIAL_BUDGET,
-                 packetDeadline: float = DEFAULT_PACKET_DEADLINE) -> None:
+                 packetDeadline: float = DEFAULT_PACKET_DEADLINE,
+                 access: Optional[AccessControl] = None) -> None:
         self.state = state if state is not None else JobServerState()
         self.writer = TurnWriter(self.state.clock)
         self.exceptions = exceptions
@@ -706,6 +739,22 @@ class GearmanServerFactory(Factory):
         self._shutdown = shutdown
         self.admin = AdminCommands(self.state, self._describe, verbosity, allowShutdown,
                                    maxFunctionName)
+        self.guard: Optional[AccessGuard] = None
+        self._access: Optional[AccessControl] = None
+        self.access = access
+
+    @property
+    def access(self) -> Optional[AccessControl]:
+        """The access control list applied to new connections, or C{None}."""
+        return self._access
+
+    @access.setter
+    def access(self, access: Optional[AccessControl]) -> None:
+        if self.guard is not None:
+            self.guard.close()
+        self._access = access
+        self.guard = (AccessGuard(access, self.state, self.admin, self.connections)
+                      if access is not None else None)
 
     def _reservePartial(self, protocol: GearmanServerProtocol, size: int) -> None:
         """

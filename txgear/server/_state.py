@@ -1097,22 +1097,28 @@ class JobServerState:
 
     # -- status ----------------------------------------------------------
 
-    def getStatus(self, session: Session, handle: bytes) -> None:
+    def getStatus(self, session: Session, handle: bytes,
+                  visible: Optional[Callable[[Job], bool]] = None) -> None:
+        """GET_STATUS; a job C{visible} refuses is answered as unknown."""
         job = self.jobs.get(handle)
-        if job is None:
+        if job is None or (visible is not None and not visible(job)):
             session.write(encodeResponse(PacketType.STATUS_RES, handle, b"0", b"0", b"0", b"0"))
             return
         session.write(encodeResponse(PacketType.STATUS_RES, handle, b"1",
                                      b"1" if job.state == RUNNING else b"0",
                                      job.numerator, job.denominator))
 
-    def getStatusUnique(self, session: Session, unique: bytes) -> None:
+    def getStatusUnique(self, session: Session, unique: bytes,
+                        visible: Optional[Callable[[Job], bool]] = None) -> None:
+        """GET_STATUS_UNIQUE; jobs C{visible} refuses are left out (as if unknown)."""
         jobs = self._uniqueIndex.get(unique)
-        if not jobs:
+        job = None
+        if jobs:
+            job = next(iter(jobs)) if visible is None else next(filter(visible, jobs), None)
+        if job is None:
             session.write(encodeResponse(PacketType.STATUS_RES_UNIQUE, unique,
                                          b"0", b"0", b"0", b"0", b"0"))
             return
-        job = next(iter(jobs))
         session.write(encodeResponse(PacketType.STATUS_RES_UNIQUE, unique, b"1",
                                      b"1" if job.state == RUNNING else b"0",
                                      job.numerator, job.denominator,
