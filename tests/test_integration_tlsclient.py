@@ -363,3 +363,170 @@ except ImportError as e:
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=60)
     assert out.stdout.decode().startswith(
         "TLS needs pyOpenSSL and service_identity: pip install txgear[tls]"), out.stderr.decode()
+
+
+# Console scripts and twistd gearman-worker
+
+
+def _tlsArgs(ca: Authority, client: Optional[Issued] = None) -> List[str]:
+    argv = ["--tls-ca", ca.certPath]
+    if client is not None:
+        argv += ["--tls-cert", client.certPath, "--tls-key", client.keyPath]
+    return argv
+
+
+@pytest_twisted.ensureDeferred
+async def test_submitAndAdminScriptsOverTLS(ca, client1, tmp_path):
+    from twisted.internet import reactor
+    from tests.test_cli import Deferred_, _Text
+    from txgear import _cli
+
+    server = TLSServer(ca.serverCertificate(), clientCA=ca)
+    address = f"127.0.0.1:{server.port}"
+    worker = GearmanWorker([address], tls=options(ca, ca.issue("worker-1")))
+    worker.register("reverse", reverse)
+    await started(worker)
+    try:
+        out, err = _Text(), _Text()
+        code = await within(Deferred_(_cli.runSubmit(
+            reactor, ["-s", address] + _tlsArgs(ca, client1) + ["reverse", "abc"],
+            stdout=out, stderr=err)))
+        assert (code, out.output(), err.getvalue()) == (0, b"cba\n", "")
+        out = _Text()
+        code = await within(Deferred_(_cli.runAdmin(
+            reactor, ["-s", f"localhost:{server.port}"] + _tlsArgs(ca, client1) + ["status"],
+            stdout=out)))
+        assert code == 0 and ["reverse", "0", "0", "1"] in [l.split() for l in out.getvalue().splitlines()]
+
+        other = Authority(str(tmp_path / "other"), name="another CA")
+        for run in (_cli.runSubmit, _cli.runAdmin):
+            err = _Text()
+            argv = ["-s", address] + _tlsArgs(other, client1) + (
+                ["reverse", "x"] if run is _cli.runSubmit else ["status"])
+            code = await within(Deferred_(run(reactor, argv, stdout=_Text(), stderr=err)))
+            lines = err.getvalue().splitlines()
+            assert code == _cli.UNREACHABLE and len(lines) == 1, lines
+            assert "TLS: the server's certificate was not verified" in lines[0]
+        err = _Text()
+        code = await within(Deferred_(_cli.runSubmit(
+            reactor, ["-s", address] + _tlsArgs(ca) + ["reverse", "x"], stderr=err)))
+        assert code == _cli.UNREACHABLE
+        assert err.getvalue().startswith("txgear-submit: no Gearman server is reachable "
+                                         f"({address}: TLS: the server refused the connection: ")
+    finally:
+        await closeAll(worker)
+        await server.stop()
+
+
+@pytest.mark.parametrize("name", ["txgear-submit", "txgear-worker", "txgear-admin"])
+def test_scriptTLSMistakes(name, ca, tmp_path):
+    from tests.test_cli import runScript
+    from txgear import _cli
+
+    extra = {"txgear-submit": ["f", "x"], "txgear-worker": ["-f", "f"],
+             "txgear-admin": ["status"]}[name]
+    missing = str(tmp_path / "nope.pem")
+    for argv, message in [
+        (["--tls-key", ca.keyPath], "a TLS key needs its certificate (--tls-cert)"),
+        (["--tls-ca", missing], f"cannot read {missing!r} (--tls-ca): No such file or directory"),
+    ]:
+        assert runScript(name, "-s", "127.0.0.1:1", *argv, *extra) == (
+            _cli.USAGE, "", f"{name}: {message}\n")
+    code, out, err = runScript(name, "-s", "unix:/run/x.sock", "--tls-ca", ca.certPath, *extra)
+    assert (code, out) == (_cli.USAGE, "")
+    assert err == (f"{name}: server 'unix:/run/x.sock': with TLS options give host:port, or a tls: "
+                   "endpoint string; this endpoint would not be encrypted\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_workerScriptOverTLS(ca, client1, tmp_path):
+    """txgear-worker with --tls-*: works; with a CA that does not fit, one line and exit 3."""
+    from twisted.internet.utils import getProcessOutputAndValue
+    from tests.test_cli import _env, consoleScript
+
+    server = TLSServer(ca.serverCertificate(), clientCA=ca)
+    address = f"127.0.0.1:{server.port}"
+    script = consoleScript("txgear-worker")
+    try:
+        worker = getProcessOutputAndValue(script[0], script[1:] + [
+            "-s", address, "-f", "echo", "-n", "1"] + _tlsArgs(ca, ca.issue("worker-2")), env=_env())
+        client = GearmanClient([address], tls=options(ca, client1))
+        await started(client)
+        try:
+            assert await within(client.submit("echo", b"hello", timeout=20), 30) == b"hello"
+            out, err, code = await within(worker, 30)
+            assert code == 0, err
+        finally:
+            await closeAll(client)
+        other = Authority(str(tmp_path / "other"), name="another CA")
+        out, err, code = await within(getProcessOutputAndValue(script[0], script[1:] + [
+            "-s", address, "-f", "echo"] + _tlsArgs(other, client1), env=_env()), 30)
+        ours = [line for line in err.decode().splitlines() if line.startswith("txgear-worker:")]
+        assert code == 3 and len(ours) == 1, err
+        assert ours[0].startswith(f"txgear-worker: no Gearman server is reachable ({address}: TLS: "
+                                  "the server's certificate was not verified: "), err
+    finally:
+        await server.stop()
+
+
+def test_workerTapTLSOptions(ca, client1):
+    from twisted.internet.testing import MemoryReactorClock
+    from twisted.python import usage
+    from txgear import worker_tap
+    from txgear._tlsclient import _VerifiedEndpoint
+
+    tap = worker_tap.Options()
+    tap.parseOptions(["-s", "127.0.0.1:4999", "-s", "tls:gear1:4730", "-f", "tests.test_cli:shout",
+                      "--tls-ca", ca.certPath, "--tls-cert", client1.certPath,
+                      "--tls-key", client1.keyPath])
+    assert tap["tls"] == TLSOptions(ca=ca.certPath, certificate=client1.certPath, key=client1.keyPath)
+    service = worker_tap.makeService(tap, reactor=MemoryReactorClock())
+    first, second = (s._endpoint for s in service.pool.servers)
+    assert isinstance(first, _VerifiedEndpoint) and not isinstance(second, _VerifiedEndpoint)
+    plain = worker_tap.Options()
+    plain.parseOptions(["-f", "tests.test_cli:shout"])
+    assert plain["tls"] is None
+    for argv in (["--tls-key", client1.keyPath], ["--tls-ca", ca.certPath + ".missing"],
+                 ["--tls-ca", ca.certPath, "-s", "tcp:host=a:port=1"]):
+        with pytest.raises(usage.UsageError):
+            worker_tap.Options().parseOptions(["-f", "tests.test_cli:shout"] + argv)
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistdWorkerOverTLS(ca, client1):
+    import subprocess
+
+    from tests import _peers
+    from tests.test_cli import _env, _pluginRegistered
+
+    if not _pluginRegistered():
+        pytest.skip("the gearman-worker ServiceMaker is not in twisted/plugins/")
+    server = TLSServer(ca.serverCertificate(), clientCA=ca)
+    address = f"localhost:{server.port}"
+    worker = ca.issue("twistd-worker")
+    logPath = os.path.join(ca.directory, "twistd.log")
+    with open(logPath, "wb") as logFile:
+        process = subprocess.Popen(
+            _peers.TWISTD + ["--nodaemon", "--pidfile=", "--logfile=-", "gearman-worker", "--server",
+                             address, "--function", "loud=tests.test_cli:shout"] + _tlsArgs(ca, worker),
+            env=_env(), cwd=_peers.SOURCE_ROOT, stdout=logFile, stderr=subprocess.STDOUT)
+    client = GearmanClient([address], tls=options(ca, client1))
+    try:
+        await started(client)
+        assert await within(client.submit("loud", b"tls plugin", timeout=20), 30) == b"TLS PLUGIN"
+    finally:
+        await closeAll(client)
+        process.terminate()
+        # The server runs in this reactor: wait without blocking it (bounded).
+        for _ in range(300):
+            if process.poll() is not None:
+                break
+            await _sleep(0.05)
+        else:
+            process.kill()
+            process.wait(10)
+        await server.stop()
+    with open(logPath, "rb") as f:
+        log = f.read()
+    assert process.returncode in (0, -15), log
+    assert b"Connected to Gearman server " + address.encode() in log

@@ -71,9 +71,8 @@ class ServerAddress:
             that would not encrypt (e.g. C{tcp:} or C{unix:}).
         """
         if self.description is not None:
-            if tls is not None and self.description.split(":", 1)[0].lower() not in _TLS_PREFIXES:
-                raise ValueError(f"server {self.text!r}: with TLS options give host:port, or a "
-                                 f"tls: endpoint string; this endpoint would not be encrypted")
+            if tls is not None:
+                self.checkEncrypts()
             return clientFromString(reactor, self.description)
         assert self.host is not None and self.port is not None
         if tls is not None:
@@ -81,6 +80,18 @@ class ServerAddress:
 
             return tlsEndpoint(reactor, self.host, self.port, tls, timeout=timeout, clock=clock)
         return HostnameEndpoint(reactor, self.host, self.port, timeout=timeout)
+
+    def checkEncrypts(self) -> None:
+        """
+        Check that this address can be used with TLS options: a plain host
+        form (which they turn into TLS), or a C{tls:} or C{ssl:} endpoint.
+
+        @raise ValueError: another endpoint string, which would not encrypt.
+        """
+        if self.description is not None and \
+                self.description.split(":", 1)[0].lower() not in _TLS_PREFIXES:
+            raise ValueError(f"server {self.text!r}: with TLS options give host:port, or a "
+                             f"tls: endpoint string; this endpoint would not be encrypted")
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ServerAddress):

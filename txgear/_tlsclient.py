@@ -449,7 +449,7 @@ def _identityProblem(transport: Any, host: str) -> Optional[str]:
 
     handle = _handle(transport)
     if handle is None:
-        return None
+        return "the connection has no TLS session to check"
     try:
         if isIPAddress(host) or isIPv6Address(host):
             verify_ip_address(handle, host)
