@@ -10,7 +10,7 @@ from typing import Any, List, Optional
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 
 from tests._certs import Authority, Issued
 from tests.test_integration_client import closeAll, started, within
@@ -530,3 +530,58 @@ async def test_twistdWorkerOverTLS(ca, client1):
         log = f.read()
     assert process.returncode in (0, -15), log
     assert b"Connected to Gearman server " + address.encode() in log
+
+
+# gear's server as a real TLS peer
+
+
+_GEAR_SERVER = """
+import sys, time
+import gear
+server = gear.Server(int(sys.argv[1]), ssl_key=sys.argv[2], ssl_cert=sys.argv[3],
+                     ssl_ca=sys.argv[4], host="127.0.0.1")
+while True:
+    time.sleep(3600)
+"""
+
+
+@pytest.fixture
+def gearServer(ca, tmp_path):
+    """gear.Server (mutual TLS: it requires a client certificate from C{ca}) in a child process."""
+    import sys
+
+    from tests._peers import ServerProcess, freePort, requirePeer
+
+    try:
+        import gear  # noqa: F401
+    except ImportError:
+        requirePeer(False, "gear (the Python Gearman library)")
+    certificate = ca.serverCertificate()
+    port = freePort()
+    process = ServerProcess("gear", [sys.executable, "-c", _GEAR_SERVER, str(port),
+                                     certificate.keyPath, certificate.certPath, ca.certPath],
+                            port, str(tmp_path / "gear.log"))
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_gearServerPeer(ca, client1, gearServer):
+    """txgear's client and worker against gear's TLS server (TLS 1.2, client certificates)."""
+    for host in ("127.0.0.1", "localhost"):
+        address = f"{host}:{gearServer.port}"
+        worker = GearmanWorker([address], tls=options(ca, ca.issue("worker-1")))
+        worker.register("reverse", reverse)
+        client = GearmanClient([address], tls=options(ca, client1))
+        await started(worker, client)
+        try:
+            results = await within(gatherResults([
+                client.submit("reverse", f"job {i}".encode()) for i in range(5)]))
+            assert results == [f"{i} boj".encode() for i in range(5)]
+            background = await within(client.submitBackground("reverse", b"later"))
+            assert background.server == address
+        finally:
+            await closeAll(client, worker)
+    text = await connectFails(options(ca), f"127.0.0.1:{gearServer.port}")
+    assert "TLS: the server refused the connection: " in text

@@ -29,9 +29,13 @@ from zope.interface import implementer
 from txgear._packet import RES, PacketType, encodeRequest
 from txgear.errors import TLSConnectError
 
-#: The payload of the ECHO_REQ that checks the server accepted the connection.
-_PROBE = b"txgear tls"
-_PROBE_REPLY = RES + int(PacketType.ECHO_RES).to_bytes(4, "big") + len(_PROBE).to_bytes(4, "big") + _PROBE
+#: With TLS 1.3 the client's handshake is over before the server has checked
+#: the client's certificate: a server that refuses it says so afterwards. So
+#: the connection is ready once the server has answered this request (every
+#: Gearman server answers GET_STATUS; gear's server has no ECHO_REQ).
+_PROBE = encodeRequest(PacketType.GET_STATUS, b"txgear-tls-check")
+#: The largest answer to the probe that is believed.
+_MAX_PROBE_REPLY = 4096
 
 _INSTALL_HINT = "TLS needs pyOpenSSL and service_identity: pip install txgear[tls]"
 
@@ -227,11 +231,10 @@ def tlsEndpoint(reactor: Any, host: str, port: int, options: TLSOptions, timeout
 class _VerifiedEndpoint:
     """
     A TLS client endpoint whose connection is handed to the application's
-    protocol only once the handshake is over and the server has answered a
-    Gearman C{ECHO_REQ} through it. (With TLS 1.3 the client's handshake
-    ends before the server has checked the client's certificate: a server
-    that refuses it says so only afterwards.) Any failure before that fails
-    the L{connect} Deferred with a L{TLSConnectError}.
+    protocol only once the handshake is over, the server's certificate
+    checked, and (with TLS 1.3, see L{_PROBE}) the server has answered a
+    request through it. Any failure before that fails the L{connect}
+    Deferred with a L{TLSConnectError}.
     """
 
     def __init__(self, wrapped: IStreamClientEndpoint, host: str, options: TLSOptions,
@@ -297,8 +300,8 @@ class _Gate:
 @implementer(IHandshakeListener)
 class _GateProtocol(Protocol):
     """
-    The TLS layer's protocol: waits for the handshake and the server's
-    C{ECHO_RES}, then connects the application's protocol to the TLS
+    The TLS layer's protocol: waits for the handshake (and the answer to
+    L{_PROBE}), then connects the application's protocol to the TLS
     transport and passes it everything that arrives.
     """
 
@@ -321,7 +324,11 @@ class _GateProtocol(Protocol):
             self._error = problem
             self.transport.abortConnection()
             return
-        self.transport.write(encodeRequest(PacketType.ECHO_REQ, _PROBE))
+        if self.transport.getHandle().get_protocol_version_name() == "TLSv1.3":
+            self.transport.write(_PROBE)
+        else:
+            # TLS 1.2: the server checked our certificate before its Finished.
+            self._openApplication(b"")
 
     def _timedOut(self) -> None:
         self._gate.timer = None
@@ -334,33 +341,38 @@ class _GateProtocol(Protocol):
         if self._open:
             self._gate.application.dataReceived(data)
             return
-        self._received += data
-        if len(self._received) < len(_PROBE_REPLY):
-            if not _PROBE_REPLY.startswith(self._received):
-                self._refuse()
-            return
-        if not self._received.startswith(_PROBE_REPLY):
+        received = self._received = self._received + data
+        if received[:4] != RES[:len(received[:4])]:
             self._refuse()
             return
-        rest, self._received = self._received[len(_PROBE_REPLY):], b""
+        if len(received) < 12:
+            return
+        size = int.from_bytes(received[8:12], "big")
+        if size > _MAX_PROBE_REPLY:
+            self._refuse()
+        elif len(received) >= 12 + size:
+            self._received = b""
+            self._openApplication(received[12 + size:])
+
+    def _openApplication(self, rest: bytes) -> None:
+        """Connect the application's protocol and fire the endpoint's Deferred."""
         self._stopTimer()
         gate = self._gate
         application = gate.factory.buildProtocol(gate.address)
         if application is None:
             self._error = "the protocol factory built no protocol"
-            assert self.transport is not None
             self.transport.abortConnection()
             return
         gate.application = application
         self._open = True
         application.makeConnection(self.transport)
         if not gate.ready.called:
-            gate.ready.callback(gate.application)
+            gate.ready.callback(application)
         if rest and self._open:
-            gate.application.dataReceived(rest)
+            application.dataReceived(rest)
 
     def _refuse(self) -> None:
-        self._error = "the server did not answer ECHO_REQ over TLS (not a Gearman server?)"
+        self._error = "the server's answer over TLS is not Gearman's (not a Gearman server?)"
         assert self.transport is not None
         self.transport.abortConnection()
 
