@@ -585,3 +585,49 @@ async def test_gearServerPeer(ca, client1, gearServer):
             await closeAll(client, worker)
     text = await connectFails(options(ca), f"127.0.0.1:{gearServer.port}")
     assert "TLS: the server refused the connection: " in text
+
+
+# gearmand --ssl
+
+
+def _answersPlainText(port: int) -> bool:
+    """Whether a server answers the plain admin C{version} command (no TLS)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"version\n")
+        try:
+            return s.recv(100).startswith(b"OK ")
+        except OSError:
+            return False
+
+
+@pytest_twisted.ensureDeferred
+async def test_gearmandSSL(ca, client1):
+    """
+    txgear's client and worker against gearmand --ssl, where gearmand's
+    build speaks TLS. Debian's gearmand 1.1.20 takes --ssl and says "SSL:
+    true", but is built without SSL: the port speaks plain Gearman, so this
+    test is skipped there.
+    """
+    from tests._peers import gearmandProcess
+
+    certificate = ca.serverCertificate()
+    gearmand = gearmandProcess(extra=["--ssl", f"--ssl-ca-file={ca.certPath}",
+                                      f"--ssl-certificate={certificate.certPath}",
+                                      f"--ssl-key={certificate.keyPath}"]).start()
+    try:
+        if _answersPlainText(gearmand.port):
+            pytest.skip("this gearmand takes --ssl but speaks plain Gearman on the port "
+                        "(built without SSL, as Debian's 1.1.20+ds)")
+        address = f"127.0.0.1:{gearmand.port}"
+        worker = GearmanWorker([address], tls=options(ca, ca.issue("worker-1")))
+        worker.register("reverse", reverse)
+        client = GearmanClient([address], tls=options(ca, client1))
+        await started(worker, client)
+        try:
+            assert await within(client.submit("reverse", b"gearmand tls")) == b"slt dnamraeg"
+        finally:
+            await closeAll(client, worker)
+    finally:
+        gearmand.stop()
