@@ -24,6 +24,7 @@ from txgear.errors import (
     StoreError,
     StoreSchemaError,
     SubmitTimeout,
+    TLSConnectError,
 )
 from txgear.jobs import BackgroundJob, JobStatus, Priority
 
@@ -35,6 +36,7 @@ _LAZY = {
     "GearmanServerService": "txgear.server",
     "JobServerState": "txgear.server",
     "GearmanServerFactory": "txgear.server",
+    "TLSOptions": "txgear._tlsclient",
 }
 
 
@@ -74,4 +76,6 @@ __all__ = [
     "StoreError",
     "StoreSchemaError",
     "SubmitTimeout",
+    "TLSConnectError",
+    "TLSOptions",
 ]

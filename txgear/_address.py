@@ -7,7 +7,10 @@ Accepted forms:
   - C{"host:port"}, C{"[v6addr]"}, C{"[v6addr]:port"}, or a bare IPv6
     literal such as C{"::1"};
   - any Twisted client endpoint string, e.g. C{"tcp:host=a:port=4730"},
-    C{"tls:a:4730"}, C{"unix:/run/gearman.sock"}.
+    C{"tls:a:4730:trustRoots=/etc/gearman/ca:certificate=c.pem"},
+    C{"unix:/run/gearman.sock"}.
+
+With L{txgear._tlsclient.TLSOptions}, plain host forms connect with TLS.
 
 Plain host forms use L{HostnameEndpoint}, which resolves names to IPv4 and
 IPv6 addresses and tries them all.
@@ -22,6 +25,8 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 
 #: The IANA port of Gearman.
 DEFAULT_PORT = 4730
+#: Client endpoint string prefixes that encrypt.
+_TLS_PREFIXES = ("tls", "ssl")
 
 _HOST_PORT = re.compile(r"^([^:\[\]]+)(?::(\d+))?$")
 _BRACKETED = re.compile(r"^\[([0-9A-Fa-f:.%a-zA-Z0-9]+)\](?::(\d+))?$")
@@ -49,18 +54,44 @@ class ServerAddress:
         self.port = port
         self.description = description
 
-    def endpoint(self, reactor: Any, timeout: float = 30.0) -> IStreamClientEndpoint:
+    def endpoint(self, reactor: Any, timeout: float = 30.0, tls: Any = None,
+                 clock: Any = None) -> IStreamClientEndpoint:
         """
         A client endpoint that connects to this server.
 
         @param reactor: the reactor to connect with.
         @param timeout: connect timeout in seconds (plain host forms only;
             endpoint strings carry their own C{timeout=} parameter).
+        @param tls: a L{txgear._tlsclient.TLSOptions}: plain host forms
+            connect with TLS and verify the server's certificate against the
+            host; C{tls:} and C{ssl:} endpoint strings are used as they are
+            (they carry their own TLS parameters).
+        @param clock: the clock of the TLS handshake timeout (default: C{reactor}).
+        @raise ValueError: C{tls} is given and this is an endpoint string
+            that would not encrypt (e.g. C{tcp:} or C{unix:}).
         """
         if self.description is not None:
+            if tls is not None:
+                self.checkEncrypts()
             return clientFromString(reactor, self.description)
         assert self.host is not None and self.port is not None
+        if tls is not None:
+            from txgear._tlsclient import tlsEndpoint
+
+            return tlsEndpoint(reactor, self.host, self.port, tls, timeout=timeout, clock=clock)
         return HostnameEndpoint(reactor, self.host, self.port, timeout=timeout)
+
+    def checkEncrypts(self) -> None:
+        """
+        Check that this address can be used with TLS options: a plain host
+        form (which they turn into TLS), or a C{tls:} or C{ssl:} endpoint.
+
+        @raise ValueError: another endpoint string, which would not encrypt.
+        """
+        if self.description is not None and \
+                self.description.split(":", 1)[0].lower() not in _TLS_PREFIXES:
+            raise ValueError(f"server {self.text!r}: with TLS options give host:port, or a "
+                             f"tls: endpoint string; this endpoint would not be encrypted")
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ServerAddress):

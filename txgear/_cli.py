@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 from txgear._address import parseAddress
 from txgear._admintext import parseWorkers
 from txgear._version import __version__
-from txgear.errors import GearmanError, JobException, JobFailed, ServerError
+from txgear.errors import GearmanError, JobException, JobFailed, ServerError, TLSConnectError
 from txgear.jobs import Priority
 
 #: Exit codes.
@@ -104,6 +104,24 @@ def _addServerOption(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-s", "--server", action="append", metavar="ADDRESS",
                         help="job server: host, host:port, [v6]:port or an endpoint string "
                              "(repeatable; default $GEARMAN_SERVER or localhost:4730)")
+    parser.add_argument("--tls-ca", metavar="PEM",
+                        help="connect with TLS; verify servers' certificates against this CA "
+                             "and the server's host name or IP address")
+    parser.add_argument("--tls-cert", metavar="PEM",
+                        help="connect with TLS; present this client certificate (the file may "
+                             "also hold its key)")
+    parser.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+
+
+def _tls(args: argparse.Namespace, servers: List[str]) -> Any:
+    """The L{TLSOptions} of the C{--tls-*} options, or C{None}; checked against C{servers}."""
+    from txgear._tlsclient import tlsOptionsFrom
+
+    tls = tlsOptionsFrom(args.tls_ca, args.tls_cert, args.tls_key)
+    if tls is not None:
+        for server in servers:
+            parseAddress(server).checkEncrypts()
+    return tls
 
 
 def _write(stream: IO[Any], data: bytes) -> None:
@@ -177,7 +195,9 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str],
     """Parse a command line: the options and servers, or the exit code to return."""
     try:
         args = parser.parse_args(argv)
-        return args, _servers(args.server)
+        servers = _servers(args.server)
+        args.tls = _tls(args, servers)
+        return args, servers
     except SystemExit as e:  # --help, --version
         return int(e.code or 0)
     except (_UsageMistake, ValueError) as e:
@@ -200,7 +220,7 @@ async def runSubmit(reactor: Any, argv: Sequence[str], stdin: IO[Any] = sys.stdi
     if args.at is not None and not args.background:
         _say(stderr, "txgear-submit: --at needs --background")
         return USAGE
-    client = GearmanClient(servers, reactor=reactor)
+    client = GearmanClient(servers, reactor=reactor, tls=args.tls)
     try:
         await client.connect()
     except GearmanError as e:
@@ -373,7 +393,9 @@ def workerParser() -> argparse.ArgumentParser:
         "and returns its standard output (without COMMAND: echo the payload). A non-zero "
         "exit status fails the job; standard error is sent as a warning."),
         epilog="exit status: 0 done (after --count jobs, or stopped); 2 usage mistake "
-               "(including a COMMAND that cannot be found)")
+               "(including a COMMAND that cannot be found); 3 every server refused TLS "
+               "(certificate not verified, or ours refused); an unreachable server is "
+               "retried")
     _addServerOption(parser)
     parser.add_argument("-f", "--function", action="append", required=True,
                         help="function name to register (repeatable)")
@@ -508,7 +530,7 @@ async def runWorker(reactor: Any, argv: Sequence[str], stderr: IO[Any] = sys.std
     args, servers, command = parsed
     run = commandFunction(reactor, command)
     worker = GearmanWorker(servers, concurrency=args.concurrency, clientId=args.client_id,
-                           grace=args.grace, reactor=reactor)
+                           grace=args.grace, reactor=reactor, tls=args.tls)
     finished: Deferred = Deferred()
     state: Dict[str, int] = {"jobs": 0}
 
@@ -531,6 +553,13 @@ async def runWorker(reactor: Any, argv: Sequence[str], stderr: IO[Any] = sys.std
     try:
         await worker.connect()
     except GearmanError as e:
+        if all(s.lastError is not None and s.lastError.check(TLSConnectError)
+               for s in worker.pool.servers):
+            # A certificate problem is a setup mistake: retrying will not fix it.
+            _say(stderr, f"txgear-worker: {e}")
+            reactor.removeSystemEventTrigger(shutdownTrigger)
+            await worker.close()
+            return UNREACHABLE
         _say(stderr, f"txgear-worker: {e} (still retrying)")
     await finished
     reactor.removeSystemEventTrigger(shutdownTrigger)
@@ -660,7 +689,7 @@ async def runAdmin(reactor: Any, argv: Sequence[str], stdout: IO[Any] = sys.stdo
         line = line.format(" ".join(args.arguments))
     code = OK
     for server in servers:
-        endpoint = parseAddress(server).endpoint(reactor, timeout=10)
+        endpoint = parseAddress(server).endpoint(reactor, timeout=10, tls=args.tls)
         try:
             proto: Any = await endpoint.connect(Factory.forProtocol(_AdminProtocol))
         except Exception as e:

@@ -441,10 +441,14 @@ class PoolServer:
         self._failed(attempt, reason)
 
     def _failed(self, attempt: _Attempt, reason: Failure) -> None:
+        error = reason.getErrorMessage()
+        # The same failure again (a server down, a certificate refused): once
+        # at info is enough; retries are logged at debug until it changes.
+        repeated = self.lastError is not None and self.lastError.getErrorMessage() == error
         self.lastError = reason
         self.state = DOWN
-        self._log.info("Cannot connect to Gearman server {server}: {error}",
-                       server=self.name, error=reason.getErrorMessage())
+        log = self._log.debug if repeated else self._log.info
+        log("Cannot connect to Gearman server {server}: {error}", server=self.name, error=error)
         attempt.result.errback(reason)    # ClientService schedules the retry, and logs it
         self.pool._changed(self)
 
@@ -519,6 +523,7 @@ class ServerPool:
         retryPolicy: Optional[Callable[[int], float]] = None,
         connectTimeout: float = 30.0,
         endpointFor: Optional[Callable[[PoolServer], IStreamClientEndpoint]] = None,
+        tls: Any = None,
     ) -> None:
         """
         @param addresses: server addresses (see L{txgear._address.parseAddress}).
@@ -533,6 +538,13 @@ class ServerPool:
         @param connectTimeout: connect timeout of plain C{host:port} addresses.
         @param endpointFor: makes a server's endpoint (tests use fakes);
             default: from its address.
+        @param tls: a L{txgear._tlsclient.TLSOptions}: C{host:port}
+            addresses connect with TLS (see
+            L{txgear._address.ServerAddress.endpoint}).
+        @raise ValueError: no address, one listed twice, or (with C{tls}) an
+            endpoint string that would not encrypt or a TLS file that
+            cannot be used.
+        @raise ImportError: C{tls} is given and pyOpenSSL is missing.
         """
         if not addresses:
             raise ValueError("at least one server address is needed")
@@ -559,7 +571,8 @@ class ServerPool:
             if endpointFor is not None:
                 server._endpoint = endpointFor(server)
             else:
-                server._endpoint = address.endpoint(reactor, timeout=connectTimeout)
+                server._endpoint = address.endpoint(reactor, timeout=connectTimeout, tls=tls,
+                                                    clock=self._clock)
             self.servers.append(server)
 
     @property

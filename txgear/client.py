@@ -31,7 +31,7 @@ result Deferred fires.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
@@ -41,6 +41,9 @@ from txgear._adminquery import queryStatus
 from txgear._clientprotocol import GearmanClientFactory, GearmanClientProtocol
 from txgear._log import logger
 from txgear._pool import PoolServer, PoolService, ServerPool
+
+if TYPE_CHECKING:
+    from txgear._tlsclient import TLSOptions
 from txgear._protocol import toBytes
 from txgear._submission import DataCallback, StatusCallback, _Submission, makeSubmission
 from txgear.errors import (
@@ -81,7 +84,8 @@ class GearmanClient(PoolService):
                  clientId: Optional[Union[bytes, str]] = None, exceptions: bool = True,
                  retryPolicy: Optional[Callable[[int], float]] = None,
                  connectTimeout: float = 30.0,
-                 endpointFor: Optional[Callable[[PoolServer], Any]] = None) -> None:
+                 endpointFor: Optional[Callable[[PoolServer], Any]] = None,
+                 tls: Optional["TLSOptions"] = None) -> None:
         """
         @param servers: addresses: C{"host"}, C{"host:port"}, C{"[::1]:port"}
             or client endpoint strings (C{"tls:gear1:4730"}, C{"unix:/path"}).
@@ -93,6 +97,9 @@ class GearmanClient(PoolService):
             C{twisted.application.internet.backoffPolicy()} makes.
         @param connectTimeout: connect timeout for C{host:port} addresses.
         @param endpointFor: makes each server's endpoint (for tests).
+        @param tls: connect to C{host:port} addresses with TLS: verify each
+            server's certificate against C{tls.ca} and the host, and present
+            C{tls.certificate} (see L{txgear.TLSOptions}).
         """
         if reactor is None:
             from twisted.internet import reactor as globalReactor
@@ -105,7 +112,7 @@ class GearmanClient(PoolService):
         self._factory = GearmanClientFactory(self._clientId, exceptions)
         self._pool = ServerPool(servers, self._factory, reactor=reactor, clock=self._clock,
                                 retryPolicy=retryPolicy, connectTimeout=connectTimeout,
-                                endpointFor=endpointFor)
+                                endpointFor=endpointFor, tls=tls)
         self._router = _Router(self._pool)
 
     @property

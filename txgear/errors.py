@@ -71,6 +71,15 @@ class NoServers(GearmanError):
     """No job server could be reached."""
 
 
+class TLSConnectError(GearmanError):
+    """
+    A TLS connection to a job server failed before it could be used: the
+    server's certificate was not verified (another CA, another name,
+    expired), the server refused the client's certificate (or its absence),
+    or the handshake failed. The text says which.
+    """
+
+
 class SubmitTimeout(_DeferredTimeout, GearmanError):
     """
     A submission's C{timeout} passed (a L{twisted.internet.defer.TimeoutError}).

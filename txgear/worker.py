@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import inspect
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Sequence, Union
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, succeed
@@ -38,6 +38,9 @@ from twisted.python.failure import Failure
 from txgear._log import logger
 from txgear._packet import PacketType
 from txgear._pool import PoolServer, PoolService, ServerPool
+
+if TYPE_CHECKING:
+    from txgear._tlsclient import TLSOptions
 from txgear._protocol import GearmanPeerProtocol, toBytes
 from txgear.errors import JobFailed
 
@@ -588,7 +591,8 @@ class GearmanWorker(PoolService):
                  grace: float = 30.0, retryPolicy: Optional[Callable[[int], float]] = None,
                  connectTimeout: float = 30.0,
                  endpointFor: Optional[Callable[[PoolServer], Any]] = None,
-                 useAsyncio: bool = False) -> None:
+                 useAsyncio: bool = False,
+                 tls: Optional["TLSOptions"] = None) -> None:
         """
         @param servers: server addresses (see L{txgear.client.GearmanClient}).
         @param concurrency: the most jobs run at once, across all servers.
@@ -600,6 +604,9 @@ class GearmanWorker(PoolService):
             C{twisted.application.internet.backoffPolicy()} makes.
         @param connectTimeout: connect timeout for C{host:port} addresses.
         @param endpointFor: makes each server's endpoint (for tests).
+        @param tls: connect to C{host:port} addresses with TLS: verify each
+            server's certificate against C{tls.ca} and the host, and present
+            C{tls.certificate} (see L{txgear.TLSOptions}).
         @param useAsyncio: run C{async def} functions as asyncio tasks (see
             L{GearmanWorkerFactory}).
         """
@@ -612,7 +619,7 @@ class GearmanWorker(PoolService):
         self.factory = GearmanWorkerFactory(concurrency, self._clock, clientId, useAsyncio)
         self._pool = ServerPool(servers, self.factory, reactor=reactor, clock=self._clock,
                                 retryPolicy=retryPolicy, connectTimeout=connectTimeout,
-                                endpointFor=endpointFor)
+                                endpointFor=endpointFor, tls=tls)
 
     @property
     def pool(self) -> ServerPool:

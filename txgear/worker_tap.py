@@ -61,7 +61,9 @@ USAGE_TEXT = (
     "package.module:callable named after the callable. A --module declares its functions "
     "with a mapping gearmanFunctions = {'name': callable or (callable, timeoutSeconds)}, or "
     "with a function registerFunctions(worker) that calls worker.register(...). Modules are "
-    "imported from the working directory too. Exit status: 2 for a mistake in these options.")
+    "imported from the working directory too. With --tls-ca (and --tls-cert, --tls-key for a "
+    "client certificate) every host:port server is reached over TLS, its certificate verified. "
+    "Exit status: 2 for a mistake in these options.")
 
 
 def _positiveSeconds(value: str) -> float:
@@ -96,6 +98,11 @@ class Options(PluginOptions):
                                "without its own timeout.", _positiveSeconds],
         ["grace", "g", 30.0, "Seconds running jobs get to finish when stopping.", _seconds],
         ["client-id", None, None, "Name shown in the server's 'workers' listing."],
+        ["tls-ca", None, None, "Connect with TLS: verify servers' certificates against this "
+                               "CA (PEM) and the server's host name or IP address."],
+        ["tls-cert", None, None, "Connect with TLS: present this client certificate (PEM; "
+                                 "the file may also hold its key)."],
+        ["tls-key", None, None, "The private key (PEM) of --tls-cert."],
     ])
 
     def __init__(self) -> None:
@@ -133,6 +140,15 @@ class Options(PluginOptions):
             raise usage.UsageError("give at least one --function or --module")
         if self["concurrency"] < 1:
             raise usage.UsageError("--concurrency must be at least 1")
+        from txgear._tlsclient import tlsOptionsFrom
+
+        try:
+            self["tls"] = tlsOptionsFrom(self["tls-ca"], self["tls-cert"], self["tls-key"])
+            if self["tls"] is not None:
+                for server in self["servers"]:
+                    parseAddress(server).checkEncrypts()
+        except ValueError as e:
+            raise usage.UsageError(str(e))
         # Import now, so mistakes are reported before the service starts.
         self["loaded"] = [(name, loadCallable(spec)) for name, spec in self["functions"]]
         self["loadedModules"] = [_loadModule(name) for name in self["modules"]]
@@ -180,7 +196,8 @@ def registerModule(worker: GearmanWorker, module: Any, defaultTimeout: Optional[
 def makeService(options: Options, reactor: Any = None) -> GearmanWorker:
     """The L{GearmanWorker} service the options describe."""
     worker = GearmanWorker(options["servers"], concurrency=options["concurrency"],
-                           clientId=options["client-id"], grace=options["grace"], reactor=reactor)
+                           clientId=options["client-id"], grace=options["grace"], reactor=reactor,
+                           tls=options.get("tls"))
     for name, function in options["loaded"]:
         worker.register(name, function, options["timeout"])
     for module in options["loadedModules"]:
