@@ -183,7 +183,11 @@ def serverCertificateOptions(files: ServerTLSFiles) -> Any:
     if files.authorities:
         # Tell clients which CA is wanted: a client holding several
         # certificates (or a strict one) picks the right one.
-        context.set_client_ca_list([toOpenSSL(c).get_subject() for c in files.authorities])
+        for authority in files.authorities:
+            try:
+                context.add_client_ca(authority)
+            except TypeError:  # pyOpenSSL before 24.3 takes only its own X509
+                context.add_client_ca(toOpenSSL(authority))
     return options
 
 

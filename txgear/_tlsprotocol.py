@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from zope.interface import implementer
 
-from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.interfaces import IStreamServerEndpoint, ITCPTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
 from txgear._log import logger
@@ -52,6 +52,22 @@ class ServerTLSProtocol(TLSMemoryBIOProtocol):
                 subject = None
             self._verifyError = (f"its certificate{f' (CN={subject})' if subject else ''} "
                                  f"was refused: {describeVerifyError(error)}")
+
+    # Twisted declares every TLSMemoryBIOProtocol an ITCPTransport, whatever
+    # it wraps: over a UNIX socket these would fail, so they do nothing there.
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        if ITCPTransport.providedBy(self.transport):
+            self.transport.setTcpNoDelay(enabled)
+
+    def getTcpNoDelay(self) -> bool:
+        return ITCPTransport.providedBy(self.transport) and self.transport.getTcpNoDelay()
+
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        if ITCPTransport.providedBy(self.transport):
+            self.transport.setTcpKeepAlive(enabled)
+
+    def getTcpKeepAlive(self) -> bool:
+        return ITCPTransport.providedBy(self.transport) and self.transport.getTcpKeepAlive()
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         TLSMemoryBIOProtocol.registerProducer(self, producer, streaming)
