@@ -386,3 +386,85 @@ def test_twistdGearmanAclMistake(tmp_path):
     assert (code, out) == (2, "")
     assert err == (f"twistd gearman: --acl: {path}, line 2: [ops] admin: give true or false, "
                    f"not 'sure' (see twistd gearman --help)\n")
+
+
+# -- TLS -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tlsPki(tmp_path_factory):
+    from tests._tlskit import Pki
+
+    return Pki(str(tmp_path_factory.mktemp("tap-pki")))
+
+
+def test_tlsPorts(tlsPki):
+    server = tlsPki.server
+    options = parse("-L", "127.0.0.1", "--tls-port", "4731", "--tls-port", "tcp6:4732",
+                    "--tls-cert", server.certPath, "--tls-key", server.keyPath)
+    # Only TLS ports given: no plain port.
+    assert options["ports"] == []
+    assert options["tls-ports"] == ["tcp:4731:interface=127.0.0.1", "tcp6:4732"]
+    assert options["tls"] is not None and not options["tls"].requiresClientCertificate
+    assert options["tls-handshake-deadline"] == 10.0
+    options = parse("--port", "4730", "--tls-port", "4731", "--tls-cert", server.pemPath,
+                    "--tls-ca", tlsPki.ca.certPath, "--tls-handshake-deadline", "3")
+    assert options["ports"] == ["tcp:4730"] and options["tls-ports"] == ["tcp:4731"]
+    assert options["tls"].requiresClientCertificate and options["tls"].handshakeDeadline == 3.0
+    service = _makeService("--queue", "memory", "--tls-port", "4731", "--tls-cert",
+                           server.pemPath)
+    assert service.endpoints == [] and service.tlsEndpoints == ["tcp:4731"]
+    assert service.tls is not None
+
+
+def test_tlsMistakes(tlsPki, tmp_path):
+    server = tlsPki.server
+    missing = str(tmp_path / "missing.pem")
+    cases = [
+        (["--tls-port", "4731"], "--tls-port needs --tls-cert"),
+        (["--tls-cert", server.pemPath], "--tls-cert without --tls-port"),
+        (["--tls-port", "4731", "--tls-cert", missing], f"--tls-cert: {missing}: cannot read"),
+        (["--tls-port", "4731", "--tls-cert", server.certPath, "--tls-key",
+          tlsPki.client.keyPath], f"--tls-key: {tlsPki.client.keyPath}: its private key does "
+                                  f"not match"),
+        (["--tls-port", "4731", "--tls-cert", server.certPath], "holds no usable PEM private key"),
+        (["--tls-port", "4731", "--tls-cert", server.pemPath, "--tls-ca", server.keyPath],
+         "--tls-ca: "),
+        (["--tls-port", "ssl:4731", "--tls-cert", server.pemPath], "give a port number or a tcp:"),
+        (["--tls-port", "tcp:99999", "--tls-cert", server.pemPath], "is not a port number"),
+        (["--tls-port", "4731", "--tls-cert", server.pemPath, "--tls-handshake-deadline", "0"],
+         "--tls-handshake-deadline must be positive"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(usage.UsageError) as caught:
+            parse(*argv)
+        assert message in str(caught.value), (argv, str(caught.value))
+
+
+def test_twistdGearmanTLSMistake(tmp_path, tlsPki):
+    code, out, err = runTwistd(tmp_path, "gearman", "--tls-port", "4731", "--tls-cert",
+                               tlsPki.server.certPath, "--tls-key", tlsPki.client.keyPath)
+    assert code == 2 and out == ""
+    assert err == (f"twistd gearman: --tls-key: {tlsPki.client.keyPath}: its private key does "
+                   f"not match the certificate in {tlsPki.server.certPath} (see twistd gearman "
+                   f"--help)\n")
+
+
+def test_twistdGearmanServesTLSOnly(tmp_path, tlsPki):
+    """C{twistd gearman --tls-port} alone: it listens with TLS, and on no plain port."""
+    from tests._peers import waitForPort
+    from tests._tlskit import clientContext, tlsClient
+
+    port = freePort()
+    process = _startTwistd(tmp_path, "gearman", "--queue", "memory", "--listen", "127.0.0.1",
+                           "--tls-port", str(port), "--tls-cert", tlsPki.server.pemPath,
+                           "--tls-ca", tlsPki.ca.certPath)
+    try:
+        waitForPort(port, process=process)
+        with tlsClient(port, clientContext(tlsPki, tlsPki.client)) as client:
+            client.echo(b"tap")
+    finally:
+        log = _stopTwistd(process)
+    assert (f"Gearman job server listening with TLS on 127.0.0.1:{port} (client certificates "
+            f"required)\n") in log
+    assert "Gearman job server listening on" not in log

@@ -309,3 +309,29 @@ def test_softAndHardLimitsTellTheListener():
     clock.advance(0)
     assert output.queued == 0 and transport.value() == b"a" * 1300
     assert transport.producer is None
+
+
+def test_transportClosingUnregistersOnceAllIsHanded():
+    """
+    A streaming transport that holds a close until its producer leaves (TLS)
+    says so with transportClosing: this turn's output and the backlog are
+    handed over first, then the output unregisters.
+    """
+    clock = Clock()
+    transport = StringTransport()
+    output = TurnWriter(clock).output(transport)
+    output.write(b"reply")
+    transport.loseConnection()
+    output.transportClosing()
+    assert transport.value() == b"reply" and transport.producer is None
+
+    paused = StringTransport()
+    output = TurnWriter(clock).output(paused)
+    output.pauseProducing()
+    output.write(b"x" * 1000)
+    clock.advance(0)
+    paused.loseConnection()
+    output.transportClosing()
+    assert paused.value() == b"" and paused.producer is output  # still held: not sent yet
+    output.resumeProducing()
+    assert paused.value() == b"x" * 1000 and paused.producer is None

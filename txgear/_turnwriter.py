@@ -27,6 +27,10 @@ Only public interfaces of the transport are used:
     B{streaming} producer: pieces are written while the transport has not
     called C{pauseProducing}, and resume on C{resumeProducing}. Pull
     producers are not used there: TLS would poll them in a busy loop.
+    Twisted's TLS transport does not close while a producer is registered:
+    the server's TLS transport (L{txgear._tlsprotocol}) calls
+    L{ConnectionOutput.transportClosing} from its C{loseConnection}, and the
+    output unregisters once it has handed over everything.
 
 One exception to "once per turn": a packet with a large buffer (at least 64
 KiB), written while a pull-mode transport holds nothing, is sent at once,
@@ -317,13 +321,36 @@ class ConnectionOutput:
                 if chunks:
                     backlog[0] = chunks[0]
             self._feed()
-        if closing and self._pull and not backlog and self._ready:
-            # All given to the transport: let it close. Later output (if any)
-            # goes through transport.write, whose drain is no longer reported.
-            self._attached = False
-            self._ready = False
-            transport.unregisterProducer()
+        if closing and not backlog and self._ready:
+            self._release()
         self._checkDrained()
+
+    def _release(self) -> None:
+        # All given to a closing transport: let it close. Later output (if
+        # any) goes through transport.write, whose drain is no longer reported.
+        self._attached = False
+        self._ready = False
+        self.transport.unregisterProducer()
+
+    def transportClosing(self) -> None:
+        """
+        The transport is closing (a streaming transport that waits for its
+        producer to unregister before it closes, as TLS does, calls this
+        after its C{loseConnection}): hand it what was written, this turn's
+        output included, and unregister once all of it is handed.
+        """
+        if not self._attached:
+            return
+        pending = self._pending
+        if pending is not None:
+            self._pending = None
+            self._large = False
+            self._backlog.extend(_coalesce(pending))
+        if self._pull:
+            return  # the transport calls resumeProducing once it holds nothing
+        self._feed()
+        if not self._backlog and self._ready:
+            self._release()
 
     def pauseProducing(self) -> None:
         """The transport's buffer is over its high-water mark (push mode only)."""

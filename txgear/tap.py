@@ -15,6 +15,7 @@ from twisted.python import usage
 from txgear._log import logger, logLevel, setLogLevel
 from txgear._packet import DEFAULT_MAX_PACKET
 from txgear._pluginoptions import PluginOptions, namedCoercions
+from txgear._tls import DEFAULT_HANDSHAKE_DEADLINE
 from txgear.server import GearmanServerFactory, GearmanServerService, JobServerState
 from txgear.server._names import DEFAULT_MAX_FUNCTION_NAME
 from txgear.server.service import DEFAULT_SHUTDOWN_GRACE
@@ -124,6 +125,17 @@ class Options(PluginOptions):
                             "certificate's name, or anonymous on a plain port), gear's format plus "
                             "an admin right; deny by default. Read again on SIGHUP. See "
                             "docs/security.md."],
+        ["tls-cert", None, None, "PEM file with the server certificate for --tls-port, "
+                                 "optionally followed by its chain (and its key)."],
+        ["tls-key", None, None, "PEM file with the server's private key, unencrypted "
+                                "[default: the key in --tls-cert]."],
+        ["tls-ca", None, None, "PEM file with the CA certificate(s) that client certificates "
+                               "must be signed by: with it, a TLS client must present a valid "
+                               "certificate; without it, none is asked for (peers are "
+                               "anonymous)."],
+        ["tls-handshake-deadline", None, DEFAULT_HANDSHAKE_DEADLINE,
+         "Seconds a peer of a --tls-port has to finish its TLS handshake; one that has not "
+         "is closed.", float],
         ["queue", "q", None, "Where background jobs are kept: sqlite:PATH (a file, relative to the "
                              "working directory), postgresql:<dsn>, redis:<url>, or memory (lost on "
                              "restart). [default: sqlite:txgear-queue.sqlite]"],
@@ -132,6 +144,8 @@ class Options(PluginOptions):
     def __init__(self) -> None:
         usage.Options.__init__(self)
         self["ports"] = []
+        self["tls-ports"] = []
+        self["tls"] = None
 
     def opt_port(self, value: str) -> None:
         """Where to listen (repeatable): a port number (tcp:N) or any Twisted server endpoint, e.g. tcp:4730:interface=127.0.0.1, unix:/run/gearman.sock, ssl:4730:privateKey=key.pem [default: tcp:4730]"""
@@ -139,12 +153,16 @@ class Options(PluginOptions):
 
     opt_p = opt_port
 
+    def opt_tls_port(self, value: str) -> None:
+        """Where to listen with TLS (repeatable; needs --tls-cert): a port number (on --listen's address, as --port) or a tcp:, tcp6: or unix: server endpoint. Alongside --port's listeners; with only --tls-port, no plain port is opened."""
+        self["tls-ports"].append(value)
+
     def opt_verbose(self, value: str) -> None:
         """gearmand's name for --log-level."""
         self["log-level"] = value
 
     def postOptions(self) -> None:
-        ports = self["ports"] or ["4730"]
+        ports = self["ports"] or ([] if self["tls-ports"] else ["4730"])
         # Colons (IPv6) are escaped in endpoint strings.
         listen = (self["listen"] or "").replace(":", "\\:")
         interface = f":interface={listen}" if listen else ""
@@ -152,6 +170,11 @@ class Options(PluginOptions):
         self["ports"] = [f"tcp:{p}{interface}" if p.isdigit() else p for p in ports]
         for description in self["ports"]:
             _checkEndpoint(description)
+        self["tls-ports"] = [f"tcp:{p}{interface}" if p.isdigit() else p
+                             for p in self["tls-ports"]]
+        for description in self["tls-ports"]:
+            _checkEndpoint(description, "--tls-port")
+        self._checkTLS()
         level = _LEVELS.get(str(self["log-level"]).lower())
         if level is None:
             raise usage.UsageError(f"--log-level: unknown level {self['log-level']!r}; give "
@@ -182,6 +205,33 @@ class Options(PluginOptions):
                 self["access"] = AccessControl.fromFile(self["acl"])
             except AccessFileError as e:
                 raise usage.UsageError(f"--acl: {e}")
+
+    def _checkTLS(self) -> None:
+        """Read the TLS files now: a mistake in them is a usage error."""
+        files = {"tls-cert": self["tls-cert"], "tls-key": self["tls-key"],
+                 "tls-ca": self["tls-ca"]}
+        if not self["tls-ports"]:
+            given = [f"--{name}" for name, path in files.items() if path]
+            if given:
+                raise usage.UsageError(f"{' and '.join(given)} without --tls-port: give "
+                                       f"--tls-port PORT to listen with TLS")
+            return
+        if not self["tls-cert"]:
+            raise usage.UsageError("--tls-port needs --tls-cert FILE (the server certificate, "
+                                   "and its key unless --tls-key is given)")
+        if self["tls-handshake-deadline"] <= 0:
+            raise usage.UsageError("--tls-handshake-deadline must be positive")
+        try:
+            from txgear._tls import ServerTLS, TLSFileError
+        except ImportError as e:
+            raise usage.UsageError(f"--tls-port needs pyOpenSSL and service_identity "
+                                   f"(pip install 'txgear[tls]'): {e}")
+        try:
+            self["tls"] = ServerTLS(self["tls-cert"], self["tls-key"], self["tls-ca"],
+                                    handshakeDeadline=self["tls-handshake-deadline"])
+        except TLSFileError as e:
+            option = next((name for name, path in files.items() if path == e.path), "tls-cert")
+            raise usage.UsageError(f"--{option}: {e}")
 
 
 def makeService(options: Any, reactor: Any = None) -> IService:
@@ -214,9 +264,12 @@ def makeService(options: Any, reactor: Any = None) -> IService:
                                    packetDeadline=options["packet-deadline"],
                                    access=options.get("access"))
     service = GearmanServerService(options["ports"], state, factory, reactor=reactor,
-                                   shutdownGrace=options["shutdown-grace"])
+                                   shutdownGrace=options["shutdown-grace"],
+                                   tlsEndpoints=options.get("tls-ports", []),
+                                   tls=options.get("tls"))
     service.started.addErrback(_fatal, reactor)
     reactor.callWhenRunning(_installGracefulSignal, service, reactor)
+    reactor.callWhenRunning(_installReloadSignal, service, reactor)
     return service
 
 
@@ -260,22 +313,30 @@ def warnDroppedJobs(state: JobServerState) -> int:
     return dropped
 
 
-def _checkEndpoint(description: str) -> None:
-    """Refuse a C{--port} that twistd could not listen on whatever the machine."""
+def _checkEndpoint(description: str, option: str = "--port") -> None:
+    """Refuse a C{--port} (or C{--tls-port}) that twistd could not listen on whatever the machine."""
     from twisted.internet.endpoints import serverFromString
 
     hint = "give a port number, or an endpoint such as tcp:4730:interface=127.0.0.1"
     kind, _, rest = description.partition(":")
     port = rest.split(":", 1)[0]
+    if option == "--tls-port" and kind not in _TLS_CARRIERS:
+        raise usage.UsageError(f"--tls-port: {description!r}: give a port number or a "
+                               f"tcp:, tcp6: or unix: endpoint (TLS is added to it)")
     if kind in ("tcp", "tcp6", "ssl") and "=" not in port and not (
             port.isdigit() and int(port) <= 65535):
-        raise usage.UsageError(f"--port: {port!r} in {description!r} is not a port number "
+        raise usage.UsageError(f"{option}: {port!r} in {description!r} is not a port number "
                                f"(0-65535); {hint}")
     try:
         # Parsing only: the endpoint is not used, so it needs no reactor.
         serverFromString(None, description)
     except Exception as e:
-        raise usage.UsageError(f"--port: {description!r} is not a server endpoint ({e}); {hint}")
+        raise usage.UsageError(f"{option}: {description!r} is not a server endpoint ({e}); "
+                               f"{hint}")
+
+
+#: The endpoints --tls-port accepts (TLS goes on top of them).
+_TLS_CARRIERS = ("tcp", "tcp6", "unix")
 
 
 def _checkQueue(description: str) -> None:
@@ -329,6 +390,20 @@ def _installGracefulSignal(service: GearmanServerService, reactor: Any) -> None:
 
     try:
         signal.signal(signal.SIGUSR1, onSignal)
+    except ValueError:  # not the main thread (embedded use)
+        pass
+
+
+def _installReloadSignal(service: GearmanServerService, reactor: Any) -> None:
+    """SIGHUP reloads the TLS certificates (and the access list)."""
+    if not hasattr(signal, "SIGHUP"):
+        return
+
+    def onSignal(signum: int, frame: Any) -> None:
+        reactor.callFromThread(service.reload)
+
+    try:
+        signal.signal(signal.SIGHUP, onSignal)
     except ValueError:  # not the main thread (embedded use)
         pass
 

@@ -6,7 +6,7 @@ number of Twisted server endpoints, with an optional persistent store.
 from __future__ import annotations
 
 import os
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, TimeoutError, maybeDeferred
@@ -19,6 +19,8 @@ from txgear.errors import StoreError
 from txgear.server._protocol import GearmanServerFactory
 from txgear.server._state import JobServerState
 
+if TYPE_CHECKING:  # TLS needs the tls extra (pyOpenSSL): imported only when used
+    from txgear._tls import ServerTLS
 
 #: Seconds a stop waits for the jobs workers hold to finish, by default.
 DEFAULT_SHUTDOWN_GRACE = 5.0
@@ -45,6 +47,10 @@ class GearmanServerService(Service):
     @param reactor: the reactor to listen with; the global one by default.
     @param shutdownGrace: at most this many seconds, a stop lets workers
         finish the jobs they hold and peers read their replies.
+    @param tlsEndpoints: more endpoint descriptions or endpoints, whose
+        connections carry TLS with C{tls} from their first byte.
+    @param tls: the server's certificates (a L{txgear._tls.ServerTLS}),
+        needed with C{tlsEndpoints}; L{reload} reads them again.
     @ivar ports: the listening ports, once started.
     @ivar started: fires when the service listens; fails if it cannot start,
         or with L{CancelledError} if it is stopped before it listens.
@@ -54,11 +60,16 @@ class GearmanServerService(Service):
 
     def __init__(self, endpoints: Sequence[Any], state: JobServerState,
                  factory: Optional[GearmanServerFactory] = None, reactor: Any = None,
-                 shutdownGrace: float = DEFAULT_SHUTDOWN_GRACE) -> None:
+                 shutdownGrace: float = DEFAULT_SHUTDOWN_GRACE,
+                 tlsEndpoints: Sequence[Any] = (), tls: Optional["ServerTLS"] = None) -> None:
+        if tlsEndpoints and tls is None:
+            raise ValueError("TLS endpoints need the server's certificates (tls=)")
         if reactor is None:
             from twisted.internet import reactor  # type: ignore[no-redef]
         self._reactor = reactor
         self.endpoints = list(endpoints)
+        self.tlsEndpoints = list(tlsEndpoints)
+        self.tls = tls
         self.state = state
         self.factory = factory if factory is not None else GearmanServerFactory(state)
         self.factory._shutdown = self.shutdown
@@ -90,17 +101,29 @@ class GearmanServerService(Service):
             count = self.state.loadStored(stored)
             self._log.info("Loaded {count} background jobs from {store}", count=count,
                            store=getattr(store, "description", store))
-        for description in self.endpoints:
+        listeners = [(d, False) for d in self.endpoints] + [(d, True) for d in self.tlsEndpoints]
+        for description, secure in listeners:
             if isinstance(description, str):
                 endpoint = serverFromString(self._reactor, description)
             else:
                 endpoint = description
+            if secure:
+                assert self.tls is not None
+                endpoint = self.tls.wrapEndpoint(endpoint, self._reactor)
             port = await endpoint.listen(self.factory)
             self.ports.append(port)  # a stop that came meanwhile closes it
             if not self.running:
                 raise CancelledError("stopped while starting to listen")
-            self._log.info("Gearman job server listening on {address}",
-                           address=_describeAddress(port, str(description)))
+            if secure:
+                assert self.tls is not None
+                self._log.info("Gearman job server listening with TLS on {address} ({clients})",
+                               address=_describeAddress(port, str(description)),
+                               clients="client certificates required"
+                               if self.tls.requiresClientCertificate
+                               else "no client certificate asked")
+            else:
+                self._log.info("Gearman job server listening on {address}",
+                               address=_describeAddress(port, str(description)))
 
     def _startSucceeded(self, _: object) -> None:
         self.started.callback(None)
@@ -163,6 +186,37 @@ class GearmanServerService(Service):
             done.addTimeout(max(0.0, deadline - self._reactor.seconds()), self._reactor)
             done.addErrback(lambda failure: failure.trap(TimeoutError))
         return done
+
+    def reload(self) -> Optional[Deferred[None]]:
+        """
+        Read the TLS certificates again (new TLS connections use them, open
+        ones keep theirs) and reload the factory's access list, if it has
+        one (C{factory.access.reload()}); C{twistd gearman} calls it on SIGHUP.
+
+        Certificates that cannot be read or used are logged, naming the file,
+        and the old ones stay in use.
+
+        @return: C{None}, or a Deferred that fires once the access list is
+            reloaded (it never fails: a failure is logged).
+        """
+        if self.tls is not None:
+            from txgear._tls import TLSFileError
+
+            try:
+                self.tls.reload()
+            except TLSFileError as e:
+                self._log.error("Reloading the TLS certificates failed, the old ones stay "
+                                "in use: {path}: {problem}", path=e.path, problem=e.problem)
+            else:
+                self._log.info("Reloaded the TLS certificates from {path}",
+                               path=self.tls.certificatePath)
+        access = getattr(self.factory, "access", None)
+        if access is None:
+            return None
+        d: Deferred[None] = maybeDeferred(access.reload)
+        d.addErrback(lambda failure: self._log.failure(
+            "Reloading the access list failed", failure))
+        return d
 
     def shutdown(self, graceful: bool = False) -> Deferred[None]:
         """
