@@ -102,3 +102,18 @@ def test_revokedRealWorkerLosesItsFunctionAtOnce(tmp_path: Any) -> None:
                 client.send(P.GET_STATUS, handle)
                 assert client.expect(P.STATUS_RES) == [handle, b"1", b"0", b"0", b"0"]
             assert b"acl-ok\t1\t0\t0\n" in adminOnce(proc.port, "status")
+
+
+def test_txgearAdminSaysPermissionDenied(server: Any) -> None:
+    """A refused listing is one ERR line (no "."): txgear-admin says so at once, exit status 1."""
+    import sys
+
+    for command, raw in (("status", []), ("workers", []), ("jobs", ["--raw"])):
+        result = runTool([sys.executable, "-m", "txgear._cli", "admin", "-s",
+                          f"127.0.0.1:{server.port}"] + raw + [command], timeout=8)
+        assert result.returncode == 1, (command, result)
+        if raw:
+            assert result.stdout == b"ERR PERMISSION_DENIED\n"
+        else:
+            assert result.stderr.endswith(b": ERR PERMISSION_DENIED\n"), result
+            assert result.stdout == b""

@@ -111,15 +111,9 @@ def test_brokenReloadKeepsTheOld(pki, tmp_path):
     assert _localCertificate(tls.serverConnectionForTLS(None)) == pki.server.certificate
 
 
-class _Access:
-    def __init__(self) -> None:
-        self.reloads = 0
-
-    def reload(self) -> None:
-        self.reloads += 1
-
-
 def test_serviceReload(pki, tmp_path):
+    from txgear.server._access import AccessControl
+
     certPath, keyPath = str(tmp_path / "s.crt"), str(tmp_path / "s.key")
     _rewrite(pki.server, certPath, keyPath)
     tls = ServerTLS(certPath, keyPath)
@@ -128,24 +122,31 @@ def test_serviceReload(pki, tmp_path):
     service = GearmanServerService([], state, reactor=clock, tls=tls,
                                    tlsEndpoints=["tcp:0:interface=127.0.0.1"])
     assert service.reload() is None  # no access list: nothing to wait for
-    service.factory.access = _Access()  # type: ignore[attr-defined]
+    aclPath = tmp_path / "acl.ini"
+    aclPath.write_text("[client-app]\ninvoke = resize\n")
+    service.factory.access = access = AccessControl.fromFile(str(aclPath))
+    aclPath.write_text("[client-app]\ninvoke = thumbnail\n")
     renewed = pki.ca.issue("localhost", dnsNames=["localhost"], fileName="renewed2")
     _rewrite(renewed, certPath, keyPath)
     with capturedLogs() as events:
         done = service.reload()
     assert isinstance(done, Deferred) and done.called
-    assert service.factory.access.reloads == 1  # type: ignore[attr-defined]
+    assert access.allows(("client-app",), "invoke", b"thumbnail")
+    assert not access.allows(("client-app",), "invoke", b"resize")
     assert tls.files.certificate == renewed.certificate
     assert not [e for e in events if e["log_level"] >= LogLevel.error]
 
     with open(certPath, "wb") as f:
         f.write(b"truncated")
+    aclPath.write_text("[client-app]\ninvoke = (\n")
     with capturedLogs() as events:
         service.reload()
     errors = [e for e in events if e["log_level"] == LogLevel.error]
-    assert len(errors) == 1 and errors[0]["path"] == certPath
+    assert len(errors) == 2 and errors[0]["path"] == certPath
+    assert str(aclPath) in errors[1]["problem"] and "line 2" in errors[1]["problem"]
+    assert not [e for e in events if e.get("log_failure") is not None]
     assert tls.files.certificate == renewed.certificate  # the old ones stay
-    assert service.factory.access.reloads == 2  # type: ignore[attr-defined]
+    assert access.allows(("client-app",), "invoke", b"thumbnail")  # so do the old rules
 
 
 def test_tlsEndpointsNeedCertificates():

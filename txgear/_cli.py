@@ -590,9 +590,11 @@ class _AdminProtocol(LineOnlyReceiver):
         if not self._waiting:
             return
         d, multiline, lines = self._waiting[0]
-        if multiline and line != b".":
+        if multiline and line != b"." and not (not lines and _isAdminError(line)):
             lines.append(line)
             return
+        if multiline and line != b".":
+            lines.append(line)  # a listing refused: one ERR line, no "."
         self._waiting.pop(0)
         d.callback(lines if multiline else [line])
 
@@ -600,6 +602,11 @@ class _AdminProtocol(LineOnlyReceiver):
         waiting, self._waiting = self._waiting, []
         for d, _, _ in waiting:
             d.errback(reason)
+
+
+def _isAdminError(line: bytes) -> bool:
+    """An ERR reply (no listing line starts so: listing lines hold tabs or are uniques)."""
+    return line.startswith(b"ERR ") and b"\t" not in line
 
 
 #: Admin command -> (text sent, multi-line reply, column headers)
@@ -706,15 +713,19 @@ async def runAdmin(reactor: Any, argv: Sequence[str], stdout: IO[Any] = sys.stdo
             proto.transport.loseConnection()
         if len(servers) > 1:
             _say(stdout, f"== {server}")
+        if lines and _isAdminError(lines[0]) and not args.raw:
+            _say(stderr, f"txgear-admin: {server}: {lines[0].decode('utf-8', 'replace')}")
+            code = JOB_FAILED
+            continue
         if args.raw:
             for raw in lines:
                 _write(stdout, raw + b"\n")
-            if multiline:
+            if multiline and not (lines and _isAdminError(lines[0])):
                 _write(stdout, b".\n")
         else:
             for text in formatAdmin(args.command, lines):
                 _say(stdout, text)
-        if lines and lines[0].startswith(b"ERR") and not multiline:
+        if lines and _isAdminError(lines[0]):
             code = JOB_FAILED
     return code
 

@@ -214,9 +214,20 @@ class GearmanServerService(Service):
         if access is None:
             return None
         d: Deferred[None] = maybeDeferred(access.reload)
-        d.addErrback(lambda failure: self._log.failure(
-            "Reloading the access list failed", failure))
+        d.addCallbacks(lambda _: self._log.info("Reloaded the access list from {path}",
+                                                path=getattr(access, "path", access)),
+                       self._accessReloadFailed)
         return d
+
+    def _accessReloadFailed(self, failure: Failure) -> None:
+        from txgear.server._access import AccessFileError
+
+        if failure.check(AccessFileError):
+            # A mistake in the file, not a bug: the message names file and line.
+            self._log.error("Reloading the access list failed, the rules in force stay: "
+                            "{problem}", problem=failure.getErrorMessage())
+        else:
+            self._log.failure("Reloading the access list failed", failure)
 
     def shutdown(self, graceful: bool = False) -> Deferred[None]:
         """
