@@ -129,7 +129,7 @@ def test_sighupReloadsTheAccessList(server: Any, pki: Pki) -> None:
         assert client.expect(P.ERROR) == DENIED_SUBMIT
         server.aclPath.write_text(ACL.replace("resize|thumbnail", "resize|thumbnail|other", 1))
         os.kill(server.pid, signal.SIGHUP)
-        waitForLog(server, "Reloaded the access list")
+        waitForLog(server, "Access control list reloaded")
         # The open connection has the new rights at once.
         client.submit(b"other", b"x", kind=P.SUBMIT_JOB_BG)
 

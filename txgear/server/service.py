@@ -214,9 +214,7 @@ class GearmanServerService(Service):
         if access is None:
             return None
         d: Deferred[None] = maybeDeferred(access.reload)
-        d.addCallbacks(lambda _: self._log.info("Reloaded the access list from {path}",
-                                                path=getattr(access, "path", access)),
-                       self._accessReloadFailed)
+        d.addErrback(self._accessReloadFailed)  # success is logged by the access list
         return d
 
     def _accessReloadFailed(self, failure: Failure) -> None:
