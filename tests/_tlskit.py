@@ -8,8 +8,9 @@ from __future__ import annotations
 import os
 import socket
 import ssl
+import threading
 import time
-from typing import List, Optional
+from typing import Any, Callable, Iterator, List, Optional
 
 from tests._certs import Authority, Issued
 from tests._peers import ServerProcess, freePort, txgearProcess, waitForPort
@@ -134,3 +135,67 @@ def serverCertificateOf(port: int, pki: Pki) -> bytes:
 
 __all__ = ["Pki", "clientContext", "tlsClient", "refused", "tlsServer", "startTLS",
            "waitForLog", "serverCertificateOf"]
+
+
+#: An access control list for the identities of L{Pki}.
+EXAMPLE_ACL = """\
+# who may do what
+[client-app]
+invoke = resize|thumbnail
+
+[worker-app]
+register = resize|thumbnail
+
+[ops-admin]
+admin = true
+grant = true
+
+[anonymous]
+invoke = echo
+"""
+
+
+def serving(process: ServerProcess) -> Iterator[ServerProcess]:
+    """A fixture's body: start C{process} with its TLS port, yield it, stop it."""
+    startTLS(process)
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def gearJobOverTLS(port: int, pki: Pki, worker: Issued, client: Issued, function: str,
+                   payload: str, answer: Callable[[bytes], bytes]) -> str:
+    """
+    One job through gear's TLS worker (certificate C{worker}) and client
+    (C{client}): the worker answers C{answer(payload)}; returns what the
+    client received.
+    """
+    import gear
+
+    gearWorker = gear.Worker(f"{worker.certificate.serial_number}-worker")
+    gearClient = gear.Client(f"{client.certificate.serial_number}-client")
+    try:
+        gearWorker.addServer("127.0.0.1", port, worker.keyPath, worker.certPath, pki.ca.certPath)
+        gearWorker.waitForServer(timeout=10)
+        gearWorker.registerFunction(function)
+        gearClient.addServer("127.0.0.1", port, client.keyPath, client.certPath, pki.ca.certPath)
+        gearClient.waitForServer(timeout=10)
+        job = gear.TextJob(function, payload)
+        gearClient.submitJob(job, timeout=10)
+        box: List[Any] = []
+        thread = threading.Thread(target=lambda: box.append(gearWorker.getJob()), daemon=True)
+        thread.start()
+        thread.join(15)
+        assert box, "gear's worker got no job"
+        assigned = box[0]
+        assert assigned.arguments == payload.encode("utf-8")
+        assigned.sendWorkComplete(answer(assigned.arguments))
+        deadline = time.monotonic() + 15
+        while not job.complete and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert job.complete, "gear's client got no result"
+        return "".join(job.data)
+    finally:
+        gearClient.shutdown()
+        gearWorker.shutdown()

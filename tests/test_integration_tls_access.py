@@ -9,31 +9,17 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
-import time
-from typing import Any, Iterator, List
+from typing import Any, Iterator
 
 import pytest
 import pytest_twisted
 
 from tests._rawclient import RawClient
-from tests._tlskit import Pki, clientContext, startTLS, tlsClient, tlsServer, waitForLog
+from tests._tlskit import (EXAMPLE_ACL, Pki, clientContext, gearJobOverTLS, serving, tlsClient,
+                           tlsServer, waitForLog)
 from txgear._packet import PacketType as P
 
-ACL = """\
-[client-app]
-invoke = resize|thumbnail
-
-[worker-app]
-register = resize|thumbnail
-
-[ops-admin]
-admin = true
-grant = true
-
-[anonymous]
-invoke = ping
-"""
+ACL = EXAMPLE_ACL
 
 DENIED_SUBMIT = [b"0", b"Permission denied by ACL"]
 
@@ -47,12 +33,9 @@ def pki(tmp_path_factory: Any) -> Pki:
 def server(pki: Pki, tmp_path: Any) -> Iterator[Any]:
     path = tmp_path / "acl.ini"
     path.write_text(ACL)
-    process = startTLS(tlsServer(pki, "--acl", str(path), cwd=str(tmp_path)))
+    process = tlsServer(pki, "--acl", str(path), cwd=str(tmp_path))
     process.aclPath = path
-    try:
-        yield process
-    finally:
-        process.stop()
+    yield from serving(process)
 
 
 def _as(server: Any, pki: Pki, who: Any) -> RawClient:
@@ -98,7 +81,7 @@ def test_eachIdentityHasItsRights(server: Any, pki: Pki) -> None:
 
 def test_plainPortIsAnonymous(server: Any) -> None:
     with RawClient(server.port) as anonymous:
-        anonymous.submit(b"ping", b"x", kind=P.SUBMIT_JOB_BG)
+        anonymous.submit(b"echo", b"x", kind=P.SUBMIT_JOB_BG)
         anonymous.send(P.SUBMIT_JOB_BG, b"resize", b"", b"x")
         assert anonymous.expect(P.ERROR) == DENIED_SUBMIT
         assert anonymous.admin("status") == b"ERR PERMISSION_DENIED\n"
@@ -142,32 +125,9 @@ def test_sighupReloadsTheAccessList(server: Any, pki: Pki) -> None:
 
 def test_gearPeersWithTheirIdentities(server: Any, pki: Pki) -> None:
     """gear's TLS worker (worker-app) and client (client-app) run a job through the ACL."""
-    gear = pytest.importorskip("gear")
-    worker = gear.Worker("acl-worker")
-    client = gear.Client("acl-client")
-    try:
-        worker.addServer("127.0.0.1", server.tlsPort, pki.worker.keyPath, pki.worker.certPath,
-                         pki.ca.certPath)
-        worker.waitForServer(timeout=10)
-        worker.registerFunction("thumbnail")
-        client.addServer("127.0.0.1", server.tlsPort, pki.client.keyPath, pki.client.certPath,
-                         pki.ca.certPath)
-        client.waitForServer(timeout=10)
-        job = gear.TextJob("thumbnail", "big picture")
-        client.submitJob(job, timeout=10)
-        box: List[Any] = []
-        thread = threading.Thread(target=lambda: box.append(worker.getJob()), daemon=True)
-        thread.start()
-        thread.join(15)
-        assert box, "gear's worker got no job"
-        box[0].sendWorkComplete(b"small picture")
-        deadline = time.monotonic() + 15
-        while not job.complete and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert job.complete and "".join(job.data) == "small picture"
-    finally:
-        client.shutdown()
-        worker.shutdown()
+    pytest.importorskip("gear")
+    assert gearJobOverTLS(server.tlsPort, pki, pki.worker, pki.client, "thumbnail",
+                          "big picture", lambda payload: b"small picture") == "small picture"
 
 
 @pytest_twisted.ensureDeferred

@@ -27,25 +27,12 @@ from txgear.server._access import (
     parseRules,
 )
 from txgear.server._admin import AdminCommands
+from tests._tlskit import EXAMPLE_ACL
 from txgear.server._guard import ADMIN_COMMANDS, CHECKED_COMMANDS, GRANT_COMMANDS
 
 P = PacketType
 
-EXAMPLE = """\
-# who may do what
-[client-app]
-invoke = resize|thumbnail
-
-[worker-app]
-register = resize|thumbnail
-
-[ops-admin]
-admin = true
-grant = true
-
-[anonymous]
-invoke = echo
-"""
+EXAMPLE = EXAMPLE_ACL
 
 DENIED = (P.ERROR, [b"0", b"Permission denied by ACL"])
 PERMISSION_DENIED = b"ERR PERMISSION_DENIED\n"

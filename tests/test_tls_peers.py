@@ -9,13 +9,12 @@ import os
 import socket
 import subprocess
 import threading
-import time
 from typing import Any, Iterator, List
 
 import pytest
 
 from tests._peers import requirePeer, requireProgram
-from tests._tlskit import Pki, startTLS, tlsServer, waitForLog
+from tests._tlskit import Pki, gearJobOverTLS, serving, tlsServer, waitForLog
 
 try:
     import gear
@@ -30,11 +29,7 @@ def pki(tmp_path_factory) -> Pki:
 
 @pytest.fixture(scope="module")
 def server(pki) -> Iterator[Any]:
-    process = startTLS(tlsServer(pki))
-    try:
-        yield process
-    finally:
-        process.stop()
+    yield from serving(tlsServer(pki))
 
 
 def _readUntil(stream: Any, marker: bytes, timeout: float) -> bytes:
@@ -65,18 +60,27 @@ def _stop(process: subprocess.Popen) -> None:
 # -- openssl s_client ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("version", ["-tls1_2", "-tls1_3"])
-def test_opensslClientAdminVersion(pki, server, version):
+def _sClientSendsVersion(server: Any, *arguments: str, stderr: Any = subprocess.STDOUT
+                         ) -> subprocess.Popen:
+    """C{openssl s_client} to the TLS port, the admin line C{version} sent."""
     openssl = requireProgram("openssl")
     process = subprocess.Popen(
-        [openssl, "s_client", "-connect", f"127.0.0.1:{server.tlsPort}", version,
-         "-CAfile", pki.ca.certPath, "-verify_return_error", "-verify_hostname", "localhost",
-         "-cert", pki.admin.certPath, "-key", pki.admin.keyPath, "-quiet"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        [openssl, "s_client", "-connect", f"127.0.0.1:{server.tlsPort}", "-quiet"]
+        + list(arguments),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr)
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write(b"version\n")
+    process.stdin.flush()
+    return process
+
+
+@pytest.mark.parametrize("version", ["-tls1_2", "-tls1_3"])
+def test_opensslClientAdminVersion(pki, server, version):
+    process = _sClientSendsVersion(
+        server, version, "-CAfile", pki.ca.certPath, "-verify_return_error",
+        "-verify_hostname", "localhost", "-cert", pki.admin.certPath, "-key", pki.admin.keyPath,
+        stderr=subprocess.PIPE)
     try:
-        assert process.stdin is not None and process.stdout is not None
-        process.stdin.write(b"version\n")
-        process.stdin.flush()
         reply = _readUntil(process.stdout, b"\n", timeout=15)
         assert reply.startswith(b"OK "), (reply, process.stderr)
     finally:
@@ -84,15 +88,8 @@ def test_opensslClientAdminVersion(pki, server, version):
 
 
 def test_opensslClientWithoutCertificateRefused(pki, server):
-    openssl = requireProgram("openssl")
-    process = subprocess.Popen(
-        [openssl, "s_client", "-connect", f"127.0.0.1:{server.tlsPort}",
-         "-CAfile", pki.ca.certPath, "-quiet"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = _sClientSendsVersion(server, "-CAfile", pki.ca.certPath)
     try:
-        assert process.stdin is not None and process.stdout is not None
-        process.stdin.write(b"version\n")
-        process.stdin.flush()
         reply = _readUntil(process.stdout, b"\nOK ", timeout=15)
         assert b"OK " not in reply
         process.wait(15)  # the server closed: s_client ends
@@ -110,34 +107,8 @@ def _requireGear() -> None:
 def test_gearClientAndWorkerOverTLS(pki, server):
     """gear's TLS (it offers TLS 1.2 only) as client and as worker, one job."""
     _requireGear()
-    worker = gear.Worker("tls-worker")
-    client = gear.Client("tls-client")
-    try:
-        worker.addServer("127.0.0.1", server.tlsPort, pki.worker.keyPath, pki.worker.certPath,
-                         pki.ca.certPath)
-        worker.waitForServer(timeout=10)
-        worker.registerFunction("tls-gear-reverse")
-        client.addServer("127.0.0.1", server.tlsPort, pki.client.keyPath, pki.client.certPath,
-                         pki.ca.certPath)
-        client.waitForServer(timeout=10)
-        job = gear.TextJob("tls-gear-reverse", "hello gear")
-        client.submitJob(job, timeout=10)
-
-        box: List[Any] = []
-        thread = threading.Thread(target=lambda: box.append(worker.getJob()), daemon=True)
-        thread.start()
-        thread.join(15)
-        assert box, "gear's worker got no job"
-        assigned = box[0]
-        assert assigned.arguments == b"hello gear"
-        assigned.sendWorkComplete(assigned.arguments[::-1])
-        deadline = time.monotonic() + 15
-        while not job.complete and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert job.complete and "".join(job.data) == "raeg olleh"
-    finally:
-        client.shutdown()
-        worker.shutdown()
+    assert gearJobOverTLS(server.tlsPort, pki, pki.worker, pki.client, "tls-gear-reverse",
+                          "hello gear", lambda payload: payload[::-1]) == "raeg olleh"
 
 
 # -- libgearman's gearman -S ---------------------------------------------------

@@ -24,7 +24,8 @@ from twisted.logger import LogLevel, capturedLogs
 from tests._certs import Authority
 from tests._rawclient import RawClient
 from tests._tlskit import (
-    Pki, clientContext, refused, serverCertificateOf, startTLS, tlsClient, tlsServer, waitForLog,
+    Pki, clientContext, refused, serverCertificateOf, serving, startTLS, tlsClient, tlsServer,
+    waitForLog,
 )
 from txgear._packet import PacketType as P, encodeRequest, encodeResponse
 from txgear._tls import ServerTLS, TLSFileError
@@ -301,11 +302,7 @@ async def test_inProcessConnectionOverTLS(pki):
 @pytest.fixture(scope="module")
 def server(pki) -> Iterator[Any]:
     """Client certificates of pki's CA required."""
-    process = startTLS(tlsServer(pki))
-    try:
-        yield process
-    finally:
-        process.stop()
+    yield from serving(tlsServer(pki))
 
 
 @pytest.fixture(scope="module")
