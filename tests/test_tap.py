@@ -468,3 +468,20 @@ def test_twistdGearmanServesTLSOnly(tmp_path, tlsPki):
     assert (f"Gearman job server listening with TLS on 127.0.0.1:{port} (client certificates "
             f"required)\n") in log
     assert "Gearman job server listening on" not in log
+
+
+# -- HTTP ----------------------------------------------------------------------
+
+
+def test_httpOption():
+    assert parse()["http"] == []
+    assert _makeService("--queue", "memory").httpFactory is None
+    options = parse("-L", "127.0.0.1", "--http", "8080", "--http", "tcp6:8081")
+    assert options["http"] == ["tcp:8080:interface=127.0.0.1", "tcp6:8081"]
+    service = _makeService("--queue", "memory", "--http", "tcp:0:interface=127.0.0.1")
+    from twisted.web.server import Site
+
+    assert isinstance(service.httpFactory, Site)
+    assert service.httpFactory.resource.state is service.state
+    with pytest.raises(usage.UsageError, match="--http"):
+        parse("--http", "tcp:99999")

@@ -144,6 +144,7 @@ class Options(PluginOptions):
     def __init__(self) -> None:
         usage.Options.__init__(self)
         self["ports"] = []
+        self["http"] = []
         self["tls-ports"] = []
         self["tls"] = None
 
@@ -156,6 +157,10 @@ class Options(PluginOptions):
     def opt_tls_port(self, value: str) -> None:
         """Where to listen with TLS (repeatable; needs --tls-cert): a port number (on --listen's address, as --port) or a tcp:, tcp6: or unix: server endpoint. Alongside --port's listeners; with only --tls-port, no plain port is opened."""
         self["tls-ports"].append(value)
+
+    def opt_http(self, value: str) -> None:
+        """Serve Prometheus metrics, the JSON API and the dashboard over HTTP at this endpoint (repeatable), e.g. tcp:8080:interface=127.0.0.1 (a bare port number takes --listen's address) [default: no HTTP port]"""
+        self["http"].append(value)
 
     def opt_verbose(self, value: str) -> None:
         """gearmand's name for --log-level."""
@@ -175,6 +180,9 @@ class Options(PluginOptions):
         for description in self["tls-ports"]:
             _checkEndpoint(description, "--tls-port")
         self._checkTLS()
+        self["http"] = [f"tcp:{p}{interface}" if p.isdigit() else p for p in self["http"]]
+        for description in self["http"]:
+            _checkEndpoint(description, "--http")
         level = _LEVELS.get(str(self["log-level"]).lower())
         if level is None:
             raise usage.UsageError(f"--log-level: unknown level {self['log-level']!r}; give "
@@ -266,11 +274,23 @@ def makeService(options: Any, reactor: Any = None) -> IService:
     service = GearmanServerService(options["ports"], state, factory, reactor=reactor,
                                    shutdownGrace=options["shutdown-grace"],
                                    tlsEndpoints=options.get("tls-ports", []),
-                                   tls=options.get("tls"))
+                                   tls=options.get("tls"),
+                                   httpEndpoints=options.get("http", []),
+                                   httpFactory=_makeSite(options, state, factory, reactor))
     service.started.addErrback(_fatal, reactor)
     reactor.callWhenRunning(_installGracefulSignal, service, reactor)
     reactor.callWhenRunning(_installReloadSignal, service, reactor)
     return service
+
+
+def _makeSite(options: Any, state: JobServerState, factory: GearmanServerFactory,
+              reactor: Any) -> Any:
+    """The HTTP site, when --http is given."""
+    if not options.get("http"):
+        return None
+    from txgear.web import makeSite
+
+    return makeSite(state, factory, reactor)
 
 
 def _tuneGarbageCollector() -> None:

@@ -51,6 +51,9 @@ class GearmanServerService(Service):
         connections carry TLS with C{tls} from their first byte.
     @param tls: the server's certificates (a L{txgear._tls.ServerTLS}),
         needed with C{tlsEndpoints}; L{reload} reads them again.
+    @param httpEndpoints: endpoint descriptions or endpoints where
+        C{httpFactory} (a twisted.web C{Site}: metrics, API, dashboard, see
+        L{txgear.web.makeSite}) listens, once the Gearman ports do.
     @ivar ports: the listening ports, once started.
     @ivar started: fires when the service listens; fails if it cannot start,
         or with L{CancelledError} if it is stopped before it listens.
@@ -61,7 +64,8 @@ class GearmanServerService(Service):
     def __init__(self, endpoints: Sequence[Any], state: JobServerState,
                  factory: Optional[GearmanServerFactory] = None, reactor: Any = None,
                  shutdownGrace: float = DEFAULT_SHUTDOWN_GRACE,
-                 tlsEndpoints: Sequence[Any] = (), tls: Optional["ServerTLS"] = None) -> None:
+                 tlsEndpoints: Sequence[Any] = (), tls: Optional["ServerTLS"] = None,
+                 httpEndpoints: Sequence[Any] = (), httpFactory: Any = None) -> None:
         if tlsEndpoints and tls is None:
             raise ValueError("TLS endpoints need the server's certificates (tls=)")
         if reactor is None:
@@ -69,6 +73,10 @@ class GearmanServerService(Service):
         self._reactor = reactor
         self.endpoints = list(endpoints)
         self.tlsEndpoints = list(tlsEndpoints)
+        if httpEndpoints and httpFactory is None:
+            raise ValueError("httpEndpoints need an httpFactory (see txgear.web.makeSite)")
+        self.httpEndpoints = list(httpEndpoints)
+        self.httpFactory = httpFactory
         self.tls = tls
         self.state = state
         self.factory = factory if factory is not None else GearmanServerFactory(state)
@@ -103,10 +111,7 @@ class GearmanServerService(Service):
                            store=getattr(store, "description", store))
         listeners = [(d, False) for d in self.endpoints] + [(d, True) for d in self.tlsEndpoints]
         for description, secure in listeners:
-            if isinstance(description, str):
-                endpoint = serverFromString(self._reactor, description)
-            else:
-                endpoint = description
+            endpoint = self._endpoint(description)
             if secure:
                 assert self.tls is not None
                 endpoint = self.tls.wrapEndpoint(endpoint, self._reactor)
@@ -124,6 +129,18 @@ class GearmanServerService(Service):
             else:
                 self._log.info("Gearman job server listening on {address}",
                                address=_describeAddress(port, str(description)))
+        for description in self.httpEndpoints:
+            port = await self._endpoint(description).listen(self.httpFactory)
+            self.ports.append(port)
+            if not self.running:
+                raise CancelledError("stopped while starting to listen")
+            self._log.info("HTTP (metrics, API, dashboard) listening on {address}",
+                           address=_describeAddress(port, str(description)))
+
+    def _endpoint(self, description: Any) -> Any:
+        if isinstance(description, str):
+            return serverFromString(self._reactor, description)
+        return description
 
     def _startSucceeded(self, _: object) -> None:
         self.started.callback(None)
