@@ -472,3 +472,35 @@ async def test_tlsOverUnixSocket(pki, tmp_path):
     finally:
         await service.stopService()
     await client.lost
+
+
+@pytest_twisted.ensureDeferred
+async def test_sslEndpointOnPortClosesCleanly(pki):
+    """
+    An C{ssl:} endpoint given to C{--port} (Twisted's own TLS, not
+    C{--tls-port}): a stop closes its connections with a TLS close, within
+    the grace, not by aborting them once it has run out.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
+    from twisted.internet.error import ConnectionDone
+    from twisted.internet.ssl import Certificate, optionsForClientTLS
+
+    description = (f"ssl:0:interface=127.0.0.1:privateKey={pki.server.keyPath}"
+                   f":certKey={pki.server.certPath}")
+    service = GearmanServerService([description], JobServerState(clock=reactor),
+                                   reactor=reactor, shutdownGrace=30.0)
+    service.startService()
+    await service.started
+    port = service.ports[0].getHost().port
+    options = optionsForClientTLS("localhost", Certificate.loadPEM(pki.ca.certPEM))
+    endpoint = wrapClientTLS(options, TCP4ClientEndpoint(reactor, "127.0.0.1", port))
+    client = await connectProtocol(endpoint, _EchoClient())
+    try:
+        assert await client.echo(b"over ssl:") is True
+    finally:
+        started = reactor.seconds()
+        await service.stopService()
+    reason = await client.lost
+    assert isinstance(reason, ConnectionDone), reason
+    assert reactor.seconds() - started < 10  # no wait for the grace, then an abort

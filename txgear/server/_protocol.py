@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple, cast
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.interfaces import ISSLTransport, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from txgear._log import logger
 
@@ -316,7 +316,7 @@ class GearmanServerProtocol(Protocol):
                 # Tell the peer why; loseConnection also stops reading the body.
                 self.write(ERR_TOO_LARGE)
                 self._output.flush()
-                self.transport.loseConnection()
+                self.closeWhenWritten()
             else:
                 self._output.discard()
                 self.transport.abortConnection()
@@ -364,6 +364,19 @@ class GearmanServerProtocol(Protocol):
         waiters, self._closedWaiters = self._closedWaiters, []
         for d in waiters:
             d.callback(None)
+
+    def closeWhenWritten(self) -> None:
+        """
+        Close once everything written is sent. A TLS transport of Twisted's
+        waits for its producer (this connection's output) to unregister
+        before it closes: the output is told, and unregisters once it has
+        handed over all it holds (L{txgear._tlsprotocol} does the same for
+        C{--tls-port}; this covers C{ssl:} endpoints given to C{--port}).
+        """
+        transport = self.transport
+        transport.loseConnection()
+        if ISSLTransport.providedBy(transport) and transport.disconnecting:
+            self._output.transportClosing()
 
     def whenClosed(self) -> "Deferred[None]":
         """Fires once this connection is closed."""
@@ -416,7 +429,7 @@ class GearmanServerProtocol(Protocol):
         if action == CLOSE:
             self._log.warn("Admin line with too many tokens from {peer}; closing", peer=self._peer())
             self._output.flush()
-            self.transport.loseConnection()
+            self.closeWhenWritten()
             return
         if type(reply) is not bytes:
             # A long listing: produced in pieces as the peer reads them.
@@ -857,7 +870,7 @@ class GearmanServerFactory(Factory):
             return succeed(None)
         waiting = [p.whenClosed() for p in protocols]
         for protocol in protocols:
-            protocol.transport.loseConnection()
+            protocol.closeWhenWritten()
 
         def abortStragglers() -> None:
             for protocol in protocols:
