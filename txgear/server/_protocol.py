@@ -373,7 +373,7 @@ class GearmanServerProtocol(Protocol):
         handed over all it holds (L{txgear._tlsprotocol} does the same for
         C{--tls-port}; this covers C{ssl:} endpoints given to C{--port}).
         """
-        transport = self.transport
+        transport: Any = self.transport
         transport.loseConnection()
         if ISSLTransport.providedBy(transport) and transport.disconnecting:
             self._output.transportClosing()
