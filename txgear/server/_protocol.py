@@ -375,7 +375,7 @@ class GearmanServerProtocol(Protocol):
         """
         transport: Any = self.transport
         transport.loseConnection()
-        if ISSLTransport.providedBy(transport) and transport.disconnecting:
+        if ISSLTransport.providedBy(transport) and getattr(transport, "disconnecting", False):
             self._output.transportClosing()
 
     def whenClosed(self) -> "Deferred[None]":
