@@ -485,3 +485,33 @@ def test_httpOption():
     assert service.httpFactory.resource.state is service.state
     with pytest.raises(usage.UsageError, match="--http"):
         parse("--http", "tcp:99999")
+
+
+def test_httpLimits():
+    options = parse()
+    assert (options["http-max-wait"], options["http-max-waiting"]) == (60.0, 10000)
+    service = _makeService("--queue", "memory", "--http", "tcp:0:interface=127.0.0.1",
+                           "--http-max-wait", "5", "--http-max-waiting", "7",
+                           "--max-packet-size", "2048")
+    api = service.httpFactory.resource.api
+    assert (api.maxWait, api.maxWaiting, api.maxBody) == (5.0, 7, 2048)
+    assert service.httpFactory.maxBody == 2048
+    for argv in (["--http-max-wait", "0"], ["--http-max-waiting", "0"]):
+        with pytest.raises(usage.UsageError, match=argv[0]):
+            parse(*argv)
+
+
+def test_httpsOption(tlsPki):
+    options = parse("--https", "8443", "-L", "127.0.0.1", "--tls-cert", tlsPki.server.certPath,
+                    "--tls-key", tlsPki.server.keyPath)
+    assert options["https"] == ["tcp:8443:interface=127.0.0.1"]
+    assert options["tls"] is not None
+    with pytest.raises(usage.UsageError, match="--https needs --tls-cert"):
+        parse("--https", "8443")
+    with pytest.raises(usage.UsageError, match="--https"):
+        parse("--https", "ssl:8443", "--tls-cert", tlsPki.server.certPath)
+    service = _makeService("--queue", "memory", "--https", "tcp:0:interface=127.0.0.1",
+                           "--tls-cert", tlsPki.server.certPath, "--tls-key",
+                           tlsPki.server.keyPath)
+    assert service.httpsEndpoints == ["tcp:0:interface=127.0.0.1"]
+    assert service.httpFactory is not None

@@ -16,6 +16,7 @@ from txgear._log import logger, logLevel, setLogLevel
 from txgear._packet import DEFAULT_MAX_PACKET
 from txgear._pluginoptions import PluginOptions, namedCoercions
 from txgear._tls import DEFAULT_HANDSHAKE_DEADLINE
+from txgear.web._limits import DEFAULT_MAX_WAIT, DEFAULT_MAX_WAITING
 from txgear.server import GearmanServerFactory, GearmanServerService, JobServerState
 from txgear.server._names import DEFAULT_MAX_FUNCTION_NAME
 from txgear.server.service import DEFAULT_SHUTDOWN_GRACE
@@ -136,6 +137,12 @@ class Options(PluginOptions):
         ["tls-handshake-deadline", None, DEFAULT_HANDSHAKE_DEADLINE,
          "Seconds a peer of a --tls-port has to finish its TLS handshake; one that has not "
          "is closed.", float],
+        ["http-max-wait", None, DEFAULT_MAX_WAIT,
+         "Seconds an HTTP submission waits for its job at most (and by default; the "
+         "JSON API's wait= asks for less): past it, 504 and the job is left to run.", float],
+        ["http-max-waiting", None, DEFAULT_MAX_WAITING,
+         "HTTP requests that may wait on jobs at once (submissions, event streams); "
+         "past it, 429.", int],
         ["queue", "q", None, "Where background jobs are kept: sqlite:PATH (a file, relative to the "
                              "working directory), postgresql:<dsn>, redis:<url>, or memory (lost on "
                              "restart). [default: sqlite:txgear-queue.sqlite]"],
@@ -145,6 +152,7 @@ class Options(PluginOptions):
         usage.Options.__init__(self)
         self["ports"] = []
         self["http"] = []
+        self["https"] = []
         self["tls-ports"] = []
         self["tls"] = None
 
@@ -161,6 +169,10 @@ class Options(PluginOptions):
     def opt_http(self, value: str) -> None:
         """Serve Prometheus metrics, the JSON API and the dashboard over HTTP at this endpoint (repeatable), e.g. tcp:8080:interface=127.0.0.1 (a bare port number takes --listen's address) [default: no HTTP port]"""
         self["http"].append(value)
+
+    def opt_https(self, value: str) -> None:
+        """As --http, with TLS: the certificates of --tls-cert/--tls-key, and with --tls-ca a client certificate is required and names the requester for --acl (repeatable)"""
+        self["https"].append(value)
 
     def opt_verbose(self, value: str) -> None:
         """gearmand's name for --log-level."""
@@ -179,10 +191,17 @@ class Options(PluginOptions):
                              for p in self["tls-ports"]]
         for description in self["tls-ports"]:
             _checkEndpoint(description, "--tls-port")
+        self["https"] = [f"tcp:{p}{interface}" if p.isdigit() else p for p in self["https"]]
+        for description in self["https"]:
+            _checkEndpoint(description, "--https")
         self._checkTLS()
         self["http"] = [f"tcp:{p}{interface}" if p.isdigit() else p for p in self["http"]]
         for description in self["http"]:
             _checkEndpoint(description, "--http")
+        if self["http-max-wait"] <= 0:
+            raise usage.UsageError("--http-max-wait must be positive")
+        if self["http-max-waiting"] < 1:
+            raise usage.UsageError("--http-max-waiting must be at least 1")
         level = _LEVELS.get(str(self["log-level"]).lower())
         if level is None:
             raise usage.UsageError(f"--log-level: unknown level {self['log-level']!r}; give "
@@ -218,21 +237,22 @@ class Options(PluginOptions):
         """Read the TLS files now: a mistake in them is a usage error."""
         files = {"tls-cert": self["tls-cert"], "tls-key": self["tls-key"],
                  "tls-ca": self["tls-ca"]}
-        if not self["tls-ports"]:
+        if not self["tls-ports"] and not self["https"]:
             given = [f"--{name}" for name, path in files.items() if path]
             if given:
                 raise usage.UsageError(f"{' and '.join(given)} without --tls-port: give "
                                        f"--tls-port PORT to listen with TLS")
             return
+        option = "--tls-port" if self["tls-ports"] else "--https"
         if not self["tls-cert"]:
-            raise usage.UsageError("--tls-port needs --tls-cert FILE (the server certificate, "
+            raise usage.UsageError(f"{option} needs --tls-cert FILE (the server certificate, "
                                    "and its key unless --tls-key is given)")
         if self["tls-handshake-deadline"] <= 0:
             raise usage.UsageError("--tls-handshake-deadline must be positive")
         try:
             from txgear._tls import ServerTLS, TLSFileError
         except ImportError as e:
-            raise usage.UsageError(f"--tls-port needs pyOpenSSL and service_identity "
+            raise usage.UsageError(f"{option} needs pyOpenSSL and service_identity "
                                    f"(pip install 'txgear[tls]'): {e}")
         try:
             self["tls"] = ServerTLS(self["tls-cert"], self["tls-key"], self["tls-ca"],
@@ -276,6 +296,7 @@ def makeService(options: Any, reactor: Any = None) -> IService:
                                    tlsEndpoints=options.get("tls-ports", []),
                                    tls=options.get("tls"),
                                    httpEndpoints=options.get("http", []),
+                                   httpsEndpoints=options.get("https", []),
                                    httpFactory=_makeSite(options, state, factory, reactor))
     service.started.addErrback(_fatal, reactor)
     reactor.callWhenRunning(_installGracefulSignal, service, reactor)
@@ -286,11 +307,12 @@ def makeService(options: Any, reactor: Any = None) -> IService:
 def _makeSite(options: Any, state: JobServerState, factory: GearmanServerFactory,
               reactor: Any) -> Any:
     """The HTTP site, when --http is given."""
-    if not options.get("http"):
+    if not options.get("http") and not options.get("https"):
         return None
     from txgear.web import makeSite
 
-    return makeSite(state, factory, reactor)
+    return makeSite(state, factory, reactor, maxWait=options.get("http-max-wait", DEFAULT_MAX_WAIT),
+                    maxWaiting=options.get("http-max-waiting", DEFAULT_MAX_WAITING))
 
 
 def _tuneGarbageCollector() -> None:
@@ -340,8 +362,8 @@ def _checkEndpoint(description: str, option: str = "--port") -> None:
     hint = "give a port number, or an endpoint such as tcp:4730:interface=127.0.0.1"
     kind, _, rest = description.partition(":")
     port = rest.split(":", 1)[0]
-    if option == "--tls-port" and kind not in _TLS_CARRIERS:
-        raise usage.UsageError(f"--tls-port: {description!r}: give a port number or a "
+    if option in ("--tls-port", "--https") and kind not in _TLS_CARRIERS:
+        raise usage.UsageError(f"{option}: {description!r}: give a port number or a "
                                f"tcp:, tcp6: or unix: endpoint (TLS is added to it)")
     if kind in ("tcp", "tcp6", "ssl") and "=" not in port and not (
             port.isdigit() and int(port) <= 65535):

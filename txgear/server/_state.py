@@ -1124,6 +1124,24 @@ class JobServerState:
                                      job.numerator, job.denominator,
                                      b"%d" % len(job.clients)))
 
+    def attach(self, session: Session, handle: bytes) -> bool:
+        """
+        Attach C{session} to the job C{handle} as one more waiting client,
+        without a JOB_CREATED (the HTTP API's event streams): it gets the
+        job's WORK_* packets from now on, and keeps a foreground job alive
+        as its submitter does. C{False} if there is no such job.
+        """
+        job = self.jobs.get(handle)
+        if job is None or job.state == DONE:
+            return False
+        if session not in job.clients:
+            if job.clients:
+                job.clients.append(session)
+            else:
+                job.clients = [session]
+            session.waiting[job] = None
+        return True
+
     # -- admin -----------------------------------------------------------
 
     def cancel(self, handle: bytes) -> bool:

@@ -9,7 +9,8 @@ import os
 from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, TimeoutError, maybeDeferred
+from twisted.internet.defer import (CancelledError, Deferred, DeferredList, TimeoutError,
+                                    gatherResults, maybeDeferred)
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.python.failure import Failure
@@ -53,7 +54,12 @@ class GearmanServerService(Service):
         needed with C{tlsEndpoints}; L{reload} reads them again.
     @param httpEndpoints: endpoint descriptions or endpoints where
         C{httpFactory} (a twisted.web C{Site}: metrics, API, dashboard, see
-        L{txgear.web.makeSite}) listens, once the Gearman ports do.
+        L{txgear.web.makeSite}) listens, once the Gearman ports do. A
+        C{httpFactory} with a C{stopServing(grace)} method (the site of
+        L{txgear.web.makeSite}) is told to end its requests and close its
+        connections when the Gearman connections are closed.
+    @param httpsEndpoints: the same, whose connections carry TLS with
+        C{tls} (so that a request's identity is its client certificate's).
     @ivar ports: the listening ports, once started.
     @ivar started: fires when the service listens; fails if it cannot start,
         or with L{CancelledError} if it is stopped before it listens.
@@ -65,17 +71,19 @@ class GearmanServerService(Service):
                  factory: Optional[GearmanServerFactory] = None, reactor: Any = None,
                  shutdownGrace: float = DEFAULT_SHUTDOWN_GRACE,
                  tlsEndpoints: Sequence[Any] = (), tls: Optional["ServerTLS"] = None,
-                 httpEndpoints: Sequence[Any] = (), httpFactory: Any = None) -> None:
-        if tlsEndpoints and tls is None:
+                 httpEndpoints: Sequence[Any] = (), httpFactory: Any = None,
+                 httpsEndpoints: Sequence[Any] = ()) -> None:
+        if (tlsEndpoints or httpsEndpoints) and tls is None:
             raise ValueError("TLS endpoints need the server's certificates (tls=)")
         if reactor is None:
             from twisted.internet import reactor  # type: ignore[no-redef]
         self._reactor = reactor
         self.endpoints = list(endpoints)
         self.tlsEndpoints = list(tlsEndpoints)
-        if httpEndpoints and httpFactory is None:
+        if (httpEndpoints or httpsEndpoints) and httpFactory is None:
             raise ValueError("httpEndpoints need an httpFactory (see txgear.web.makeSite)")
         self.httpEndpoints = list(httpEndpoints)
+        self.httpsEndpoints = list(httpsEndpoints)
         self.httpFactory = httpFactory
         self.tls = tls
         self.state = state
@@ -129,12 +137,19 @@ class GearmanServerService(Service):
             else:
                 self._log.info("Gearman job server listening on {address}",
                                address=_describeAddress(port, str(description)))
-        for description in self.httpEndpoints:
-            port = await self._endpoint(description).listen(self.httpFactory)
+        webListeners = ([(d, False) for d in self.httpEndpoints]
+                        + [(d, True) for d in self.httpsEndpoints])
+        for description, secure in webListeners:
+            endpoint = self._endpoint(description)
+            if secure:
+                assert self.tls is not None
+                endpoint = self.tls.wrapEndpoint(endpoint, self._reactor)
+            port = await endpoint.listen(self.httpFactory)
             self.ports.append(port)
             if not self.running:
                 raise CancelledError("stopped while starting to listen")
-            self._log.info("HTTP (metrics, API, dashboard) listening on {address}",
+            self._log.info("HTTP{s} (metrics, API, dashboard) listening on {address}",
+                           s="S" if secure else "",
                            address=_describeAddress(port, str(description)))
 
     def _endpoint(self, description: Any) -> Any:
@@ -190,7 +205,14 @@ class GearmanServerService(Service):
         await DeferredList([maybeDeferred(port.stopListening) for port in ports])
         self.state.stopAccepting()
         await self._drain(deadline)
-        await self.factory.disconnectAll(grace=max(1.0, deadline - self._reactor.seconds()))
+        grace = max(1.0, deadline - self._reactor.seconds())
+        closing = [self.factory.disconnectAll(grace=grace)]
+        stopServing = getattr(self.httpFactory, "stopServing", None)
+        if stopServing is not None:
+            # HTTP connections are not the factory's: waiting requests and
+            # event streams are answered and closed here.
+            closing.append(stopServing(grace))
+        await gatherResults(closing, consumeErrors=True)
         self.state.cancelTimers()
         store = self.state.store
         if store is not None:

@@ -11,34 +11,59 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.web.pages import notFound
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+
+from txgear._packet import DEFAULT_MAX_PACKET
+from txgear.web._api import DEFAULT_MAX_WAIT, DEFAULT_MAX_WAITING, ApiResource, JobAPI
+from txgear.web._gearmand import GearmandResource
+from txgear.web._site import WebSite
 
 
 class WebRoot(Resource):
     """
-    The root of the HTTP port; the parts are its children.
+    The root of the HTTP port; the parts are its children (C{/v1}: the JSON
+    API). A C{POST} or C{PUT} to any other path is gearmand's HTTP plugin
+    form (C{POST /FUNCTION}); other methods there belong to the dashboard.
 
     @ivar state: the server's L{txgear.server.JobServerState}.
     @ivar factory: the server's L{txgear.server.GearmanServerFactory}.
     @ivar clock: the reactor (time and timers).
+    @ivar api: the L{JobAPI} (requests in flight, limits).
     """
 
-    def __init__(self, state: Any, factory: Any, clock: Any) -> None:
+    def __init__(self, state: Any, factory: Any, clock: Any, api: JobAPI) -> None:
         Resource.__init__(self)
         self.state = state
         self.factory = factory
         self.clock = clock
+        self.api = api
+        self.apiResource = ApiResource(api)
+        self.putChild(b"v1", self.apiResource)
+        self._gearmand = GearmandResource(api, self.apiResource)
+
+    def getChild(self, path: bytes, request: Any) -> Any:
+        if request.method in (b"POST", b"PUT"):
+            return self._gearmand
+        return notFound()
 
 
-def makeSite(state: Any, factory: Any, clock: Any) -> Site:
+def makeSite(state: Any, factory: Any, clock: Any, maxWait: float = DEFAULT_MAX_WAIT,
+             maxWaiting: int = DEFAULT_MAX_WAITING) -> WebSite:
     """
     The HTTP site of a job server: give it to
-    L{txgear.server.GearmanServerService} as C{httpFactory}.
+    L{txgear.server.GearmanServerService} as C{httpFactory}. Request bodies
+    are bounded by the factory's C{maxPacket}.
+
+    @param maxWait: the default and longest wait of a foreground submission.
+    @param maxWaiting: how many requests may wait on jobs at once.
     """
-    root = WebRoot(state, factory, clock)
-    site = Site(root)
-    site.displayTracebacks = False  # no internals to peers
+    maxBody = getattr(factory, "maxPacket", DEFAULT_MAX_PACKET)
+    api = JobAPI(state, factory, clock, maxBody=maxBody, maxWait=maxWait,
+                 maxWaiting=maxWaiting)
+    root = WebRoot(state, factory, clock, api)
+    site = WebSite(root, clock, maxBody=maxBody)
+    site.onStop(api.stop)
     return site
 
 
