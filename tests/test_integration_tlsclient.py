@@ -36,11 +36,18 @@ class TLSServer:
         if clientCA is not None:
             extra = dict(verify=True, requireCertificate=True,
                          caCerts=[ssl.Certificate.loadPEM(clientCA.certPEM).original])
-        if version is not None:
-            pinned = getattr(ssl.TLSVersion, version)
-            extra.update(raiseMinimumTo=pinned, lowerMaximumSecurityTo=pinned)
         options = ssl.CertificateOptions(privateKey=private.privateKey.original,
                                          certificate=private.original, **extra)
+        if version is not None:
+            # Pinned on the context itself: Twisted's raiseMinimumTo plus
+            # lowerMaximumSecurityTo exclude every version with pyOpenSSL 25
+            # (PyPy 3.9's newest cryptography), so they cannot be used here.
+            from OpenSSL import SSL
+
+            pinned = {"TLSv1_2": SSL.TLS1_2_VERSION, "TLSv1_3": SSL.TLS1_3_VERSION}[version]
+            context = options.getContext()  # kept by the options, used by listenSSL
+            context.set_min_proto_version(pinned)
+            context.set_max_proto_version(pinned)
         self.factory = GearmanServerFactory(JobServerState(clock=reactor))
         self.versions: List[str] = []
         # What SSL4ServerEndpoint(reactor, 0, options, interface=...) does, synchronously.

@@ -431,7 +431,6 @@ def test_sighupReloadsCertificates(pki, tmp_path):
             newContext.load_cert_chain(newClient.certPath, newClient.keyPath)
             with tlsClient(port, newContext) as fresh:
                 fresh.echo(b"new CA")
-            assert refused(port, clientContext(pki, pki.client))  # the old CA's client
             kept.echo(b"after")  # its handshake was with the old ones
 
             with open(certPath, "wb") as f:
@@ -441,6 +440,9 @@ def test_sighupReloadsCertificates(pki, tmp_path):
             assert certPath in log
             assert serverCertificateOf(port, pki) == renewed.certificate.public_bytes(_der())
             kept.echo(b"still")
+            # Last: after a refused handshake, PyPy's ssl module reports the
+            # verification error again on the next read of any connection.
+            assert refused(port, clientContext(pki, pki.client))  # the old CA's client
     finally:
         process.stop()
 
