@@ -688,7 +688,7 @@ def test_sqliteVersion1FileIsNotWiped(sqliteBackend: SQLiteBackend) -> Any:
                            " reducer, client_id) VALUES (x'483a31', x'66', x'', x'', 1, 0, x'', x'')")
     connection.close()
     before = _digest(sqliteBackend.path)
-    with pytest.raises(StoreSchemaError, match="schema version 1, this txgear reads version 3"):
+    with pytest.raises(StoreSchemaError, match="schema version 1, this txgear reads version 4"):
         yield wait(sqliteBackend.make().open())
     assert _digest(sqliteBackend.path) == before
 

@@ -96,7 +96,7 @@ class AdminCommands:
             return text.unknownCommand(word), None
         what = [a.lower() for a in args]
         if what == [b"jobs"]:
-            rows = ((job.handle, job.retries, 0, 1 if job.background else 0)
+            rows = ((job.handle, job.attempts, 0, 1 if job.background else 0)
                     for job in list(self.state.jobs.values()))
             return _inPieces(rows, text.formatShowJobs), None
         if what == [b"unique", b"jobs"]:
