@@ -88,7 +88,7 @@ class StoreQueue:
         last error and due time). If that fails the store keeps the older
         copy, which is logged: after a restart the job would run sooner.
         """
-        self.store.add(job).addErrback(self._updateFailed, job)
+        self.store.addMany((job,)).addErrback(self._updateFailed, job)
 
     def holdReply(self, session: Any, job: Any) -> None:
         """C{session}'s next reply is C{job}'s JOB_CREATED (or ERROR), once the store answers."""
