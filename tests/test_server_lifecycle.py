@@ -50,7 +50,7 @@ def test_timedOutJobIsRetriedOnlyAsJobRetriesAllow():
     grab(state, worker, wpeer)
     clock.advance(1)
     job = state.jobs[handle]
-    assert job.worker is None and job.retries == 1 and state.functions[b"f"].queued == 1
+    assert job.worker is None and job.attempts == 1 and state.functions[b"f"].queued == 1
     assert cpeer.take() == []
     assert grab(state, worker, wpeer)[1][0] == handle
     clock.advance(1)

@@ -258,7 +258,7 @@ def test_workerDisconnectRequeuesAtTheTail():
     state.canDo(w2, b"f")
     assert grab(state, w2, p2)[1][3] == b"second"
     assert grab(state, w2, p2)[1][0] == first
-    assert state.jobs[first].retries == 1
+    assert state.jobs[first].attempts == 1
     assert state.jobs[first].numerator == b"0"
     assert cpeer.take() == []  # the client is told nothing
     state.workEnd(w2, P.WORK_COMPLETE, first, first + b"\0ok")
@@ -414,7 +414,7 @@ def test_canDoTimeoutRequeuesWhileJobRetriesAllow():
     assert state.jobs[handle].worker is worker
     clock.advance(0.2)
     job = state.jobs[handle]
-    assert job.worker is None and job.retries == 1 and state.functions[b"f"].queued == 1
+    assert job.worker is None and job.attempts == 1 and state.functions[b"f"].queued == 1
     # The worker's late result is dropped quietly; the job waits for another grab.
     state.workEnd(worker, P.WORK_COMPLETE, handle, handle + b"\0late")
     assert wpeer.take() == [] and state.jobs[handle].state == 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import struct
 import threading
 import uuid
 from typing import Any, Callable, Dict, List, Set
@@ -688,7 +689,7 @@ def test_sqliteVersion1FileIsNotWiped(sqliteBackend: SQLiteBackend) -> Any:
                            " reducer, client_id) VALUES (x'483a31', x'66', x'', x'', 1, 0, x'', x'')")
     connection.close()
     before = _digest(sqliteBackend.path)
-    with pytest.raises(StoreSchemaError, match="schema version 1, this txgear reads version 3"):
+    with pytest.raises(StoreSchemaError, match="schema version 1, this txgear reads version 4"):
         yield wait(sqliteBackend.make().open())
     assert _digest(sqliteBackend.path) == before
 
@@ -977,3 +978,96 @@ def test_storeFromStringMakesEachKind(tmp_path: Any) -> None:
     else:
         assert isinstance(storeFromString("postgresql:host=127.0.0.1 dbname=test"), PostgresJobStore)
     assert isinstance(storeFromString("redis://127.0.0.1:6379/0"), RedisJobStore)
+
+
+# Retry state and schema migrations --------------------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_retryStateSurvivesARestart(backend: Backend) -> Any:
+    """
+    Attempts, last error and retry time survive close/open, and a job added
+    again under its key (a retry recorded) replaces the stored one.
+    """
+    store = backend.make()
+    yield wait(store.open())
+    yield wait(store.addMany([job(1), job(2, when=1700000000)]))
+    yield wait(store.add(job(1, attempts=3, retryAt=1700000012345,
+                             lastError=b"\x00Traceback\n" + b"e" * 1000)))
+    yield wait(store.close())
+    loaded = yield reload(backend)
+    assert loaded == [job(1, attempts=3, retryAt=1700000012345,
+                          lastError=b"\x00Traceback\n" + b"e" * 1000),
+                      job(2, when=1700000000)]
+    assert all(type(j.attempts) is int and type(j.retryAt) is int and type(j.lastError) is bytes
+               for j in loaded)
+
+
+@pytest_twisted.inlineCallbacks
+def test_sqliteVersion3FileIsMigrated(sqliteBackend: SQLiteBackend) -> Any:
+    """
+    A queue of schema version 3 (format 1 records) opens with its jobs,
+    becomes version 4, and keeps both old and new records across restarts.
+    """
+    from txgear.store._record import packRecordV1
+    old = (1, 1, b"f", b"u1", b"payload 1", 0, b"", b"", 0, 0, b"")
+    entry = struct.pack(">QBI", 1, 1, len(packRecordV1(old))) + packRecordV1(old)
+    with sqlite3.connect(sqliteBackend.path) as connection:
+        connection.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        connection.execute("CREATE TABLE log (seq INTEGER PRIMARY KEY, kind INTEGER NOT NULL,"
+                           " data BLOB NOT NULL)")
+        connection.executemany("INSERT INTO meta VALUES (?, ?)",
+                               [("schema", "txgear-queue"), ("version", "3")])
+        connection.execute("INSERT INTO log (kind, data) VALUES (0, ?)", (entry,))
+    connection.close()
+    store = sqliteBackend.make()
+    assert (yield wait(store.open())) == [job(1)]
+    yield wait(store.add(job(2, attempts=1, lastError=b"worker lost")))
+    yield wait(store.close())
+    with sqlite3.connect(sqliteBackend.path) as connection:
+        assert connection.execute("SELECT value FROM meta WHERE name = 'version'").fetchone() == ("4",)
+    connection.close()
+    assert (yield reload(sqliteBackend)) == [job(1), job(2, attempts=1, lastError=b"worker lost")]
+
+
+@pytest_twisted.inlineCallbacks
+def test_postgresVersion2TableIsMigrated(postgresBackend: PostgresBackend) -> Any:
+    schema = postgresBackend.schema
+    postgresBackend.execute(f'CREATE SCHEMA "{schema}"')
+    postgresBackend.execute(f'CREATE TABLE "{schema}".txgear_meta (name text PRIMARY KEY, value text NOT NULL)')
+    postgresBackend.execute(
+        f'CREATE TABLE "{schema}".txgear_jobs (key bigint PRIMARY KEY, priority smallint NOT NULL,'
+        f' function bytea NOT NULL, uniq bytea NOT NULL, payload bytea NOT NULL,'
+        f' run_at bigint NOT NULL, reducer bytea NOT NULL, client_id bytea NOT NULL)')
+    postgresBackend.execute(f"INSERT INTO \"{schema}\".txgear_meta VALUES ('schema', 'txgear-queue'),"
+                            f" ('version', '2')")
+    postgresBackend.execute(f"INSERT INTO \"{schema}\".txgear_jobs VALUES (1, 1, 'f', 'u1',"
+                            f" 'payload 1', 0, '', '')")
+    store = postgresBackend.make()
+    assert (yield wait(store.open())) == [job(1)]
+    yield wait(store.add(job(2, attempts=2, retryAt=5, lastError=b"timeout")))
+    yield wait(store.close())
+    assert (yield reload(postgresBackend)) == [job(1), job(2, attempts=2, retryAt=5,
+                                                           lastError=b"timeout")]
+    import psycopg
+    with psycopg.connect(POSTGRESQL) as connection:
+        version = connection.execute(
+            f"SELECT value FROM \"{schema}\".txgear_meta WHERE name = 'version'").fetchone()
+    assert version == ("3",)
+
+
+@pytest_twisted.inlineCallbacks
+def test_redisVersion2QueueIsMigrated(redisBackend: RedisBackend) -> Any:
+    from txgear.store._record import packRecordV1
+    client = redisBackend.client()
+    prefix = redisBackend.prefix
+    client.hset(prefix + "meta", mapping={"schema": "txgear-queue", "version": "2"})
+    client.hset(prefix + "jobs", "1", packRecordV1((1, 1, b"f", b"u1", b"payload 1", 0, b"", b"")))
+    client.zadd(prefix + "order", {"1": 1 * 2 ** 51 + 1})
+    store = redisBackend.make()
+    assert (yield wait(store.open())) == [job(1)]
+    yield wait(store.add(job(2, attempts=1, lastError=b"WORK_FAIL")))
+    yield wait(store.close())
+    assert client.hget(prefix + "meta", "version") == b"3"
+    client.close()
+    assert (yield reload(redisBackend)) == [job(1), job(2, attempts=1, lastError=b"WORK_FAIL")]

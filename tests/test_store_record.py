@@ -13,13 +13,16 @@ from txgear.errors import StoreSchemaError
 from txgear.jobs import Priority, StoredJob
 from txgear.store._record import (ENTRY_HEADER_SIZE, FORMAT_VERSION, HEADER_SIZE, collapse,
                                   lastOfEachKey, packBatch, packBatches, packKeys, packRecord,
-                                  packedRows, unpackBatch, unpackKeys, unpackRecord)
+                                  packRecordV1, packedRows, unpackBatch, unpackKeys,
+                                  unpackRecord)
 
 
 def record(key: int = 1, priority: int = Priority.NORMAL, function: bytes = b"f",
            unique: bytes = b"u", payload: bytes = b"p", when: int = 0, reducer: bytes = b"",
-           clientId: bytes = b"") -> tuple:
-    return (key, priority, function, unique, payload, when, reducer, clientId)
+           clientId: bytes = b"", attempts: int = 0, retryAt: int = 0,
+           lastError: bytes = b"") -> tuple:
+    return (key, priority, function, unique, payload, when, reducer, clientId, attempts, retryAt,
+            lastError)
 
 
 def roundTrip(r: tuple) -> StoredJob:
@@ -28,16 +31,49 @@ def roundTrip(r: tuple) -> StoredJob:
 
 def test_knownBytes() -> None:
     """The layout is fixed: a golden value, field by field."""
-    packed = packRecord(record(7, Priority.HIGH, b"fn", b"uq", b"DATA", 258, b"r", b"cid"))
-    assert packed == (b"\x01"                               # format version
+    packed = packRecord(record(7, Priority.HIGH, b"fn", b"uq", b"DATA", 258, b"r", b"cid", 3,
+                               1700000000123, b"boom"))
+    assert packed == (b"\x02"                               # format version
                       + b"\x00\x00\x00\x00\x00\x00\x01\x02"  # when = 258
+                      + (1700000000123).to_bytes(8, "big")   # retryAt (ms)
+                      + b"\x00\x00\x00\x03"                  # attempts
                       + b"\x00\x00\x00\x02"                  # len(function)
                       + b"\x00\x00\x00\x02"                  # len(unique)
                       + b"\x00\x00\x00\x01"                  # len(reducer)
                       + b"\x00\x00\x00\x03"                  # len(clientId)
+                      + b"\x00\x00\x00\x04"                  # len(lastError)
                       + b"\x00\x00\x00\x04"                  # len(payload)
-                      + b"fnuqrcidDATA")
-    assert HEADER_SIZE == 29 and FORMAT_VERSION == 1
+                      + b"fnuqrcidboomDATA")
+    assert HEADER_SIZE == 45 and FORMAT_VERSION == 2
+
+
+def test_formatOneIsStillRead() -> None:
+    """
+    Records written before retry policies (format 1, a golden value) read
+    as jobs with no attempts, retry time or last error, in records and in
+    batches.
+    """
+    old = (b"\x01" + b"\x00\x00\x00\x00\x00\x00\x01\x02" + b"\x00\x00\x00\x02"
+           + b"\x00\x00\x00\x02" + b"\x00\x00\x00\x01" + b"\x00\x00\x00\x03"
+           + b"\x00\x00\x00\x04" + b"fnuqrcidDATA")
+    assert packRecordV1(record(7, Priority.HIGH, b"fn", b"uq", b"DATA", 258, b"r", b"cid")) == old
+    expected = StoredJob(7, b"fn", b"uq", b"DATA", Priority.HIGH, 258, b"r", b"cid")
+    assert unpackRecord(7, Priority.HIGH, old) == expected
+    assert expected.attempts == 0 and expected.retryAt == 0 and expected.lastError == b""
+    entry = struct.pack(">QBI", 7, Priority.HIGH, len(old)) + old
+    newer = packBatch([record(8, attempts=2, retryAt=5, lastError=b"x")])
+    assert unpackBatch(1, entry + newer + entry) == [
+        expected, StoredJob(8, b"f", b"u", b"p", attempts=2, retryAt=5, lastError=b"x"), expected]
+    short = struct.pack(">QBI", 7, 1, len(old) - 1) + old[:-1]
+    with pytest.raises(StoreSchemaError, match="log row 1: job 7: record of 40 bytes does not"):
+        unpackBatch(1, short)
+
+
+def test_retryFieldsRoundTrip() -> None:
+    r = record(attempts=4, retryAt=2 ** 62, lastError=b"\x00Traceback\n" * 10)
+    job = roundTrip(r)
+    assert (job.attempts, job.retryAt, job.lastError) == (4, 2 ** 62, b"\x00Traceback\n" * 10)
+    assert unpackBatch(1, packBatch([r])) == [job]
 
 
 def test_roundTripEveryField() -> None:
@@ -99,8 +135,10 @@ def test_fieldTypes() -> None:
 @pytest.mark.parametrize("data, message", [
     (b"", "truncated"),
     (b"\x01\x00\x00", "truncated"),
-    (b"\x02" + b"\x00" * 28, "record format 2 is unknown"),
-    (b"\x00" + b"\x00" * 28, "record format 0 is unknown"),
+    (b"\x03" + b"\x00" * 44, "record format 3 is unknown"),
+    (b"\x00" + b"\x00" * 44, "record format 0 is unknown"),
+    (b"\x01" + b"\x00" * 27, "truncated"),
+    (b"\x02" + b"\x00" * 28, "truncated"),
 ])
 def test_badHeaderIsRefused(data: bytes, message: str) -> None:
     with pytest.raises(StoreSchemaError, match=message):

@@ -23,7 +23,7 @@ from tests.test_store_contract import (SQLiteBackend, _digest, job, noThreadLeft
 from txgear.errors import StoreSchemaError
 from txgear.jobs import Priority, StoredJob
 from txgear.store import _sqlite
-from txgear.store._record import packBatch, packKeys
+from txgear.store._record import packBatch, packKeys, recordOf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -202,8 +202,7 @@ def test_compactionAtOpen(sqliteBackend: SQLiteBackend) -> Any:
     with sqlite3.connect(sqliteBackend.path) as connection:
         data = b"".join(row[0] for row in connection.execute("SELECT data FROM log ORDER BY seq"))
     connection.close()
-    assert data == packBatch([(j.key, j.priority, j.function, j.unique, j.payload, j.when,
-                               j.reducer, j.clientId) for j in expected])
+    assert data == packBatch([recordOf(j) for j in expected])
 
 
 @pytest_twisted.inlineCallbacks
@@ -274,7 +273,7 @@ _CRASH = textwrap.dedent("""
     from txgear.store import _sqlite
 
     def record(key, payload=b"p"):
-        return (key, 1, b"f", b"u%d" % key, payload, 0, b"", b"")
+        return (key, 1, b"f", b"u%d" % key, payload, 0, b"", b"", 0, 0, b"")
 
     store = _sqlite.SQLiteJobStore({path!r}, reactor=object(), compactThreshold=100)
     store._openInThread()
@@ -338,13 +337,13 @@ def test_version2FileIsRefusedUntouched(sqliteBackend: SQLiteBackend) -> Any:
         connection.executemany("INSERT INTO meta VALUES (?, ?)",
                                [("schema", "txgear-queue"), ("version", "2")])
         connection.execute("INSERT INTO jobs VALUES (1, 1, ?)",
-                           (_sqlite.packBatch([(1, 1, b"f", b"", b"p", 0, b"", b"")])[13:],))
+                           (_sqlite.packBatch([(1, 1, b"f", b"", b"p", 0, b"", b"", 0, 0, b"")])[13:],))
     connection.close()
-    yield _refusedUntouched(sqliteBackend, "schema version 2, this txgear reads version 3")
+    yield _refusedUntouched(sqliteBackend, "schema version 2, this txgear reads version 4")
 
 
 @pytest.mark.parametrize("kind, data, message", [
-    (0, packBatch([(1, 1, b"f", b"", b"payload", 0, b"", b"")])[:-3],
+    (0, packBatch([(1, 1, b"f", b"", b"payload", 0, b"", b"", 0, 0, b"")])[:-3],
      "log row 2: job 1: truncated entry"),
     (1, packKeys([1])[:5], "log row 2: a removes batch of 5 bytes"),
     (7, b"", "log row 2: unknown kind 7"),

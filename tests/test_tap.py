@@ -515,3 +515,43 @@ def test_httpsOption(tlsPki):
                            tlsPki.server.keyPath)
     assert service.httpsEndpoints == ["tcp:0:interface=127.0.0.1"]
     assert service.httpFactory is not None
+
+
+# -- retry policies --------------------------------------------------------------
+
+
+def test_policyDefaultFollowsJobRetries():
+    assert [(n, t) for n, t in parse()["policies"].rows()] == [(b"*", "attempts:0,backoff:0,on:lost")]
+    assert list(parse("--job-retries", "3")["policies"].rows()) == [
+        (b"*", "attempts:3,backoff:0,on:lost+timeout")]
+
+
+def test_policyOptions():
+    """Repeatable; the default (*) applies first, whatever the order, and functions build on it."""
+    options = parse("--policy", "resize=backoff:2s..10m,on:lost+timeout+fail",
+                    "--policy", "*=attempts:5", "--policy", "a=b=attempts:2")
+    assert list(options["policies"].rows()) == [
+        (b"*", "attempts:5,backoff:0,on:lost"),
+        (b"a=b", "attempts:2,backoff:0,on:lost"),
+        (b"resize", "attempts:5,backoff:2s..10m,on:lost+timeout+fail")]
+
+
+@pytest.mark.parametrize("value, message", [
+    ("resize", "--policy 'resize': write FUNCTION=SPEC"),
+    ("=attempts:3", "write FUNCTION=SPEC"),
+    ("resize=", "--policy 'resize=': empty policy"),
+    ("resize=attempts:x", "attempts must be a whole number"),
+    ("resize=keep:1h", "keep: kept results are not available yet"),
+    ("resize=backoff:5s..1s", "the maximum is below the minimum"),
+    ("bad\x01name=attempts:2", "is not a valid function name"),
+])
+def test_policyMistakes(value, message):
+    with pytest.raises(usage.UsageError, match=message):
+        parse("--policy", value)
+
+
+def test_twistdGearmanPolicyMistake(tmp_path):
+    code, out, err = runTwistd(tmp_path, "gearman", "--policy", "f=on:crash")
+    assert code == 2 and out == ""
+    assert err == ("twistd gearman: --policy 'f=on:crash': unknown outcome 'crash': choose among "
+                   "lost+timeout+fail+exception (see twistd gearman --help)\n")

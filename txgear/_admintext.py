@@ -95,6 +95,14 @@ def formatShowJobs(rows: Iterable[Tuple[bytes, int, int, int]]) -> bytes:
                     for handle, retries, ignore, persisted in rows) + END
 
 
+def formatPolicies(rows: Iterable[Tuple[bytes, str]]) -> bytes:
+    """
+    C{show policies} (a txgear extension): C{FUNCTION\tSPEC} per policy, the
+    default (C{*}) first; the name escaped (L{escape}), the SPEC canonical.
+    """
+    return b"".join(b"%s\t%s\n" % (escape(name), spec.encode("ascii")) for name, spec in rows) + END
+
+
 def formatLines(lines: Iterable[bytes]) -> bytes:
     """C{show unique jobs}: one value per line, escaped (L{escape})."""
     return b"".join(escape(line) + b"\n" for line in lines) + END

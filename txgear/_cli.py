@@ -621,12 +621,15 @@ ADMIN_COMMANDS: Dict[str, Any] = {
     "verbose": ("verbose", False, None),
     "cancel": ("cancel job {0}", False, None),
     "maxqueue": ("maxqueue {0}", False, None),
+    "policies": ("show policies", True, ["FUNCTION", "POLICY"]),
+    "policy": ("policy {0}", False, None),
 }
 
 
 #: Admin command -> (fewest, most) arguments; the others take none.
-_ADMIN_ARGUMENTS = {"cancel": (1, 1), "maxqueue": (1, 4)}
-_ADMIN_USAGE = {"cancel": "cancel HANDLE", "maxqueue": "maxqueue FUNCTION [N | HIGH NORMAL LOW]"}
+_ADMIN_ARGUMENTS = {"cancel": (1, 1), "maxqueue": (1, 4), "policy": (2, 2)}
+_ADMIN_USAGE = {"cancel": "cancel HANDLE", "maxqueue": "maxqueue FUNCTION [N | HIGH NORMAL LOW]",
+                "policy": "policy FUNCTION SPEC  (FUNCTION '*' for the default)"}
 
 
 def _argumentCountMistake(command: str, arguments: List[str]) -> str:
@@ -675,8 +678,9 @@ def adminParser() -> argparse.ArgumentParser:
     _addServerOption(parser)
     parser.add_argument("--raw", action="store_true", help="print the server's reply unchanged")
     parser.add_argument("command", choices=sorted(ADMIN_COMMANDS),
-                        help="status, workers, version, ... (cancel HANDLE, maxqueue FUNCTION [N])")
-    parser.add_argument("arguments", nargs="*", help="arguments of cancel/maxqueue")
+                        help="status, workers, version, ... (cancel HANDLE, maxqueue FUNCTION "
+                             "[N], policy FUNCTION SPEC)")
+    parser.add_argument("arguments", nargs="*", help="arguments of cancel/maxqueue/policy")
     return parser
 
 

@@ -18,7 +18,9 @@ class IJobStore(Interface):
 
     Jobs handed to C{add}, C{addMany} and C{remove} are objects with the
     attributes of L{txgear.jobs.StoredJob} (C{key}, C{function}, C{unique},
-    C{payload}, C{priority}, C{when}, C{reducer}, C{clientId}). A job's
+    C{payload}, C{priority}, C{when}, C{reducer}, C{clientId}, C{attempts},
+    C{retryAt}, C{lastError}). Adding a job whose key is stored already
+    replaces it (the server does so to record a retry). A job's
     C{key} is a positive integer that the server gives in increasing order of
     submission, continuing after the largest key L{open} loaded; it identifies
     the job in the store and orders jobs of one priority.

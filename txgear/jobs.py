@@ -37,9 +37,16 @@ class StoredJob:
     @ivar when: the Unix time before which the job must not run, or C{0}.
     @ivar reducer: the reducer name of a map/reduce job, or C{b""}.
     @ivar clientId: the C{SET_CLIENT_ID} of the submitting connection, or C{b""}.
+    @ivar attempts: runs that ended without completing (see the retry
+        policies in docs/jobs.md), or 0.
+    @ivar retryAt: while the job waits out a retry's backoff, the Unix time
+        in milliseconds before which it must not run again; else 0.
+    @ivar lastError: why its last run ended without completing (the
+        WORK_EXCEPTION data, or C{worker lost}, C{timeout}, C{WORK_FAIL}), or C{b""}.
     """
 
-    __slots__ = ("key", "function", "unique", "payload", "priority", "when", "reducer", "clientId")
+    __slots__ = ("key", "function", "unique", "payload", "priority", "when", "reducer", "clientId",
+                 "attempts", "retryAt", "lastError")
 
     def __init__(
         self,
@@ -51,6 +58,9 @@ class StoredJob:
         when: int = 0,
         reducer: bytes = b"",
         clientId: bytes = b"",
+        attempts: int = 0,
+        retryAt: int = 0,
+        lastError: bytes = b"",
     ) -> None:
         self.key = key
         self.function = function
@@ -60,6 +70,9 @@ class StoredJob:
         self.when = when
         self.reducer = reducer
         self.clientId = clientId
+        self.attempts = attempts
+        self.retryAt = retryAt
+        self.lastError = lastError
 
     def _fields(self) -> tuple:
         return tuple(getattr(self, name) for name in self.__slots__)

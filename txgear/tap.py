@@ -18,7 +18,8 @@ from txgear._pluginoptions import PluginOptions, namedCoercions
 from txgear._tls import DEFAULT_HANDSHAKE_DEADLINE
 from txgear.web._limits import DEFAULT_MAX_WAIT, DEFAULT_MAX_WAITING
 from txgear.server import GearmanServerFactory, GearmanServerService, JobServerState
-from txgear.server._names import DEFAULT_MAX_FUNCTION_NAME
+from txgear.server._names import DEFAULT_MAX_FUNCTION_NAME, functionNameProblem
+from txgear.server._policy import DEFAULT_NAME, PolicyError, PolicyTable, RetryPolicy
 from txgear.server.service import DEFAULT_SHUTDOWN_GRACE
 from txgear.server._reclaim import reclaimer, tuneAllocator
 from txgear.server._state import DEFAULT_MAX_FUNCTIONS
@@ -155,6 +156,7 @@ class Options(PluginOptions):
         self["https"] = []
         self["tls-ports"] = []
         self["tls"] = None
+        self["policy"] = []
 
     def opt_port(self, value: str) -> None:
         """Where to listen (repeatable): a port number (tcp:N) or any Twisted server endpoint, e.g. tcp:4730:interface=127.0.0.1, unix:/run/gearman.sock, ssl:4730:privateKey=key.pem [default: tcp:4730]"""
@@ -173,6 +175,10 @@ class Options(PluginOptions):
     def opt_https(self, value: str) -> None:
         """As --http, with TLS: the certificates of --tls-cert/--tls-key, and with --tls-ca a client certificate is required and names the requester for --acl (repeatable)"""
         self["https"].append(value)
+
+    def opt_policy(self, value: str) -> None:
+        """Retry policy of a function (repeatable), FUNCTION=SPEC; * for the default. SPEC: comma-separated attempts:N (runs in all; 0 = no limit), backoff:MIN[..MAX] (500ms, 2s, 10m, 1h; exponential with jitter), on:lost+timeout+fail+exception. Fields left out keep the default's. Without it the default is --job-retries'. See docs/jobs.md."""
+        self["policy"].append(value)
 
     def opt_verbose(self, value: str) -> None:
         """gearmand's name for --log-level."""
@@ -224,6 +230,7 @@ class Options(PluginOptions):
                                    "reaches a client that reads")
         if self["packet-deadline"] <= 0:
             raise usage.UsageError("--packet-deadline must be positive")
+        self["policies"] = self._policies()
         self["access"] = None
         if self["acl"] is not None:
             from txgear.server._access import AccessControl, AccessFileError
@@ -232,6 +239,27 @@ class Options(PluginOptions):
                 self["access"] = AccessControl.fromFile(self["acl"])
             except AccessFileError as e:
                 raise usage.UsageError(f"--acl: {e}")
+
+    def _policies(self) -> PolicyTable:
+        """The retry policies: --job-retries' default, then --policy * specs, then functions'."""
+        table = PolicyTable(RetryPolicy.fromJobRetries(self["job-retries"]))
+        given = []
+        for value in self["policy"]:
+            name, equals, spec = value.rpartition("=")
+            if not equals or not name:
+                raise usage.UsageError(f"--policy {value!r}: write FUNCTION=SPEC (* for the "
+                                       f"default), e.g. resize=attempts:5,backoff:2s..10m")
+            raw = name.encode("utf-8")
+            if raw != DEFAULT_NAME and functionNameProblem(raw, self["max-function-name"]):
+                raise usage.UsageError(f"--policy {value!r}: {name!r} is not a valid function name")
+            given.append((raw != DEFAULT_NAME, raw, spec, value))
+        # The default first, so that functions' policies build on it whatever the order.
+        for _, raw, spec, value in sorted(given, key=lambda item: item[0]):
+            try:
+                table.set(raw, spec)
+            except PolicyError as e:
+                raise usage.UsageError(f"--policy {value!r}: {e}") from e
+        return table
 
     def _checkTLS(self) -> None:
         """Read the TLS files now: a mistake in them is a usage error."""
@@ -276,7 +304,7 @@ def makeService(options: Any, reactor: Any = None) -> IService:
     state = JobServerState(clock=reactor, handlePrefix=prefix, jobRetries=options["job-retries"],
                            roundRobin=options["round-robin"], workerWakeup=options["worker-wakeup"],
                            store=store, onEmptied=reclaimer(),
-                           maxFunctions=options["max-functions"])
+                           maxFunctions=options["max-functions"], policies=options["policies"])
     if store is None:
         _log.warn("The queue is memory: background jobs are lost when the server stops "
                   "(--queue sqlite:PATH keeps them)")

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
 from txgear import _admintext as text
 from txgear._version import __version__
 from txgear.server._names import DEFAULT_MAX_FUNCTION_NAME, functionNameProblem
+from txgear.server._policy import DEFAULT_NAME, PolicyError
 from txgear.server._state import JobServerState, Session
 
 #: gearmand closes the connection on lines of more than this many tokens.
@@ -96,9 +97,11 @@ class AdminCommands:
             return text.unknownCommand(word), None
         what = [a.lower() for a in args]
         if what == [b"jobs"]:
-            rows = ((job.handle, job.retries, 0, 1 if job.background else 0)
+            rows = ((job.handle, job.attempts, 0, 1 if job.background else 0)
                     for job in list(self.state.jobs.values()))
             return _inPieces(rows, text.formatShowJobs), None
+        if what == [b"policies"]:
+            return _inPieces(iter(list(self.state.policies.rows())), text.formatPolicies), None
         if what == [b"unique", b"jobs"]:
             return _inPieces((job.unique for job in list(self.state.jobs.values())),
                              text.formatLines), None
@@ -157,6 +160,21 @@ class AdminCommands:
         if problem is None:
             return None
         return text.err(*problem)
+
+    def command_policy(self, word: bytes, args: List[bytes]) -> Tuple[bytes, Optional[str]]:
+        """C{policy FUNCTION SPEC} (C{*} for the default): set a retry policy."""
+        if len(args) != 2:
+            return text.incompleteArguments(b"policy"), None
+        name, spec = args
+        if name != DEFAULT_NAME:
+            refusal = self._refusedName(name)
+            if refusal is not None:
+                return refusal, None
+        try:
+            self.state.policies.set(name, spec.decode("utf-8", "replace"))
+        except PolicyError as e:
+            return text.err(b"INVALID_POLICY", text.escape(str(e).encode("utf-8"))), None
+        return text.OK, None
 
     def command_acl(self, word: bytes, args: List[bytes]) -> Tuple[bytes, Optional[str]]:
         # Access control is off (with it, L{txgear.server._guard} answers).

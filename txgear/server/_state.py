@@ -11,11 +11,14 @@ L{twisted.internet.interfaces.IReactorTime}).
 Every job goes through one lifecycle::
 
     NEW -> PENDING (waiting for the store) -> QUEUED or SCHEDULED -> RUNNING -> DONE
-                                  QUEUED <- RUNNING (worker lost, retries left)
+              QUEUED or SCHEDULED <- RUNNING (an attempt failed, its policy retries it:
+                                              SCHEDULED while it waits out its backoff)
                           SCHEDULED -> QUEUED (its time came)
                         any state -> DONE (completed, failed, cancelled, abandoned)
 
-and only L{JobServerState._move} changes a job's state: it keeps every
+and only L{JobServerState._move} changes a job's state (what ends an attempt
+without completing goes through L{JobServerState._attemptEnded}, and a job
+that fails for good through L{JobServerState._exhausted}): it keeps every
 counter of the job's L{Function}, the queues, the scheduler, the worker's
 held jobs and the indexes right, and on DONE forgets the job (and its
 function, once nothing uses it). Store batching and the replies held for it
@@ -31,7 +34,9 @@ removed job lets go of its payload at once).
 """
 from __future__ import annotations
 
+import math
 import platform
+import random as _random
 from collections import OrderedDict, deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
@@ -41,6 +46,7 @@ from txgear._log import logger
 from txgear._peerlog import PeerLog
 from txgear._packet import PacketType, encodeResponse, responseHeader
 from txgear.jobs import Priority
+from txgear.server._policy import EXCEPTION, FAIL, LOST, TIMEOUT, PolicyTable, RetryPolicy
 from txgear.server._scheduler import EpochScheduler
 from txgear.server._storequeue import StoreQueue, StoreState
 
@@ -61,6 +67,9 @@ DEFAULT_MAX_FUNCTIONS = 100000
 
 #: Seconds after a NOOP at which a job still queued wakes the next sleeper.
 WAKE_RECHECK = 0.25
+
+#: Longest last error kept on a job (the start of a WORK_EXCEPTION's data).
+MAX_LAST_ERROR = 1024
 
 #: Handles of jobs taken from a worker (timed out, cancelled) whose late
 #: reports are dropped quietly; older ones then get JOB_NOT_FOUND.
@@ -97,6 +106,7 @@ _JOB_ASSIGN = int(PacketType.JOB_ASSIGN)
 _JOB_ASSIGN_UNIQ = int(PacketType.JOB_ASSIGN_UNIQ)
 _JOB_ASSIGN_ALL = int(PacketType.JOB_ASSIGN_ALL)
 _WORK_EXCEPTION = int(PacketType.WORK_EXCEPTION)
+_WORK_FAIL = int(PacketType.WORK_FAIL)
 
 
 def _errorPacket(code: bytes, text: bytes) -> bytes:
@@ -176,12 +186,18 @@ class Job:
         changed only by L{JobServerState._move}.
     @ivar storeState: a L{StoreState}; C{storeError} is the ERROR packet once
         it is L{StoreState.FAILED}.
+    @ivar attempts: runs that ended without completing (worker lost, timed
+        out, WORK_FAIL, WORK_EXCEPTION).
+    @ivar lastError: why the last of them ended: the WORK_EXCEPTION data
+        (cut to L{MAX_LAST_ERROR}), or C{worker lost}, C{timeout}, C{WORK_FAIL}.
+    @ivar retryAt: while it waits out a retry's backoff, the Unix time in
+        milliseconds at which it is queued again; else 0.
     """
 
     __slots__ = ("handle", "func", "unique", "payload", "priority", "background",
                  "when", "reducer", "clientId", "key", "clients", "worker", "numerator",
-                 "denominator", "retries", "state", "coalesceKey", "timeoutCall",
-                 "storeState", "storeError")
+                 "denominator", "attempts", "state", "coalesceKey", "timeoutCall",
+                 "storeState", "storeError", "lastError", "retryAt")
 
     def __init__(self, handle: bytes, function: Function, unique: bytes, payload: bytes,
                  priority: int, background: bool, when: int, reducer: bytes,
@@ -200,7 +216,9 @@ class Job:
         self.worker: Optional[Session] = None
         self.numerator = b"0"
         self.denominator = b"0"
-        self.retries = 0
+        self.attempts = 0
+        self.lastError = b""
+        self.retryAt = 0
         self.state = NEW
         self.coalesceKey: Any = None
         self.timeoutCall: Any = None
@@ -281,10 +299,13 @@ class JobServerState:
         wake-up rechecks).
     @param handlePrefix: job handles are C{<prefix>:<n>}; default
         C{H:<hostname>} as gearmand.
-    @param jobRetries: fail a job (WORK_FAIL to its clients) once it has
-        lost its worker or timed out this many times; 0 = a lost worker's
-        job is retried forever (gearmand 1.1.20's meaning of 0) but a timed
-        out job fails at once.
+    @param jobRetries: the default retry policy when C{policies} is not
+        given (see L{RetryPolicy.fromJobRetries}): fail a job (WORK_FAIL to
+        its clients) once it has lost its worker or timed out this many
+        times; 0 = a lost worker's job is retried forever (gearmand 1.1.20's
+        meaning of 0) but a timed out job fails at once.
+    @param policies: the L{PolicyTable} of retry policies.
+    @param random: draws the backoffs' jitter (a float in [0, 1)).
     @param roundRobin: alternate between a worker's functions instead of
         serving strictly by priority then submission order.
     @param workerWakeup: how many sleeping workers one new runnable job wakes;
@@ -308,7 +329,8 @@ class JobServerState:
                  jobRetries: int = 0, roundRobin: bool = False, workerWakeup: int = 1,
                  store: Any = None, onEmptied: Optional[Callable[[], None]] = None,
                  maxFunctions: int = DEFAULT_MAX_FUNCTIONS,
-                 wakeRecheck: float = WAKE_RECHECK) -> None:
+                 wakeRecheck: float = WAKE_RECHECK, policies: Optional[PolicyTable] = None,
+                 random: Callable[[], float] = _random.random) -> None:
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[no-redef]
         self.clock = clock
@@ -317,6 +339,9 @@ class JobServerState:
             handlePrefix = ("H:" + (platform.node() or "localhost")).encode("utf-8")
         self.handlePrefix = handlePrefix + b":"
         self.jobRetries = jobRetries
+        self.policies = policies if policies is not None else PolicyTable(
+            RetryPolicy.fromJobRetries(jobRetries))
+        self.random = random
         self.roundRobin = roundRobin
         self.workerWakeup = workerWakeup
         self.maxFunctions = maxFunctions
@@ -438,7 +463,7 @@ class JobServerState:
             job.worker.held[job.handle] = job  # type: ignore[union-attr]
         elif new == SCHEDULED:
             function.scheduled += 1
-            self.scheduler.add(job, job.when)
+            self.scheduler.add(job, self._dueTime(job))
         elif new == PENDING:
             function.pending += 1
 
@@ -465,8 +490,15 @@ class JobServerState:
                 for queue in queues)
         function.dead = 0
 
+    @staticmethod
+    def _dueTime(job: Job) -> float:
+        """The Unix time before which C{job} may not run: its epoch, or its retry's."""
+        if job.retryAt:
+            return max(job.when, job.retryAt / 1000.0)
+        return job.when
+
     def _makeRunnable(self, job: Job) -> None:
-        when = job.when
+        when = self._dueTime(job)
         if when and when > self.clock.seconds():
             self._move(job, SCHEDULED)
         else:
@@ -475,6 +507,7 @@ class JobServerState:
     def _epochDue(self, job: Job) -> None:
         if job.state == SCHEDULED:
             job.when = 0
+            job.retryAt = 0
             self._move(job, QUEUED)
 
     # -- functions -------------------------------------------------------
@@ -558,7 +591,7 @@ class JobServerState:
         touched: Dict[Function, None] = {}
         for job in list(session.held.values()):
             touched[job.func] = None
-            self._lostWorker(job, "worker disconnected")
+            self._attemptEnded(job, LOST, b"worker lost")
         session.held.clear()
         session.dropped = None
         functions = session.functions
@@ -877,6 +910,9 @@ class JobServerState:
             job = Job(handle, function, unique, record.payload, record.priority, True,
                       record.when, record.reducer, record.clientId, record.key)
             job.storeState = _S_STORED
+            job.attempts = getattr(record, "attempts", 0)
+            job.lastError = getattr(record, "lastError", b"")
+            job.retryAt = getattr(record, "retryAt", 0)
             self.jobs[handle] = job
             if coalesceKey is not None:
                 self._index(job, coalesceKey)
@@ -979,30 +1015,70 @@ class JobServerState:
         if job.worker is not session or job.state != RUNNING:
             return
         session._drop(job.handle)
-        self._lostWorker(job, "worker timed out", timedOut=True)
+        self._attemptEnded(job, TIMEOUT, b"timeout")
 
-    def _lostWorker(self, job: Job, why: str, timedOut: bool = False) -> None:
+    def _attemptEnded(self, job: Job, outcome: str, error: bytes,
+                      exception: Any = None) -> None:
         """
-        A running job's worker went away or overran its timeout: requeue it,
-        or fail it (WORK_FAIL to its clients) when no attempt is left. A
-        timed-out job fails at once unless C{--job-retries} allows more
-        attempts; a lost worker's job is retried forever when it is 0.
+        A running job's attempt ended without completing: its worker went
+        away (L{LOST}), overran its CAN_DO_TIMEOUT (L{TIMEOUT}), or sent
+        WORK_FAIL (L{FAIL}) or WORK_EXCEPTION (L{EXCEPTION}, whose packet
+        body is C{exception}). The attempt is counted and C{error} kept as
+        the job's last error. If the function's policy retries C{outcome}
+        and attempts are left, the job waits out its backoff (SCHEDULED, or
+        QUEUED at once for none), keeping its handle, unique and clients,
+        and a stored job's new state is written to the store; else it fails
+        for good (L{_exhausted}). WORK_FAIL and WORK_EXCEPTION retry only
+        background jobs: a foreground client hears of them at once.
         """
-        job.retries += 1
+        job.attempts += 1
         job.numerator = job.denominator = b"0"
-        retries = self.jobRetries
-        if (retries and job.retries >= retries) or (timedOut and not retries):
-            self._log.warn("Job {handle!r} failed after {retries} attempts ({why})",
-                           handle=job.handle, retries=job.retries, why=why)
-            self._finish(job, _H_WORK_FAIL + len(job.handle).to_bytes(4, "big") + job.handle)
+        job.lastError = error
+        policy = self.policies.forFunction(job.func.name)
+        if (not policy.retries(outcome) or policy.exhausted(job.attempts)
+                or (not job.background and (outcome == FAIL or outcome == EXCEPTION))):
+            if outcome == LOST or outcome == TIMEOUT or policy.retries(outcome):
+                self._log.warn("Job {handle!r} failed after {attempts} attempts ({why})",
+                               handle=job.handle, attempts=job.attempts,
+                               why=error.decode("utf-8", "replace")[:80])
+            self._exhausted(job, exception)
             return
-        if timedOut:
-            self._log.info("Job {handle!r} exceeded its worker's timeout; requeued",
-                           handle=job.handle)
         if not job.clients and not job.background:
-            self._move(job, DONE)
+            self._move(job, DONE)  # nobody waits for it any more
             return
-        self._move(job, QUEUED)
+        delay = policy.delay(job.attempts, self.random)
+        if delay > 0:
+            job.retryAt = math.ceil((self.clock.seconds() + delay) * 1000)
+            self._move(job, SCHEDULED)
+        else:
+            job.retryAt = 0
+            self._move(job, QUEUED)
+        self._log.info("Job {handle!r}: attempt {attempts} ended ({why}); retried in "
+                       "{delay:.3f} s", handle=job.handle, attempts=job.attempts,
+                       why=outcome, delay=delay)
+        if job.storeState is _S_STORED or job.storeState is _S_WRITING:
+            self.storeQueue.update(job)  # type: ignore[union-attr]
+
+    def _exhausted(self, job: Job, exception: Any = None) -> None:
+        """
+        The one way a job ends for good without completing (its attempts
+        are used up, or its policy does not retry how the last one ended):
+        WORK_FAIL to its clients (the WORK_EXCEPTION packet body
+        C{exception}, if given, to those that asked for exceptions), and the
+        job is gone. C{job.attempts} and C{job.lastError} say what happened;
+        a dead set will keep background jobs from here.
+        """
+        handle = job.handle
+        fail = _H_WORK_FAIL + len(handle).to_bytes(4, "big") + handle
+        clients = job.clients
+        if clients:
+            job.clients = ()
+            packet = (None if exception is None else
+                      responseHeader(PacketType.WORK_EXCEPTION, len(exception)) + exception)
+            for client in clients:
+                client.waiting.pop(job, None)
+                client.write(packet if packet is not None and client.exceptions else fail)
+        self._move(job, DONE)
 
     # -- work results ----------------------------------------------------
 
@@ -1036,7 +1112,10 @@ class JobServerState:
                           else ERR_JOB_NOT_FOUND)
             return
         if kind == _WORK_EXCEPTION:
-            self._finishException(job, body, session)
+            data = bytes(body[:len(handle) + 1 + MAX_LAST_ERROR]).partition(b"\0")[2]
+            self._attemptEnded(job, EXCEPTION, data, body)
+        elif kind == _WORK_FAIL:
+            self._attemptEnded(job, FAIL, b"WORK_FAIL")
         else:
             self._finish(job, responseHeader(kind, len(body)) + body if len(body) < _BIG
                          else [responseHeader(kind, len(body)), body], session)
@@ -1083,16 +1162,6 @@ class JobServerState:
                     client.writeSequence(packet)
                 else:
                     client.write(packet)
-        self._move(job, DONE)
-
-    def _finishException(self, job: Job, body: bytes, worker: Session) -> None:
-        exception = responseHeader(PacketType.WORK_EXCEPTION, len(body)) + body
-        fail = _H_WORK_FAIL + len(job.handle).to_bytes(4, "big") + job.handle
-        clients = job.clients
-        job.clients = ()
-        for client in clients:
-            client.waiting.pop(job, None)
-            client.write(exception if client.exceptions else fail)
         self._move(job, DONE)
 
     # -- status ----------------------------------------------------------

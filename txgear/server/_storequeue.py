@@ -82,6 +82,14 @@ class StoreQueue:
         job.storeState = NONE
         self.store.remove(job).addErrback(self._removeFailed, job)
 
+    def update(self, job: Any) -> None:
+        """
+        Write C{job} over its stored copy (a retry changed its attempts,
+        last error and due time). If that fails the store keeps the older
+        copy, which is logged: after a restart the job would run sooner.
+        """
+        self.store.addMany((job,)).addErrback(self._updateFailed, job)
+
     def holdReply(self, session: Any, job: Any) -> None:
         """C{session}'s next reply is C{job}'s JOB_CREATED (or ERROR), once the store answers."""
         if session.replies is None:
@@ -120,6 +128,10 @@ class StoreQueue:
         for session in list(holding):
             if _flushReplies(session):
                 del holding[session]
+
+    def _updateFailed(self, failure: Failure, job: Any) -> None:
+        self._log.failure("Could not record the retry of job {handle!r} in the store", failure,
+                          handle=job.handle)
 
     def _removeFailed(self, failure: Failure, job: Any) -> None:
         self._log.failure("Could not remove job {handle!r} from the store", failure,

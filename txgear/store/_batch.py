@@ -126,7 +126,8 @@ class ThreadedBatchStore:
             return fail(StoreError(f"{self.description}: the store is not open"))
         d: Deferred[None] = Deferred()
         self._pending.append(((True, [(job.key, job.priority, job.function, job.unique, job.payload,
-                                       job.when, job.reducer, job.clientId) for job in jobs]), d))
+                                       job.when, job.reducer, job.clientId, job.attempts,
+                                       job.retryAt, job.lastError) for job in jobs]), d))
         if self._flushCall is None and not self._writing:
             self._flushCall = self._reactor.callLater(0, self._flush)
         return d

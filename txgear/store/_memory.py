@@ -50,8 +50,7 @@ class MemoryJobStore:
         """
         if not 0 <= job.when <= MAX_WHEN:
             return fail(StoreError(f"memory: run time {job.when} out of range"))
-        self.jobs[job.key] = StoredJob(job.key, job.function, job.unique, job.payload, job.priority,
-                                       job.when, job.reducer, job.clientId)
+        self.jobs[job.key] = StoredJob.fromJob(job)
         return succeed(None)
 
     def addMany(self, jobs: Iterable[Any]) -> Deferred[None]:
@@ -66,8 +65,7 @@ class MemoryJobStore:
                 return fail(StoreError(f"memory: run time {job.when} out of range"))
         stored = self.jobs
         for job in jobs:
-            stored[job.key] = StoredJob(job.key, job.function, job.unique, job.payload,
-                                        job.priority, job.when, job.reducer, job.clientId)
+            stored[job.key] = StoredJob.fromJob(job)
         return succeed(None)
 
     def remove(self, job: Any) -> Deferred[None]:

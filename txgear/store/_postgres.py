@@ -10,9 +10,12 @@ already stored (a retried add) makes the C{COPY} fail on the primary key:
 the batch is then written again, deleting the keys it adds first. A lost connection fails the
 batch in flight with L{StoreError}; the next batch reconnects.
 
-Schema version 2: C{<prefix>jobs(key bigint PRIMARY KEY, priority smallint,
+Schema version 3: C{<prefix>jobs(key bigint PRIMARY KEY, priority smallint,
 function bytea, uniq bytea, payload bytea, run_at bigint, reducer bytea,
-client_id bytea)}, one readable column per field.
+client_id bytea, attempts integer, retry_at bigint, last_error bytea)}, one
+readable column per field (C{retry_at} in Unix milliseconds). A version 2
+queue is migrated when opened, in one transaction: the three last columns
+are added (0, 0 and empty for the jobs it holds) and the version set to 3.
 """
 from __future__ import annotations
 
@@ -29,15 +32,20 @@ from txgear.store._record import Record, collapse, lastOfEachKey
 from txgear.store._url import takeQueryOptions
 
 SCHEMA_NAME = "txgear-queue"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+
+#: Older schema versions L{PostgresJobStore.open} migrates to L{SCHEMA_VERSION}.
+MIGRATED_VERSIONS = ("2",)
 
 #: Options of a C{postgresql:} description that are txgear's, not libpq's.
 STORE_OPTIONS = ("schema", "prefix")
 
 _CHUNK_ROWS = 10000
 #: The COPY types of a record's fields, in L{txgear.store._record.Record} order.
-_COPY_TYPES = ["int8", "int2", "bytea", "bytea", "bytea", "int8", "bytea", "bytea"]
-_COLUMNS = "key, priority, function, uniq, payload, run_at, reducer, client_id"
+_COPY_TYPES = ["int8", "int2", "bytea", "bytea", "bytea", "int8", "bytea", "bytea", "int4", "int8",
+               "bytea"]
+_COLUMNS = ("key, priority, function, uniq, payload, run_at, reducer, client_id, attempts, "
+            "retry_at, last_error")
 
 _PAIR = re.compile(r"""\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*('(?:[^'\\]|\\.)*'|[^\s']*)""")
 
@@ -185,7 +193,10 @@ class PostgresJobStore(ThreadedBatchStore):
                         " payload bytea NOT NULL,"
                         " run_at bigint NOT NULL,"
                         " reducer bytea NOT NULL,"
-                        " client_id bytea NOT NULL)").format(jobs=jobs))
+                        " client_id bytea NOT NULL,"
+                        " attempts integer NOT NULL DEFAULT 0,"
+                        " retry_at bigint NOT NULL DEFAULT 0,"
+                        " last_error bytea NOT NULL DEFAULT ''::bytea)").format(jobs=jobs))
                     cursor.execute(sql.SQL("INSERT INTO {meta} (name, value) VALUES (%s, %s), (%s, %s)")
                                    .format(meta=meta),
                                    ("schema", SCHEMA_NAME, "version", str(SCHEMA_VERSION)))
@@ -196,6 +207,20 @@ class PostgresJobStore(ThreadedBatchStore):
                         f"{self.prefix}meta: not a txgear queue; left untouched")
                 cursor.execute(sql.SQL("SELECT name, value FROM {meta}").format(meta=meta))
                 values = dict(cursor.fetchall())
+                if values.get("schema") == SCHEMA_NAME and values.get("version") in MIGRATED_VERSIONS:
+                    cursor.execute(sql.SQL(
+                        "ALTER TABLE {jobs}"
+                        " ADD COLUMN IF NOT EXISTS attempts integer NOT NULL DEFAULT 0,"
+                        " ADD COLUMN IF NOT EXISTS retry_at bigint NOT NULL DEFAULT 0,"
+                        " ADD COLUMN IF NOT EXISTS last_error bytea NOT NULL DEFAULT ''::bytea"
+                    ).format(jobs=jobs))
+                    cursor.execute(sql.SQL("UPDATE {meta} SET value = %s WHERE name = 'version'")
+                                   .format(meta=meta), (str(SCHEMA_VERSION),))
+                    connection.commit()
+                    self._reactor.callFromThread(
+                        self._log.info, "Job store {store}: schema migrated to version {version}",
+                        store=self.description, version=SCHEMA_VERSION)
+                    values["version"] = str(SCHEMA_VERSION)
                 if values.get("schema") != SCHEMA_NAME or values.get("version") != str(SCHEMA_VERSION):
                     raise StoreSchemaError(
                         f"{self.description}: the queue has schema {values.get('schema')!r} "
@@ -204,9 +229,10 @@ class PostgresJobStore(ThreadedBatchStore):
                 cursor.execute(sql.SQL("SELECT {columns} FROM {jobs} ORDER BY priority, key").format(
                     columns=columns, jobs=jobs), binary=True)
                 loaded = [StoredJob(key, bytes(function), bytes(unique), bytes(payload), priority,
-                                    when, bytes(reducer), bytes(clientId))
-                          for key, priority, function, unique, payload, when, reducer, clientId
-                          in cursor]
+                                    when, bytes(reducer), bytes(clientId), attempts, retryAt,
+                                    bytes(lastError))
+                          for (key, priority, function, unique, payload, when, reducer, clientId,
+                               attempts, retryAt, lastError) in cursor]
             connection.commit()
             return loaded
         except StoreSchemaError:

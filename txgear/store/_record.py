@@ -5,39 +5,49 @@ into one string for the stores that keep one value per job (SQLite, Redis).
 
 A L{Record} is the snapshot of a job the batching machinery takes on the
 reactor thread: C{(key, priority, function, unique, payload, when, reducer,
-clientId)}. The key and the priority stay outside the packed value (the
-stores keep them in their own columns or scores, to find and order jobs); the
-other six fields are packed by L{packRecord}.
+clientId, attempts, retryAt, lastError)}. The key and the priority stay
+outside the packed value (the stores keep them in their own columns or
+scores, to find and order jobs); the other fields are packed by
+L{packRecord}.
 
-Packed format, version 1 (all integers big-endian)::
+Packed format, version 2 (all integers big-endian)::
 
     offset  size  field
-    0       1     format version: 1
+    0       1     format version: 2
     1       8     when (signed 64-bit; 0 when not scheduled)
-    9       4     length F of function    (unsigned 32-bit)
-    13      4     length U of unique
-    17      4     length R of reducer
-    21      4     length C of clientId
-    25      4     length P of payload
-    29      F     function
-    29+F    U     unique
+    9       8     retryAt (signed 64-bit, Unix milliseconds; 0 when not waiting for a retry)
+    17      4     attempts (unsigned 32-bit)
+    21      4     length F of function    (unsigned 32-bit)
+    25      4     length U of unique
+    29      4     length R of reducer
+    33      4     length C of clientId
+    37      4     length E of lastError
+    41      4     length P of payload
+    45      F     function
+    45+F    U     unique
     ...     R     reducer
     ...     C     clientId
+    ...     E     lastError
     ...     P     payload (last: the large field)
+
+Version 1 (written before retry policies; still read, as attempts 0, no
+retry time and no last error) has a 29-byte header: version, when, then the
+lengths of function, unique, reducer, clientId and payload, then those
+fields in that order.
 
 The header's lengths must add up to the value's length exactly; anything else
 (another version byte, a truncated or padded value) is refused with
 L{StoreSchemaError}. A future format takes the next version byte; readers
 keep decoding the older ones.
 
-Batches, for the stores that write one value per batch (SQLite's log, schema
-version 3). An adds batch is its records back to back, each framed as::
+Batches, for the stores that write one value per batch (SQLite's log). An
+adds batch is its records back to back, each framed as::
 
     offset  size  field
     0       8     key (unsigned 64-bit)
     8       1     priority (unsigned 8-bit)
     9       4     length L of the packed record (unsigned 32-bit)
-    13      L     the record, packed as above (L >= 29)
+    13      L     the record, packed as above
 
 (L{packBatch}, L{unpackBatch}); a removes batch is the removed keys back to
 back, 8 bytes each, unsigned (L{packKeys}, L{unpackKeys}). A batch that
@@ -53,26 +63,34 @@ from txgear.errors import StoreSchemaError
 from txgear.jobs import StoredJob
 
 #: One stored job as the writers see it: (key, priority, function, unique,
-#: payload, when, reducer, clientId).
-Record = Tuple[int, int, bytes, bytes, bytes, int, bytes, bytes]
+#: payload, when, reducer, clientId, attempts, retryAt, lastError).
+Record = Tuple[int, int, bytes, bytes, bytes, int, bytes, bytes, int, int, bytes]
 
 #: The version byte L{packRecord} writes.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
-_HEADER = struct.Struct(">BqIIIII")
+_HEADER = struct.Struct(">BqqIIIIIII")
+_HEADER_V1 = struct.Struct(">BqIIIII")
 
 #: The size of the fixed header in front of the fields.
 HEADER_SIZE = _HEADER.size
+HEADER_SIZE_V1 = _HEADER_V1.size
 
 #: A batch entry's frame (key, priority, record length), then the record's
-#: own header: packed and decoded together, in one call per record.
+#: own header: packed together, in one call per record.
 _ENTRY = struct.Struct(">QBI")
-_ENTRY_AND_HEADER = struct.Struct(">QBIBqIIIII")
+_ENTRY_AND_HEADER = struct.Struct(">QBIBqqIIIIIII")
 
 #: The size of an adds batch entry's frame, in front of the packed record.
 ENTRY_HEADER_SIZE = _ENTRY.size
 
 _MINIMUM_ENTRY = ENTRY_HEADER_SIZE + HEADER_SIZE
+
+
+def recordOf(job: Any) -> Record:
+    """The L{Record} of any object with the attributes of L{StoredJob}."""
+    return (job.key, job.priority, job.function, job.unique, job.payload, job.when, job.reducer,
+            job.clientId, job.attempts, job.retryAt, job.lastError)
 
 
 def packRecord(record: Record) -> bytes:
@@ -85,28 +103,44 @@ def packRecord(record: Record) -> bytes:
     @raise struct.error: if a field does not fit its header slot (a field of
         4 GiB or more, a C{when} outside 64 bits).
     """
-    _, _, function, unique, payload, when, reducer, clientId = record
-    return b"".join((_HEADER.pack(FORMAT_VERSION, when, len(function), len(unique), len(reducer),
-                                  len(clientId), len(payload)),
+    (_, _, function, unique, payload, when, reducer, clientId, attempts, retryAt,
+     lastError) = record
+    return b"".join((_HEADER.pack(FORMAT_VERSION, when, retryAt, attempts, len(function),
+                                  len(unique), len(reducer), len(clientId), len(lastError),
+                                  len(payload)),
+                     function, unique, reducer, clientId, lastError, payload))
+
+
+def packRecordV1(record: Record) -> bytes:
+    """
+    Pack C{record} in format 1, as txgear did before retry policies
+    (attempts, retry time and last error are not kept): for tests of
+    stores written then.
+    """
+    _, _, function, unique, payload, when, reducer, clientId = record[:8]
+    return b"".join((_HEADER_V1.pack(1, when, len(function), len(unique), len(reducer),
+                                     len(clientId), len(payload)),
                      function, unique, reducer, clientId, payload))
 
 
 def packedRows(records: List[Record]) -> List[Tuple[int, int, bytes]]:
     """
-    L{packRecord} over many records, inlined (a third faster).
+    L{packRecord} over many records, inlined.
 
     @return: C{(key, priority, packed)} for each record, in order.
     """
     pack = _HEADER.pack
-    return [(key, int(priority), pack(FORMAT_VERSION, when, len(function), len(unique),
-                                      len(reducer), len(clientId), len(payload))
-             + function + unique + reducer + clientId + payload)
-            for key, priority, function, unique, payload, when, reducer, clientId in records]
+    return [(key, int(priority), pack(FORMAT_VERSION, when, retryAt, attempts, len(function),
+                                      len(unique), len(reducer), len(clientId), len(lastError),
+                                      len(payload))
+             + function + unique + reducer + clientId + lastError + payload)
+            for (key, priority, function, unique, payload, when, reducer, clientId, attempts,
+                 retryAt, lastError) in records]
 
 
 def unpackRecord(key: int, priority: int, data: Any) -> StoredJob:
     """
-    Decode what L{packRecord} made.
+    Decode what L{packRecord} made (format 2, or format 1).
 
     @param key: the job's key, stored beside the value.
     @param priority: the job's priority, stored beside the value.
@@ -119,20 +153,38 @@ def unpackRecord(key: int, priority: int, data: Any) -> StoredJob:
         if isinstance(data, str):
             raise StoreSchemaError(f"job {key}: the record is text, not binary")
         data = bytes(data)
+    if data[:1] == b"\x01":
+        return _unpackV1(key, priority, data)
     if len(data) < HEADER_SIZE:
         raise StoreSchemaError(f"job {key}: truncated record ({len(data)} bytes)")
-    version, when, functionSize, uniqueSize, reducerSize, clientIdSize, payloadSize = (
-        _HEADER.unpack_from(data))
+    (version, when, retryAt, attempts, functionSize, uniqueSize, reducerSize, clientIdSize,
+     errorSize, payloadSize) = _HEADER.unpack_from(data)
     if version != FORMAT_VERSION:
         raise StoreSchemaError(f"job {key}: record format {version} is unknown "
-                               f"(this txgear reads format {FORMAT_VERSION})")
+                               f"(this txgear reads formats 1 and {FORMAT_VERSION})")
     end1 = HEADER_SIZE + functionSize
+    end2 = end1 + uniqueSize
+    end3 = end2 + reducerSize
+    end4 = end3 + clientIdSize
+    end5 = end4 + errorSize
+    if end5 + payloadSize != len(data):
+        raise StoreSchemaError(f"job {key}: record of {len(data)} bytes does not match its header")
+    return StoredJob(key, data[HEADER_SIZE:end1], data[end1:end2], data[end5:], priority, when,
+                     data[end2:end3], data[end3:end4], attempts, retryAt, data[end4:end5])
+
+
+def _unpackV1(key: int, priority: int, data: bytes) -> StoredJob:
+    if len(data) < HEADER_SIZE_V1:
+        raise StoreSchemaError(f"job {key}: truncated record ({len(data)} bytes)")
+    _, when, functionSize, uniqueSize, reducerSize, clientIdSize, payloadSize = (
+        _HEADER_V1.unpack_from(data))
+    end1 = HEADER_SIZE_V1 + functionSize
     end2 = end1 + uniqueSize
     end3 = end2 + reducerSize
     end4 = end3 + clientIdSize
     if end4 + payloadSize != len(data):
         raise StoreSchemaError(f"job {key}: record of {len(data)} bytes does not match its header")
-    return StoredJob(key, data[HEADER_SIZE:end1], data[end1:end2], data[end4:], priority, when,
+    return StoredJob(key, data[HEADER_SIZE_V1:end1], data[end1:end2], data[end4:], priority, when,
                      data[end2:end3], data[end3:end4])
 
 
@@ -214,17 +266,20 @@ def packBatch(records: Sequence[Record]) -> bytes:
     pack = _ENTRY_AND_HEADER.pack
     parts: List[bytes] = []
     extend = parts.extend
-    for key, priority, function, unique, payload, when, reducer, clientId in records:
+    for (key, priority, function, unique, payload, when, reducer, clientId, attempts, retryAt,
+         lastError) in records:
         functionSize = len(function)
         uniqueSize = len(unique)
         reducerSize = len(reducer)
         clientIdSize = len(clientId)
+        errorSize = len(lastError)
         payloadSize = len(payload)
         extend((pack(key, priority,
-                     HEADER_SIZE + functionSize + uniqueSize + reducerSize + clientIdSize + payloadSize,
-                     FORMAT_VERSION, when, functionSize, uniqueSize, reducerSize, clientIdSize,
-                     payloadSize),
-                function, unique, reducer, clientId, payload))
+                     HEADER_SIZE + functionSize + uniqueSize + reducerSize + clientIdSize
+                     + errorSize + payloadSize,
+                     FORMAT_VERSION, when, retryAt, attempts, functionSize, uniqueSize,
+                     reducerSize, clientIdSize, errorSize, payloadSize),
+                function, unique, reducer, clientId, lastError, payload))
     return b"".join(parts)
 
 
@@ -242,9 +297,9 @@ def packBatches(records: Sequence[Record], maxRecords: int, maxBytes: int) -> It
         end = start
         size = 0
         while end < count and end - start < maxRecords:
-            _, _, function, unique, payload, _, reducer, clientId = records[end]
-            size += (_MINIMUM_ENTRY + len(function) + len(unique) + len(payload) + len(reducer)
-                     + len(clientId))
+            record = records[end]
+            size += (_MINIMUM_ENTRY + len(record[2]) + len(record[3]) + len(record[4])
+                     + len(record[6]) + len(record[7]) + len(record[10]))
             if size > maxBytes and end > start:
                 break
             end += 1
@@ -262,7 +317,8 @@ def _binary(seq: int, data: Any) -> bytes:
 
 def unpackBatch(seq: int, data: Any) -> List[StoredJob]:
     """
-    Decode an adds batch made by L{packBatch}.
+    Decode an adds batch made by L{packBatch} (records of format 2, or of
+    format 1 as written before retry policies).
 
     @param seq: the batch's position in its log, for error messages.
     @param data: the batch (C{bytes}, or a buffer such as a C{memoryview}).
@@ -278,11 +334,25 @@ def unpackBatch(seq: int, data: Any) -> List[StoredJob]:
     append = jobs.append
     offset = 0
     while offset < size:
+        if size - offset < ENTRY_HEADER_SIZE + HEADER_SIZE_V1:
+            _refuseShortEntry(seq, data, offset)
+        start = offset + ENTRY_HEADER_SIZE
+        if data[start] == 1:
+            key, priority, length = _ENTRY.unpack_from(data, offset)
+            end = start + length
+            if end > size:
+                raise StoreSchemaError(f"log row {seq}: job {key}: truncated entry at offset "
+                                       f"{offset} ({length} bytes announced, {size - start} left)")
+            try:
+                append(_unpackV1(key, priority, data[start:end]))
+            except StoreSchemaError as e:
+                raise StoreSchemaError(f"log row {seq}: {e}") from e
+            offset = end
+            continue
         if size - offset < _MINIMUM_ENTRY:
             _refuseShortEntry(seq, data, offset)
-        (key, priority, length, version, when, functionSize, uniqueSize, reducerSize,
-         clientIdSize, payloadSize) = unpack(data, offset)
-        start = offset + ENTRY_HEADER_SIZE
+        (key, priority, length, version, when, retryAt, attempts, functionSize, uniqueSize,
+         reducerSize, clientIdSize, errorSize, payloadSize) = unpack(data, offset)
         end = start + length
         if end > size:
             raise StoreSchemaError(f"log row {seq}: job {key}: truncated entry at offset {offset} "
@@ -291,16 +361,18 @@ def unpackBatch(seq: int, data: Any) -> List[StoredJob]:
             raise StoreSchemaError(f"log row {seq}: job {key}: truncated record ({length} bytes)")
         if version != FORMAT_VERSION:
             raise StoreSchemaError(f"log row {seq}: job {key}: record format {version} is unknown "
-                                   f"(this txgear reads format {FORMAT_VERSION})")
+                                   f"(this txgear reads formats 1 and {FORMAT_VERSION})")
         end1 = start + HEADER_SIZE + functionSize
         end2 = end1 + uniqueSize
         end3 = end2 + reducerSize
         end4 = end3 + clientIdSize
-        if end4 + payloadSize != end:
+        end5 = end4 + errorSize
+        if end5 + payloadSize != end:
             raise StoreSchemaError(f"log row {seq}: job {key}: record of {length} bytes does not "
                                    f"match its header")
-        append(StoredJob(key, data[start + HEADER_SIZE:end1], data[end1:end2], data[end4:end],
-                         priority, when, data[end2:end3], data[end3:end4]))
+        append(StoredJob(key, data[start + HEADER_SIZE:end1], data[end1:end2], data[end5:end],
+                         priority, when, data[end2:end3], data[end3:end4], attempts, retryAt,
+                         data[end4:end5]))
         offset = end
     return jobs
 
@@ -311,7 +383,8 @@ def _refuseShortEntry(seq: int, data: bytes, offset: int) -> None:
         raise StoreSchemaError(f"log row {seq}: truncated entry at offset {offset} "
                                f"({left} bytes left)")
     key, _, length = _ENTRY.unpack_from(data, offset)
-    if length < HEADER_SIZE:
+    version = data[offset + ENTRY_HEADER_SIZE] if left > ENTRY_HEADER_SIZE else FORMAT_VERSION
+    if length < HEADER_SIZE_V1 or (length < HEADER_SIZE and version != 1):
         raise StoreSchemaError(f"log row {seq}: job {key}: truncated record ({length} bytes)")
     raise StoreSchemaError(f"log row {seq}: job {key}: truncated entry at offset {offset} "
                            f"({length} bytes announced, {left - ENTRY_HEADER_SIZE} left)")

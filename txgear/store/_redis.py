@@ -3,7 +3,7 @@
 The Redis job store (C{--queue redis:<url>}), with redis-py in the store's own
 thread.
 
-Keys, all under one prefix (C{txgear:} by default), schema version 2:
+Keys, all under one prefix (C{txgear:} by default), schema version 3:
   - C{<prefix>meta}: a hash with the schema name and version;
   - C{<prefix>jobs}: a hash from job key (in decimal) to the job's fields
     packed as L{txgear.store._record} describes;
@@ -11,6 +11,10 @@ Keys, all under one prefix (C{txgear:} by default), schema version 2:
     C{priority * 2**51 + key}, so that its order is the load order (scores
     are doubles: exact below 2**53, hence keys below 2**51 and priorities
     0 to 3).
+
+Version 3 differs from 2 only in the records it writes (format 2: attempts,
+retry time and last error); a version 2 queue is migrated when opened by
+setting its version to 3 (its format 1 records are still read).
 
 A batch is one pipelined C{MULTI}/C{EXEC}. C{add} fires once
 Redis has applied the transaction: the job survives a crash of the job server;
@@ -32,7 +36,10 @@ from txgear.store._record import collapse, packRecord, unpackRecord
 from txgear.store._url import takeQueryOptions
 
 SCHEMA_NAME = b"txgear-queue"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+
+#: Older schema versions L{RedisJobStore.open} migrates to L{SCHEMA_VERSION}.
+MIGRATED_VERSIONS = (b"2",)
 
 #: Options of a C{redis:} URL that are txgear's, not redis-py's.
 STORE_OPTIONS = ("prefix",)
@@ -112,8 +119,9 @@ class RedisJobStore(ThreadedBatchStore):
                         f"queue; left untouched")
                 client.hset(self._metaKey, mapping={b"schema": SCHEMA_NAME,
                                                     b"version": str(SCHEMA_VERSION).encode()})
-            elif (meta.get(b"schema") != SCHEMA_NAME
-                  or meta.get(b"version") != str(SCHEMA_VERSION).encode()):
+            migrate = meta.get(b"schema") == SCHEMA_NAME and meta.get(b"version") in MIGRATED_VERSIONS
+            if meta and not migrate and (meta.get(b"schema") != SCHEMA_NAME
+                                         or meta.get(b"version") != str(SCHEMA_VERSION).encode()):
                 raise StoreSchemaError(
                     f"{self.description}: the queue has schema {meta.get(b'schema')!r} version "
                     f"{meta.get(b'version')!r}, this txgear reads {SCHEMA_NAME!r} version "
@@ -133,6 +141,12 @@ class RedisJobStore(ThreadedBatchStore):
                         raise StoreSchemaError(f"{self.description}: job {member!r} has the "
                                                f"score {score} of key {key}")
                     jobs.append(unpackRecord(key, priority, data))
+            if migrate:
+                # Only once every record was read: a store refused is left as it was.
+                client.hset(self._metaKey, b"version", str(SCHEMA_VERSION).encode())
+                self._reactor.callFromThread(
+                    self._log.info, "Job store {store}: schema migrated to version {version}",
+                    store=self.description, version=SCHEMA_VERSION)
             return jobs
         except StoreSchemaError as e:
             if str(e).startswith(self.description):

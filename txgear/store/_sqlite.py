@@ -9,7 +9,7 @@ power failure or kernel crash may lose the last batches unless the store is
 opened with C{synchronous="FULL"} (one C{fsync} per batch). The file is locked
 exclusively while the store is open, so two servers cannot share one queue.
 
-Schema version 3, a log: C{meta(name, value)} and C{log(seq INTEGER PRIMARY
+Schema version 4, a log: C{meta(name, value)} and C{log(seq INTEGER PRIMARY
 KEY, kind INTEGER, data BLOB)}. A batch is one transaction appending at most
 one row of removed keys (kind 1, L{txgear.store._record.packKeys}) and one
 row of added records (kind 0, L{txgear.store._record.packBatch}); the two
@@ -17,6 +17,12 @@ are disjoint (L{txgear.store._record.collapse}), so their order within the
 batch does not matter. Writing one row per batch instead of one per job
 halves the store's cost per job: SQLite's B-tree insert and record encoding
 ran once per job and were most of it.
+
+Version 4 differs from 3 only in the records it writes (format 2: attempts,
+retry time and last error); a version 3 file is migrated when opened by
+setting its version to 4 (its format 1 records stay as they are and are still
+read). Nothing else is rewritten; a txgear that reads only version 3 then
+refuses the file instead of misreading it.
 
 L{SQLiteJobStore.open} replays the log in C{seq} order (adds set a key,
 removes delete it; the later of two adds of one key wins). Completed jobs
@@ -43,15 +49,18 @@ from txgear.errors import StoreError, StoreSchemaError
 from txgear.interfaces import IJobStore
 from txgear.jobs import StoredJob
 from txgear.store._batch import Operation, ThreadedBatchStore
-from txgear.store._record import (collapse, packBatch, packBatches, packKeys, unpackBatch,
-                                  unpackKeys)
+from txgear.store._record import (collapse, packBatch, packBatches, packKeys, recordOf,
+                                  unpackBatch, unpackKeys)
 
 #: The name recorded in the C{meta} table, telling a txgear queue from any
 #: other SQLite file.
 SCHEMA_NAME = "txgear-queue"
 
 #: The schema version this code reads and writes.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+
+#: Older schema versions L{SQLiteJobStore.open} migrates to L{SCHEMA_VERSION}.
+MIGRATED_VERSIONS = ("3",)
 
 #: The C{kind} of a log row of added records.
 ADDS = 0
@@ -168,8 +177,9 @@ class SQLiteJobStore(ThreadedBatchStore):
                 "SELECT name FROM sqlite_master WHERE type = 'table'")}
             live: Dict[int, StoredJob] = {}
             logged = 0
+            migrate = False
             if tables:
-                self._checkSchema(connection, tables)
+                migrate = self._checkSchema(connection, tables)
                 try:
                     live, logged = _replay(connection)
                 except StoreSchemaError as e:
@@ -181,6 +191,12 @@ class SQLiteJobStore(ThreadedBatchStore):
             connection.execute(f"PRAGMA synchronous = {self._synchronous}")
             if not tables:
                 self._createSchema(connection)
+            elif migrate:
+                connection.execute("UPDATE meta SET value = ? WHERE name = 'version'",
+                                   (str(SCHEMA_VERSION),))
+                self._reactor.callFromThread(
+                    self._log.info, "Job store {store}: schema migrated to version {version}",
+                    store=self.description, version=SCHEMA_VERSION)
             # Take the exclusive lock now, so a second server fails at start-up.
             connection.execute("BEGIN IMMEDIATE")
             connection.execute("COMMIT")
@@ -226,7 +242,12 @@ class SQLiteJobStore(ThreadedBatchStore):
             f"another place with --queue sqlite:/a/writable/directory/queue.sqlite (a relative "
             f"path, and the default, are in the working directory)") from error
 
-    def _checkSchema(self, connection: sqlite3.Connection, tables: set) -> None:
+    def _checkSchema(self, connection: sqlite3.Connection, tables: set) -> bool:
+        """
+        Refuse a file that is not a readable txgear queue.
+
+        @return: whether its schema version is an older one to migrate.
+        """
         if "meta" not in tables:
             raise StoreSchemaError(
                 f"{self.description}: this SQLite file is not a txgear queue (no meta table; "
@@ -237,7 +258,7 @@ class SQLiteJobStore(ThreadedBatchStore):
                 f"{self.description}: this SQLite file is not a txgear queue "
                 f"(schema {meta.get('schema')!r}); it was left untouched")
         version = meta.get("version")
-        if version != str(SCHEMA_VERSION):
+        if version != str(SCHEMA_VERSION) and version not in MIGRATED_VERSIONS:
             raise StoreSchemaError(
                 f"{self.description}: the queue has schema version {version}, this txgear "
                 f"reads version {SCHEMA_VERSION}; the file was left untouched (run the txgear "
@@ -250,6 +271,7 @@ class SQLiteJobStore(ThreadedBatchStore):
         if check != ["ok"]:
             raise StoreSchemaError(f"{self.description}: the file is corrupt ({'; '.join(check[:5])}); "
                                    f"it was left untouched")
+        return version != str(SCHEMA_VERSION)
 
     def _createSchema(self, connection: sqlite3.Connection) -> None:
         connection.execute("BEGIN IMMEDIATE")
@@ -347,8 +369,7 @@ class SQLiteJobStore(ThreadedBatchStore):
                 if not inTransaction:
                     connection.execute("BEGIN IMMEDIATE")
                 connection.execute("DELETE FROM log")
-                records = [(job.key, job.priority, job.function, job.unique, job.payload, job.when,
-                            job.reducer, job.clientId) for job in jobs]
+                records = [recordOf(job) for job in jobs]
                 for data in packBatches(records, _COMPACT_ROW_RECORDS, _COMPACT_ROW_BYTES):
                     connection.execute(_APPEND, (ADDS, data))
                 connection.execute("COMMIT")
