@@ -14,6 +14,8 @@ from typing import Any
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from txgear.web._metrics import MetricsResource, metricsRegistry
+
 
 class WebRoot(Resource):
     """
@@ -37,6 +39,7 @@ def makeSite(state: Any, factory: Any, clock: Any) -> Site:
     L{txgear.server.GearmanServerService} as C{httpFactory}.
     """
     root = WebRoot(state, factory, clock)
+    root.putChild(b"metrics", MetricsResource(metricsRegistry(state, factory, clock)))
     site = Site(root)
     site.displayTracebacks = False  # no internals to peers
     return site
