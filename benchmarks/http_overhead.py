@@ -13,6 +13,10 @@ connections x 100 pipelined, no workers). While the "on" server runs, a
 thread of this process GETs ``/metrics`` once a second (and checks it is
 Prometheus text). Prints medians, ranges and the ratio on/off of each; the
 issue's bar is at most 5% slower (a ratio of 0.95 or more).
+
+``--baseline CHECKOUT`` adds a third server, that checkout's (e.g. a commit
+before the metrics counters, made with ``git worktree add``), with the port
+off: what the counters themselves cost.
 """
 from __future__ import annotations
 
@@ -65,7 +69,7 @@ class Scraper:
         self._thread.join(15)
 
 
-def serverKind(python: str, http: bool, ports: Dict[int, int]) -> run.ServerKind:
+def serverKind(python: str, http: bool, ports: Dict[int, int], root: str = run.ROOT) -> run.ServerKind:
     base = run.txgearArgv(python)
 
     def argv(port: int) -> List[str]:
@@ -75,7 +79,7 @@ def serverKind(python: str, http: bool, ports: Dict[int, int]) -> run.ServerKind
             args += ["--http", f"tcp:{httpPort}:interface=127.0.0.1"]
         return args
     return run.ServerKind("txgear", "txgear --http" if http else "txgear", argv,
-                          env={"PYTHONPATH": run.ROOT})
+                          env={"PYTHONPATH": root})
 
 
 def main() -> int:
@@ -84,21 +88,24 @@ def main() -> int:
     parser.add_argument("--echo-jobs", type=int, default=100000)
     parser.add_argument("--bg-jobs", type=int, default=200000)
     parser.add_argument("--python", default=None, help="the interpreter for the server")
+    parser.add_argument("--baseline", default=None,
+                        help="another checkout to run with the port off, for comparison")
     args = parser.parse_args()
     run.buildLoadgen(os.environ.get("CC", "cc"))
     python = run.findCPython(args.python)
     httpPorts: Dict[int, int] = {}
     kinds = {"off": serverKind(python, False, httpPorts), "on": serverKind(python, True, httpPorts)}
+    if args.baseline:
+        kinds["baseline"] = serverKind(python, False, httpPorts, os.path.abspath(args.baseline))
     loads = ["echo", "bgsubmit"]
-    results: Dict[str, Dict[str, List[float]]] = {
-        f"{load} {mode}": [] for load in loads for mode in kinds}  # type: ignore[misc]
+    results: Dict[str, List[float]] = {f"{load} {mode}": [] for load in loads for mode in kinds}
     cpu: Dict[str, List[float]] = {key: [] for key in results}
     scrapes: List[float] = []
     failures: List[str] = []
     c = dict(warmup=5000)
     with tempfile.TemporaryDirectory(prefix="http-overhead-") as tmpdir:
         for round_ in range(args.rounds):
-            order = ["off", "on"] if round_ % 2 == 0 else ["on", "off"]
+            order = list(kinds) if round_ % 2 == 0 else list(reversed(kinds))
             for load in loads:
                 for mode in order:
                     server = run.Server(kinds[mode], tmpdir)
@@ -128,15 +135,17 @@ def main() -> int:
     fmt: Callable[[List[float], str], str] = lambda xs, f: (
         f"{run.median(xs):{f}} ({min(xs):{f}}–{max(xs):{f}})")
     print(f"\n{args.rounds} rounds, fresh servers, alternating; median (range)\n")
-    print("| load | HTTP | jobs/s | server CPU per job (us) | on/off jobs/s |")
-    print("|---|---|---|---|---|")
+    print("| load | server | jobs/s | server CPU per job (us) | jobs/s / off's | CPU per job / off's |")
+    print("|---|---|---|---|---|---|")
     for load in loads:
         off = run.median(results[f"{load} off"])
-        for mode in ("off", "on"):
+        offCpu = run.median(cpu[f"{load} off"])
+        for mode in kinds:
             key = f"{load} {mode}"
-            ratio = f"{run.median(results[key]) / off:.3f}" if mode == "on" else ""
+            ratio = f"{run.median(results[key]) / off:.3f}" if mode != "off" else ""
+            cpuRatio = f"{run.median(cpu[key]) / offCpu:.3f}" if mode != "off" else ""
             print(f"| {load} 100 B | {mode} | {fmt(results[key], ',.0f')} | "
-                  f"{fmt(cpu[key], '.1f')} | {ratio} |")
+                  f"{fmt(cpu[key], '.1f')} | {ratio} | {cpuRatio} |")
     if scrapes:
         print(f"\n{len(scrapes)} scrapes, {run.median(scrapes) * 1000:.1f} ms median, "
               f"{max(scrapes) * 1000:.1f} ms max (HTTP round trip, under load)")

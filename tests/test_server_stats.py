@@ -21,6 +21,13 @@ def test_histogramBucketsAreInclusiveUpperBounds():
     assert histogram.sum == 103.1
 
 
+def test_histogramClampsNegativeDurations():
+    histogram = Histogram((0.1,))
+    histogram.observe(-2.0)  # a wall clock that stepped back
+    assert histogram.counts == [1, 0]
+    assert histogram.sum == 0.0
+
+
 def test_functionStatsStartAtZero():
     stats = FunctionStats(b"f")
     assert stats.submitted == [0, 0]

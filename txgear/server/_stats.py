@@ -68,6 +68,8 @@ class Histogram:
 
     def observe(self, value: float) -> None:
         """Count one observation (O(1): the bounds are few and fixed)."""
+        if value < 0.0:
+            value = 0.0  # the wall clock stepped back
         self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
 
