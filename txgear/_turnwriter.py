@@ -117,7 +117,9 @@ class ConnectionOutput:
 
     def write(self, data: Any) -> None:
         """Queue C{data} (bytes or a view of immutable bytes) for the end of the turn."""
-        queued = self.queued = self.queued + len(data)
+        size = len(data)
+        self.writer.written += size
+        queued = self.queued = self.queued + size
         pending = self._pending
         if pending is None:
             self._pending = [data]
@@ -136,6 +138,7 @@ class ConnectionOutput:
             if length >= _LARGE:
                 large = True
             size += length
+        self.writer.written += size
         self.queued += size
         pending = self._pending
         if large and self._ready and self._pull:
@@ -439,6 +442,8 @@ class TurnWriter:
 
     def __init__(self, clock: Any) -> None:
         self._clock = clock
+        #: Bytes written to all its outputs (queued for their peers) so far.
+        self.written = 0
         self._dirty: List[ConnectionOutput] = []
         self._scheduled = False
 

@@ -246,7 +246,8 @@ def _byName(plain: Handler, right: str, whole: bool) -> Handler:
             plain(protocol, body)
             return
         guard.denied(protocol, right, name)
-        protocol.session.write(registerDenied(name) if right == REGISTER else ERR_INVOKE_DENIED)
+        protocol.state.sendError(protocol.session,
+                                 registerDenied(name) if right == REGISTER else ERR_INVOKE_DENIED)
 
     guarded.__name__ = "_guarded" + getattr(plain, "__name__", "")
     return guarded

@@ -49,6 +49,7 @@ from txgear.server._guard import AccessGuard, guardedDispatch
 from txgear.server._identity import peerNames
 from txgear.server._names import DEFAULT_MAX_FUNCTION_NAME, cleanClientId, functionNameProblem
 from txgear.server._state import ERR_UNKNOWN_OPTION, HIGH, LOW, NORMAL, JobServerState, Session
+from txgear.server._stats import ADMIN, CLIENT, WORKER
 
 #: Room for the arguments besides the workload (function, unique, handle...),
 #: so that a workload of exactly the maximum packet size is accepted.
@@ -173,12 +174,16 @@ class GearmanServerProtocol(Protocol):
         # The names of its client certificate, once access control asked.
         self._names: Optional[Tuple[str, ...]] = None
         self._table = _DISPATCH
+        # Its role for the metrics: what its last role-revealing request was.
+        self._role = CLIENT
 
     def connectionMade(self) -> None:
         factory = self.factory
         if factory.guard is not None:
             self._table = _GUARDED_DISPATCH
         self.state = factory.state
+        self._stats = self.state.stats
+        self._stats.connections[CLIENT] += 1
         self.session = self.state.connect(self)
         self.session.exceptions = factory.exceptions
         self._decoder = PacketDecoder(expectRequests=True, allowText=True,
@@ -248,6 +253,7 @@ class GearmanServerProtocol(Protocol):
     # -- input ------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        self._stats.bytesIn += len(data)
         decoder = self._decoder
         if self._stalled or self._held is not None:
             # Not dispatching now: keep it, undecoded, in order.
@@ -286,21 +292,32 @@ class GearmanServerProtocol(Protocol):
         """
         dispatch = self._table
         transport = self.transport
+        packets = self._stats.packetsIn
+        roles = _ROLES
         pending = iter(messages)
         for kind, body in pending:
             if kind > 0:
+                packets[kind] += 1
+                role = roles[kind]
+                if role is not None and role != self._role:
+                    self._stats.roleChanged(self._role, role)
+                    self._role = role
                 try:
                     dispatch[kind](self, body)
                 except _Malformed as e:
                     self.factory.peerLog.warn(self, "malformed", "Malformed {kind} packet from {peer}",
                                               kind=PacketType(kind).name, peer=self._peer())
-                    self.session.write(_invalidPacket(*e.args))
+                    self.state.sendError(self.session, _invalidPacket(*e.args))
             elif kind == TEXT:
+                packets[TEXT] += 1
+                if self._role != ADMIN:
+                    self._stats.roleChanged(self._role, ADMIN)
+                    self._role = ADMIN
                 self._adminLine(body)
             else:
                 self.factory.peerLog.warn(self, "magic", "Response magic on packet {kind} from {peer}",
                                           kind=-kind, peer=self._peer())
-                self.session.write(ERR_INVALID_MAGIC)
+                self.state.sendError(self.session, ERR_INVALID_MAGIC)
             if transport.disconnecting:
                 return
             if self._stalled:
@@ -314,6 +331,7 @@ class GearmanServerProtocol(Protocol):
                            error=str(decoder.error))
             if "exceeds the limit" in str(decoder.error):
                 # Tell the peer why; loseConnection also stops reading the body.
+                self._stats.errorSent(ERR_TOO_LARGE)
                 self.write(ERR_TOO_LARGE)
                 self._output.flush()
                 self.closeWhenWritten()
@@ -353,6 +371,7 @@ class GearmanServerProtocol(Protocol):
         # raises the cyclic collector's thresholds, so memory that waited
         # for it would pile up.
         self._output.stopProducing()
+        self._stats.connections[self._role] -= 1
         self.factory._connectionGone(self)
         self.state.disconnect(self.session)
         self.session.peer = _CLOSED_PEER
@@ -470,7 +489,7 @@ class GearmanServerProtocol(Protocol):
             return False
         self.factory.peerLog.warn(self, "name", "Function name {name} refused from {peer}: {why}",
                                   name=name, peer=self._peer(), why=problem[1].decode("ascii"))
-        self.session.write(encodeResponse(PacketType.ERROR, *problem))
+        self.state.sendError(self.session, encodeResponse(PacketType.ERROR, *problem))
         return True
 
     def _canDo(self, body: bytes) -> None:
@@ -564,7 +583,7 @@ class GearmanServerProtocol(Protocol):
             self.session.exceptions = True
             self.session.write(encodeResponse(PacketType.OPTION_RES, body))
         else:
-            self.session.write(ERR_UNKNOWN_OPTION)
+            self.state.sendError(self.session, ERR_UNKNOWN_OPTION)
 
     def _submitEpoch(self, body: bytes) -> None:
         name, unique, epoch, payload = _split(body, PacketType.SUBMIT_JOB_EPOCH)
@@ -579,7 +598,7 @@ class GearmanServerProtocol(Protocol):
         if not 0 <= when <= MAX_EPOCH:
             self.factory.peerLog.warn(self, "epoch", "SUBMIT_JOB_EPOCH with epoch {epoch} out of "
                                       "range from {peer}", epoch=epoch, peer=self._peer())
-            self.session.write(ERR_BAD_EPOCH)
+            self.state.sendError(self.session, ERR_BAD_EPOCH)
             return
         self.state.submit(self.session, name, unique, payload, NORMAL, True, when)
 
@@ -590,8 +609,8 @@ class GearmanServerProtocol(Protocol):
         try:
             when = nextRunTime(args[2:7], self.state.clock.seconds())
         except ScheduleError as e:
-            self.session.write(encodeResponse(PacketType.ERROR, b"INVALID_ARGUMENT",
-                                              str(e).encode("utf-8")))
+            self.state.sendError(self.session, encodeResponse(
+                PacketType.ERROR, b"INVALID_ARGUMENT", str(e).encode("utf-8")))
             return
         self.state.submit(self.session, args[0], args[1], args[7], NORMAL, True, when)
 
@@ -611,7 +630,7 @@ class GearmanServerProtocol(Protocol):
     def _invalidCommand(self, body: bytes) -> None:
         self.factory.peerLog.warn(self, "unexpected", "Unexpected packet from {peer}",
                                   peer=self._peer())
-        self.session.write(ERR_INVALID_COMMAND)
+        self.state.sendError(self.session, ERR_INVALID_COMMAND)
 
 
 def _submitter(kind: int, priority: int, background: bool) -> Callable[[GearmanServerProtocol, bytes], None]:
@@ -680,6 +699,22 @@ _DISPATCH: Tuple[Callable[[GearmanServerProtocol, bytes], None], ...] = tuple(
 )
 #: The same, for connections under access control (see L{txgear.server._guard}).
 _GUARDED_DISPATCH = guardedDispatch(_DISPATCH)
+
+#: The role a request reveals (see docs/operations.md), by packet type; C{None}:
+#: the request says nothing of it (ECHO_REQ, SET_CLIENT_ID, WORK_* results...).
+_ROLES: Tuple[Optional[int], ...] = tuple(
+    WORKER if kind in (PacketType.CAN_DO, PacketType.CAN_DO_TIMEOUT, PacketType.CANT_DO,
+                       PacketType.RESET_ABILITIES, PacketType.PRE_SLEEP, PacketType.GRAB_JOB,
+                       PacketType.GRAB_JOB_UNIQ, PacketType.GRAB_JOB_ALL)
+    else CLIENT if kind in (PacketType.SUBMIT_JOB, PacketType.SUBMIT_JOB_BG,
+                            PacketType.SUBMIT_JOB_HIGH, PacketType.SUBMIT_JOB_HIGH_BG,
+                            PacketType.SUBMIT_JOB_LOW, PacketType.SUBMIT_JOB_LOW_BG,
+                            PacketType.SUBMIT_JOB_EPOCH, PacketType.SUBMIT_JOB_SCHED,
+                            PacketType.SUBMIT_REDUCE_JOB,
+                            PacketType.SUBMIT_REDUCE_JOB_BACKGROUND, PacketType.GET_STATUS,
+                            PacketType.GET_STATUS_UNIQUE, PacketType.OPTION_REQ)
+    else None
+    for kind in range(MAX_TYPE + 1))
 
 
 class GearmanServerFactory(Factory):

@@ -48,7 +48,14 @@ from txgear._packet import PacketType, encodeResponse, responseHeader
 from txgear.jobs import Priority
 from txgear.server._policy import EXCEPTION, FAIL, LOST, TIMEOUT, PolicyTable, RetryPolicy
 from txgear.server._scheduler import EpochScheduler
+from txgear.server._stats import (CANCELLED as OUT_CANCELLED, COMPLETE as OUT_COMPLETE,
+                                  EXCEPTION as OUT_EXCEPTION, FAIL as OUT_FAIL,
+                                  LOST as OUT_LOST, RETRIED as OUT_RETRIED,
+                                  TIMEOUT as OUT_TIMEOUT, FunctionStats, ServerStats)
 from txgear.server._storequeue import StoreQueue, StoreState
+
+#: A policy's outcome -> the metrics' count of jobs that ended so for good.
+_OUTCOME_COUNTED = {LOST: OUT_LOST, TIMEOUT: OUT_TIMEOUT, FAIL: OUT_FAIL, EXCEPTION: OUT_EXCEPTION}
 
 HIGH, NORMAL, LOW = Priority.HIGH.value, Priority.NORMAL.value, Priority.LOW.value
 
@@ -146,10 +153,11 @@ class Function:
     @ivar maxQueue: per-priority limits on its jobs; 0 = none.
     @ivar kept: made by C{create function} (or given a C{maxqueue}): never
         forgotten for being unused.
+    @ivar stats: its L{FunctionStats}, from its first job on (C{None} before).
     """
 
     __slots__ = ("name", "queues", "dead", "pending", "queued", "running", "scheduled", "workers",
-                 "sleepers", "uniques", "maxQueue", "priorityCounts", "kept")
+                 "sleepers", "uniques", "maxQueue", "priorityCounts", "kept", "stats")
 
     def __init__(self, name: bytes) -> None:
         self.name = name
@@ -166,6 +174,8 @@ class Function:
         # Queued live jobs per priority; a list of its own from its first queued job.
         self.priorityCounts: List[int] = _NO_COUNTS  # type: ignore[assignment]
         self.kept = False
+        # Made with its first job: functions only registered cost nothing.
+        self.stats: FunctionStats = None  # type: ignore[assignment]
 
     def total(self) -> int:
         """Jobs of this function, in any state but DONE."""
@@ -192,12 +202,14 @@ class Job:
         (cut to L{MAX_LAST_ERROR}), or C{worker lost}, C{timeout}, C{WORK_FAIL}.
     @ivar retryAt: while it waits out a retry's backoff, the Unix time in
         milliseconds at which it is queued again; else 0.
+    @ivar since: when it entered its state, while QUEUED or RUNNING (the
+        queue wait and run time histograms).
     """
 
     __slots__ = ("handle", "func", "unique", "payload", "priority", "background",
                  "when", "reducer", "clientId", "key", "clients", "worker", "numerator",
                  "denominator", "attempts", "state", "coalesceKey", "timeoutCall",
-                 "storeState", "storeError", "lastError", "retryAt")
+                 "storeState", "storeError", "lastError", "retryAt", "since")
 
     def __init__(self, handle: bytes, function: Function, unique: bytes, payload: bytes,
                  priority: int, background: bool, when: int, reducer: bytes,
@@ -224,6 +236,7 @@ class Job:
         self.timeoutCall: Any = None
         self.storeState = _S_NONE
         self.storeError = b""
+        self.since = 0.0
 
     @property
     def function(self) -> bytes:
@@ -347,9 +360,12 @@ class JobServerState:
         self.maxFunctions = maxFunctions
         self.wakeRecheck = wakeRecheck
         self.store = store
+        #: The counters C{/metrics} reports (see L{txgear.server._stats}).
+        self.stats = ServerStats()
         self.storeQueue: Optional[StoreQueue] = None
         if store is not None:
-            self.storeQueue = StoreQueue(store, clock, self._jobsStored, self._jobsNotStored)
+            self.storeQueue = StoreQueue(store, clock, self._jobsStored, self._jobsNotStored,
+                                         self.stats)
         # Job keys (and handle numbers) continue after the largest one loaded.
         self._nextKey = 1
         self.onEmptied = onEmptied
@@ -394,6 +410,9 @@ class JobServerState:
                 function.running += 1
                 self.runningCount += 1
                 job.worker.held[job.handle] = job  # type: ignore[union-attr]
+                now = self.clock.seconds()
+                function.stats.wait.observe(now - job.since)
+                job.since = now
                 return
             function.queued -= 1
             function.priorityCounts[job.priority] -= 1
@@ -407,6 +426,7 @@ class JobServerState:
         elif old == RUNNING:
             function.running -= 1
             self.runningCount -= 1
+            function.stats.run.observe(self.clock.seconds() - job.since)
             if not self.runningCount and self._noneRunningWaiters:
                 self._noneRunning()
             worker = job.worker
@@ -453,6 +473,7 @@ class JobServerState:
                 queues = function.queues = (deque(), deque(), deque())
                 function.priorityCounts = [0, 0, 0]
             queues[job.priority].append(job)
+            job.since = self.clock.seconds()
             function.queued += 1
             function.priorityCounts[job.priority] += 1
             if function.sleepers:
@@ -461,6 +482,7 @@ class JobServerState:
             function.running += 1
             self.runningCount += 1
             job.worker.held[job.handle] = job  # type: ignore[union-attr]
+            job.since = self.clock.seconds()
         elif new == SCHEDULED:
             function.scheduled += 1
             self.scheduler.add(job, self._dueTime(job))
@@ -546,6 +568,8 @@ class JobServerState:
         functions = self.functions
         if functions.get(function.name) is function:
             del functions[function.name]
+            if function.stats is not None:
+                self.stats.retire(function.stats)
             if (self._functionsPeak >= LARGE_FUNCTION_TABLE
                     and len(functions) * 8 <= self._functionsPeak):
                 # A dict never shrinks by deletion: copy what is left into a
@@ -607,6 +631,7 @@ class JobServerState:
                 clients.remove(session)
             if not clients and not job.background and job.state != RUNNING:
                 # Nobody waits for the result: drop it, as gearmand does.
+                job.func.stats.finished[OUT_LOST] += 1
                 self._move(job, DONE)
         session.waiting.clear()
         # A worker that was woken but went away may leave jobs nobody was told of.
@@ -759,13 +784,13 @@ class JobServerState:
         if len(unique) > MAX_UNIQUE:
             self.peerLog.warn(session.peer, "unique", "Session {id}: unique id of {size} bytes "
                               "refused", id=session.id, size=len(unique))
-            session.write(ERR_UNIQUE_TOO_LARGE)
+            self.sendError(session, ERR_UNIQUE_TOO_LARGE)
             return
         function = self.functions.get(name)
         if function is None:
             function = self._newFunction(name)
             if function is None:
-                session.write(ERR_TOO_MANY_FUNCTIONS)
+                self.sendError(session, ERR_TOO_MANY_FUNCTIONS)
                 return
         if unique:
             coalesceKey: Any = unique if unique != b"-" else ((b"-", payload) if payload else None)
@@ -777,20 +802,24 @@ class JobServerState:
         else:
             coalesceKey = None
         if not self.accepting:
-            session.write(ERR_SHUTTING_DOWN)
+            self.sendError(session, ERR_SHUTTING_DOWN)
             self._forgetIfUnused(function)
             return
         limit = function.maxQueue[priority]
         if limit and function.total() >= limit:
             self.peerLog.info(session.peer, "full", "Queue of {function} full ({limit} jobs): "
                               "submit refused", function=name, limit=limit)
-            session.write(ERR_QUEUE_FULL)
+            self.sendError(session, ERR_QUEUE_FULL)
             return
         key = self._nextKey
         self._nextKey = key + 1
         handle = self.handlePrefix + b"%d" % key
         job = Job(handle, function, unique, payload, priority, background, when, reducer,
                   session.clientId if session.clientId != b"-" else b"", key)
+        stats = function.stats
+        if stats is None:
+            stats = function.stats = self.stats.forFunction(name)
+        stats.submitted[background] += 1
         jobs = self.jobs
         jobs[handle] = job
         if len(jobs) >= LARGE_QUEUE:
@@ -872,6 +901,7 @@ class JobServerState:
                     job.background = False
                     self._makeRunnable(job)
                 else:
+                    job.func.stats.finished[OUT_LOST] += 1
                     self._move(job, DONE)
             elif job.state == DONE:
                 job.payload = b""  # kept only for the store's sake
@@ -913,6 +943,9 @@ class JobServerState:
             job.attempts = getattr(record, "attempts", 0)
             job.lastError = getattr(record, "lastError", b"")
             job.retryAt = getattr(record, "retryAt", 0)
+            if function.stats is None:
+                # Submitted in an earlier run: counted there.
+                function.stats = self.stats.forFunction(function.name)
             self.jobs[handle] = job
             if coalesceKey is not None:
                 self._index(job, coalesceKey)
@@ -1041,11 +1074,14 @@ class JobServerState:
                 self._log.warn("Job {handle!r} failed after {attempts} attempts ({why})",
                                handle=job.handle, attempts=job.attempts,
                                why=error.decode("utf-8", "replace")[:80])
+            job.func.stats.finished[_OUTCOME_COUNTED[outcome]] += 1
             self._exhausted(job, exception)
             return
         if not job.clients and not job.background:
+            job.func.stats.finished[OUT_LOST] += 1
             self._move(job, DONE)  # nobody waits for it any more
             return
+        job.func.stats.finished[OUT_RETRIED] += 1
         delay = policy.delay(job.attempts, self.random)
         if delay > 0:
             job.retryAt = math.ceil((self.clock.seconds() + delay) * 1000)
@@ -1087,7 +1123,7 @@ class JobServerState:
         job = session.held.get(handle)
         if job is None:
             if not self._unknownHandle(session, handle, "WORK_STATUS"):
-                session.write(ERR_JOB_NOT_FOUND)
+                self.sendError(session, ERR_JOB_NOT_FOUND)
             return
         job.numerator = numerator
         job.denominator = denominator
@@ -1098,7 +1134,7 @@ class JobServerState:
         job = session.held.get(handle)
         if job is None:
             if not self._unknownHandle(session, handle, PacketType(kind).name):
-                session.write(ERR_JOB_NOT_FOUND_DATA)
+                self.sendError(session, ERR_JOB_NOT_FOUND_DATA)
             return
         self._relay(job, kind, body, session)
 
@@ -1108,7 +1144,7 @@ class JobServerState:
         if job is None:
             if self._unknownHandle(session, handle, PacketType(kind).name, True):
                 return
-            session.write(ERR_JOB_NOT_FOUND_EXC if kind == PacketType.WORK_EXCEPTION
+            self.sendError(session, ERR_JOB_NOT_FOUND_EXC if kind == PacketType.WORK_EXCEPTION
                           else ERR_JOB_NOT_FOUND)
             return
         if kind == _WORK_EXCEPTION:
@@ -1117,6 +1153,7 @@ class JobServerState:
         elif kind == _WORK_FAIL:
             self._attemptEnded(job, FAIL, b"WORK_FAIL")
         else:
+            job.func.stats.finished[OUT_COMPLETE] += 1
             self._finish(job, responseHeader(kind, len(body)) + body if len(body) < _BIG
                          else [responseHeader(kind, len(body)), body], session)
 
@@ -1163,6 +1200,31 @@ class JobServerState:
                 else:
                     client.write(packet)
         self._move(job, DONE)
+
+    def sendError(self, session: Session, packet: bytes) -> None:
+        """Send an ERROR packet (whole) to C{session}, counted by code."""
+        self.stats.errorSent(packet)
+        session.write(packet)
+
+    def oldestQueued(self, function: Function) -> Optional[float]:
+        """
+        When the longest-waiting queued job of C{function} was queued, or
+        C{None} if none is. Reads the heads of its three queues only
+        (dead heads are dropped on the way, as a grab does): amortised O(1).
+        """
+        queues = function.queues
+        if queues is None or not function.queued:
+            return None
+        oldest: Optional[float] = None
+        for queue in queues:
+            while queue and queue[0].state != QUEUED:
+                queue.popleft()
+                function.dead -= 1
+            if queue:
+                since = queue[0].since
+                if oldest is None or since < oldest:
+                    oldest = since
+        return oldest
 
     # -- status ----------------------------------------------------------
 
@@ -1222,6 +1284,7 @@ class JobServerState:
         if worker is not None:
             # The worker may still report on it: dropped quietly.
             worker._drop(handle)
+        job.func.stats.finished[OUT_CANCELLED] += 1
         self._finish(job, _H_WORK_FAIL + len(handle).to_bytes(4, "big") + handle)
         return True
 

@@ -53,13 +53,18 @@ class StoreQueue:
         are L{STORED} by then).
     @param failed: called with each batch the store refused (its jobs are
         L{FAILED} by then).
+    @param stats: a L{txgear.server._stats.ServerStats} told each batch's
+        commit latency and each ERROR sent for a refused job, or C{None}.
+    @ivar writing: jobs handed to the store that it has not answered for.
     """
 
     _log = logger()
 
     def __init__(self, store: Any, clock: Any, stored: Callable[[List[Any]], None],
-                 failed: Callable[[List[Any]], None]) -> None:
+                 failed: Callable[[List[Any]], None], stats: Any = None) -> None:
         self.store = store
+        self._stats = stats
+        self.writing = 0
         self._clock = clock
         self._stored = stored
         self._failed = failed
@@ -101,19 +106,33 @@ class StoreQueue:
         """C{session} is gone: nothing to send it any more."""
         self._holding.pop(session, None)
 
+    @property
+    def pending(self) -> int:
+        """Background jobs not yet durable: waiting for this turn's batch, or being written."""
+        return len(self._unstored) + self.writing
+
     def _flush(self) -> None:
         batch, self._unstored = self._unstored, []
+        self.writing += len(batch)
+        started = self._clock.seconds()
         d = self.store.addMany(batch)
-        d.addCallbacks(self._written, self._notWritten, callbackArgs=(batch,),
-                       errbackArgs=(batch,))
+        d.addCallbacks(self._written, self._notWritten, callbackArgs=(batch, started),
+                       errbackArgs=(batch, started))
 
-    def _written(self, _: object, batch: List[Any]) -> None:
+    def _answered(self, batch: List[Any], started: float) -> None:
+        self.writing -= len(batch)
+        if self._stats is not None:
+            self._stats.storeCommit.observe(self._clock.seconds() - started)
+
+    def _written(self, _: object, batch: List[Any], started: float) -> None:
+        self._answered(batch, started)
         for job in batch:
             job.storeState = STORED
         self._stored(batch)
         self._release()
 
-    def _notWritten(self, failure: Failure, batch: List[Any]) -> None:
+    def _notWritten(self, failure: Failure, batch: List[Any], started: float) -> None:
+        self._answered(batch, started)
         self._log.failure("Could not store {count} background jobs", failure, count=len(batch))
         packet = ERR_NOT_STORED  # the detail (a file path...) is for the log only
         for job in batch:
@@ -126,7 +145,7 @@ class StoreQueue:
         """Send what no longer waits for the store, session by session."""
         holding = self._holding
         for session in list(holding):
-            if _flushReplies(session):
+            if _flushReplies(session, self._stats):
                 del holding[session]
 
     def _updateFailed(self, failure: Failure, job: Any) -> None:
@@ -138,7 +157,7 @@ class StoreQueue:
                           handle=job.handle)
 
 
-def _flushReplies(session: Any) -> bool:
+def _flushReplies(session: Any, stats: Any = None) -> bool:
     """Send C{session}'s held replies up to the first job still being written."""
     replies = session.replies
     while replies:
@@ -149,6 +168,8 @@ def _flushReplies(session: Any) -> bool:
                 return False
             if state is FAILED:
                 item = item.storeError
+                if stats is not None and not session.closed:
+                    stats.errorSent(item)
             else:
                 handle = item.handle
                 item = _H_JOB_CREATED + len(handle).to_bytes(4, "big") + handle

@@ -62,9 +62,25 @@ def makeSite(state: Any, factory: Any, clock: Any, maxWait: float = DEFAULT_MAX_
     api = JobAPI(state, factory, clock, maxBody=maxBody, maxWait=maxWait,
                  maxWaiting=maxWaiting)
     root = WebRoot(state, factory, clock, api)
+    root.putChild(b"metrics", _metricsResource(state, factory, clock))
     site = WebSite(root, clock, maxBody=maxBody)
     site.onStop(api.stop)
     return site
+
+
+def _metricsResource(state: Any, factory: Any, clock: Any) -> Resource:
+    """C{/metrics}, or, without prometheus_client, a 503 saying what to install."""
+    try:
+        from txgear.web._metrics import MetricsResource, metricsRegistry
+    except ImportError:
+        from twisted.logger import Logger
+        from twisted.web.pages import errorPage
+
+        Logger().warn("/metrics is off: it needs prometheus_client "
+                      "(pip install 'txgear[http]')")
+        return errorPage(503, "Metrics unavailable",
+                         "The server needs prometheus_client: pip install 'txgear[http]'.")
+    return MetricsResource(metricsRegistry(state, factory, clock))
 
 
 __all__ = ["WebRoot", "makeSite"]
