@@ -263,3 +263,31 @@ def test_functionPolicyOverridesTheDefault() -> None:
     grab(state, session, peer)
     state.disconnect(session)
     assert state.jobs[gHandle].state == SCHEDULED
+
+
+@pytest.mark.parametrize("outcome", OUTCOMES)
+def test_metricsCountRetriedAttemptsAndTheFinalOutcome(outcome: str) -> None:
+    """
+    Each retried attempt counts as C{retried}; the last one, when attempts
+    run out, counts under its own outcome; a later success as C{complete}.
+    """
+    from txgear.server import _stats
+
+    state, clock = makeState(f"attempts:3,backoff:0,on:{outcome}")
+    client, cpeer = connect(state)
+    handle = submit(state, client, cpeer, background=True)
+    # Kept: a function left without jobs and workers is forgotten, its counters stay.
+    finished = state.functions[b"f"].stats.finished
+    for _ in range(3):
+        runAndEnd(state, clock, outcome, handle)
+    counted = {_stats.OUTCOMES[i]: n for i, n in enumerate(finished) if n}
+    assert counted == {"retried": 2, outcome: 1}
+    assert handle not in state.jobs
+
+    handle = submit(state, client, cpeer, background=True)
+    runAndEnd(state, clock, outcome, handle)
+    session, peer = worker(state)
+    assert grab(state, session, peer)[1][0] == handle
+    state.workEnd(session, P.WORK_COMPLETE, handle, handle + b"\0done")
+    counted = {_stats.OUTCOMES[i]: n for i, n in enumerate(finished) if n}
+    assert counted == {"retried": 3, outcome: 1, "complete": 1}
