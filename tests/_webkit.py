@@ -79,21 +79,27 @@ class WebHarness:
     """A server state, its factory and its HTTP site, on a task.Clock."""
 
     def __init__(self, access: Any = None, maxPacket: int = 1024 * 1024, maxWait: float = 60.0,
-                 maxWaiting: int = 10000) -> None:
+                 maxWaiting: int = 10000, **siteOptions: Any) -> None:
         self.clock = Clock()
         self.state = JobServerState(clock=self.clock, handlePrefix=b"H:test")
         self.factory = GearmanServerFactory(self.state, maxPacket=maxPacket, access=access)
         self.site = makeSite(self.state, self.factory, self.clock, maxWait=maxWait,
-                             maxWaiting=maxWaiting)
+                             maxWaiting=maxWaiting, **siteOptions)
 
-    def request(self, method: str, path: str, body: bytes = b"",
-                headers: Optional[Dict[str, str]] = None,
-                transport: Optional[StringTransport] = None) -> Exchange:
+    def connect(self, transport: Optional[StringTransport] = None) -> Exchange:
+        """A connection with nothing sent yet."""
         channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
         channel.callLater = self.clock.callLater  # the idle timeout, on the test's clock
         transport = transport or StringTransport(
             peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
         channel.makeConnection(transport)
+        return Exchange(channel, transport)
+
+    def request(self, method: str, path: str, body: bytes = b"",
+                headers: Optional[Dict[str, str]] = None,
+                transport: Optional[StringTransport] = None) -> Exchange:
+        channel = self.connect(transport).channel
+        transport = channel.transport
         lines = [f"{method} {path} HTTP/1.1", "Host: localhost",
                  f"Content-Length: {len(body)}"]
         for name, value in (headers or {}).items():

@@ -496,7 +496,12 @@ def test_httpLimits():
     api = service.httpFactory.resource.api
     assert (api.maxWait, api.maxWaiting, api.maxBody) == (5.0, 7, 2048)
     assert service.httpFactory.maxBody == 2048
-    for argv in (["--http-max-wait", "0"], ["--http-max-waiting", "0"]):
+    assert (options["http-idle-timeout"], options["http-max-connections"]) == (60.0, 1024)
+    site = _makeService("--queue", "memory", "--http", "tcp:0:interface=127.0.0.1",
+                        "--http-idle-timeout", "7", "--http-max-connections", "3").httpFactory
+    assert (site.timeOut, site.maxConnections) == (7.0, 3)
+    for argv in (["--http-max-wait", "0"], ["--http-max-waiting", "0"],
+                 ["--http-idle-timeout", "0"], ["--http-max-connections", "0"]):
         with pytest.raises(usage.UsageError, match=argv[0]):
             parse(*argv)
 

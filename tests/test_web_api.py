@@ -357,3 +357,34 @@ def test_the_openapi_document_is_served_and_in_the_docs() -> None:
                         "docs", "openapi.json")
     with open(docs) as f:
         assert json.load(f) == _document()
+
+
+def test_an_idle_connection_is_closed_after_the_idle_timeout() -> None:
+    web = WebHarness(idleTimeout=30.0)
+    idle = web.connect()
+    web.clock.advance(29)
+    assert not idle.transport.disconnecting
+    web.clock.advance(2)
+    assert idle.transport.disconnecting
+
+
+def test_a_request_under_way_outlives_the_idle_timeout() -> None:
+    """A foreground submission waiting for its job is not idle."""
+    web = WebHarness(idleTimeout=30.0, maxWait=300.0)
+    waiting = web.request("POST", "/v1/functions/slow/jobs?wait=300", b"x")
+    web.clock.advance(120)
+    assert waiting.response() is None
+    assert not waiting.transport.disconnecting
+
+
+def test_connections_past_the_limit_get_503_and_are_closed() -> None:
+    web = WebHarness(maxConnections=2)
+    first, second = web.connect(), web.connect()
+    third = web.connect()
+    assert third.raw().startswith(b"HTTP/1.1 503 ")
+    assert third.transport.disconnecting
+    assert not first.transport.disconnecting and not second.transport.disconnecting
+    assert web.site.refused == 1 and len(web.site.channels) == 2
+    first.disconnect()
+    fourth = web.connect()
+    assert fourth.raw() == b"" and not fourth.transport.disconnecting

@@ -16,7 +16,8 @@ from txgear._log import logger, logLevel, setLogLevel
 from txgear._packet import DEFAULT_MAX_PACKET
 from txgear._pluginoptions import PluginOptions, namedCoercions
 from txgear._tls import DEFAULT_HANDSHAKE_DEADLINE
-from txgear.web._limits import DEFAULT_MAX_WAIT, DEFAULT_MAX_WAITING
+from txgear.web._limits import (DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_WAIT,
+                                DEFAULT_MAX_WAITING)
 from txgear.server import GearmanServerFactory, GearmanServerService, JobServerState
 from txgear.server._names import DEFAULT_MAX_FUNCTION_NAME, functionNameProblem
 from txgear.server._policy import DEFAULT_NAME, PolicyError, PolicyTable, RetryPolicy
@@ -144,6 +145,10 @@ class Options(PluginOptions):
         ["http-max-waiting", None, DEFAULT_MAX_WAITING,
          "HTTP requests that may wait on jobs at once (submissions, event streams); "
          "past it, 429.", int],
+        ["http-idle-timeout", None, DEFAULT_IDLE_TIMEOUT,
+         "Seconds an HTTP connection with no request under way stays open.", float],
+        ["http-max-connections", None, DEFAULT_MAX_CONNECTIONS,
+         "Open HTTP connections at most; past it a new one gets 503 and is closed.", int],
         ["queue", "q", None, "Where background jobs are kept: sqlite:PATH (a file, relative to the "
                              "working directory), postgresql:<dsn>, redis:<url>, or memory (lost on "
                              "restart). [default: sqlite:txgear-queue.sqlite]"],
@@ -208,6 +213,10 @@ class Options(PluginOptions):
             raise usage.UsageError("--http-max-wait must be positive")
         if self["http-max-waiting"] < 1:
             raise usage.UsageError("--http-max-waiting must be at least 1")
+        if self["http-idle-timeout"] <= 0:
+            raise usage.UsageError("--http-idle-timeout must be positive")
+        if self["http-max-connections"] < 1:
+            raise usage.UsageError("--http-max-connections must be at least 1")
         level = _LEVELS.get(str(self["log-level"]).lower())
         if level is None:
             raise usage.UsageError(f"--log-level: unknown level {self['log-level']!r}; give "
@@ -340,7 +349,9 @@ def _makeSite(options: Any, state: JobServerState, factory: GearmanServerFactory
     from txgear.web import makeSite
 
     return makeSite(state, factory, reactor, maxWait=options.get("http-max-wait", DEFAULT_MAX_WAIT),
-                    maxWaiting=options.get("http-max-waiting", DEFAULT_MAX_WAITING))
+                    maxWaiting=options.get("http-max-waiting", DEFAULT_MAX_WAITING),
+                    idleTimeout=options.get("http-idle-timeout", DEFAULT_IDLE_TIMEOUT),
+                    maxConnections=options.get("http-max-connections", DEFAULT_MAX_CONNECTIONS))
 
 
 def _tuneGarbageCollector() -> None:

@@ -16,6 +16,7 @@ from twisted.web.resource import Resource
 
 from txgear._packet import DEFAULT_MAX_PACKET
 from txgear.web._api import DEFAULT_MAX_WAIT, DEFAULT_MAX_WAITING, ApiResource, JobAPI
+from txgear.web._limits import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS
 from txgear.web._gearmand import GearmandResource
 from txgear.web._site import WebSite
 
@@ -49,7 +50,8 @@ class WebRoot(Resource):
 
 
 def makeSite(state: Any, factory: Any, clock: Any, maxWait: float = DEFAULT_MAX_WAIT,
-             maxWaiting: int = DEFAULT_MAX_WAITING) -> WebSite:
+             maxWaiting: int = DEFAULT_MAX_WAITING, idleTimeout: float = DEFAULT_IDLE_TIMEOUT,
+             maxConnections: int = DEFAULT_MAX_CONNECTIONS) -> WebSite:
     """
     The HTTP site of a job server: give it to
     L{txgear.server.GearmanServerService} as C{httpFactory}. Request bodies
@@ -57,13 +59,16 @@ def makeSite(state: Any, factory: Any, clock: Any, maxWait: float = DEFAULT_MAX_
 
     @param maxWait: the default and longest wait of a foreground submission.
     @param maxWaiting: how many requests may wait on jobs at once.
+    @param idleTimeout: seconds a connection with no request under way stays open.
+    @param maxConnections: open HTTP connections at most (past it: 503, closed).
     """
     maxBody = getattr(factory, "maxPacket", DEFAULT_MAX_PACKET)
     api = JobAPI(state, factory, clock, maxBody=maxBody, maxWait=maxWait,
                  maxWaiting=maxWaiting)
     root = WebRoot(state, factory, clock, api)
     root.putChild(b"metrics", _metricsResource(state, factory, clock))
-    site = WebSite(root, clock, maxBody=maxBody)
+    site = WebSite(root, clock, maxBody=maxBody, idleTimeout=idleTimeout,
+                   maxConnections=maxConnections)
     site.onStop(api.stop)
     return site
 

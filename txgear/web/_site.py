@@ -15,6 +15,12 @@ from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
 from txgear._packet import DEFAULT_MAX_PACKET
+from txgear.web._limits import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS
+
+#: The answer to a connection past the site's C{maxConnections}.
+_TOO_MANY = (b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
+             b"Content-Type: text/plain\r\nContent-Length: 25\r\n\r\n"
+             b"Too many HTTP connections")
 
 #: Seconds open HTTP connections get to take what was written to them once
 #: the server stops, before they are aborted.
@@ -60,7 +66,14 @@ class WebChannel(HTTPChannel):
     def connectionMade(self) -> None:
         self._closedWaiters: List[Deferred[None]] = []
         HTTPChannel.connectionMade(self)
-        self.site.channels[self] = None
+        site = self.site
+        if len(site.channels) >= site.maxConnections:
+            # One peer opening connections must not exhaust the server.
+            site.refused += 1
+            self.transport.write(_TOO_MANY)  # type: ignore[union-attr]
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        site.channels[self] = None
 
     def connectionLost(self, reason: Any = None) -> None:
         self.site.channels.pop(self, None)
@@ -81,6 +94,8 @@ class WebSite(Site):
     The site of the HTTP port.
 
     @ivar maxBody: the largest request body accepted, in bytes.
+    @ivar maxConnections: open connections at most; past it a new one is
+        answered 503 and closed (counted in C{refused}).
     @ivar channels: the open connections.
     @ivar clock: time and timers (the reactor).
     """
@@ -88,10 +103,16 @@ class WebSite(Site):
     requestFactory = WebRequest
     protocol = WebChannel  # type: ignore[assignment]
 
-    def __init__(self, resource: Any, clock: Any, maxBody: int = DEFAULT_MAX_PACKET) -> None:
-        Site.__init__(self, resource)
+    def __init__(self, resource: Any, clock: Any, maxBody: int = DEFAULT_MAX_PACKET,
+                 idleTimeout: float = DEFAULT_IDLE_TIMEOUT,
+                 maxConnections: int = DEFAULT_MAX_CONNECTIONS) -> None:
+        # The idle timeout closes a connection with no request under way
+        # (twisted.web suspends it while one is answered: event streams last).
+        Site.__init__(self, resource, timeout=idleTimeout, reactor=clock)
         self.clock = clock
         self.maxBody = maxBody
+        self.maxConnections = maxConnections
+        self.refused = 0
         self.channels: Dict[WebChannel, None] = {}
         self.displayTracebacks = False  # no internals to peers
         self._stopHooks: List[Callable[[], None]] = []
