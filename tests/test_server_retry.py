@@ -263,3 +263,23 @@ def test_functionPolicyOverridesTheDefault() -> None:
     grab(state, session, peer)
     state.disconnect(session)
     assert state.jobs[gHandle].state == SCHEDULED
+
+
+def test_failedAttemptsAreKeptInTheRecentFailuresRing() -> None:
+    """
+    Every attempt that ends without completing is kept in the server's
+    recent failures: retried ones as not final, the last one as final, with
+    the function, handle, outcome, time and error text.
+    """
+    state, clock = makeState("attempts:2,backoff:1s,on:exception")
+    client, cpeer = connect(state)
+    handle = submit(state, client, cpeer, unique=b"u1", background=True)
+    runAndEnd(state, clock, "exception", handle)
+    clock.advance(2.0)
+    runAndEnd(state, clock, "exception", handle)
+    failures = list(state.stats.failures)
+    assert [(f.function, f.handle, f.outcome, f.final, f.error) for f in failures] == [
+        (b"f", handle, "exception", False, b"Traceback: boom"),
+        (b"f", handle, "exception", True, b"Traceback: boom")]
+    assert failures[0].when == START and failures[1].when == START + 2.0
+    assert handle not in state.jobs
