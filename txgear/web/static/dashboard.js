@@ -119,6 +119,8 @@
     var svg = $(svgId);
     var width = 300, height = 80;
     var end = samples.length ? samples[samples.length - 1].t : 0;
+    // The x axis spans the history kept (20 s at least, the window at most).
+    var span = samples.length ? Math.min(WINDOW_S, Math.max(20, end - samples[0].t)) : WINDOW_S;
     var peak = 0;
     series.forEach(function (s) { s.points.forEach(function (p) { peak = Math.max(peak, p.v); }); });
     var top = peak > 0 ? peak * 1.1 : 1;
@@ -128,7 +130,7 @@
     });
     series.forEach(function (s) {
       var points = s.points.map(function (p) {
-        var x = width - (end - p.t) * width / WINDOW_S;
+        var x = width - (end - p.t) * width / span;
         var y = height - p.v * height / top;
         return x.toFixed(1) + "," + y.toFixed(1);
       });
@@ -264,7 +266,7 @@
   function poll() {
     var started = Date.now();
     Promise.all([getJSON("/v1/stats"), getJSON("/v1/workers?limit=100"),
-                 getJSON("/v1/failures?limit=20")])
+                 getJSON("/v1/failures?limit=10")])
       .then(function (answers) {
         renderStats(answers[0]);
         renderWorkers(answers[1]);
