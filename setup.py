@@ -9,5 +9,5 @@ from setuptools import find_packages, setup
 setup(
     packages=find_packages(exclude=["tests", "tests.*", "benchmarks", "benchmarks.*"])
     + ["twisted.plugins"],
-    package_data={"twisted": ["plugins/txgear_plugin.py"], "txgear.web": ["openapi.json"]},
+    package_data={"twisted": ["plugins/txgear_plugin.py"], "txgear.web": ["openapi.json", "static/*"]},
 )

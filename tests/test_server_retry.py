@@ -291,3 +291,23 @@ def test_metricsCountRetriedAttemptsAndTheFinalOutcome(outcome: str) -> None:
     state.workEnd(session, P.WORK_COMPLETE, handle, handle + b"\0done")
     counted = {_stats.OUTCOMES[i]: n for i, n in enumerate(finished) if n}
     assert counted == {"retried": 3, outcome: 1, "complete": 1}
+
+
+def test_failedAttemptsAreKeptInTheRecentFailuresRing() -> None:
+    """
+    Every attempt that ends without completing is kept in the server's
+    recent failures: retried ones as not final, the last one as final, with
+    the function, handle, outcome, time and error text.
+    """
+    state, clock = makeState("attempts:2,backoff:1s,on:exception")
+    client, cpeer = connect(state)
+    handle = submit(state, client, cpeer, unique=b"u1", background=True)
+    runAndEnd(state, clock, "exception", handle)
+    clock.advance(2.0)
+    runAndEnd(state, clock, "exception", handle)
+    failures = list(state.stats.failures)
+    assert [(f.function, f.handle, f.outcome, f.final, f.error) for f in failures] == [
+        (b"f", handle, "exception", False, b"Traceback: boom"),
+        (b"f", handle, "exception", True, b"Traceback: boom")]
+    assert failures[0].when == START and failures[1].when == START + 2.0
+    assert handle not in state.jobs

@@ -4,6 +4,7 @@ from __future__ import annotations
 from txgear._packet import PacketType, encodeResponse
 from txgear.server._stats import (
     JOB_BUCKETS,
+    MAX_FAILURE_ERROR,
     FunctionStats,
     Histogram,
     ServerStats,
@@ -63,3 +64,11 @@ def test_packetTypeNames():
     assert packetTypeName(0) == "admin_text"
     assert packetTypeName(int(PacketType.SUBMIT_JOB)) == "SUBMIT_JOB"
     assert packetTypeName(5) == "UNUSED"
+
+
+def test_failuresAreABoundedRingWithCutErrors():
+    stats = ServerStats(maxFailures=3)
+    for i in range(5):
+        stats.attemptFailed(float(i), b"f", b"H:%d" % i, "fail", True, b"x" * 1000)
+    assert [f.handle for f in stats.failures] == [b"H:2", b"H:3", b"H:4"]
+    assert all(len(f.error) == MAX_FAILURE_ERROR for f in stats.failures)

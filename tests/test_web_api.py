@@ -297,6 +297,82 @@ def test_peer_supplied_strings_are_safely_encoded() -> None:
     assert response.headers[b"x-content-type-options"] == b"nosniff"
 
 
+# -- counters --------------------------------------------------------------------
+
+
+def test_stats_give_counts_counters_oldest_age_and_totals() -> None:
+    h = WebHarness()
+    worker = HandWorker(h.state, b"a")
+    HandWorker(h.state, b"idle")  # registered, never a job: no counters
+    h.call("POST", "/v1/functions/a/jobs?background=1", b"1")
+    h.clock.advance(1.0)
+    h.call("POST", "/v1/functions/a/jobs?background=1&priority=high", b"2")
+    waiting = h.request("POST", "/v1/functions/a/jobs", b"3")
+    h.clock.advance(4.0)
+    handle, _, _ = worker.grab()  # the high one
+    worker.end(handle)
+    handle, _, _ = worker.grab()
+    worker.end(handle, PacketType.WORK_FAIL)
+    body = h.call("GET", "/v1/stats").json()
+    assert body["time"] == 5.0
+    functions = {f["name"]: f for f in body["functions"]}
+    assert list(functions) == ["a", "idle"]
+    assert functions["a"] == {
+        "name": "a", "queued": {"high": 0, "normal": 1, "low": 0}, "running": 0, "workers": 1,
+        "scheduled": 0, "oldest_age": 4.0, "submitted": {"foreground": 1, "background": 2},
+        "finished": {"complete": 1, "fail": 1, "exception": 0, "timeout": 0, "cancelled": 0,
+                     "lost": 0, "retried": 0, "dead": 0}}
+    assert functions["idle"]["oldest_age"] is None and "finished" not in functions["idle"]
+    assert body["totals"]["submitted"] == {"foreground": 1, "background": 2}
+    assert body["totals"]["finished"]["complete"] == 1
+    assert waiting.response() is None
+
+
+def test_stats_totals_keep_forgotten_functions() -> None:
+    h = WebHarness()
+    worker = HandWorker(h.state, b"gone")
+    h.call("POST", "/v1/functions/gone/jobs?background=1", b"1")
+    handle, _, _ = worker.grab()
+    worker.end(handle)
+    h.state.disconnect(worker.session)  # the function is forgotten
+    body = h.call("GET", "/v1/stats").json()
+    assert body["functions"] == []
+    assert body["totals"]["finished"]["complete"] == 1
+
+
+def test_failures_are_listed_newest_first_with_error_text_escaped() -> None:
+    h = WebHarness()
+    worker = HandWorker(h.state, b"f<x>")
+    for payload in (b"1", b"2", b"3"):
+        h.call("POST", "/v1/functions/f%3Cx%3E/jobs?background=1", payload)
+    h.clock.advance(7.0)
+    first, _, _ = worker.grab()
+    worker.end(first, PacketType.WORK_EXCEPTION, b"Traceback <img src=x>\n\xff" + b"e" * 500)
+    second, _, _ = worker.grab()
+    worker.end(second, PacketType.WORK_FAIL)
+    response = h.call("GET", "/v1/failures")
+    assert b"<" not in response.body
+    items = response.json()["items"]
+    assert [(f["handle"], f["outcome"], f["final"]) for f in items] == [
+        (second.decode(), "fail", True), (first.decode(), "exception", True)]
+    assert items[0] == {"time": 7.0, "function": "f<x>", "handle": second.decode(),
+                        "outcome": "fail", "final": True, "error": "WORK_FAIL"}
+    assert items[1]["error"].startswith("Traceback <img src=x>\n\ufffd")
+    assert len(items[1]["error"]) == 256 - 1 + 1  # 256 bytes kept; the 0xff byte became U+FFFD
+    assert [f["handle"] for f in h.call("GET", "/v1/failures?limit=1").json()["items"]] == [
+        second.decode()]
+    assert h.call("GET", "/v1/failures?limit=x").status == 400
+
+
+def test_stats_and_failures_need_the_admin_right() -> None:
+    h = WebHarness(access=aclWith("[anonymous]\ninvoke = echo\n"))
+    assert h.call("GET", "/v1/stats").status == 403
+    assert h.call("GET", "/v1/failures").status == 403
+    h = WebHarness(access=aclWith("[anonymous]\nadmin = true\n"))
+    assert h.call("GET", "/v1/stats").status == 200
+    assert h.call("GET", "/v1/failures").status == 200
+
+
 # -- the stop --------------------------------------------------------------------
 
 

@@ -1075,13 +1075,19 @@ class JobServerState:
                                handle=job.handle, attempts=job.attempts,
                                why=error.decode("utf-8", "replace")[:80])
             job.func.stats.finished[_OUTCOME_COUNTED[outcome]] += 1
+            self.stats.attemptFailed(self.clock.seconds(), job.func.name, job.handle, outcome,
+                                     True, error)
             self._exhausted(job, exception)
             return
         if not job.clients and not job.background:
             job.func.stats.finished[OUT_LOST] += 1
+            self.stats.attemptFailed(self.clock.seconds(), job.func.name, job.handle, outcome,
+                                     True, error)
             self._move(job, DONE)  # nobody waits for it any more
             return
         job.func.stats.finished[OUT_RETRIED] += 1
+        self.stats.attemptFailed(self.clock.seconds(), job.func.name, job.handle, outcome,
+                                 False, error)
         delay = policy.delay(job.attempts, self.random)
         if delay > 0:
             job.retryAt = math.ceil((self.clock.seconds() + delay) * 1000)

@@ -12,7 +12,8 @@ Per function (L{FunctionStats}, made on a function's first job): jobs
 submitted (foreground, background), jobs finished by outcome, and
 histograms of queue wait and run time. Server-wide (L{ServerStats}):
 connections by role, bytes in, packets received by type, errors sent by
-code, store commit latency.
+code, store commit latency, and the most recent failed attempts
+(L{Failure}, a bounded ring: L{ServerStats.failures}).
 
 A function the state forgets (no worker, no job) hands its counters back
 with L{ServerStats.retire}: they are kept, so a function that comes and goes
@@ -24,8 +25,8 @@ by C{--max-functions} plus C{maxRetired}.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections import OrderedDict, deque
+from typing import Deque, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from txgear._packet import MAX_TYPE, PacketType
 
@@ -46,6 +47,35 @@ STORE_BUCKETS: Tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 
 #: Default number of forgotten functions whose counters are kept.
 DEFAULT_MAX_RETIRED = 1000
+
+#: Default number of recent failed attempts kept (L{ServerStats.failures}).
+DEFAULT_MAX_FAILURES = 100
+#: Longest error text kept with a failed attempt, in bytes.
+MAX_FAILURE_ERROR = 256
+
+
+class Failure(NamedTuple):
+    """
+    One attempt of a job that ended without completing.
+
+    @ivar when: the wall-clock time it ended (seconds since the epoch).
+    @ivar function: the job's function name.
+    @ivar handle: the job's handle.
+    @ivar outcome: how the attempt ended: C{fail}, C{exception}, C{timeout}
+        or C{lost}.
+    @ivar final: C{True} if the job failed for good, C{False} if it is
+        retried.
+    @ivar error: the start of its error text (the exception's data, or
+        C{WORK_FAIL}, C{timeout}, C{worker lost}), at most
+        L{MAX_FAILURE_ERROR} bytes, as the peer sent it.
+    """
+
+    when: float
+    function: bytes
+    handle: bytes
+    outcome: str
+    final: bool
+    error: bytes
 
 
 class Histogram:
@@ -125,9 +155,12 @@ class ServerStats:
     @ivar retired: counters of forgotten functions, least recently
         forgotten first.
     @ivar maxRetired: how many forgotten functions' counters are kept.
+    @ivar failures: the most recent failed attempts, oldest first (a ring of
+        at most C{maxFailures}).
     """
 
-    def __init__(self, maxRetired: int = DEFAULT_MAX_RETIRED) -> None:
+    def __init__(self, maxRetired: int = DEFAULT_MAX_RETIRED,
+                 maxFailures: int = DEFAULT_MAX_FAILURES) -> None:
         self.connections = [0] * len(ROLES)
         self.bytesIn = 0
         self.packetsIn = [0] * (MAX_TYPE + 1)
@@ -135,6 +168,13 @@ class ServerStats:
         self.storeCommit = Histogram(STORE_BUCKETS)
         self.retired: "OrderedDict[bytes, FunctionStats]" = OrderedDict()
         self.maxRetired = maxRetired
+        self.failures: Deque[Failure] = deque(maxlen=maxFailures)
+
+    def attemptFailed(self, when: float, function: bytes, handle: bytes, outcome: str,
+                      final: bool, error: bytes) -> None:
+        """Keep a failed attempt in L{failures} (O(1); the oldest drops out)."""
+        self.failures.append(Failure(when, function, handle, outcome, final,
+                                     bytes(error[:MAX_FAILURE_ERROR])))
 
     def forFunction(self, name: bytes) -> FunctionStats:
         """
@@ -177,6 +217,6 @@ def packetTypeName(kind: int) -> Optional[str]:
         return None
 
 
-__all__ = ["ADMIN", "CANCELLED", "CLIENT", "COMPLETE", "DEAD", "EXCEPTION", "FAIL",
-           "FunctionStats", "Histogram", "JOB_BUCKETS", "LOST", "OUTCOMES", "RETRIED", "ROLES",
+__all__ = ["ADMIN", "CANCELLED", "CLIENT", "COMPLETE", "DEAD", "DEFAULT_MAX_FAILURES",
+           "EXCEPTION", "FAIL", "Failure", "FunctionStats", "MAX_FAILURE_ERROR", "Histogram", "JOB_BUCKETS", "LOST", "OUTCOMES", "RETRIED", "ROLES",
            "STORE_BUCKETS", "ServerStats", "TIMEOUT", "WORKER", "packetTypeName"]

@@ -17,15 +17,23 @@ from twisted.web.resource import Resource
 from txgear._packet import DEFAULT_MAX_PACKET
 from txgear.web._api import DEFAULT_MAX_WAIT, DEFAULT_MAX_WAITING, ApiResource, JobAPI
 from txgear.web._limits import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS
+from txgear.web._csrf import SAFE_METHODS, crossSiteProblem
+from txgear.web._dashboard import dashboardResources
 from txgear.web._gearmand import GearmandResource
+from txgear.web._http import error
 from txgear.web._site import WebSite
 
 
 class WebRoot(Resource):
     """
     The root of the HTTP port; the parts are its children (C{/v1}: the JSON
-    API). A C{POST} or C{PUT} to any other path is gearmand's HTTP plugin
-    form (C{POST /FUNCTION}); other methods there belong to the dashboard.
+    API, C{/metrics}). C{GET /} and C{/static/...} are the dashboard. A
+    C{POST} or C{PUT} to any other path is gearmand's HTTP plugin form
+    (C{POST /FUNCTION}).
+
+    Every request that changes state is first checked for cross-site
+    forgery (L{txgear.web._csrf}): refused with 403 before it reaches any
+    part.
 
     @ivar state: the server's L{txgear.server.JobServerState}.
     @ivar factory: the server's L{txgear.server.GearmanServerFactory}.
@@ -42,11 +50,35 @@ class WebRoot(Resource):
         self.apiResource = ApiResource(api)
         self.putChild(b"v1", self.apiResource)
         self._gearmand = GearmandResource(api, self.apiResource)
+        # Not children: a POST to /static is gearmand's form for a function "static".
+        self._pages = dashboardResources()
+
+    def getChildWithDefault(self, path: bytes, request: Any) -> Any:
+        if request.method not in SAFE_METHODS:
+            problem = crossSiteProblem(request)
+            if problem is not None:
+                return _Refused(problem)
+        elif path in self._pages:
+            return self._pages[path]
+        return Resource.getChildWithDefault(self, path, request)
 
     def getChild(self, path: bytes, request: Any) -> Any:
         if request.method in (b"POST", b"PUT"):
             return self._gearmand
         return notFound()
+
+
+class _Refused(Resource):
+    """A request refused as a possible cross-site forgery: 403."""
+
+    isLeaf = True
+
+    def __init__(self, message: str) -> None:
+        Resource.__init__(self)
+        self.message = message
+
+    def render(self, request: Any) -> bytes:
+        return error(request, 403, self.message)
 
 
 def makeSite(state: Any, factory: Any, clock: Any, maxWait: float = DEFAULT_MAX_WAIT,

@@ -25,6 +25,7 @@ from twisted.web.server import NOT_DONE_YET
 from txgear._packet import DEFAULT_MAX_PACKET
 from txgear.server._names import functionNameProblem
 from txgear.server._state import HIGH, LOW, NORMAL
+from txgear.server._stats import OUTCOMES
 from txgear.web._limits import DEFAULT_MAX_WAIT, DEFAULT_MAX_WAITING
 from txgear.web._http import ADMIN, INVOKE, Requester, error, jsonBody, text
 from txgear.web._session import SessionReaper, statusOf
@@ -178,6 +179,8 @@ ROUTES: List[Tuple[str, str, str]] = [
     ("GET", "/v1/jobs/{handle}", "getJob"),
     ("DELETE", "/v1/jobs/{handle}", "cancelJob"),
     ("GET", "/v1/jobs/{handle}/events", "jobEvents"),
+    ("GET", "/v1/stats", "stats"),
+    ("GET", "/v1/failures", "listFailures"),
 ]
 
 
@@ -418,6 +421,67 @@ class ApiResource(Resource):
                           "client_id": text(session.clientId),
                           "functions": [text(f.name) for f in session.functions]})
         return jsonBody(request, {"items": items, "next": following})
+
+
+    # -- counters -----------------------------------------------------------
+
+    def stats(self, request: Any, parameters: Dict[str, bytes]) -> bytes:
+        """
+        Every function's counts and counters, and the server's totals (live
+        and forgotten functions): what the dashboard polls. O(functions).
+        """
+        api = self.api
+        if not Requester(request, api.factory).has(ADMIN):
+            return error(request, 403, "permission denied by the access list")
+        state = api.state
+        now = api.clock.seconds()
+        items = []
+        submitted = [0, 0]
+        finished = [0] * len(OUTCOMES)
+        for name in sorted(state.functions):
+            function = state.functions[name]
+            high, normal, low = function.priorityCounts
+            oldest = state.oldestQueued(function)
+            counters = function.stats
+            item: Dict[str, Any] = {
+                "name": text(name), "queued": {"high": high, "normal": normal, "low": low},
+                "running": function.running, "workers": function.workers,
+                "scheduled": function.scheduled,
+                "oldest_age": None if oldest is None else max(0.0, now - oldest)}
+            if counters is not None:
+                item["submitted"] = {"foreground": counters.submitted[0],
+                                     "background": counters.submitted[1]}
+                item["finished"] = dict(zip(OUTCOMES, counters.finished))
+                _add(submitted, counters.submitted)
+                _add(finished, counters.finished)
+            items.append(item)
+        for counters in state.stats.retired.values():
+            _add(submitted, counters.submitted)
+            _add(finished, counters.finished)
+        return jsonBody(request, {
+            "time": now, "functions": items,
+            "totals": {"submitted": {"foreground": submitted[0], "background": submitted[1]},
+                       "finished": dict(zip(OUTCOMES, finished))}})
+
+    def listFailures(self, request: Any, parameters: Dict[str, bytes]) -> bytes:
+        """The most recent failed attempts, newest first."""
+        api = self.api
+        if not Requester(request, api.factory).has(ADMIN):
+            return error(request, 403, "permission denied by the access list")
+        limit = int(_number(_param(request, "limit"), "limit", DEFAULT_PAGE))
+        items: List[Dict[str, Any]] = []
+        for failure in reversed(api.state.stats.failures):
+            if len(items) >= limit:
+                break
+            items.append({"time": failure.when, "function": text(failure.function),
+                          "handle": text(failure.handle), "outcome": failure.outcome,
+                          "final": failure.final, "error": text(failure.error)})
+        return jsonBody(request, {"items": items})
+
+
+def _add(total: List[int], counts: List[int]) -> None:
+    for index, count in enumerate(counts):
+        total[index] += count
 
 
 __all__ = ["ApiResource", "BadRequest", "DEFAULT_MAX_WAIT", "DEFAULT_MAX_WAITING", "JobAPI",
