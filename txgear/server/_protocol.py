@@ -162,8 +162,9 @@ class GearmanServerProtocol(Protocol):
         # Dispatching stops while the output is full or a listing is produced.
         self._stalled = False
         self._dispatching = False
-        # Messages decoded but not dispatched when the output filled up.
-        self._held: Optional[List[Tuple[int, bytes]]] = None
+        # Messages decoded but not dispatched when the output filled up
+        # (kinds and bodies alternating, as PacketDecoder.feedFlat gives them).
+        self._held: Optional[List[Any]] = None
         self._listing: Optional[Iterator[bytes]] = None
         self._reserved = 0
         self._partialSerial = -1
@@ -245,7 +246,7 @@ class GearmanServerProtocol(Protocol):
             # Not dispatching now: keep it, undecoded, in order.
             decoder.add(data)
         else:
-            messages = decoder.feed(data)
+            messages = decoder.feedFlat(data)
             if messages or decoder.error is not None:
                 self._dispatching = True
                 try:
@@ -266,20 +267,21 @@ class GearmanServerProtocol(Protocol):
                 self._dispatch(held)
                 if self._stalled or self.transport.disconnecting:
                     return
-            self._dispatch(self._decoder.feed(b""))
+            self._dispatch(self._decoder.feedFlat(b""))
         finally:
             self._dispatching = False
         self._checkUnfinished(self._decoder.unfinishedSize())
 
-    def _dispatch(self, messages: List[Tuple[int, bytes]]) -> None:
+    def _dispatch(self, messages: List[Any]) -> None:
         """
-        Dispatch C{messages} in order, until the output is full or a listing
-        is being produced: the rest is held, in order, until it drains.
+        Dispatch C{messages} (kinds and bodies alternating) in order, until
+        the output is full or a listing is being produced: the rest is held,
+        in order, until it drains.
         """
         dispatch = _DISPATCH
         transport = self.transport
         pending = iter(messages)
-        for kind, body in pending:
+        for kind, body in zip(pending, pending):
             if kind > 0:
                 try:
                     dispatch[kind](self, body)
