@@ -321,18 +321,37 @@ class GearmanServerProtocol(Protocol):
         L{PacketDecoder.unfinishedSize}) or releases a reservation: an
         unfinished message reserves its size from the partial-packet budget
         if large, and a new one is timed.
+
+        Called for most reads of large messages, so the common cases (a
+        message completed, a new one started, a reservation that fits) are
+        plain field updates here; only waiting for the budget calls out.
         """
+        factory = self.factory
+        reserved = self._reserved
         if not size:
-            if self._reserved:
-                self.factory._releasePartial(self)
+            if reserved:
+                # Its message is complete: give its reservation back.
+                self._reserved = 0
+                factory.partialReserved -= reserved
+                if factory._budgetWaiters:
+                    factory._admitWaiters()
             return
         serial = self._decoder.partialSerial
         if serial != self._partialSerial:
+            # A new unfinished message: note when it began (the one deadline
+            # timer of the factory looks at it later).
             self._partialSerial = serial
             if not self.transport.disconnecting:
-                self.factory._partialStarted(self)
-        if size >= SMALL_MESSAGE and size != self._reserved:
-            self.factory._reservePartial(self, size)
+                factory._partialSince[self] = factory._seconds()
+                if factory._deadlineCall is None:
+                    factory._armDeadline(factory.packetDeadline)
+        if size >= SMALL_MESSAGE and size != reserved:
+            others = factory.partialReserved - reserved
+            if others == 0 or others + size <= factory.partialBudget:
+                factory.partialReserved = others + size
+                self._reserved = size
+            else:
+                factory._waitForBudget(self, size)
 
     def _tooLate(self, deadline: float) -> None:
         """Its unfinished message has taken longer than C{deadline} seconds."""
@@ -704,31 +723,36 @@ class GearmanServerFactory(Factory):
         # lazily, by the one deadline timer), and that timer.
         self._partialSince: Dict[GearmanServerProtocol, float] = {}
         self._deadlineCall: Any = None
+        self._seconds = self.state.clock.seconds
         self.connections: Dict[Session, GearmanServerProtocol] = {}
         self._shutdown = shutdown
         self.admin = AdminCommands(self.state, self._describe, verbosity, allowShutdown,
                                    maxFunctionName)
 
-    def _reservePartial(self, protocol: GearmanServerProtocol, size: int) -> None:
+    # The partial-packet budget and the packet deadline: the common cases
+    # are inline in GearmanServerProtocol._checkUnfinished.
+
+    def _waitForBudget(self, protocol: GearmanServerProtocol, size: int) -> None:
         """
-        C{protocol} holds an unfinished message of C{size} bytes: reserve them,
-        or pause it until they fit. A connection alone may always reserve,
-        whatever the budget, so one packet of the largest size always arrives.
+        C{protocol}'s unfinished message of C{size} bytes does not fit the
+        budget: it gives back what it held, and waits, unread, for room. (A
+        connection alone may always reserve, whatever the budget, so one
+        packet of the largest size always arrives.)
         """
-        others = self.partialReserved - protocol._reserved
-        if others == 0 or others + size <= self.partialBudget:
-            self.partialReserved = others + size
-            protocol._reserved = size
-            return
-        self.partialReserved = others
+        self.partialReserved -= protocol._reserved
         protocol._reserved = 0
         self._budgetWaiters[protocol] = size
         protocol._pause(_BUDGET)
 
     def _releasePartial(self, protocol: GearmanServerProtocol) -> None:
+        """C{protocol} no longer holds (nor waits for) a reservation."""
         self.partialReserved -= protocol._reserved
         protocol._reserved = 0
         self._budgetWaiters.pop(protocol, None)
+        self._admitWaiters()
+
+    def _admitWaiters(self) -> None:
+        """Reserve for the waiting connections, in order, while their messages fit."""
         waiters = self._budgetWaiters
         # First come, first served: a large waiter is not overtaken forever.
         while waiters:
@@ -740,12 +764,8 @@ class GearmanServerFactory(Factory):
             waiter._reserved = size
             waiter._resume(_BUDGET)
 
-    def _partialStarted(self, protocol: GearmanServerProtocol) -> None:
-        """C{protocol} holds a new unfinished message: time it."""
-        clock = self.state.clock
-        self._partialSince[protocol] = clock.seconds()
-        if self._deadlineCall is None:
-            self._deadlineCall = clock.callLater(self.packetDeadline, self._checkDeadlines)
+    def _armDeadline(self, delay: float) -> None:
+        self._deadlineCall = self.state.clock.callLater(delay, self._checkDeadlines)
 
     def _checkDeadlines(self) -> None:
         """
@@ -771,7 +791,7 @@ class GearmanServerFactory(Factory):
             elif first is None or started < first:
                 first = started
         if first is not None:
-            self._deadlineCall = clock.callLater(first + deadline - now, self._checkDeadlines)
+            self._armDeadline(first + deadline - now)
 
     def _connectionGone(self, protocol: GearmanServerProtocol) -> None:
         self.connections.pop(protocol.session, None)
