@@ -280,8 +280,13 @@ class GearmanServerProtocol(Protocol):
         """
         dispatch = _DISPATCH
         transport = self.transport
-        pending = iter(messages)
-        for kind, body in zip(pending, pending):
+        # By index: no iterator objects per read (most reads hold one message).
+        count = len(messages)
+        index = 0
+        while index < count:
+            kind = messages[index]
+            body = messages[index + 1]
+            index += 2
             if kind > 0:
                 try:
                     dispatch[kind](self, body)
@@ -298,9 +303,8 @@ class GearmanServerProtocol(Protocol):
             if transport.disconnecting:
                 return
             if self._stalled:
-                rest = list(pending)
-                if rest:
-                    self._held = rest
+                if index < count:
+                    self._held = messages[index:]
                 return
         decoder = self._decoder
         if decoder.error is not None:
