@@ -65,6 +65,8 @@ def test_decodeManyPacketsInOneRead():
               + encodeRequest(PacketType.ECHO_REQ, b"\0\0"))
     decoder = PacketDecoder()
     assert decoder.feed(stream) == [(7, b"f\0\0x"), (30, b""), (16, b"\0\0")]
+    again = PacketDecoder(allowText=True)
+    assert again.feedFlat(stream) == [7, b"f\0\0x", 30, b"", 16, b"\0\0"]
     assert decoder.error is None and decoder.bufferedBytes() == 0
 
 

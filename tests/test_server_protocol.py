@@ -682,3 +682,31 @@ def test_closedConnectionsAreFreedWithoutTheCycleCollector():
         assert alive == []
     finally:
         gc.enable()
+
+
+@pytest.mark.skipif(platform.python_implementation() != "CPython",
+                    reason="tracemalloc and the tuple free list are CPython's")
+def test_manySmallPacketsDecodeIntoNoTuples(factory):
+    """
+    A read of thousands of small packets leaves nothing behind but what
+    the requests keep (here the function names): no per-message tuples,
+    which, freed together, would fill CPython's tuple free list and pin the
+    memory the attack used after it leaves (docs/reliability.md).
+    """
+    import tracemalloc
+
+    import txgear._packet
+
+    names = 3000
+    data = b"".join(encodeRequest(P.CAN_DO, b"fn-%06d" % i) for i in range(names))
+    conn = Conn(factory)
+    tracemalloc.start()
+    try:
+        conn.sendBytes(data)
+        snapshot = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    assert len(factory.state.functions) == names
+    decoded = snapshot.filter_traces([tracemalloc.Filter(True, txgear._packet.__file__)])
+    blocks = sum(stat.count for stat in decoded.statistics("filename"))
+    assert names <= blocks <= names + 50

@@ -190,7 +190,8 @@ class PacketDecoder:
         answer it (gearmand replies C{INVALID_MAGIC} and keeps the connection);
       - with C{allowText}, a line that starts with a byte other than NUL gives
         C{(TEXT, line)}, without its line ending (C{\\n} or C{\\r\\n}).
-    L{feed} does both at once and returns every complete message.
+    L{feedFlat} does both at once and returns every complete message, the
+    kinds and bodies alternating in one list (L{feed}: as pairs).
 
     Taking messages one at a time lets a server stop dispatching a
     connection's input midway (its output is over its limit) and resume
@@ -353,10 +354,21 @@ class PacketDecoder:
         return kind, body
 
     def feed(self, data: bytes) -> List[Tuple[int, bytes]]:
+        """L{feedFlat}'s messages as C{(kind, body)} pairs."""
+        flat = iter(self.feedFlat(data))
+        return list(zip(flat, flat))
+
+    def feedFlat(self, data: bytes) -> List[Any]:
         """
-        Add C{data} to the stream and return every message now complete.
-        (The same as L{add} then L{next} until C{None}, in one tight loop: the
-        server's per-packet path.)
+        Add C{data} to the stream and return every message now complete, as
+        C{[kind, body, kind, body, ...]} (the same as L{add} then L{next}
+        until C{None}, in one tight loop: the server's per-packet path).
+
+        Flat, not pairs: a read of small packets decodes into thousands of
+        messages at once, and as many 2-tuples freed together would fill
+        CPython's tuple free list, whose blocks then pin the memory pools of
+        whatever memory the connection used meanwhile (see
+        docs/reliability.md); iterate with C{zip(it, it)}, which makes none.
         """
         buf = self._buf
         held = self._head
@@ -369,8 +381,8 @@ class PacketDecoder:
                 buf += held
                 buf += data
                 return []
-            out: List[Tuple[int, bytes]] = [
-                (self._kind, b"".join((held[HEADER_SIZE:], memoryview(data)[:missing])))]
+            out: List[Any] = [
+                self._kind, b"".join((held[HEADER_SIZE:], memoryview(data)[:missing]))]
             self._need = 0
             self._data = data
             offset = missing
@@ -391,7 +403,7 @@ class PacketDecoder:
             else:
                 buf += memoryview(data)[:missing]
             del buf[:HEADER_SIZE]  # at the front: no copy
-            out = [(self._kind, bytes(buf))]
+            out = [self._kind, bytes(buf)]
             buf.clear()
             self._need = 0
             self._data = data
@@ -409,7 +421,7 @@ class PacketDecoder:
                     message = self.next()
                     if message is None:
                         return out
-                    out.append(message)
+                    out += message
                 data, offset = self._data, self._off
         end = len(data)
         magic = self._magic
@@ -421,7 +433,8 @@ class PacketDecoder:
                 stop = offset + HEADER_SIZE + size
                 if head == magic and 0 < kind <= MAX_TYPE and size <= self.maxPacket:
                     if stop <= end:
-                        append((kind, data[offset + HEADER_SIZE:stop]))
+                        append(kind)
+                        append(data[offset + HEADER_SIZE:stop])
                         offset = stop
                         continue
                     # The start of a message that later reads complete: hold it.
@@ -440,7 +453,7 @@ class PacketDecoder:
             message = self.next()
             if message is None:
                 return out
-            append(message)
+            out += message
             if self._data is not data:
                 return out
             offset = self._off

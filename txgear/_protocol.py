@@ -101,7 +101,8 @@ class GearmanPeerProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         decoder = self._decoder
         dispatch = self._dispatch
-        for kind, body in decoder.feed(data):
+        messages = iter(decoder.feedFlat(data))
+        for kind, body in zip(messages, messages):
             if kind < 0:
                 self._protocolViolation(f"request packet {-kind} sent to a client")
                 return

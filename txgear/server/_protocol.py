@@ -166,8 +166,9 @@ class GearmanServerProtocol(Protocol):
         # Dispatching stops while the output is full or a listing is produced.
         self._stalled = False
         self._dispatching = False
-        # Messages decoded but not dispatched when the output filled up.
-        self._held: Optional[List[Tuple[int, bytes]]] = None
+        # Messages decoded but not dispatched when the output filled up
+        # (kinds and bodies alternating, as PacketDecoder.feedFlat gives them).
+        self._held: Optional[List[Any]] = None
         self._listing: Optional[Iterator[bytes]] = None
         self._reserved = 0
         self._partialSerial = -1
@@ -259,7 +260,7 @@ class GearmanServerProtocol(Protocol):
             # Not dispatching now: keep it, undecoded, in order.
             decoder.add(data)
         else:
-            messages = decoder.feed(data)
+            messages = decoder.feedFlat(data)
             if messages or decoder.error is not None:
                 self._dispatching = True
                 try:
@@ -280,22 +281,28 @@ class GearmanServerProtocol(Protocol):
                 self._dispatch(held)
                 if self._stalled or self.transport.disconnecting:
                     return
-            self._dispatch(self._decoder.feed(b""))
+            self._dispatch(self._decoder.feedFlat(b""))
         finally:
             self._dispatching = False
         self._checkUnfinished(self._decoder.unfinishedSize())
 
-    def _dispatch(self, messages: List[Tuple[int, bytes]]) -> None:
+    def _dispatch(self, messages: List[Any]) -> None:
         """
-        Dispatch C{messages} in order, until the output is full or a listing
-        is being produced: the rest is held, in order, until it drains.
+        Dispatch C{messages} (kinds and bodies alternating) in order, until
+        the output is full or a listing is being produced: the rest is held,
+        in order, until it drains.
         """
         dispatch = self._table
         transport = self.transport
         packets = self._stats.packetsIn
         roles = _ROLES
-        pending = iter(messages)
-        for kind, body in pending:
+        # By index: no iterator objects per read (most reads hold one message).
+        count = len(messages)
+        index = 0
+        while index < count:
+            kind = messages[index]
+            body = messages[index + 1]
+            index += 2
             if kind > 0:
                 packets[kind] += 1
                 role = roles[kind]
@@ -321,9 +328,8 @@ class GearmanServerProtocol(Protocol):
             if transport.disconnecting:
                 return
             if self._stalled:
-                rest = list(pending)
-                if rest:
-                    self._held = rest
+                if index < count:
+                    self._held = messages[index:]
                 return
         decoder = self._decoder
         if decoder.error is not None:
@@ -345,18 +351,37 @@ class GearmanServerProtocol(Protocol):
         L{PacketDecoder.unfinishedSize}) or releases a reservation: an
         unfinished message reserves its size from the partial-packet budget
         if large, and a new one is timed.
+
+        Called for most reads of large messages, so the common cases (a
+        message completed, a new one started, a reservation that fits) are
+        plain field updates here; only waiting for the budget calls out.
         """
+        factory = self.factory
+        reserved = self._reserved
         if not size:
-            if self._reserved:
-                self.factory._releasePartial(self)
+            if reserved:
+                # Its message is complete: give its reservation back.
+                self._reserved = 0
+                factory.partialReserved -= reserved
+                if factory._budgetWaiters:
+                    factory._admitWaiters()
             return
         serial = self._decoder.partialSerial
         if serial != self._partialSerial:
+            # A new unfinished message: note when it began (the one deadline
+            # timer of the factory looks at it later).
             self._partialSerial = serial
             if not self.transport.disconnecting:
-                self.factory._partialStarted(self)
-        if size >= SMALL_MESSAGE and size != self._reserved:
-            self.factory._reservePartial(self, size)
+                factory._partialSince[self] = factory._seconds()
+                if factory._deadlineCall is None:
+                    factory._armDeadline(factory.packetDeadline)
+        if size >= SMALL_MESSAGE and size != reserved:
+            others = factory.partialReserved - reserved
+            if others == 0 or others + size <= factory.partialBudget:
+                factory.partialReserved = others + size
+                self._reserved = size
+            else:
+                factory._waitForBudget(self, size)
 
     def _tooLate(self, deadline: float) -> None:
         """Its unfinished message has taken longer than C{deadline} seconds."""
@@ -783,6 +808,7 @@ class GearmanServerFactory(Factory):
         # lazily, by the one deadline timer), and that timer.
         self._partialSince: Dict[GearmanServerProtocol, float] = {}
         self._deadlineCall: Any = None
+        self._seconds = self.state.clock.seconds
         self.connections: Dict[Session, GearmanServerProtocol] = {}
         self._shutdown = shutdown
         self.admin = AdminCommands(self.state, self._describe, verbosity, allowShutdown,
@@ -804,26 +830,30 @@ class GearmanServerFactory(Factory):
         self.guard = (AccessGuard(access, self.state, self.admin, self.connections)
                       if access is not None else None)
 
-    def _reservePartial(self, protocol: GearmanServerProtocol, size: int) -> None:
+    # The partial-packet budget and the packet deadline: the common cases
+    # are inline in GearmanServerProtocol._checkUnfinished.
+
+    def _waitForBudget(self, protocol: GearmanServerProtocol, size: int) -> None:
         """
-        C{protocol} holds an unfinished message of C{size} bytes: reserve them,
-        or pause it until they fit. A connection alone may always reserve,
-        whatever the budget, so one packet of the largest size always arrives.
+        C{protocol}'s unfinished message of C{size} bytes does not fit the
+        budget: it gives back what it held, and waits, unread, for room. (A
+        connection alone may always reserve, whatever the budget, so one
+        packet of the largest size always arrives.)
         """
-        others = self.partialReserved - protocol._reserved
-        if others == 0 or others + size <= self.partialBudget:
-            self.partialReserved = others + size
-            protocol._reserved = size
-            return
-        self.partialReserved = others
+        self.partialReserved -= protocol._reserved
         protocol._reserved = 0
         self._budgetWaiters[protocol] = size
         protocol._pause(_BUDGET)
 
     def _releasePartial(self, protocol: GearmanServerProtocol) -> None:
+        """C{protocol} no longer holds (nor waits for) a reservation."""
         self.partialReserved -= protocol._reserved
         protocol._reserved = 0
         self._budgetWaiters.pop(protocol, None)
+        self._admitWaiters()
+
+    def _admitWaiters(self) -> None:
+        """Reserve for the waiting connections, in order, while their messages fit."""
         waiters = self._budgetWaiters
         # First come, first served: a large waiter is not overtaken forever.
         while waiters:
@@ -835,12 +865,8 @@ class GearmanServerFactory(Factory):
             waiter._reserved = size
             waiter._resume(_BUDGET)
 
-    def _partialStarted(self, protocol: GearmanServerProtocol) -> None:
-        """C{protocol} holds a new unfinished message: time it."""
-        clock = self.state.clock
-        self._partialSince[protocol] = clock.seconds()
-        if self._deadlineCall is None:
-            self._deadlineCall = clock.callLater(self.packetDeadline, self._checkDeadlines)
+    def _armDeadline(self, delay: float) -> None:
+        self._deadlineCall = self.state.clock.callLater(delay, self._checkDeadlines)
 
     def _checkDeadlines(self) -> None:
         """
@@ -866,7 +892,7 @@ class GearmanServerFactory(Factory):
             elif first is None or started < first:
                 first = started
         if first is not None:
-            self._deadlineCall = clock.callLater(first + deadline - now, self._checkDeadlines)
+            self._armDeadline(first + deadline - now)
 
     def _connectionGone(self, protocol: GearmanServerProtocol) -> None:
         self.connections.pop(protocol.session, None)
