@@ -283,3 +283,20 @@ def test_retryRefusedByTheStoreLeavesItDead() -> None:
     assert [e.handle for e in state.dead.newest()] == [handle]
     assert handle not in state.jobs
     assert any(event.get("log_failure") is not None for event in logs)
+
+
+def test_retryWithoutAStoreKeepsNothingBehind() -> None:
+    """
+    With C{--queue memory} the dead set has a memory store of its own: a
+    retried job runs from memory and leaves nothing in that store.
+    """
+    state, clock = makeState("attempts:1,on:fail")
+    handle = submitBackground(state, clock, unique=b"u1", payload=b"p")
+    runAndEnd(state, clock, "fail", handle)
+    assert admin(state, b"retry dead " + handle) == b"OK 1\n"
+    assert state.dead.store.jobs == {} and state.dead.store.dead == {}
+    worker, wpeer = connect(state)
+    state.canDo(worker, b"f")
+    assert grab(state, worker, wpeer) == (P.JOB_ASSIGN_UNIQ, [handle, b"f", b"u1", b"p"])
+    state.workEnd(worker, P.WORK_COMPLETE, handle, handle + b"\0done")
+    assert state.jobs == {} and len(state.dead) == 0

@@ -1235,6 +1235,8 @@ class JobServerState:
             job.reducer = record.reducer
             job.clientId = record.clientId
             if self.storeQueue is None:
+                # The dead set's own memory store queued it: the job lives here only.
+                self.dead.store.remove(record)
                 job.storeState = _S_NONE
                 if job.state == PENDING:
                     self._makeRunnable(job)
