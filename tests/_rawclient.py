@@ -136,7 +136,7 @@ class RawClient:
             line = line.encode("utf-8")
         self.sock.sendall(line + b"\n")
         words = tuple(w.lower() for w in line.split())
-        listing = words in _LISTINGS
+        listing = words in _LISTINGS or words[:2] == (b"show", b"dead")
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         data = b""
         while True:

@@ -70,6 +70,17 @@ def test_formatWorkers():
         "27  127.0.0.1  img-1      thumb resize"]
 
 
+def test_formatDeadSet():
+    lines = [b"H:a:12\tresize\tu-1\t5\t2026-11-28T21:42:01.123Z\tTraceback:\\x0aboom",
+             b"H:a:3\tmail\t\t1\t2026-11-27T08:00:00.000Z\tworker lost"]
+    assert _cli.formatAdmin("dead", lines) == [
+        "HANDLE  FUNCTION  UNIQUE  ATTEMPTS  DIED-AT                   LAST-ERROR",
+        "H:a:12  resize    u-1     5         2026-11-28T21:42:01.123Z  Traceback:\\x0aboom",
+        "H:a:3   mail              1         2026-11-27T08:00:00.000Z  worker lost"]
+    assert _cli.formatAdmin("retry-dead", [b"OK 3"]) == ["retried 3 dead jobs"]
+    assert _cli.formatAdmin("purge-dead", [b"OK 0"]) == ["purged 0 dead jobs"]
+
+
 def test_formatVersion():
     assert _cli.formatAdmin("version", [b"OK 1.1.20+ds"]) == ["1.1.20+ds"]
 
@@ -365,6 +376,14 @@ _UNUSED = "127.0.0.1:1"  # nothing listens there: a mistake must be found before
      "txgear-admin: status takes no arguments, got 'extra' (see txgear-admin --help)\n"),
     ("txgear-admin", ["-s", _UNUSED, "cancel"],
      "txgear-admin: cancel: wrong number of arguments; use: txgear-admin cancel HANDLE\n"),
+    ("txgear-admin", ["-s", _UNUSED, "retry-dead"],
+     "txgear-admin: retry-dead: wrong number of arguments; use: txgear-admin retry-dead HANDLE "
+     "| retry-dead function FUNCTION\n"),
+    ("txgear-admin", ["-s", _UNUSED, "retry-dead", "H:a:1", "H:a:2"],
+     "txgear-admin: retry-dead: wrong number of arguments; use: txgear-admin retry-dead HANDLE "
+     "| retry-dead function FUNCTION\n"),
+    ("txgear-admin", ["-s", _UNUSED, "dead", "f", "g"],
+     "txgear-admin: dead: wrong number of arguments; use: txgear-admin dead [FUNCTION]\n"),
 ])
 def test_scriptUsageMistakes(name, argv, stderr):
     assert runScript(name, *argv) == (_cli.USAGE, "", stderr)

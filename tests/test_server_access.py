@@ -347,7 +347,7 @@ def test_cancelJobNeedsInvokeOnItsFunction(factory, conns):
 
 
 _ADMIN_LINES = [b"status", b"prioritystatus", b"workers", b"show jobs", b"show unique jobs",
-                b"version", b"getpid", b"verbose"]
+                b"version", b"getpid", b"verbose", b"show dead", b"show dead resize"]
 
 
 @pytest.mark.parametrize("line", _ADMIN_LINES)
@@ -379,6 +379,18 @@ def test_changesNeedGrant(factory, conns, line, effect):
         assert not effect(state)
     assert conns("ops-admin").admin(line) == b"OK\r\n"
     assert effect(state)
+
+
+@pytest.mark.parametrize("line, reply", [
+    (b"retry dead H:t:1", b"ERR UNKNOWN_JOB\r\n"),
+    (b"retry dead function resize", b"OK 0\n"),
+    (b"purge dead", b"OK 0\n"),
+    (b"purge dead resize", b"OK 0\n"),
+])
+def test_deadSetChangesNeedGrant(conns, line, reply):
+    for name in ("client-app", "worker-app", "anonymous"):
+        assert conns(name).admin(line) == PERMISSION_DENIED
+    assert conns("ops-admin").admin(line) == reply
 
 
 def test_shutdownNeedsGrant(conns):

@@ -84,6 +84,9 @@ class Store:
         self.events.append("remove %s" % job.unique.decode())
         return succeed(None)
 
+    def listDead(self, function: Any = None, limit: Any = None) -> Deferred:
+        return succeed([])
+
     def close(self) -> Deferred:
         self.events.append("close")
         self.closed = True

@@ -30,7 +30,7 @@ from zope.interface.verify import verifyObject
 from tests._peers import freePort, requirePeer
 from txgear.errors import StoreError, StoreSchemaError
 from txgear.interfaces import IJobStore
-from txgear.jobs import Priority, StoredJob
+from txgear.jobs import DeadJob, Priority, StoredJob
 from txgear.store import (MemoryJobStore, PostgresJobStore, RedisJobStore, SQLiteJobStore,
                           storeFromString)
 
@@ -115,9 +115,10 @@ class MemoryBackend(Backend):
     def __init__(self) -> None:
         Backend.__init__(self)
         self.jobs: Dict[int, StoredJob] = {}
+        self.dead: Dict[int, DeadJob] = {}
 
     def _make(self, **kwargs: Any) -> Any:
-        return MemoryJobStore(self.jobs)
+        return MemoryJobStore(self.jobs, self.dead)
 
 
 class SQLiteBackend(Backend):
@@ -689,7 +690,7 @@ def test_sqliteVersion1FileIsNotWiped(sqliteBackend: SQLiteBackend) -> Any:
                            " reducer, client_id) VALUES (x'483a31', x'66', x'', x'', 1, 0, x'', x'')")
     connection.close()
     before = _digest(sqliteBackend.path)
-    with pytest.raises(StoreSchemaError, match="schema version 1, this txgear reads version 4"):
+    with pytest.raises(StoreSchemaError, match="schema version 1, this txgear reads version 5"):
         yield wait(sqliteBackend.make().open())
     assert _digest(sqliteBackend.path) == before
 
@@ -1007,7 +1008,7 @@ def test_retryStateSurvivesARestart(backend: Backend) -> Any:
 def test_sqliteVersion3FileIsMigrated(sqliteBackend: SQLiteBackend) -> Any:
     """
     A queue of schema version 3 (format 1 records) opens with its jobs,
-    becomes version 4, and keeps both old and new records across restarts.
+    becomes version 5, and keeps both old and new records across restarts.
     """
     from txgear.store._record import packRecordV1
     old = (1, 1, b"f", b"u1", b"payload 1", 0, b"", b"", 0, 0, b"")
@@ -1025,7 +1026,7 @@ def test_sqliteVersion3FileIsMigrated(sqliteBackend: SQLiteBackend) -> Any:
     yield wait(store.add(job(2, attempts=1, lastError=b"worker lost")))
     yield wait(store.close())
     with sqlite3.connect(sqliteBackend.path) as connection:
-        assert connection.execute("SELECT value FROM meta WHERE name = 'version'").fetchone() == ("4",)
+        assert connection.execute("SELECT value FROM meta WHERE name = 'version'").fetchone() == ("5",)
     connection.close()
     assert (yield reload(sqliteBackend)) == [job(1), job(2, attempts=1, lastError=b"worker lost")]
 
@@ -1053,7 +1054,7 @@ def test_postgresVersion2TableIsMigrated(postgresBackend: PostgresBackend) -> An
     with psycopg.connect(POSTGRESQL) as connection:
         version = connection.execute(
             f"SELECT value FROM \"{schema}\".txgear_meta WHERE name = 'version'").fetchone()
-    assert version == ("3",)
+    assert version == ("4",)
 
 
 @pytest_twisted.inlineCallbacks
@@ -1068,6 +1069,209 @@ def test_redisVersion2QueueIsMigrated(redisBackend: RedisBackend) -> Any:
     assert (yield wait(store.open())) == [job(1)]
     yield wait(store.add(job(2, attempts=1, lastError=b"WORK_FAIL")))
     yield wait(store.close())
-    assert client.hget(prefix + "meta", "version") == b"3"
+    assert client.hget(prefix + "meta", "version") == b"4"
     client.close()
     assert (yield reload(redisBackend)) == [job(1), job(2, attempts=1, lastError=b"WORK_FAIL")]
+
+
+# The dead set -------------------------------------------------------------------
+
+
+def dead(n: int, diedAt: int, **kwargs: Any) -> DeadJob:
+    """The listing entry of C{job(n, **kwargs)} dead at C{diedAt} (no payload)."""
+    return DeadJob.fromJob(job(n, **kwargs), diedAt).withoutPayload()
+
+
+@defer.inlineCallbacks
+def reloadDead(backend: Backend) -> Any:
+    """Open a fresh store on the same data: its jobs and its dead set; close it."""
+    store = backend.make()
+    jobs = yield wait(store.open())
+    listed = yield wait(store.listDead())
+    count = yield wait(store.countDead())
+    yield wait(store.close())
+    assert count == len(listed)
+    return jobs, listed
+
+
+@pytest_twisted.inlineCallbacks
+def test_deadSetSurvivesARestart(backend: Backend) -> Any:
+    """
+    C{addDead} takes a job from the queue to the dead set, with its
+    attempts, last error and time of death; the dead set survives
+    close/open and lists newest first, per function and with a limit,
+    without payloads but with their sizes.
+    """
+    store = backend.make()
+    yield wait(store.open())
+    yield wait(store.addMany([job(1), job(2, function=b"g"), job(3), job(4)]))
+    error = b"\x00Traceback\n\tline" + b"e" * 1000
+    yield wait(defer.gatherResults([
+        store.addDead(job(1, attempts=3, lastError=error), 1700000000000),
+        store.addDead(job(2, function=b"g", attempts=1, lastError=b"timeout"), 1700000005000),
+        store.addDead(job(4, attempts=2, lastError=b"WORK_FAIL"), 1700000005000)]))
+    yield wait(store.close())
+    jobs, listed = yield reloadDead(backend)
+    assert jobs == [job(3)]
+    newest = [dead(4, 1700000005000, attempts=2, lastError=b"WORK_FAIL"),
+              dead(2, 1700000005000, function=b"g", attempts=1, lastError=b"timeout"),
+              dead(1, 1700000000000, attempts=3, lastError=error)]
+    assert listed == newest
+    assert [d.payloadSize for d in listed] == [9, 9, 9] and {d.payload for d in listed} == {b""}
+    store = backend.make()
+    yield wait(store.open())
+    assert (yield wait(store.listDead(b"f"))) == [newest[0], newest[2]]
+    assert (yield wait(store.listDead(b"f", 1))) == [newest[0]]
+    assert (yield wait(store.listDead(None, 2))) == newest[:2]
+    assert (yield wait(store.listDead(b"nothing"))) == []
+    yield wait(store.close())
+
+
+@pytest_twisted.inlineCallbacks
+def test_addDeadInTheBatchOfItsAdd(backend: Backend) -> Any:
+    """
+    An C{addDead} issued in the turn of the job's C{add} leaves it dead
+    only; a job never queued goes to the dead set all the same.
+    """
+    store = backend.make()
+    yield wait(store.open())
+    results = [store.add(job(5)), store.addDead(job(5, attempts=1), 10),
+               store.addDead(job(6), 11), store.add(job(7))]
+    yield wait(defer.gatherResults(results))
+    # Read after write: a listing sees every write issued before it.
+    store.addDead(job(7), 12)
+    assert [d.key for d in (yield wait(store.listDead()))] == [7, 6, 5]
+    yield wait(store.close())
+    jobs, listed = yield reloadDead(backend)
+    assert jobs == []
+    assert listed == [dead(7, 12), dead(6, 11), dead(5, 10, attempts=1)]
+
+
+@pytest_twisted.inlineCallbacks
+def test_retryDeadIsDurable(backend: Backend) -> Any:
+    """
+    C{retryDead} queues dead jobs again under their keys, with their
+    payloads, priority and unique, fresh attempts and no last error;
+    unknown keys are skipped. Survives a restart.
+    """
+    store = backend.make()
+    yield wait(store.open())
+    big = os.urandom(256 * 1024)
+    yield wait(store.addMany([job(1, Priority.HIGH, payload=big, reducer=b"r", clientId=b"c"),
+                              job(2)]))
+    yield wait(store.addDead(job(1, Priority.HIGH, payload=big, reducer=b"r", clientId=b"c",
+                                 attempts=4, retryAt=99, lastError=b"boom"), 1000))
+    yield wait(store.addDead(job(2, attempts=1), 2000))
+    revived = yield wait(store.retryDead([1, 99]))
+    fresh = job(1, Priority.HIGH, payload=big, reducer=b"r", clientId=b"c")
+    assert revived == [fresh]
+    assert (yield wait(store.retryDead([1]))) == []
+    yield wait(store.close())
+    jobs, listed = yield reloadDead(backend)
+    assert jobs == [fresh]
+    assert listed == [dead(2, 2000, attempts=1)]
+
+
+@pytest_twisted.inlineCallbacks
+def test_purgeDeadIsDurable(backend: Backend) -> Any:
+    store = backend.make()
+    yield wait(store.open())
+    for n in range(1, 6):
+        store.addDead(job(n), 1000 + n)
+    assert (yield wait(store.purgeDead([2, 4, 99]))) == 2
+    assert (yield wait(store.purgeDead([]))) == 0
+    assert (yield wait(store.countDead())) == 3
+    yield wait(store.close())
+    jobs, listed = yield reloadDead(backend)
+    assert jobs == []
+    assert [d.key for d in listed] == [5, 3, 1]
+
+
+@pytest_twisted.inlineCallbacks
+def test_sqliteVersion4FileIsMigrated(sqliteBackend: SQLiteBackend) -> Any:
+    """
+    A queue of schema version 4 (no dead set) opens with its jobs, gets the
+    dead table and version 5; its jobs can then die and be retried.
+    """
+    from txgear.store._record import packBatch, recordOf
+    with sqlite3.connect(sqliteBackend.path) as connection:
+        connection.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        connection.execute("CREATE TABLE log (seq INTEGER PRIMARY KEY, kind INTEGER NOT NULL,"
+                           " data BLOB NOT NULL)")
+        connection.executemany("INSERT INTO meta VALUES (?, ?)",
+                               [("schema", "txgear-queue"), ("version", "4")])
+        connection.execute("INSERT INTO log (kind, data) VALUES (0, ?)",
+                           (packBatch([recordOf(job(1)), recordOf(job(2, attempts=1))]),))
+    connection.close()
+    store = sqliteBackend.make()
+    assert (yield wait(store.open())) == [job(1), job(2, attempts=1)]
+    yield wait(store.addDead(job(2, attempts=2), 5))
+    yield wait(store.close())
+    with sqlite3.connect(sqliteBackend.path) as connection:
+        assert connection.execute("SELECT value FROM meta WHERE name = 'version'").fetchone() == ("5",)
+    connection.close()
+    assert (yield reloadDead(sqliteBackend)) == ([job(1)], [dead(2, 5, attempts=2)])
+    store = sqliteBackend.make()
+    yield wait(store.open())
+    assert (yield wait(store.retryDead([2]))) == [job(2)]
+    yield wait(store.close())
+    assert (yield reloadDead(sqliteBackend)) == ([job(1), job(2)], [])
+
+
+@pytest_twisted.inlineCallbacks
+def test_sqliteVersion5WithoutDeadTableIsRefused(sqliteBackend: SQLiteBackend) -> Any:
+    with sqlite3.connect(sqliteBackend.path) as connection:
+        connection.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        connection.execute("CREATE TABLE log (seq INTEGER PRIMARY KEY, kind INTEGER NOT NULL,"
+                           " data BLOB NOT NULL)")
+        connection.executemany("INSERT INTO meta VALUES (?, ?)",
+                               [("schema", "txgear-queue"), ("version", "5")])
+    connection.close()
+    store = sqliteBackend.make()
+    with pytest.raises(StoreSchemaError, match="no dead table"):
+        yield wait(store.open())
+
+
+@pytest_twisted.inlineCallbacks
+def test_postgresVersion3TableIsMigrated(postgresBackend: PostgresBackend) -> Any:
+    schema = postgresBackend.schema
+    postgresBackend.execute(f'CREATE SCHEMA "{schema}"')
+    postgresBackend.execute(f'CREATE TABLE "{schema}".txgear_meta (name text PRIMARY KEY, value text NOT NULL)')
+    postgresBackend.execute(
+        f'CREATE TABLE "{schema}".txgear_jobs (key bigint PRIMARY KEY, priority smallint NOT NULL,'
+        f' function bytea NOT NULL, uniq bytea NOT NULL, payload bytea NOT NULL,'
+        f' run_at bigint NOT NULL, reducer bytea NOT NULL, client_id bytea NOT NULL,'
+        f' attempts integer NOT NULL DEFAULT 0, retry_at bigint NOT NULL DEFAULT 0,'
+        f" last_error bytea NOT NULL DEFAULT ''::bytea)")
+    postgresBackend.execute(f"INSERT INTO \"{schema}\".txgear_meta VALUES ('schema', 'txgear-queue'),"
+                            f" ('version', '3')")
+    postgresBackend.execute(f"INSERT INTO \"{schema}\".txgear_jobs VALUES (1, 1, 'f', 'u1',"
+                            f" 'payload 1', 0, '', '', 2, 0, 'timeout')")
+    store = postgresBackend.make()
+    assert (yield wait(store.open())) == [job(1, attempts=2, lastError=b"timeout")]
+    yield wait(store.addDead(job(1, attempts=3, lastError=b"timeout"), 7))
+    yield wait(store.close())
+    assert (yield reloadDead(postgresBackend)) == ([], [dead(1, 7, attempts=3,
+                                                             lastError=b"timeout")])
+    import psycopg
+    with psycopg.connect(POSTGRESQL) as connection:
+        version = connection.execute(
+            f"SELECT value FROM \"{schema}\".txgear_meta WHERE name = 'version'").fetchone()
+    assert version == ("4",)
+
+
+@pytest_twisted.inlineCallbacks
+def test_redisVersion3QueueIsMigrated(redisBackend: RedisBackend) -> Any:
+    from txgear.store._record import packRecord, recordOf
+    client = redisBackend.client()
+    prefix = redisBackend.prefix
+    client.hset(prefix + "meta", mapping={"schema": "txgear-queue", "version": "3"})
+    client.hset(prefix + "jobs", "1", packRecord(recordOf(job(1, attempts=1))))
+    client.zadd(prefix + "order", {"1": 1 * 2 ** 51 + 1})
+    store = redisBackend.make()
+    assert (yield wait(store.open())) == [job(1, attempts=1)]
+    yield wait(store.addDead(job(1, attempts=2), 9))
+    yield wait(store.close())
+    assert client.hget(prefix + "meta", "version") == b"4"
+    client.close()
+    assert (yield reloadDead(redisBackend)) == ([], [dead(1, 9, attempts=2)])

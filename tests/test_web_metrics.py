@@ -69,7 +69,8 @@ def test_jobOutcomesSubmissionsAndHistograms(factory: GearmanServerFactory, cloc
     """
     Known traffic: 4 foreground and 2 background jobs of C{f} end complete,
     fail, exception, cancelled, lost (worker gone), lost (client gone); one
-    job of C{slow} times out.
+    job of C{slow} times out. The background job whose worker was lost with
+    no attempt left enters the dead set: counted lost and dead.
     """
     client, worker, admin = Conn(factory), Conn(factory), Conn(factory)
     worker.send(P.CAN_DO, b"f")
@@ -90,7 +91,7 @@ def test_jobOutcomesSubmissionsAndHistograms(factory: GearmanServerFactory, cloc
     assert admin.text() == b"OK\r\n"
     worker.send(P.GRAB_JOB_UNIQ)
     worker.packets()
-    worker.close()  # holding h5, with --job-retries 1: lost
+    worker.close()  # holding h5, with --job-retries 1: lost, and dead (background)
     late = Conn(factory)
     late.send(P.SUBMIT_JOB, b"f", b"", b"x")
     handles(late, 1)
@@ -112,7 +113,7 @@ def test_jobOutcomesSubmissionsAndHistograms(factory: GearmanServerFactory, cloc
     assert value(samples, submitted, function="slow", mode="background") == 0
     finished = "gearman_function_jobs_finished_total"
     expected = {"complete": 1, "fail": 1, "exception": 1, "timeout": 0, "cancelled": 1,
-                "lost": 2, "retried": 0, "dead": 0}
+                "lost": 2, "retried": 0, "dead": 1}
     for outcome, count in expected.items():
         assert value(samples, finished, function="f", outcome=outcome) == count, outcome
     assert value(samples, finished, function="slow", outcome="timeout") == 1
@@ -291,6 +292,34 @@ def test_storeCommitLatencyAndPendingJobs(clock: Clock) -> None:
     assert value(samples, "gearman_errors_sent_total", code="QUEUE_ERROR") == 1
     assert value(samples, "gearman_function_jobs_finished_total", function="f",
                  outcome="lost") == 1
+
+
+def test_deadSetCountedAndGauged(clock: Clock) -> None:
+    """
+    A background job that uses up its attempts counts as C{dead} and in the
+    dead set's gauge; one dropped by the size limit counts as dropped.
+    """
+    from txgear.server._policy import PolicyTable
+    table = PolicyTable()
+    table.set(b"*", "attempts:1,on:fail")
+    factory = GearmanServerFactory(JobServerState(clock=clock, handlePrefix=b"H:t",
+                                                  policies=table, deadMaxJobs=1))
+    client, worker = Conn(factory), Conn(factory)
+    worker.send(P.CAN_DO, b"f")
+    for _ in range(2):
+        client.send(P.SUBMIT_JOB_BG, b"f", b"", b"x")
+        handle, = handles(client, 1)
+        worker.send(P.GRAB_JOB)
+        worker.packets()
+        worker.send(P.WORK_FAIL, handle)
+    samples = scrape(factory)
+    assert value(samples, "gearman_function_jobs_finished_total", function="f",
+                 outcome="dead") == 2
+    assert value(samples, "gearman_function_jobs_finished_total", function="f",
+                 outcome="fail") == 2
+    assert value(samples, "gearman_function_dead_jobs", function="f") == 1
+    assert value(samples, "gearman_dead_dropped_total", limit="size") == 1
+    assert value(samples, "gearman_dead_dropped_total", limit="age") == 0
 
 
 def test_forgottenFunctionsKeepTheirCountersWithinABound(factory: GearmanServerFactory) -> None:

@@ -9,6 +9,7 @@ end in C{\\n}, C{OK}/C{ERR} replies to commands in C{\\r\\n}.
 from __future__ import annotations
 
 import re
+import time
 from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 OK = b"OK\r\n"
@@ -101,6 +102,27 @@ def formatPolicies(rows: Iterable[Tuple[bytes, str]]) -> bytes:
     default (C{*}) first; the name escaped (L{escape}), the SPEC canonical.
     """
     return b"".join(b"%s\t%s\n" % (escape(name), spec.encode("ascii")) for name, spec in rows) + END
+
+
+def isoTime(milliseconds: int) -> bytes:
+    """Unix milliseconds as ISO 8601 UTC to the millisecond: C{2026-11-28T21:42:01.123Z}."""
+    seconds, millis = divmod(milliseconds, 1000)
+    return (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)).encode("ascii")
+            + b".%03dZ" % millis)
+
+
+def formatDead(rows: Iterable[Tuple[bytes, bytes, bytes, int, int, bytes]]) -> bytes:
+    """
+    C{show dead} (a txgear extension):
+    C{HANDLE\tFUNCTION\tUNIQUE\tATTEMPTS\tDIED-AT\tLAST-ERROR} per dead job,
+    DIED-AT in ISO 8601 UTC (L{isoTime}, from Unix milliseconds); handle,
+    function, unique and last error escaped (L{escape}), so that no value
+    can end a line or a field.
+    """
+    return b"".join(b"%s\t%s\t%s\t%d\t%s\t%s\n" % (escape(handle), escape(function),
+                                                    escape(unique), attempts, isoTime(diedAt),
+                                                    escape(lastError))
+                    for handle, function, unique, attempts, diedAt, lastError in rows) + END
 
 
 def formatLines(lines: Iterable[bytes]) -> bytes:

@@ -623,13 +623,24 @@ ADMIN_COMMANDS: Dict[str, Any] = {
     "maxqueue": ("maxqueue {0}", False, None),
     "policies": ("show policies", True, ["FUNCTION", "POLICY"]),
     "policy": ("policy {0}", False, None),
+    "dead": ("show dead {0}", True, ["HANDLE", "FUNCTION", "UNIQUE", "ATTEMPTS", "DIED-AT",
+                                     "LAST-ERROR"]),
+    "retry-dead": ("retry dead {0}", False, None),
+    "purge-dead": ("purge dead {0}", False, None),
 }
 
 
 #: Admin command -> (fewest, most) arguments; the others take none.
-_ADMIN_ARGUMENTS = {"cancel": (1, 1), "maxqueue": (1, 4), "policy": (2, 2)}
+_ADMIN_ARGUMENTS = {"cancel": (1, 1), "maxqueue": (1, 4), "policy": (2, 2), "dead": (0, 1),
+                    "retry-dead": (1, 2), "purge-dead": (0, 1)}
 _ADMIN_USAGE = {"cancel": "cancel HANDLE", "maxqueue": "maxqueue FUNCTION [N | HIGH NORMAL LOW]",
-                "policy": "policy FUNCTION SPEC  (FUNCTION '*' for the default)"}
+                "policy": "policy FUNCTION SPEC  (FUNCTION '*' for the default)",
+                "dead": "dead [FUNCTION]",
+                "retry-dead": "retry-dead HANDLE | retry-dead function FUNCTION",
+                "purge-dead": "purge-dead [FUNCTION]"}
+
+#: What a count answering these commands means.
+_COUNTED = {"retry-dead": "retried {0} dead jobs", "purge-dead": "purged {0} dead jobs"}
 
 
 def _argumentCountMistake(command: str, arguments: List[str]) -> str:
@@ -666,6 +677,8 @@ def formatAdmin(name: str, lines: List[bytes]) -> List[str]:
         return table(spec[2], rows)
     reply = text[0] if text else ""
     if reply.startswith("OK "):
+        if name in _COUNTED:
+            return [_COUNTED[name].format(reply[3:])]
         return [reply[3:]]
     return [reply]
 
@@ -679,8 +692,10 @@ def adminParser() -> argparse.ArgumentParser:
     parser.add_argument("--raw", action="store_true", help="print the server's reply unchanged")
     parser.add_argument("command", choices=sorted(ADMIN_COMMANDS),
                         help="status, workers, version, ... (cancel HANDLE, maxqueue FUNCTION "
-                             "[N], policy FUNCTION SPEC)")
-    parser.add_argument("arguments", nargs="*", help="arguments of cancel/maxqueue/policy")
+                             "[N], policy FUNCTION SPEC, dead [FUNCTION], retry-dead HANDLE, "
+                             "retry-dead function FUNCTION, purge-dead [FUNCTION])")
+    parser.add_argument("arguments", nargs="*",
+                        help="arguments of cancel/maxqueue/policy/dead/retry-dead/purge-dead")
     return parser
 
 
@@ -693,7 +708,9 @@ async def runAdmin(reactor: Any, argv: Sequence[str], stdout: IO[Any] = sys.stdo
     args, servers = parsed
     line, multiline, _ = ADMIN_COMMANDS[args.command]
     fewest, most = _ADMIN_ARGUMENTS.get(args.command, (0, 0))
-    if not fewest <= len(args.arguments) <= most:
+    if not fewest <= len(args.arguments) <= most or (
+            args.command == "retry-dead" and len(args.arguments) == 2
+            and args.arguments[0] != "function"):
         _say(stderr, f"txgear-admin: {_argumentCountMistake(args.command, args.arguments)}")
         return USAGE
     if "{0}" in line:

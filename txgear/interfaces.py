@@ -65,6 +65,59 @@ class IJobStore(Interface):
         @return: a Deferred firing with C{None} once the removal is durable.
         """
 
+    # The dead set: background jobs that used up their attempts, kept apart
+    # from the queue under their keys (see L{txgear.jobs.DeadJob}). Every
+    # dead-set call is ordered with the writes issued before it: it sees them.
+
+    def addDead(job, diedAt):  # type: ignore[misc]
+        """
+        Move C{job} (an object with the attributes of
+        L{txgear.jobs.StoredJob}) from the queue to the dead set, as having
+        died at C{diedAt} (Unix milliseconds): its removal from the queue and
+        its dead record are written in one transaction, in the batch of its
+        turn, so a crash leaves it either queued or dead, never both or
+        neither. A job that was not queued is added to the dead set all the
+        same.
+
+        @return: a Deferred firing with C{None} once durable.
+        """
+
+    def listDead(function=None, limit=None):  # type: ignore[misc]
+        """
+        The dead set, newest first (by time of death, then key), without
+        payloads (each L{txgear.jobs.DeadJob} has C{payload} C{b""} and its
+        C{payloadSize}).
+
+        @param function: only the jobs of this function (bytes), or all.
+        @param limit: at most this many, or all.
+        @return: a Deferred firing with a list of L{txgear.jobs.DeadJob}.
+        """
+
+    def retryDead(keys):  # type: ignore[misc]
+        """
+        Take the dead jobs of C{keys} back into the queue, in one
+        transaction: each is queued again under its key with its unique,
+        payload, priority, reducer and client id, fresh attempts, no retry
+        time and no last error. Keys not in the dead set are skipped.
+
+        @return: a Deferred firing with the list of L{txgear.jobs.StoredJob}
+            now queued (payloads included), in the order of C{keys}.
+        """
+
+    def purgeDead(keys):  # type: ignore[misc]
+        """
+        Delete the dead jobs of C{keys} (unknown keys are skipped), in one
+        transaction. Trimming the dead set to its limits is a purge of its
+        oldest keys.
+
+        @return: a Deferred firing with the number deleted.
+        """
+
+    def countDead():  # type: ignore[misc]
+        """
+        @return: a Deferred firing with the number of jobs in the dead set.
+        """
+
     def close():  # type: ignore[misc]
         """
         Flush pending writes and release connections and threads.

@@ -94,6 +94,79 @@ class StoredJob:
         return cls(*(getattr(job, name) for name in cls.__slots__))
 
 
+class DeadJob:
+    """
+    A background job that used up its attempts, as a store's dead set keeps
+    it (see docs/jobs.md).
+
+    @ivar key: the job's key (its handle is C{<prefix>:<key>}); stores keep
+        dead jobs under it, apart from the queue's keys.
+    @ivar function: the function name.
+    @ivar unique: the unique id (may be empty).
+    @ivar payload: the workload bytes; C{b""} in listings, which leave
+        payloads in the store (C{payloadSize} says how large it is).
+    @ivar priority: a L{Priority} value (an C{int}).
+    @ivar reducer: the reducer name of a map/reduce job, or C{b""}.
+    @ivar clientId: the C{SET_CLIENT_ID} of the submitting connection, or C{b""}.
+    @ivar attempts: the runs it had, all ended without completing.
+    @ivar lastError: why the last one ended (the WORK_EXCEPTION data, or
+        C{worker lost}, C{timeout}, C{WORK_FAIL}).
+    @ivar diedAt: when it entered the dead set, in Unix milliseconds.
+    @ivar payloadSize: the size of its payload in bytes.
+    """
+
+    __slots__ = ("key", "function", "unique", "payload", "priority", "reducer", "clientId",
+                 "attempts", "lastError", "diedAt", "payloadSize")
+
+    def __init__(self, key: int, function: bytes, unique: bytes, payload: bytes,
+                 priority: int = Priority.NORMAL, reducer: bytes = b"", clientId: bytes = b"",
+                 attempts: int = 0, lastError: bytes = b"", diedAt: int = 0,
+                 payloadSize: Optional[int] = None) -> None:
+        self.key = key
+        self.function = function
+        self.unique = unique
+        self.payload = payload
+        self.priority = int(priority)
+        self.reducer = reducer
+        self.clientId = clientId
+        self.attempts = attempts
+        self.lastError = lastError
+        self.diedAt = diedAt
+        self.payloadSize = len(payload) if payloadSize is None else payloadSize
+
+    def _fields(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, DeadJob):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return "DeadJob({})".format(", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__))
+
+    @classmethod
+    def fromJob(cls, job: object, diedAt: int) -> "DeadJob":
+        """The dead-set record of any job-like object (see L{StoredJob}) that died at C{diedAt}."""
+        return cls(job.key, job.function, job.unique, job.payload,  # type: ignore[attr-defined]
+                   job.priority, job.reducer, job.clientId,  # type: ignore[attr-defined]
+                   job.attempts, job.lastError, diedAt)  # type: ignore[attr-defined]
+
+    def withoutPayload(self) -> "DeadJob":
+        """A copy for listings: the payload left out, its size kept."""
+        return DeadJob(self.key, self.function, self.unique, b"", self.priority, self.reducer,
+                       self.clientId, self.attempts, self.lastError, self.diedAt,
+                       self.payloadSize)
+
+    def revived(self) -> StoredJob:
+        """The job to queue again: same key, unique and payload, fresh attempts."""
+        return StoredJob(self.key, self.function, self.unique, self.payload, self.priority, 0,
+                         self.reducer, self.clientId)
+
+
 class JobStatus:
     """
     The state of a job, as C{GET_STATUS} or C{GET_STATUS_UNIQUE} report it.

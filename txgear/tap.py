@@ -23,6 +23,7 @@ from txgear.server._names import DEFAULT_MAX_FUNCTION_NAME, functionNameProblem
 from txgear.server._policy import DEFAULT_NAME, PolicyError, PolicyTable, RetryPolicy
 from txgear.server.service import DEFAULT_SHUTDOWN_GRACE
 from txgear.server._reclaim import reclaimer, tuneAllocator
+from txgear.server._deadset import DEFAULT_DEAD_MAX_AGE, DEFAULT_DEAD_MAX_JOBS
 from txgear.server._state import DEFAULT_MAX_FUNCTIONS
 from txgear.server._protocol import (
     ARGUMENT_ALLOWANCE,
@@ -52,6 +53,25 @@ def _nonNegative(value: str) -> int:
     if number < 0:
         raise ValueError(f"give a whole number, 0 or more, not {value!r}")
     return number
+
+
+_DAY_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _deadAge(value: str) -> float:
+    """A duration such as C{90s}, C{12h}, C{30d}, or a number of seconds."""
+    text = value.strip().lower()
+    unit = 1
+    if text and text[-1] in _DAY_UNITS:
+        unit = _DAY_UNITS[text[-1]]
+        text = text[:-1]
+    try:
+        seconds = float(text) * unit
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ValueError(f"give a duration such as 90s, 12h or 30d (or seconds), not {value!r}")
+    return seconds
 
 
 class Options(PluginOptions):
@@ -84,6 +104,12 @@ class Options(PluginOptions):
                                                        "CAN_DO of a new name is ignored and a "
                                                        "submission gets ERROR QUEUE_ERROR.",
          _nonNegative],
+        ["dead-max-jobs", None, DEFAULT_DEAD_MAX_JOBS,
+         "Most jobs the dead set keeps (background jobs that used up their attempts); "
+         "past it the oldest are dropped. 0: no limit.", _nonNegative],
+        ["dead-max-age", None, DEFAULT_DEAD_MAX_AGE,
+         "Longest a job stays in the dead set, a duration (90s, 12h, 30d) or seconds; "
+         "older ones are dropped. 0: no limit [default: 30d].", _deadAge],
         ["worker-wakeup", "w", 1, "Sleeping workers woken (NOOP) per newly runnable job; 0 wakes "
                                   "every sleeping worker of the function, as gearmand's default.",
          _nonNegative],
@@ -313,7 +339,9 @@ def makeService(options: Any, reactor: Any = None) -> IService:
     state = JobServerState(clock=reactor, handlePrefix=prefix, jobRetries=options["job-retries"],
                            roundRobin=options["round-robin"], workerWakeup=options["worker-wakeup"],
                            store=store, onEmptied=reclaimer(),
-                           maxFunctions=options["max-functions"], policies=options["policies"])
+                           maxFunctions=options["max-functions"], policies=options["policies"],
+                           deadMaxJobs=options["dead-max-jobs"],
+                           deadMaxAge=options["dead-max-age"])
     if store is None:
         _log.warn("The queue is memory: background jobs are lost when the server stops "
                   "(--queue sqlite:PATH keeps them)")

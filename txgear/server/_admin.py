@@ -100,6 +100,11 @@ class AdminCommands:
             rows = ((job.handle, job.attempts, 0, 1 if job.background else 0)
                     for job in list(self.state.jobs.values()))
             return _inPieces(rows, text.formatShowJobs), None
+        if what[0] == b"dead" and len(args) <= 2:
+            function = args[1] if len(args) == 2 else None
+            deadRows = ((e.handle, e.function, e.unique, e.attempts, e.diedAt, e.lastError)
+                        for e in self.state.dead.newest(function))
+            return _inPieces(deadRows, text.formatDead), None
         if what == [b"policies"]:
             return _inPieces(iter(list(self.state.policies.rows())), text.formatPolicies), None
         if what == [b"unique", b"jobs"]:
@@ -175,6 +180,33 @@ class AdminCommands:
         except PolicyError as e:
             return text.err(b"INVALID_POLICY", text.escape(str(e).encode("utf-8"))), None
         return text.OK, None
+
+    def command_retry(self, word: bytes, args: List[bytes]) -> Tuple[bytes, Optional[str]]:
+        """
+        C{retry dead HANDLE}, C{retry dead function FUNCTION}: dead jobs back
+        in the queue, with fresh attempts. C{OK <count>}; a dead job whose
+        unique a live job of its function has stays dead (C{ERR
+        UNIQUE_IN_USE} for one handle; left out of the count for a function).
+        """
+        if not args or args[0].lower() != b"dead" or len(args) not in (2, 3):
+            return text.incompleteArguments(b"retry"), None
+        if len(args) == 3:
+            if args[1].lower() != b"function":
+                return text.incompleteArguments(b"retry"), None
+            count, _ = self.state.retryDeadFunction(args[2])
+            return text.ok(b"%d" % count), None
+        error = self.state.retryDeadJob(args[1])
+        if error == b"UNIQUE_IN_USE":
+            return text.err(error, b"a live job has its unique"), None
+        if error is not None:
+            return text.err(error), None
+        return text.ok(b"1"), None
+
+    def command_purge(self, word: bytes, args: List[bytes]) -> Tuple[bytes, Optional[str]]:
+        """C{purge dead [FUNCTION]}: delete dead jobs; C{OK <count>}."""
+        if not args or args[0].lower() != b"dead" or len(args) > 2:
+            return text.incompleteArguments(b"purge"), None
+        return text.ok(b"%d" % self.state.purgeDead(args[1] if len(args) == 2 else None)), None
 
     def command_acl(self, word: bytes, args: List[bytes]) -> Tuple[bytes, Optional[str]]:
         # Access control is off (with it, L{txgear.server._guard} answers).

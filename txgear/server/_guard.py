@@ -42,7 +42,8 @@ ADMIN_COMMANDS = frozenset([b"status", b"prioritystatus", b"workers", b"show", b
 #: Admin commands that need the C{grant} right (they change the server).
 #: Any other command L{AdminCommands} knows, but not listed here or in
 #: L{ADMIN_COMMANDS}, needs C{grant} too.
-GRANT_COMMANDS = frozenset([b"maxqueue", b"create", b"drop", b"shutdown", b"policy"])
+GRANT_COMMANDS = frozenset([b"maxqueue", b"create", b"drop", b"shutdown", b"policy", b"retry",
+                            b"purge"])
 #: Admin commands checked per use: C{cancel job} (invoke on the job's
 #: function), C{acl} (per verb).
 CHECKED_COMMANDS = frozenset([b"cancel", b"acl"])

@@ -47,12 +47,14 @@ from txgear._peerlog import PeerLog
 from txgear._packet import PacketType, encodeResponse, responseHeader
 from txgear.jobs import Priority
 from txgear.server._policy import EXCEPTION, FAIL, LOST, TIMEOUT, PolicyTable, RetryPolicy
+from txgear.server._deadset import (DEFAULT_DEAD_MAX_AGE, DEFAULT_DEAD_MAX_JOBS, DeadEntry,
+                                    DeadSet, memoryDeadStore)
 from txgear.server._scheduler import EpochScheduler
 from txgear.server._stats import (CANCELLED as OUT_CANCELLED, COMPLETE as OUT_COMPLETE,
-                                  EXCEPTION as OUT_EXCEPTION, FAIL as OUT_FAIL,
+                                  DEAD as OUT_DEAD, EXCEPTION as OUT_EXCEPTION, FAIL as OUT_FAIL,
                                   LOST as OUT_LOST, RETRIED as OUT_RETRIED,
                                   TIMEOUT as OUT_TIMEOUT, FunctionStats, ServerStats)
-from txgear.server._storequeue import StoreQueue, StoreState
+from txgear.server._storequeue import ERR_NOT_STORED, StoreQueue, StoreState
 
 #: A policy's outcome -> the metrics' count of jobs that ended so for good.
 _OUTCOME_COUNTED = {LOST: OUT_LOST, TIMEOUT: OUT_TIMEOUT, FAIL: OUT_FAIL, EXCEPTION: OUT_EXCEPTION}
@@ -334,6 +336,9 @@ class JobServerState:
     @param maxFunctions: how many functions may exist at once; past it, a
         CAN_DO of a new name is ignored and a submission gets C{ERROR
         QUEUE_ERROR}. Jobs loaded from the store are never refused.
+    @param deadMaxJobs: the dead set's size limit (0: none).
+    @param deadMaxAge: the dead set's age limit in seconds (0: none).
+    @ivar dead: the L{DeadSet}: background jobs that used up their attempts.
     """
 
     _log = logger()
@@ -343,7 +348,9 @@ class JobServerState:
                  store: Any = None, onEmptied: Optional[Callable[[], None]] = None,
                  maxFunctions: int = DEFAULT_MAX_FUNCTIONS,
                  wakeRecheck: float = WAKE_RECHECK, policies: Optional[PolicyTable] = None,
-                 random: Callable[[], float] = _random.random) -> None:
+                 random: Callable[[], float] = _random.random,
+                 deadMaxJobs: int = DEFAULT_DEAD_MAX_JOBS,
+                 deadMaxAge: float = DEFAULT_DEAD_MAX_AGE) -> None:
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[no-redef]
         self.clock = clock
@@ -366,6 +373,8 @@ class JobServerState:
         if store is not None:
             self.storeQueue = StoreQueue(store, clock, self._jobsStored, self._jobsNotStored,
                                          self.stats)
+        self.dead = DeadSet(store if store is not None else memoryDeadStore(), clock,
+                            self.handlePrefix, deadMaxJobs, deadMaxAge)
         # Job keys (and handle numbers) continue after the largest one loaded.
         self._nextKey = 1
         self.onEmptied = onEmptied
@@ -1107,8 +1116,9 @@ class JobServerState:
         are used up, or its policy does not retry how the last one ended):
         WORK_FAIL to its clients (the WORK_EXCEPTION packet body
         C{exception}, if given, to those that asked for exceptions), and the
-        job is gone. C{job.attempts} and C{job.lastError} say what happened;
-        a dead set will keep background jobs from here.
+        job is gone. A background job moves to the dead set (L{DeadSet}),
+        with C{job.attempts} and C{job.lastError}; a foreground one is gone
+        (its clients were told).
         """
         handle = job.handle
         fail = _H_WORK_FAIL + len(handle).to_bytes(4, "big") + handle
@@ -1120,7 +1130,149 @@ class JobServerState:
             for client in clients:
                 client.waiting.pop(job, None)
                 client.write(packet if packet is not None and client.exceptions else fail)
+        if job.background:
+            job.func.stats.finished[OUT_DEAD] += 1
+            self.dead.add(job)
+            if job.storeState is _S_STORED:
+                job.storeState = _S_NONE  # the dead set's write takes it off the queue
         self._move(job, DONE)
+
+    # -- the dead set ----------------------------------------------------
+
+    def loadDead(self, dead: Sequence[Any]) -> int:
+        """
+        Index the dead set a store listed at start-up (after L{loadStored});
+        job keys continue after the largest dead one too, so that a retried
+        dead job keeps a handle no other job has.
+
+        @return: how many were indexed.
+        """
+        for job in dead:
+            if job.key >= self._nextKey:
+                self._nextKey = job.key + 1
+        return self.dead.load(dead)
+
+    def retryDeadJob(self, handle: bytes) -> Optional[bytes]:
+        """
+        Admin C{retry dead HANDLE}: queue the dead job again.
+
+        @return: C{None} once it is on its way back, else the error code:
+            C{UNKNOWN_JOB} (no such dead job), C{UNIQUE_IN_USE} (a live job
+            of its function has its unique: it stays dead).
+        """
+        entry = self.dead.get(handle)
+        if entry is None:
+            return b"UNKNOWN_JOB"
+        if self._uniqueTaken(entry):
+            return b"UNIQUE_IN_USE"
+        self._revive([entry])
+        return None
+
+    def retryDeadFunction(self, name: bytes) -> Tuple[int, int]:
+        """
+        Admin C{retry dead function NAME}: queue its dead jobs again, but
+        those whose unique a live job has (they stay dead).
+
+        @return: how many are retried, and how many stay for their unique.
+        """
+        entries: List[DeadEntry] = []
+        uniques = set()
+        taken = 0
+        # Newest first: of two dead jobs with one unique, the newer comes back.
+        for entry in self.dead.newest(name):
+            unique = entry.unique if entry.unique not in (b"", b"-") else None
+            if self._uniqueTaken(entry) or (unique is not None and unique in uniques):
+                taken += 1
+                continue
+            if unique is not None:
+                uniques.add(unique)
+            entries.append(entry)
+        entries.reverse()  # oldest first: they queue in the order they came
+        if entries:
+            self._revive(entries)
+        return len(entries), taken
+
+    def _uniqueTaken(self, entry: DeadEntry) -> bool:
+        if not entry.unique or entry.unique == b"-":
+            return False
+        function = self.functions.get(entry.function)
+        return bool(function is not None and function.uniques
+                    and entry.unique in function.uniques)
+
+    def _revive(self, entries: List[DeadEntry]) -> None:
+        """
+        Take C{entries} from the dead set back to the queue: each is a job
+        again at once (its handle known, its unique taken, PENDING), and
+        runnable once the store has moved it back with its payload.
+        """
+        self.dead.take(entries)
+        jobs = []
+        writing = _S_WRITING if self.storeQueue is not None else _S_NONE
+        for entry in entries:
+            function = self.function(entry.function)
+            job = Job(entry.handle, function, entry.unique, b"", NORMAL, True, 0, b"", b"",
+                      entry.key)
+            job.storeState = writing
+            if function.stats is None:
+                function.stats = self.stats.forFunction(function.name)
+            self.jobs[job.handle] = job
+            if entry.unique and entry.unique != b"-":
+                self._index(job, entry.unique)
+            self._move(job, PENDING)
+            jobs.append(job)
+        self._log.info("Retrying {count} dead jobs (first {handle!r})", count=len(jobs),
+                       handle=jobs[0].handle)
+        d = self.dead.store.retryDead([entry.key for entry in entries])
+        d.addCallbacks(self._revived, self._notRevived, callbackArgs=(jobs,),
+                       errbackArgs=(jobs, entries))
+
+    def _revived(self, stored: List[Any], jobs: List[Job]) -> None:
+        byKey = {record.key: record for record in stored}
+        for job in jobs:
+            record = byKey.get(job.key)
+            if record is None:  # no longer in the store's dead set
+                job.storeState = _S_NONE
+                if job.state != DONE:
+                    self._finish(job, _H_WORK_FAIL + len(job.handle).to_bytes(4, "big")
+                                 + job.handle)
+                continue
+            job.payload = record.payload
+            job.priority = record.priority
+            job.reducer = record.reducer
+            job.clientId = record.clientId
+            if self.storeQueue is None:
+                # The dead set's own memory store queued it: the job lives here only.
+                self.dead.store.remove(record)
+                job.storeState = _S_NONE
+                if job.state == PENDING:
+                    self._makeRunnable(job)
+                continue
+            job.storeState = _S_STORED
+            if job.state == PENDING:
+                self._makeRunnable(job)
+            elif job.state == DONE:
+                # Cancelled while it came back: off the queue again.
+                self.storeQueue.remove(job)
+                job.payload = b""
+        if self.storeQueue is not None:
+            self.storeQueue.releaseReplies()
+
+    def _notRevived(self, failure: Any, jobs: List[Job], entries: List[DeadEntry]) -> None:
+        self._log.failure("Could not retry {count} dead jobs; they stay dead", failure,
+                          count=len(jobs))
+        self.dead.putBack(entries)
+        for job in jobs:
+            if job.storeState is _S_WRITING:
+                job.storeState = StoreState.FAILED
+                job.storeError = ERR_NOT_STORED
+            if job.state != DONE:
+                self._finish(job, _H_WORK_FAIL + len(job.handle).to_bytes(4, "big") + job.handle)
+        if self.storeQueue is not None:
+            self.storeQueue.releaseReplies()
+
+    def purgeDead(self, name: Optional[bytes] = None) -> int:
+        """Admin C{purge dead [FUNCTION]}: delete dead jobs; how many."""
+        return self.dead.purge(name)
 
     # -- work results ----------------------------------------------------
 
@@ -1360,6 +1512,7 @@ class JobServerState:
     def cancelTimers(self) -> None:
         """Cancel every pending timer (used when the service stops)."""
         self.scheduler.cancel()
+        self.dead.stop()
         if self._wakeCall is not None and self._wakeCall.active():
             self._wakeCall.cancel()
         self._wakeCall = None

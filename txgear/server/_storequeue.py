@@ -106,6 +106,10 @@ class StoreQueue:
         """C{session} is gone: nothing to send it any more."""
         self._holding.pop(session, None)
 
+    def releaseReplies(self) -> None:
+        """Send held replies whose jobs are no longer being written (a dead job retried)."""
+        self._release()
+
     @property
     def pending(self) -> int:
         """Background jobs not yet durable: waiting for this turn's batch, or being written."""

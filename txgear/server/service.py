@@ -117,6 +117,12 @@ class GearmanServerService(Service):
             count = self.state.loadStored(stored)
             self._log.info("Loaded {count} background jobs from {store}", count=count,
                            store=getattr(store, "description", store))
+            dead = await store.listDead()
+            if not self.running:
+                raise CancelledError("stopped while the dead set was loading")
+            if dead:
+                self._log.info("Loaded the index of {count} dead jobs",
+                               count=self.state.loadDead(dead))
         listeners = [(d, False) for d in self.endpoints] + [(d, True) for d in self.tlsEndpoints]
         for description, secure in listeners:
             endpoint = self._endpoint(description)

@@ -26,14 +26,44 @@ from twisted.python.threadpool import ThreadPool
 
 from txgear._log import logger
 from txgear.errors import StoreError
-from txgear.jobs import StoredJob
+from txgear.jobs import DeadJob, StoredJob
 from txgear.store._record import recordsProblem
 
 _T = TypeVar("_T")
 
 #: One write: C{(True, records)} for an C{add}/C{addMany} (a list of
-#: L{txgear.store._record.Record}), C{(False, key)} for a C{remove}.
-Operation = Tuple[bool, Any]
+#: L{txgear.store._record.Record}), C{(False, key)} for a C{remove},
+#: C{(BURY, deadJob)} for an C{addDead} (a L{txgear.jobs.DeadJob}), or
+#: C{(CALL, (function, args))} for a dead-set call run on its own, in order.
+Operation = Tuple[Any, Any]
+
+#: The kind of an C{addDead} operation.
+BURY = "bury"
+
+#: The kind of a dead-set call (retry, purge, list, count): run in the
+#: store's thread after every write issued before it, and before any after.
+CALL = "call"
+
+
+def splitDead(operations: List[Operation]) -> Tuple[List[Operation], List[DeadJob]]:
+    """
+    Separate a batch's C{addDead}s from its queue writes: each becomes the
+    removal of its key from the queue (in its place, so the order of the
+    queue's writes is kept) and a dead record.
+
+    @return: the queue's operations (for L{txgear.store._record.collapse})
+        and the dead records to write in the same transaction (the last
+        one of a key given twice).
+    """
+    dead: Dict[int, DeadJob] = {}
+    queue: List[Operation] = []
+    for kind, item in operations:
+        if kind == BURY:
+            queue.append((False, item.key))
+            dead[item.key] = item
+        else:
+            queue.append((kind, item))
+    return queue, list(dead.values())
 
 
 class ThreadedBatchStore:
@@ -67,6 +97,7 @@ class ThreadedBatchStore:
         self._writing = False
         self._closeWaiters: List[Deferred[None]] = []
         self._shutdownTrigger: Any = None
+        self._calls = 0  # dead-set calls among the pending operations
 
     # Subclass hooks --------------------------------------------------------
 
@@ -77,6 +108,18 @@ class ThreadedBatchStore:
         raise NotImplementedError()
 
     def _closeInThread(self) -> None:
+        raise NotImplementedError()
+
+    def _listDeadInThread(self, function: Optional[bytes], limit: Optional[int]) -> List[DeadJob]:
+        raise NotImplementedError()
+
+    def _retryDeadInThread(self, keys: List[int]) -> List[StoredJob]:
+        raise NotImplementedError()
+
+    def _purgeDeadInThread(self, keys: List[int]) -> int:
+        raise NotImplementedError()
+
+    def _countDeadInThread(self) -> int:
         raise NotImplementedError()
 
     # IJobStore -------------------------------------------------------------
@@ -140,6 +183,31 @@ class ThreadedBatchStore:
         """
         return self._enqueue((False, job.key))
 
+    def addDead(self, job: Any, diedAt: int) -> Deferred[None]:
+        """
+        Queue, for the next batch, the move of C{job} from the queue to the
+        dead set (see L{txgear.interfaces.IJobStore.addDead}); its record is
+        taken now.
+        """
+        return self._enqueue((BURY, DeadJob.fromJob(job, diedAt)))
+
+    def listDead(self, function: Optional[bytes] = None,
+                 limit: Optional[int] = None) -> Deferred[List[DeadJob]]:
+        """See L{txgear.interfaces.IJobStore.listDead}."""
+        return self._deadCall(self._listDeadInThread, function, limit)
+
+    def retryDead(self, keys: Iterable[int]) -> Deferred[List[StoredJob]]:
+        """See L{txgear.interfaces.IJobStore.retryDead}."""
+        return self._deadCall(self._retryDeadInThread, list(keys))
+
+    def purgeDead(self, keys: Iterable[int]) -> Deferred[int]:
+        """See L{txgear.interfaces.IJobStore.purgeDead}."""
+        return self._deadCall(self._purgeDeadInThread, list(keys))
+
+    def countDead(self) -> Deferred[int]:
+        """See L{txgear.interfaces.IJobStore.countDead}."""
+        return self._deadCall(self._countDeadInThread)
+
     def close(self) -> Deferred[None]:
         """
         Write the pending batch, then release the connection and the thread.
@@ -191,10 +259,16 @@ class ThreadedBatchStore:
         released.addCallback(lambda _: reason)
         return released
 
-    def _enqueue(self, operation: Operation) -> Deferred[None]:
+    def _deadCall(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        d = self._enqueue((CALL, (function, args)))
+        if not d.called:
+            self._calls += 1
+        return d
+
+    def _enqueue(self, operation: Operation) -> Deferred[Any]:
         if self._state != "open":
             return fail(StoreError(f"{self.description}: the store is not open"))
-        d: Deferred[None] = Deferred()
+        d: Deferred[Any] = Deferred()
         self._pending.append((operation, d))
         if self._flushCall is None and not self._writing:
             self._flushCall = self._reactor.callLater(0, self._flush)
@@ -206,10 +280,24 @@ class ThreadedBatchStore:
             call.cancel()
         if self._writing or not self._pending:
             return
-        batch, self._pending = self._pending, []
+        if self._calls:
+            pending = self._pending
+            (kind, item), d = pending[0]
+            if kind == CALL:
+                del pending[0]
+                self._calls -= 1
+                self._writing = True
+                function, args = item
+                called = self._callInThread(function, *args)
+                called.addBoth(self._called, d)
+                return
+            end = next(i for i, ((kind, _), _) in enumerate(pending) if kind == CALL)
+            batch, self._pending = pending[:end], pending[end:]
+        else:
+            batch, self._pending = self._pending, []
         self._writing = True
-        d = self._callInThread(self._writeValid, [operation for operation, _ in batch])
-        d.addBoth(self._written, batch)
+        written = self._callInThread(self._writeValid, [operation for operation, _ in batch])
+        written.addBoth(self._written, batch)
 
     def _writeValid(self, operations: List[Operation]) -> Dict[int, str]:
         """
@@ -220,7 +308,7 @@ class ThreadedBatchStore:
         """
         problems: Dict[int, str] = {}
         for index, (isAdd, items) in enumerate(operations):
-            if isAdd:
+            if isAdd is True:
                 problem = recordsProblem(items)
                 if problem is not None:
                     problems[index] = problem
@@ -233,7 +321,7 @@ class ThreadedBatchStore:
     def _written(self, result: Any, batch: List[Tuple[Operation, Deferred[None]]]) -> None:
         self._writing = False
         if isinstance(result, Failure):
-            count = sum(len(items) if isAdd else 1 for (isAdd, items), _ in batch)
+            count = sum(len(items) if isAdd is True else 1 for (isAdd, items), _ in batch)
             self._log.warn("Writing {count} changes to job store {store} failed: {error}",
                            count=count, store=self.description, error=result.getErrorMessage())
             for _, d in batch:
@@ -250,6 +338,20 @@ class ThreadedBatchStore:
         else:
             for _, d in batch:
                 d.callback(None)
+        if self._pending:
+            self._flush()
+        elif self._state == "closing":
+            self._release()
+
+    def _called(self, result: Any, d: Deferred[Any]) -> None:
+        """A dead-set call returned: answer it, then go on with what waits."""
+        self._writing = False
+        if isinstance(result, Failure):
+            self._log.warn("Job store {store}: dead-set call failed: {error}",
+                           store=self.description, error=result.getErrorMessage())
+            d.errback(result)
+        else:
+            d.callback(result)
         if self._pending:
             self._flush()
         elif self._state == "closing":

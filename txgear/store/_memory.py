@@ -11,7 +11,7 @@ from zope.interface import implementer
 
 from txgear.errors import StoreError
 from txgear.interfaces import IJobStore
-from txgear.jobs import StoredJob
+from txgear.jobs import DeadJob, StoredJob
 from txgear.store._record import MAX_WHEN
 
 
@@ -21,20 +21,24 @@ class MemoryJobStore:
     Keeps background jobs in a dictionary: nothing survives the process.
 
     Every method returns an already-fired Deferred. Give two instances the same
-    C{jobs} dictionary to make the second see what the first recorded, as a
-    restart would with a real store (the contract tests do this).
+    C{jobs} and C{dead} dictionaries to make the second see what the first
+    recorded, as a restart would with a real store (the contract tests do this).
 
     @ivar jobs: the recorded jobs by key.
+    @ivar dead: the dead set by key.
     """
 
     description = "memory"
 
-    def __init__(self, jobs: Optional[Dict[int, StoredJob]] = None) -> None:
+    def __init__(self, jobs: Optional[Dict[int, StoredJob]] = None,
+                 dead: Optional[Dict[int, DeadJob]] = None) -> None:
         """
         @param jobs: the backing dictionary, shared with another instance to
             simulate a restart; a new empty one by default.
+        @param dead: the backing dictionary of the dead set, likewise.
         """
         self.jobs: Dict[int, StoredJob] = {} if jobs is None else jobs
+        self.dead: Dict[int, DeadJob] = {} if dead is None else dead
 
     def open(self) -> Deferred[List[StoredJob]]:
         """
@@ -75,6 +79,55 @@ class MemoryJobStore:
         self.jobs.pop(job.key, None)
         return succeed(None)
 
+    def addDead(self, job: Any, diedAt: int) -> Deferred[None]:
+        """
+        Move C{job} from the queue to the dead set (see
+        L{txgear.interfaces.IJobStore.addDead}).
+        """
+        self.jobs.pop(job.key, None)
+        self.dead[job.key] = DeadJob.fromJob(job, diedAt)
+        return succeed(None)
+
+    def listDead(self, function: Optional[bytes] = None,
+                 limit: Optional[int] = None) -> Deferred[List[DeadJob]]:
+        """
+        @return: a fired Deferred with the dead set, newest first, without
+            payloads.
+        """
+        dead = [entry.withoutPayload() for entry in self.dead.values()
+                if function is None or entry.function == function]
+        dead.sort(key=_newestFirst)
+        return succeed(dead if limit is None else dead[:limit])
+
+    def retryDead(self, keys: Iterable[int]) -> Deferred[List[StoredJob]]:
+        """
+        Queue the dead jobs of C{keys} again, with fresh attempts.
+        """
+        revived = []
+        for key in keys:
+            entry = self.dead.pop(key, None)
+            if entry is not None:
+                job = entry.revived()
+                self.jobs[key] = job
+                revived.append(StoredJob.fromJob(job))
+        return succeed(revived)
+
+    def purgeDead(self, keys: Iterable[int]) -> Deferred[int]:
+        """
+        Delete the dead jobs of C{keys}.
+        """
+        count = 0
+        for key in keys:
+            if self.dead.pop(key, None) is not None:
+                count += 1
+        return succeed(count)
+
+    def countDead(self) -> Deferred[int]:
+        """
+        @return: a fired Deferred with the size of the dead set.
+        """
+        return succeed(len(self.dead))
+
     def close(self) -> Deferred[None]:
         """
         Nothing to flush.
@@ -84,3 +137,7 @@ class MemoryJobStore:
 
 def _priorityAndKey(job: StoredJob) -> Tuple[int, int]:
     return job.priority, job.key
+
+
+def _newestFirst(job: DeadJob) -> Tuple[int, int]:
+    return -job.diedAt, -job.key

@@ -10,32 +10,38 @@ already stored (a retried add) makes the C{COPY} fail on the primary key:
 the batch is then written again, deleting the keys it adds first. A lost connection fails the
 batch in flight with L{StoreError}; the next batch reconnects.
 
-Schema version 3: C{<prefix>jobs(key bigint PRIMARY KEY, priority smallint,
+Schema version 4: C{<prefix>jobs(key bigint PRIMARY KEY, priority smallint,
 function bytea, uniq bytea, payload bytea, run_at bigint, reducer bytea,
 client_id bytea, attempts integer, retry_at bigint, last_error bytea)}, one
-readable column per field (C{retry_at} in Unix milliseconds). A version 2
-queue is migrated when opened, in one transaction: the three last columns
-are added (0, 0 and empty for the jobs it holds) and the version set to 3.
+readable column per field (C{retry_at} in Unix milliseconds), and the dead
+set C{<prefix>dead(key bigint PRIMARY KEY, priority, function, uniq,
+reducer, client_id, attempts, last_error, died_at bigint (Unix ms), payload)},
+indexed by C{(died_at, key)} and C{(function, died_at, key)}. A job moved
+to the dead set is deleted from the jobs table and inserted into the dead
+one in its batch's transaction; a retry moves it back in one transaction.
+A version 2 or 3 queue is migrated when opened, in one transaction: version
+2 gets the three last columns of the jobs table (0, 0 and empty for the jobs
+it holds), both get the dead table, and the version is set to 4.
 """
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from zope.interface import implementer
 
 from txgear.errors import StoreError, StoreSchemaError
 from txgear.interfaces import IJobStore
-from txgear.jobs import StoredJob
-from txgear.store._batch import Operation, ThreadedBatchStore
+from txgear.jobs import DeadJob, StoredJob
+from txgear.store._batch import Operation, ThreadedBatchStore, splitDead
 from txgear.store._record import Record, collapse, lastOfEachKey
 from txgear.store._url import takeQueryOptions
 
 SCHEMA_NAME = "txgear-queue"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Older schema versions L{PostgresJobStore.open} migrates to L{SCHEMA_VERSION}.
-MIGRATED_VERSIONS = ("2",)
+MIGRATED_VERSIONS = ("2", "3")
 
 #: Options of a C{postgresql:} description that are txgear's, not libpq's.
 STORE_OPTIONS = ("schema", "prefix")
@@ -46,6 +52,11 @@ _COPY_TYPES = ["int8", "int2", "bytea", "bytea", "bytea", "int8", "bytea", "byte
                "bytea"]
 _COLUMNS = ("key, priority, function, uniq, payload, run_at, reducer, client_id, attempts, "
             "retry_at, last_error")
+
+_DEAD_COLUMNS = ("key, priority, function, uniq, reducer, client_id, attempts, last_error, "
+                 "died_at, payload")
+_DEAD_LISTED = ("key, function, uniq, priority, reducer, client_id, attempts, last_error, "
+                "died_at, octet_length(payload)")
 
 _PAIR = re.compile(r"""\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*('(?:[^'\\]|\\.)*'|[^\s']*)""")
 
@@ -164,12 +175,48 @@ class PostgresJobStore(ThreadedBatchStore):
         from psycopg import sql
         jobs = sql.Identifier(self.schema, self.prefix + "jobs")
         meta = sql.Identifier(self.schema, self.prefix + "meta")
+        dead = sql.Identifier(self.schema, self.prefix + "dead")
         columns = sql.SQL(_COLUMNS)
+        deadColumns = sql.SQL(_DEAD_COLUMNS)
         self._sql = {
             "copy": sql.SQL("COPY {jobs} ({columns}) FROM STDIN (FORMAT BINARY)").format(
                 jobs=jobs, columns=columns),
             "delete": sql.SQL("DELETE FROM {jobs} WHERE key = ANY(%s::int8[])").format(jobs=jobs),
+            "bury": sql.SQL(
+                "INSERT INTO {dead} ({columns}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (key) DO UPDATE SET priority = EXCLUDED.priority,"
+                " function = EXCLUDED.function, uniq = EXCLUDED.uniq,"
+                " reducer = EXCLUDED.reducer, client_id = EXCLUDED.client_id,"
+                " attempts = EXCLUDED.attempts, last_error = EXCLUDED.last_error,"
+                " died_at = EXCLUDED.died_at, payload = EXCLUDED.payload").format(
+                    dead=dead, columns=deadColumns),
+            "list": sql.SQL("SELECT {columns} FROM {dead}").format(
+                columns=sql.SQL(_DEAD_LISTED), dead=dead),
+            "revive": sql.SQL(
+                "DELETE FROM {dead} WHERE key = ANY(%s::int8[]) RETURNING key, function, uniq,"
+                " payload, priority, reducer, client_id").format(dead=dead),
+            "requeue": sql.SQL(
+                "INSERT INTO {jobs} ({columns}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (key) DO NOTHING").format(jobs=jobs, columns=columns),
+            "purge": sql.SQL("DELETE FROM {dead} WHERE key = ANY(%s::int8[])").format(dead=dead),
+            "count": sql.SQL("SELECT count(*) FROM {dead}").format(dead=dead),
         }
+        createDead = [sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {dead} ("
+            " key bigint PRIMARY KEY,"
+            " priority smallint NOT NULL,"
+            " function bytea NOT NULL,"
+            " uniq bytea NOT NULL,"
+            " reducer bytea NOT NULL,"
+            " client_id bytea NOT NULL,"
+            " attempts integer NOT NULL,"
+            " last_error bytea NOT NULL,"
+            " died_at bigint NOT NULL,"
+            " payload bytea NOT NULL)").format(dead=dead),
+            sql.SQL("CREATE INDEX IF NOT EXISTS {name} ON {dead} (died_at, key)").format(
+                name=sql.Identifier(self.prefix + "dead_by_time"), dead=dead),
+            sql.SQL("CREATE INDEX IF NOT EXISTS {name} ON {dead} (function, died_at, key)").format(
+                name=sql.Identifier(self.prefix + "dead_by_function"), dead=dead)]
         connection = self._connect()
         try:
             with connection.cursor() as cursor:
@@ -197,6 +244,8 @@ class PostgresJobStore(ThreadedBatchStore):
                         " attempts integer NOT NULL DEFAULT 0,"
                         " retry_at bigint NOT NULL DEFAULT 0,"
                         " last_error bytea NOT NULL DEFAULT ''::bytea)").format(jobs=jobs))
+                    for statement in createDead:
+                        cursor.execute(statement)
                     cursor.execute(sql.SQL("INSERT INTO {meta} (name, value) VALUES (%s, %s), (%s, %s)")
                                    .format(meta=meta),
                                    ("schema", SCHEMA_NAME, "version", str(SCHEMA_VERSION)))
@@ -214,6 +263,8 @@ class PostgresJobStore(ThreadedBatchStore):
                         " ADD COLUMN IF NOT EXISTS retry_at bigint NOT NULL DEFAULT 0,"
                         " ADD COLUMN IF NOT EXISTS last_error bytea NOT NULL DEFAULT ''::bytea"
                     ).format(jobs=jobs))
+                    for statement in createDead:
+                        cursor.execute(statement)
                     cursor.execute(sql.SQL("UPDATE {meta} SET value = %s WHERE name = 'version'")
                                    .format(meta=meta), (str(SCHEMA_VERSION),))
                     connection.commit()
@@ -243,6 +294,7 @@ class PostgresJobStore(ThreadedBatchStore):
 
     def _writeInThread(self, operations: List[Operation]) -> None:
         import psycopg
+        operations, dead = splitDead(operations)
         records, removed = collapse(operations)
         records = lastOfEachKey(records)
         connection = self._connect()
@@ -254,6 +306,11 @@ class PostgresJobStore(ThreadedBatchStore):
                 # batch again, deleting the keys it adds first.
                 connection.rollback()
                 self._writeBatch(connection, records, removed, replace=True)
+            if dead:
+                with connection.cursor() as cursor:
+                    cursor.executemany(self._sql["bury"], [
+                        (d.key, d.priority, d.function, d.unique, d.reducer, d.clientId,
+                         d.attempts, d.lastError, d.diedAt, d.payload) for d in dead])
             connection.commit()
         except psycopg.Error as e:
             raise self._failed(e) from e
@@ -278,4 +335,75 @@ class PostgresJobStore(ThreadedBatchStore):
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.close()
+
+    # The dead set, in the store's thread -------------------------------------
+
+    def _listDeadInThread(self, function: Optional[bytes],
+                          limit: Optional[int]) -> List[DeadJob]:
+        import psycopg
+        from psycopg import sql
+        query = self._sql["list"]
+        args: List[Any] = []
+        if function is not None:
+            query = sql.SQL("{} WHERE function = %s").format(query)
+            args.append(function)
+        query = sql.SQL("{} ORDER BY died_at DESC, key DESC").format(query)
+        if limit is not None:
+            query = sql.SQL("{} LIMIT %s").format(query)
+            args.append(limit)
+        connection = self._connect()
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(query, args, binary=True)
+                listed = [DeadJob(key, bytes(fn), bytes(unique), b"", priority, bytes(reducer),
+                                  bytes(clientId), attempts, bytes(lastError), diedAt, size)
+                          for (key, fn, unique, priority, reducer, clientId, attempts, lastError,
+                               diedAt, size) in cursor]
+            connection.commit()
+            return listed
+        except psycopg.Error as e:
+            raise self._failed(e) from e
+
+    def _retryDeadInThread(self, keys: List[int]) -> List[StoredJob]:
+        import psycopg
+        connection = self._connect()
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(self._sql["revive"], [keys], binary=True)
+                byKey = {key: StoredJob(key, bytes(fn), bytes(unique), bytes(payload), priority, 0,
+                                        bytes(reducer), bytes(clientId))
+                         for (key, fn, unique, payload, priority, reducer, clientId) in cursor}
+                revived = [byKey[key] for key in keys if key in byKey]
+                if revived:
+                    cursor.executemany(self._sql["requeue"], [
+                        (job.key, job.priority, job.function, job.unique, job.payload, 0,
+                         job.reducer, job.clientId, 0, 0, b"") for job in revived])
+            connection.commit()
+            return revived
+        except psycopg.Error as e:
+            raise self._failed(e) from e
+
+    def _purgeDeadInThread(self, keys: List[int]) -> int:
+        import psycopg
+        connection = self._connect()
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(self._sql["purge"], [keys], binary=True)
+                count = cursor.rowcount
+            connection.commit()
+            return int(count)
+        except psycopg.Error as e:
+            raise self._failed(e) from e
+
+    def _countDeadInThread(self) -> int:
+        import psycopg
+        connection = self._connect()
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(self._sql["count"])
+                row = cursor.fetchone()
+            connection.commit()
+            return int(row[0])
+        except psycopg.Error as e:
+            raise self._failed(e) from e
 

@@ -12,9 +12,17 @@ Keys, all under one prefix (C{txgear:} by default), schema version 3:
     are doubles: exact below 2**53, hence keys below 2**51 and priorities
     0 to 3).
 
+  - the dead set: C{<prefix>dead}, a hash from job key to the time of death
+    (Unix ms, signed 64-bit), payload size (unsigned 32-bit) and priority (8 bits), big-endian,
+    then the job's fields packed as above with an empty payload;
+    C{<prefix>deadpayload}, a hash from job key to its payload (so listings
+    never read payloads); C{<prefix>deadorder}, a sorted set of job keys
+    scored by time of death.
+
 Version 3 differs from 2 only in the records it writes (format 2: attempts,
-retry time and last error); a version 2 queue is migrated when opened by
-setting its version to 3 (its format 1 records are still read).
+retry time and last error); version 4 adds the dead set's keys. A version 2
+or 3 queue is migrated when opened by setting its version to 4 (its format
+1 records are still read; it has no dead set yet).
 
 A batch is one pipelined C{MULTI}/C{EXEC}. C{add} fires once
 Redis has applied the transaction: the job survives a crash of the job server;
@@ -23,6 +31,7 @@ which the store checks and warns about at start-up.
 """
 from __future__ import annotations
 
+import struct
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit, urlunsplit
 
@@ -30,16 +39,19 @@ from zope.interface import implementer
 
 from txgear.errors import StoreError, StoreSchemaError
 from txgear.interfaces import IJobStore
-from txgear.jobs import StoredJob
-from txgear.store._batch import Operation, ThreadedBatchStore
+from txgear.jobs import DeadJob, StoredJob
+from txgear.store._batch import Operation, ThreadedBatchStore, splitDead
 from txgear.store._record import collapse, packRecord, unpackRecord
 from txgear.store._url import takeQueryOptions
 
 SCHEMA_NAME = b"txgear-queue"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Older schema versions L{RedisJobStore.open} migrates to L{SCHEMA_VERSION}.
-MIGRATED_VERSIONS = (b"2",)
+MIGRATED_VERSIONS = (b"2", b"3")
+
+#: In front of a dead job's packed fields: time of death (ms), payload size, priority.
+_DEAD_HEADER = struct.Struct(">qIB")
 
 #: Options of a C{redis:} URL that are txgear's, not redis-py's.
 STORE_OPTIONS = ("prefix",)
@@ -92,6 +104,9 @@ class RedisJobStore(ThreadedBatchStore):
         self._metaKey = raw + b"meta"
         self._jobsKey = raw + b"jobs"
         self._orderKey = raw + b"order"
+        self._deadKey = raw + b"dead"
+        self._deadPayloadKey = raw + b"deadpayload"
+        self._deadOrderKey = raw + b"deadorder"
         self._socketTimeout = socketTimeout
         self._connectTimeout = connectTimeout
         self._client: Any = None
@@ -176,6 +191,7 @@ class RedisJobStore(ThreadedBatchStore):
 
     def _writeInThread(self, operations: List[Operation]) -> None:
         import redis
+        operations, dead = splitDead(operations)
         records, removed = collapse(operations)
         jobsKey, orderKey = self._jobsKey, self._orderKey
         step = _PRIORITY_STEP
@@ -199,6 +215,11 @@ class RedisJobStore(ThreadedBatchStore):
                     scores[member] = priority * step + key
                 pipe.hset(jobsKey, mapping=values)
                 pipe.zadd(orderKey, scores)
+            for start in range(0, len(dead), _CHUNK):
+                deadChunk = dead[start:start + _CHUNK]
+                pipe.hset(self._deadKey, mapping={b"%d" % d.key: _packDead(d) for d in deadChunk})
+                pipe.hset(self._deadPayloadKey, mapping={b"%d" % d.key: d.payload for d in deadChunk})
+                pipe.zadd(self._deadOrderKey, {b"%d" % d.key: d.diedAt for d in deadChunk})
             if len(pipe):
                 pipe.execute()
         except redis.RedisError as e:
@@ -208,4 +229,99 @@ class RedisJobStore(ThreadedBatchStore):
         client, self._client = self._client, None
         if client is not None:
             client.close()
+
+    # The dead set, in the store's thread -------------------------------------
+
+    def _listDeadInThread(self, function: Optional[bytes],
+                          limit: Optional[int]) -> List[DeadJob]:
+        import redis
+        try:
+            members = self._client.zrange(self._deadOrderKey, 0, -1)
+            listed: List[DeadJob] = []
+            for start in range(0, len(members), _CHUNK):
+                chunk = members[start:start + _CHUNK]
+                for member, data in zip(chunk, self._client.hmget(self._deadKey, chunk)):
+                    if data is None:
+                        raise StoreSchemaError(f"{self.description}: dead job {member!r} has no "
+                                               f"record")
+                    entry = _unpackDead(int(member), data)
+                    if function is None or entry.function == function:
+                        listed.append(entry)
+        except redis.RedisError as e:
+            raise StoreError(f"{self.description}: {e.__class__.__name__}: {e}") from e
+        listed.sort(key=lambda d: (-d.diedAt, -d.key))
+        return listed if limit is None else listed[:limit]
+
+    def _retryDeadInThread(self, keys: List[int]) -> List[StoredJob]:
+        import redis
+        members = [b"%d" % key for key in keys]
+        revived: List[StoredJob] = []
+        try:
+            pipe = self._client.pipeline(transaction=True)
+            for start in range(0, len(members), _CHUNK):
+                chunk = members[start:start + _CHUNK]
+                infos = self._client.hmget(self._deadKey, chunk)
+                payloads = self._client.hmget(self._deadPayloadKey, chunk)
+                found = []
+                for member, data, payload in zip(chunk, infos, payloads):
+                    if data is None:
+                        continue
+                    entry = _unpackDead(int(member), data)
+                    entry.payload = payload or b""
+                    job = entry.revived()
+                    revived.append(job)
+                    found.append(member)
+                    pipe.hset(self._jobsKey, member, packRecord(
+                        (job.key, job.priority, job.function, job.unique, job.payload, 0,
+                         job.reducer, job.clientId, 0, 0, b"")))
+                    pipe.zadd(self._orderKey, {member: job.priority * _PRIORITY_STEP + job.key})
+                if found:
+                    pipe.hdel(self._deadKey, *found)
+                    pipe.hdel(self._deadPayloadKey, *found)
+                    pipe.zrem(self._deadOrderKey, *found)
+            if len(pipe):
+                pipe.execute()
+        except redis.RedisError as e:
+            raise StoreError(f"{self.description}: {e.__class__.__name__}: {e}") from e
+        return revived
+
+    def _purgeDeadInThread(self, keys: List[int]) -> int:
+        import redis
+        members = [b"%d" % key for key in keys]
+        count = 0
+        try:
+            pipe = self._client.pipeline(transaction=True)
+            for start in range(0, len(members), _CHUNK):
+                chunk = members[start:start + _CHUNK]
+                pipe.hdel(self._deadKey, *chunk)
+                pipe.hdel(self._deadPayloadKey, *chunk)
+                pipe.zrem(self._deadOrderKey, *chunk)
+            if len(pipe):
+                count = sum(pipe.execute()[0::3])
+        except redis.RedisError as e:
+            raise StoreError(f"{self.description}: {e.__class__.__name__}: {e}") from e
+        return count
+
+    def _countDeadInThread(self) -> int:
+        import redis
+        try:
+            return int(self._client.zcard(self._deadOrderKey))
+        except redis.RedisError as e:
+            raise StoreError(f"{self.description}: {e.__class__.__name__}: {e}") from e
+
+
+def _packDead(dead: DeadJob) -> bytes:
+    """A dead job's record without its payload (see the module docstring)."""
+    return _DEAD_HEADER.pack(dead.diedAt, dead.payloadSize, dead.priority) + packRecord(
+        (dead.key, dead.priority, dead.function, dead.unique, b"", 0, dead.reducer,
+         dead.clientId, dead.attempts, 0, dead.lastError))
+
+
+def _unpackDead(key: int, data: bytes) -> DeadJob:
+    if len(data) < _DEAD_HEADER.size:
+        raise StoreSchemaError(f"dead job {key}: truncated record ({len(data)} bytes)")
+    diedAt, size, priority = _DEAD_HEADER.unpack_from(data)
+    job = unpackRecord(key, priority, data[_DEAD_HEADER.size:])
+    return DeadJob(key, job.function, job.unique, b"", priority, job.reducer, job.clientId,
+                   job.attempts, job.lastError, diedAt, size)
 

@@ -18,11 +18,20 @@ batch does not matter. Writing one row per batch instead of one per job
 halves the store's cost per job: SQLite's B-tree insert and record encoding
 ran once per job and were most of it.
 
+Schema version 5 adds the dead set, a table of its own beside the log:
+C{dead(key INTEGER PRIMARY KEY, priority, function BLOB, uniq BLOB, reducer
+BLOB, client_id BLOB, attempts, last_error BLOB, died_at INTEGER (Unix ms),
+payload_size, payload BLOB)}, indexed by C{(died_at, key)} and C{(function,
+died_at, key)}; the payload is the last column, so listings never read it. A
+job moved to the dead set is one batch: the log's removes row holds its key,
+and its dead row is inserted in the same transaction. A retry deletes the
+dead rows and appends an adds row to the log, in one transaction.
+
 Version 4 differs from 3 only in the records it writes (format 2: attempts,
-retry time and last error); a version 3 file is migrated when opened by
-setting its version to 4 (its format 1 records stay as they are and are still
-read). Nothing else is rewritten; a txgear that reads only version 3 then
-refuses the file instead of misreading it.
+retry time and last error). A version 3 or 4 file is migrated when opened,
+in one transaction: the dead table is created and the version set to 5 (its
+format 1 records stay as they are and are still read). Nothing else is
+rewritten; an older txgear then refuses the file instead of misreading it.
 
 L{SQLiteJobStore.open} replays the log in C{seq} order (adds set a key,
 removes delete it; the later of two adds of one key wins). Completed jobs
@@ -47,8 +56,8 @@ from zope.interface import implementer
 
 from txgear.errors import StoreError, StoreSchemaError
 from txgear.interfaces import IJobStore
-from txgear.jobs import StoredJob
-from txgear.store._batch import Operation, ThreadedBatchStore
+from txgear.jobs import DeadJob, StoredJob
+from txgear.store._batch import Operation, ThreadedBatchStore, splitDead
 from txgear.store._record import (collapse, packBatch, packBatches, packKeys, recordOf,
                                   unpackBatch, unpackKeys)
 
@@ -57,10 +66,10 @@ from txgear.store._record import (collapse, packBatch, packBatches, packKeys, re
 SCHEMA_NAME = "txgear-queue"
 
 #: The schema version this code reads and writes.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: Older schema versions L{SQLiteJobStore.open} migrates to L{SCHEMA_VERSION}.
-MIGRATED_VERSIONS = ("3",)
+MIGRATED_VERSIONS = ("3", "4")
 
 #: The C{kind} of a log row of added records.
 ADDS = 0
@@ -71,10 +80,21 @@ REMOVES = 1
 #: Dead log entries (beyond the live jobs) that make compaction worthwhile.
 COMPACT_THRESHOLD = 20000
 
+_CREATE_DEAD = [
+    "CREATE TABLE dead (key INTEGER PRIMARY KEY, priority INTEGER NOT NULL,"
+    " function BLOB NOT NULL, uniq BLOB NOT NULL, reducer BLOB NOT NULL,"
+    " client_id BLOB NOT NULL, attempts INTEGER NOT NULL, last_error BLOB NOT NULL,"
+    " died_at INTEGER NOT NULL, payload_size INTEGER NOT NULL, payload BLOB NOT NULL)",
+    "CREATE INDEX dead_by_time ON dead (died_at, key)",
+    "CREATE INDEX dead_by_function ON dead (function, died_at, key)",
+]
 _CREATE = [
     "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE log (seq INTEGER PRIMARY KEY, kind INTEGER NOT NULL, data BLOB NOT NULL)",
-]
+] + _CREATE_DEAD
+_INSERT_DEAD = "INSERT OR REPLACE INTO dead VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_DEAD_LISTED = ("key, function, uniq, priority, reducer, client_id, attempts, last_error, "
+                "died_at, payload_size")
 _APPEND = "INSERT INTO log (kind, data) VALUES (?, ?)"
 _READ = "SELECT seq, kind, data FROM log ORDER BY seq"
 
@@ -192,8 +212,18 @@ class SQLiteJobStore(ThreadedBatchStore):
             if not tables:
                 self._createSchema(connection)
             elif migrate:
-                connection.execute("UPDATE meta SET value = ? WHERE name = 'version'",
-                                   (str(SCHEMA_VERSION),))
+                connection.execute("BEGIN IMMEDIATE")
+                try:
+                    if "dead" not in tables:
+                        for statement in _CREATE_DEAD:
+                            connection.execute(statement)
+                    connection.execute("UPDATE meta SET value = ? WHERE name = 'version'",
+                                       (str(SCHEMA_VERSION),))
+                    connection.execute("COMMIT")
+                except BaseException:
+                    if connection.in_transaction:
+                        connection.execute("ROLLBACK")
+                    raise
                 self._reactor.callFromThread(
                     self._log.info, "Job store {store}: schema migrated to version {version}",
                     store=self.description, version=SCHEMA_VERSION)
@@ -263,10 +293,10 @@ class SQLiteJobStore(ThreadedBatchStore):
                 f"{self.description}: the queue has schema version {version}, this txgear "
                 f"reads version {SCHEMA_VERSION}; the file was left untouched (run the txgear "
                 f"version that wrote it, or move the file aside)")
-        if "log" not in tables:
+        if "log" not in tables or (version == str(SCHEMA_VERSION) and "dead" not in tables):
             raise StoreSchemaError(
-                f"{self.description}: the queue has no log table (tables: "
-                f"{', '.join(sorted(tables))}); the file was left untouched")
+                f"{self.description}: the queue has no {'log' if 'log' not in tables else 'dead'} "
+                f"table (tables: {', '.join(sorted(tables))}); the file was left untouched")
         check = [row[0] for row in connection.execute("PRAGMA quick_check")]
         if check != ["ok"]:
             raise StoreSchemaError(f"{self.description}: the file is corrupt ({'; '.join(check[:5])}); "
@@ -290,6 +320,7 @@ class SQLiteJobStore(ThreadedBatchStore):
         assert connection is not None
         # Disjoint sets when there is a remove; else every record in order
         # (a key twice: the later wins on replay, as it comes later).
+        operations, dead = splitDead(operations)
         records, removed = collapse(operations)
         rows: List[Tuple[int, bytes]] = []
         if removed:
@@ -302,13 +333,18 @@ class SQLiteJobStore(ThreadedBatchStore):
                 del data
                 rows.extend((ADDS, chunk) for chunk in
                             packBatches(records, len(records), _BATCH_ROW_BYTES))
-        if not rows:
+        if not rows and not dead:
             return
         try:
             connection.execute("BEGIN IMMEDIATE")
             try:
                 for row in rows:
                     connection.execute(_APPEND, row)
+                if dead:
+                    connection.executemany(_INSERT_DEAD, [
+                        (d.key, d.priority, d.function, d.unique, d.reducer, d.clientId,
+                         d.attempts, d.lastError, d.diedAt, d.payloadSize, d.payload)
+                        for d in dead])
                 connection.execute("COMMIT")
             except BaseException:
                 if connection.in_transaction:
@@ -387,6 +423,87 @@ class SQLiteJobStore(ThreadedBatchStore):
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.close()
+
+    # The dead set, in the store's thread -------------------------------------
+
+    def _openConnection(self) -> sqlite3.Connection:
+        if self._connection is None:
+            raise StoreError(f"{self.description}: the store is not open")
+        return self._connection
+
+    def _listDeadInThread(self, function: Optional[bytes],
+                          limit: Optional[int]) -> List[DeadJob]:
+        connection = self._openConnection()
+        args: List[Any] = [function] if function is not None else []
+        where = "WHERE function = ? " if function is not None else ""
+        query = (f"SELECT {_DEAD_LISTED} FROM dead {where}ORDER BY died_at DESC, key DESC"
+                 + (" LIMIT ?" if limit is not None else ""))
+        if limit is not None:
+            args.append(limit)
+        try:
+            return [DeadJob(key, bytes(fn), bytes(unique), b"", priority, bytes(reducer),
+                            bytes(clientId), attempts, bytes(lastError), diedAt, size)
+                    for (key, fn, unique, priority, reducer, clientId, attempts, lastError,
+                         diedAt, size) in connection.execute(query, args)]
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.description}: {e}") from e
+
+    def _retryDeadInThread(self, keys: List[int]) -> List[StoredJob]:
+        connection = self._openConnection()
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                revived = []
+                for key in keys:
+                    row = connection.execute(
+                        "SELECT key, function, uniq, payload, priority, reducer, client_id"
+                        " FROM dead WHERE key = ?", (key,)).fetchone()
+                    if row is None:
+                        continue
+                    connection.execute("DELETE FROM dead WHERE key = ?", (key,))
+                    key, fn, unique, payload, priority, reducer, clientId = row
+                    revived.append(StoredJob(key, bytes(fn), bytes(unique), bytes(payload),
+                                             priority, 0, bytes(reducer), bytes(clientId)))
+                if revived:
+                    records = [recordOf(job) for job in revived]
+                    for data in packBatches(records, len(records), _BATCH_ROW_BYTES):
+                        connection.execute(_APPEND, (ADDS, data))
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.description}: {e}") from e
+        self._logged += len(revived)
+        self._live += len(revived)
+        return revived
+
+    def _purgeDeadInThread(self, keys: List[int]) -> int:
+        connection = self._openConnection()
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                count = 0
+                for start in range(0, len(keys), 500):
+                    chunk = keys[start:start + 500]
+                    count += connection.execute(
+                        f"DELETE FROM dead WHERE key IN ({','.join('?' * len(chunk))})",
+                        chunk).rowcount
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.description}: {e}") from e
+        return count
+
+    def _countDeadInThread(self) -> int:
+        try:
+            return int(self._openConnection().execute("SELECT count(*) FROM dead").fetchone()[0])
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.description}: {e}") from e
 
     # In the reactor thread -------------------------------------------------
 

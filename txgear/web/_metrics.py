@@ -162,6 +162,19 @@ class ServerCollector:
                                        "jobs durable.")
         commit.add_metric([], _buckets(stats.storeCommit), stats.storeCommit.sum)
         yield commit
+        dead = state.dead
+        deadJobs = GaugeMetricFamily("gearman_function_dead_jobs",
+                                     "Jobs in the dead set (background jobs that used up "
+                                     "their attempts), by function.", labels=["function"])
+        for name, count in sorted(dead.counts().items()):
+            deadJobs.add_metric([functionLabel(name)], count)
+        yield deadJobs
+        dropped = CounterMetricFamily("gearman_dead_dropped",
+                                      "Jobs dropped from the dead set by its limits, by "
+                                      "limit (size, age).", labels=["limit"])
+        dropped.add_metric(["size"], dead.droppedBySize)
+        dropped.add_metric(["age"], dead.droppedByAge)
+        yield dropped
         storeQueue = state.storeQueue
         yield GaugeMetricFamily("gearman_store_pending_jobs",
                                 "Background jobs handed to the store and not yet durable.",
