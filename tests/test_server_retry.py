@@ -269,7 +269,8 @@ def test_functionPolicyOverridesTheDefault() -> None:
 def test_metricsCountRetriedAttemptsAndTheFinalOutcome(outcome: str) -> None:
     """
     Each retried attempt counts as C{retried}; the last one, when attempts
-    run out, counts under its own outcome; a later success as C{complete}.
+    run out, counts under its own outcome, and as C{dead} (a background job
+    enters the dead set); a later success as C{complete}.
     """
     from txgear.server import _stats
 
@@ -281,7 +282,7 @@ def test_metricsCountRetriedAttemptsAndTheFinalOutcome(outcome: str) -> None:
     for _ in range(3):
         runAndEnd(state, clock, outcome, handle)
     counted = {_stats.OUTCOMES[i]: n for i, n in enumerate(finished) if n}
-    assert counted == {"retried": 2, outcome: 1}
+    assert counted == {"retried": 2, outcome: 1, "dead": 1}
     assert handle not in state.jobs
 
     handle = submit(state, client, cpeer, background=True)
@@ -290,7 +291,7 @@ def test_metricsCountRetriedAttemptsAndTheFinalOutcome(outcome: str) -> None:
     assert grab(state, session, peer)[1][0] == handle
     state.workEnd(session, P.WORK_COMPLETE, handle, handle + b"\0done")
     counted = {_stats.OUTCOMES[i]: n for i, n in enumerate(finished) if n}
-    assert counted == {"retried": 3, outcome: 1, "complete": 1}
+    assert counted == {"retried": 3, outcome: 1, "complete": 1, "dead": 1}
 
 
 def test_failedAttemptsAreKeptInTheRecentFailuresRing() -> None:
