@@ -200,7 +200,7 @@
   // /v1/dead the newest of them; "Retry" posts their handles (or nothing: all)
   // to /v1/dead/retry.
 
-  var DEAD_SHOWN = 20;         // the newest dead jobs listed
+  var DEAD_SHOWN = 10;         // the newest dead jobs listed
 
   function renderDead(dead) {
     var section = $("dead");
