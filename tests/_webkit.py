@@ -79,9 +79,9 @@ class WebHarness:
     """A server state, its factory and its HTTP site, on a task.Clock."""
 
     def __init__(self, access: Any = None, maxPacket: int = 1024 * 1024, maxWait: float = 60.0,
-                 maxWaiting: int = 10000, **siteOptions: Any) -> None:
+                 maxWaiting: int = 10000, policies: Any = None, **siteOptions: Any) -> None:
         self.clock = Clock()
-        self.state = JobServerState(clock=self.clock, handlePrefix=b"H:test")
+        self.state = JobServerState(clock=self.clock, handlePrefix=b"H:test", policies=policies)
         self.factory = GearmanServerFactory(self.state, maxPacket=maxPacket, access=access)
         self.site = makeSite(self.state, self.factory, self.clock, maxWait=maxWait,
                              maxWaiting=maxWaiting, **siteOptions)

@@ -20,7 +20,7 @@ import pytest
 
 from tests._browser import consoleErrors, headlessChromium
 from tests._peers import freePort, txgearProcess, waitForPort
-from tests._rawclient import RawClient
+from tests._rawclient import RawClient, adminOnce
 from txgear._packet import PacketType as P
 
 WORK = b"dash-resize"
@@ -129,6 +129,17 @@ def functionNames(driver: Any) -> list:
         ".map(function (td) { return td.textContent; });")
 
 
+def deadRows(driver: Any) -> dict:
+    """The dead section as the page shows it: hidden, the handles and functions listed."""
+    return driver.execute_script(
+        "var rows = Array.from(document.querySelectorAll('#dead-jobs tbody tr'));"
+        "return {hidden: document.getElementById('dead').hidden,"
+        " empty: !document.getElementById('dead-empty').hidden,"
+        " handles: rows.map(function (r) { return r.cells[2].textContent; }),"
+        " functions: rows.map(function (r) { return r.cells[1].textContent; }),"
+        " errors: rows.map(function (r) { return r.cells[4].textContent; })};")
+
+
 def submitBackground(port: int, function: bytes, payload: bytes = b"x") -> bytes:
     with RawClient(port) as client:
         return client.submit(function, payload, kind=P.SUBMIT_JOB_BG)
@@ -149,7 +160,9 @@ def test_the_page_is_live_as_jobs_complete(server: Any, browser: Any) -> None:
     waitFor(browser, lambda d: d.execute_script(
         "return document.querySelectorAll('#chart-throughput polyline').length") == 2,
         "the throughput chart is drawn")
-    assert browser.execute_script("return document.getElementById('dead').hidden") is True
+    # Failed background jobs of the default policy are dead: the section lists them.
+    waitFor(browser, lambda d: WORK.decode() in deadRows(d).get("functions", []),
+            "the dead set shown")
     if os.environ.get("TXGEAR_DASHBOARD_SCREENSHOT"):
         # Some jobs nobody runs yet, then enough points on the charts.
         with RawClient(server.port) as client:
@@ -210,3 +223,85 @@ def test_a_phone_sized_window_shows_the_functions_without_overflow(server: Any) 
         assert consoleErrors(driver) == []
     finally:
         driver.quit()
+
+
+DEAD = b"dash-dead"
+HOSTILE_ERROR = b"<img src=x onerror=alert(2)> bad input"
+
+
+def grabWithin(worker: RawClient, seconds: float = WAIT) -> Any:
+    """The next job a polling worker gets (JOB_ASSIGN's arguments), within C{seconds}."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        kind, args = worker.grab(P.GRAB_JOB)
+        if kind == P.JOB_ASSIGN:
+            return args
+        assert kind == P.NO_JOB, kind
+        time.sleep(0.05)
+    raise AssertionError("no job to grab")
+
+
+def test_dead_jobs_are_listed_and_retried_from_the_page(tmp_path: Any) -> None:
+    """
+    A function allowed one attempt: a failing worker's jobs enter the dead
+    set, the page lists them (a hostile error as text), "Retry" on one row
+    and then "Retry all" queue them again, a worker completes them, and the
+    section empties.
+    """
+    from selenium.webdriver.common.by import By
+
+    httpPort = freePort()
+    proc = txgearProcess(extra=["--queue", "memory", "--http",
+                                f"tcp:{httpPort}:interface=127.0.0.1",
+                                "--policy", f"{DEAD.decode()}=attempts:1,on:fail"],
+                         cwd=str(tmp_path))
+    proc.start()
+    driver = headlessChromium(width=1280, height=1100)
+    try:
+        waitForPort(httpPort)
+        driver.get(f"http://127.0.0.1:{httpPort}/")
+        waitFor(driver, lambda d: text(d, "connection") == "live", "the page polls the API")
+        waitFor(driver, lambda d: not deadRows(d)["hidden"] and deadRows(d)["empty"],
+                "the dead section, empty")
+        with RawClient(proc.port) as worker:
+            worker.register(DEAD)
+            first = submitBackground(proc.port, DEAD, b"one")
+            second = submitBackground(proc.port, DEAD, b"two")
+            assert grabWithin(worker)[0] == first
+            worker.send(P.WORK_FAIL, first)
+            assert grabWithin(worker)[0] == second
+            worker.send(P.WORK_EXCEPTION, second, HOSTILE_ERROR)
+            waitFor(driver, lambda d: sorted(deadRows(d)["handles"]) == sorted(
+                [first.decode(), second.decode()]), "both jobs in the dead section")
+            assert text(driver, "dead-count") == "(2)"
+            assert HOSTILE_ERROR.decode() in deadRows(driver)["errors"]
+            assert driver.execute_script("return document.querySelectorAll('img').length") == 0
+
+            # Retry the first from its row; a worker completes it.
+            row = deadRows(driver)["handles"].index(first.decode())
+            driver.find_elements(By.CSS_SELECTOR, "#dead-jobs tbody tr")[row].find_element(
+                By.CSS_SELECTOR, "button.dead-retry").click()
+            waitFor(driver, lambda d: text(d, "dead-result") == "retried 1",
+                    "the page says it retried the job")
+            handle, _, payload = grabWithin(worker)
+            assert (handle, payload) == (first, b"one")
+            worker.send(P.WORK_COMPLETE, first, b"done")
+            waitFor(driver, lambda d: deadRows(d)["handles"] == [second.decode()],
+                    "only the second job left dead")
+
+            # Retry all; the worker completes the second too.
+            driver.find_element(By.ID, "dead-retry-all").click()
+            handle, _, payload = grabWithin(worker)
+            assert (handle, payload) == (second, b"two")
+            worker.send(P.WORK_COMPLETE, second, b"done")
+            waitFor(driver, lambda d: deadRows(d)["empty"] and deadRows(d)["handles"] == [],
+                    "the dead section empties")
+            assert text(driver, "dead-count") == "(0)"
+            assert adminOnce(proc.port, "show dead") == b".\n"
+        from selenium.common.exceptions import NoAlertPresentException
+        with pytest.raises(NoAlertPresentException):
+            driver.switch_to.alert.text
+        assert consoleErrors(driver) == []
+    finally:
+        driver.quit()
+        proc.stop()

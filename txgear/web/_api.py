@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web_api -*-
+# -*- test-case-name: tests.test_web_api,tests.test_web_dead -*-
 """
 The JSON API (C{/v1/...}, reference in docs/api.md, OpenAPI document in
 C{txgear/web/openapi.json}, served at C{/v1/openapi.json}).
@@ -8,12 +8,15 @@ a Gearman client connection would (see L{txgear.web._session}), under the
 same access list: submitting, cancelling, reading a job or its events
 need the C{invoke} right on its function (a job the requester may not
 invoke is answered as unknown, as GET_STATUS does); the listings need
-C{admin}, as the admin C{status} and C{workers} commands.
+C{admin}, as the admin C{status} and C{workers} commands; retrying or
+purging dead jobs needs C{grant}, as the admin C{retry dead} and C{purge
+dead} commands.
 """
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 import os
 import re
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -27,7 +30,7 @@ from txgear.server._names import functionNameProblem
 from txgear.server._state import HIGH, LOW, NORMAL
 from txgear.server._stats import OUTCOMES
 from txgear.web._limits import DEFAULT_MAX_WAIT, DEFAULT_MAX_WAITING
-from txgear.web._http import ADMIN, INVOKE, Requester, error, jsonBody, text
+from txgear.web._http import ADMIN, GRANT, INVOKE, Requester, error, jsonBody, text
 from txgear.web._session import SessionReaper, statusOf
 from txgear.web._sse import DEFAULT_KEEPALIVE, JobEventStream
 from txgear.web._submit import Outcome, Submission
@@ -181,6 +184,9 @@ ROUTES: List[Tuple[str, str, str]] = [
     ("GET", "/v1/jobs/{handle}/events", "jobEvents"),
     ("GET", "/v1/stats", "stats"),
     ("GET", "/v1/failures", "listFailures"),
+    ("GET", "/v1/dead", "listDead"),
+    ("DELETE", "/v1/dead", "purgeDead"),
+    ("POST", "/v1/dead/retry", "retryDead"),
 ]
 
 
@@ -458,10 +464,15 @@ class ApiResource(Resource):
         for counters in state.stats.retired.values():
             _add(submitted, counters.submitted)
             _add(finished, counters.finished)
+        byFunction: Dict[str, int] = {}
+        for name, count in sorted(state.dead.counts().items()):
+            key = text(name)  # two names may decode alike: their counts add up
+            byFunction[key] = byFunction.get(key, 0) + count
         return jsonBody(request, {
             "time": now, "functions": items,
             "totals": {"submitted": {"foreground": submitted[0], "background": submitted[1]},
-                       "finished": dict(zip(OUTCOMES, finished))}})
+                       "finished": dict(zip(OUTCOMES, finished))},
+            "dead": {"count": len(state.dead), "by_function": byFunction}})
 
     def listFailures(self, request: Any, parameters: Dict[str, bytes]) -> bytes:
         """The most recent failed attempts, newest first."""
@@ -477,6 +488,115 @@ class ApiResource(Resource):
                           "handle": text(failure.handle), "outcome": failure.outcome,
                           "final": failure.final, "error": text(failure.error)})
         return jsonBody(request, {"items": items})
+
+
+    # -- the dead set -------------------------------------------------------
+
+    def listDead(self, request: Any, parameters: Dict[str, bytes]) -> bytes:
+        """The dead jobs (of C{?function=}, or all), newest first, in pages."""
+        api = self.api
+        if not Requester(request, api.factory).has(ADMIN):
+            return error(request, 403, "permission denied by the access list")
+        limit, after = self._page(request)
+        before: Optional[Tuple[int, int]] = None
+        if after:
+            before = _deadCursorOf(after)
+        items: List[Dict[str, Any]] = []
+        following = None
+        last: Any = None
+        for entry in api.state.dead.newest(_param(request, "function")):
+            # Newest first: in descending order of (time of death, key).
+            if before is not None and (entry.diedAt, entry.key) >= before:
+                continue
+            if len(items) == limit:
+                following = f"{last.diedAt}.{last.key}"
+                break
+            items.append({"handle": text(entry.handle), "function": text(entry.function),
+                          "unique": text(entry.unique), "attempts": entry.attempts,
+                          "error": text(entry.lastError), "died_at": entry.diedAt / 1000.0,
+                          "payload_size": entry.payloadSize})
+            last = entry
+        return jsonBody(request, {"items": items, "next": following})
+
+    def retryDead(self, request: Any, parameters: Dict[str, bytes]) -> bytes:
+        """
+        Dead jobs back in the queue: C{{"handles": [...]}}, C{{"function":
+        NAME}}, or all (C{{}} or no body). Answers how many were retried,
+        how many stay dead for their unique, how many handles are unknown.
+        """
+        api = self.api
+        if request.bodyTooLarge:
+            return error(request, 413, f"the body exceeds {api.maxBody} bytes")
+        if not Requester(request, api.factory).has(GRANT):
+            return error(request, 403, "permission denied by the access list")
+        handles, function = _retryBody(request.content.getvalue())
+        state = api.state
+        retried = stayed = unknown = 0
+        if handles is not None:
+            for handle in handles:
+                problem = state.retryDeadJob(handle)
+                if problem is None:
+                    retried += 1
+                elif problem == b"UNIQUE_IN_USE":
+                    stayed += 1
+                else:
+                    unknown += 1
+        else:
+            names = [function] if function is not None else sorted(state.dead.counts())
+            for name in names:
+                count, taken = state.retryDeadFunction(name)
+                retried += count
+                stayed += taken
+        return jsonBody(request, {"retried": retried, "stayed": stayed, "unknown": unknown})
+
+    def purgeDead(self, request: Any, parameters: Dict[str, bytes]) -> bytes:
+        """Delete the dead jobs of C{?function=}, or all."""
+        api = self.api
+        if not Requester(request, api.factory).has(GRANT):
+            return error(request, 403, "permission denied by the access list")
+        return jsonBody(request, {"purged": api.state.purgeDead(_param(request, "function"))})
+
+
+#: The most handles one retry request may name.
+MAX_RETRY_HANDLES = MAX_PAGE
+
+
+def _deadCursorOf(after: bytes) -> Tuple[int, int]:
+    """The position a dead set listing's C{next} cursor (C{DIED_AT_MS.KEY}) names."""
+    diedAt, dot, key = after.partition(b".")
+    if not (dot and diedAt.isdigit() and key.isdigit()):
+        raise BadRequest("after must be the next cursor of a previous page")
+    return int(diedAt), int(key)
+
+
+def _retryBody(body: bytes) -> Tuple[Optional[List[bytes]], Optional[bytes]]:
+    """The handles, or else the function, a retry request names (neither: all)."""
+    if not body.strip():
+        return None, None
+    try:
+        value = json.loads(body)
+    except ValueError:  # UnicodeDecodeError included
+        raise BadRequest("the body must be a JSON object")
+    if not isinstance(value, dict):
+        raise BadRequest("the body must be a JSON object")
+    unexpected = sorted(set(value) - {"handles", "function"})
+    if unexpected:
+        raise BadRequest(f"unknown member {unexpected[0]!r}: give handles or function")
+    handles = value.get("handles")
+    function = value.get("function")
+    if handles is not None and function is not None:
+        raise BadRequest("give handles or function, not both")
+    if handles is not None:
+        if not isinstance(handles, list) or not all(isinstance(h, str) for h in handles):
+            raise BadRequest("handles must be a list of strings")
+        if len(handles) > MAX_RETRY_HANDLES:
+            raise BadRequest(f"at most {MAX_RETRY_HANDLES} handles at once")
+        return [h.encode("utf-8", "surrogatepass") for h in handles], None
+    if function is not None:
+        if not isinstance(function, str):
+            raise BadRequest("function must be a string")
+        return None, function.encode("utf-8", "surrogatepass")
+    return None, None
 
 
 def _add(total: List[int], counts: List[int]) -> None:

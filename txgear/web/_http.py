@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 from typing import Any, Optional, Tuple
 
-from txgear.server._access import ADMIN, INVOKE
+from txgear.server._access import ADMIN, GRANT, INVOKE
 from txgear.server._identity import peerNames
 
-__all__ = ["ADMIN", "INVOKE", "Requester", "jsonBody", "text", "error"]
+__all__ = ["ADMIN", "GRANT", "INVOKE", "Requester", "jsonBody", "text", "error"]
 
 
 def text(value: Any) -> str:

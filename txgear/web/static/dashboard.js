@@ -196,9 +196,11 @@
   }
 
   // -- DEAD SET -------------------------------------------------------------
-  // Shown only when /v1/stats has "dead": {"count": N}. Expects
-  // GET /v1/dead?limit=N -> {"items": [{function, handle, attempts, error}]} and
-  // POST /v1/dead/retry with a JSON body {"handles": [...]} (all when absent).
+  // Background jobs that failed for good: /v1/stats gives their count, GET
+  // /v1/dead the newest of them; "Retry" posts their handles (or nothing: all)
+  // to /v1/dead/retry.
+
+  var DEAD_SHOWN = 10;         // the newest dead jobs listed
 
   function renderDead(dead) {
     var section = $("dead");
@@ -206,30 +208,55 @@
     section.hidden = false;
     $("dead-count").textContent = "(" + dead.count + ")";
     $("dead-retry-all").disabled = dead.count === 0;
-    return getJSON("/v1/dead?limit=50").then(function (listing) {
+    if (dead.count === 0) {
+      fill("dead-jobs", [], "dead-empty");
+      $("dead-more").textContent = "";
+      return Promise.resolve();
+    }
+    return getJSON("/v1/dead?limit=" + DEAD_SHOWN).then(function (listing) {
       fill("dead-jobs", listing.items.map(function (job) {
         var button = document.createElement("button");
         button.type = "button";
-        button.className = "small";
+        button.className = "small dead-retry";
         button.textContent = "Retry";
         button.addEventListener("click", function () { retryDead([job.handle]); });
         var action = cell("");
         action.appendChild(button);
-        return row([cell(job.function, "name"), cell(job.handle, "name"), cell(job.attempts, "n"),
-                    cell(job.error, "error"), action]);
-      }));
+        return row([cell(clockTime(job.died_at)), cell(job.function, "name"),
+                    cell(job.handle, "name handle"), cell(job.attempts, "n"),
+                    cell(job.error.length > 200 ? job.error.slice(0, 200) + "…" : job.error,
+                         "error"),
+                    action]);
+      }), "dead-empty");
+      $("dead-more").textContent = dead.count > listing.items.length ?
+        "the newest " + listing.items.length + " of " + dead.count + " shown" : "";
     });
   }
 
+  function retried(answer) {
+    var words = ["retried " + answer.retried];
+    if (answer.stayed) { words.push(answer.stayed + " stay dead (a live job has their unique)"); }
+    if (answer.unknown) { words.push(answer.unknown + " no longer dead"); }
+    return words.join(", ");
+  }
+
   function retryDead(handles) {
-    var body = handles ? {handles: handles} : {};
+    var result = $("dead-result");
     var headers = {"Content-Type": "application/json"};
     Object.keys(ACTION_HEADERS).forEach(function (k) { headers[k] = ACTION_HEADERS[k]; });
+    result.textContent = "retrying…";
     fetch("/v1/dead/retry", {method: "POST", credentials: "same-origin", headers: headers,
-                             body: JSON.stringify(body)})
+                             body: JSON.stringify(handles ? {handles: handles} : {})})
       .then(function (response) {
-        $("dead-result").textContent = response.ok ? "retried" : "retry refused: HTTP " + response.status;
-      }, function (e) { $("dead-result").textContent = "retry failed: " + e.message; });
+        if (!response.ok) { throw new Error("refused: HTTP " + response.status); }
+        return response.json();
+      })
+      .then(function (answer) {
+        result.textContent = retried(answer);
+        // Show the dead set as it is now, without waiting for the next poll.
+        return getJSON("/v1/stats").then(function (stats) { return renderDead(stats.dead); });
+      })
+      .catch(function (e) { result.textContent = "retry failed: " + e.message; });
   }
 
   // -- actions ------------------------------------------------------------
