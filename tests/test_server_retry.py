@@ -281,7 +281,7 @@ def test_metricsCountRetriedAttemptsAndTheFinalOutcome(outcome: str) -> None:
     for _ in range(3):
         runAndEnd(state, clock, outcome, handle)
     counted = {_stats.OUTCOMES[i]: n for i, n in enumerate(finished) if n}
-    assert counted == {"retried": 2, outcome: 1}
+    assert counted == {"retried": 2, outcome: 1, "dead": 1}  # background: it entered the dead set
     assert handle not in state.jobs
 
     handle = submit(state, client, cpeer, background=True)
@@ -290,7 +290,7 @@ def test_metricsCountRetriedAttemptsAndTheFinalOutcome(outcome: str) -> None:
     assert grab(state, session, peer)[1][0] == handle
     state.workEnd(session, P.WORK_COMPLETE, handle, handle + b"\0done")
     counted = {_stats.OUTCOMES[i]: n for i, n in enumerate(finished) if n}
-    assert counted == {"retried": 3, outcome: 1, "complete": 1}
+    assert counted == {"retried": 3, outcome: 1, "dead": 1, "complete": 1}
 
 
 def test_failedAttemptsAreKeptInTheRecentFailuresRing() -> None:
