@@ -321,7 +321,7 @@ def test_stats_give_counts_counters_oldest_age_and_totals() -> None:
         "name": "a", "queued": {"high": 0, "normal": 1, "low": 0}, "running": 0, "workers": 1,
         "scheduled": 0, "oldest_age": 4.0, "submitted": {"foreground": 1, "background": 2},
         "finished": {"complete": 1, "fail": 1, "exception": 0, "timeout": 0, "cancelled": 0,
-                     "lost": 0, "retried": 0, "dead": 0}}
+                     "lost": 0, "retried": 0, "dead": 1}}  # its failed background job entered the dead set
     assert functions["idle"]["oldest_age"] is None and "finished" not in functions["idle"]
     assert body["totals"]["submitted"] == {"foreground": 1, "background": 2}
     assert body["totals"]["finished"]["complete"] == 1
