@@ -149,6 +149,26 @@ class RawClient:
                 return data
             data += self._read(deadline)
 
+    def showResult(self, argument: bytes | str, timeout: Optional[float] = None) -> bytes:
+        """
+        C{show result ARGUMENT}: the whole reply, read by its framing (C{OK
+        <status> <size>}, exactly <size> bytes, C{\n}), or one C{ERR} line.
+        """
+        if isinstance(argument, str):
+            argument = argument.encode("utf-8")
+        self.sock.sendall(b"show result " + argument + b"\n")
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        data = b""
+        while True:
+            head, newline, rest = data.partition(b"\n")
+            if newline:
+                if not head.startswith(b"OK "):
+                    return data
+                size = int(head.split()[2])
+                if len(rest) >= size + 1:
+                    return data
+            data += self._read(deadline)
+
     # -- worker helpers ----------------------------------------------------
 
     def register(self, *functions: bytes, clientId: Optional[bytes] = None) -> None:

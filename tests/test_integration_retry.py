@@ -69,8 +69,9 @@ def test_failingWorkerRetriedAfterBackoff(tmp_path) -> None:
             b"flaky\tattempts:3,backoff:300ms..1s,on:fail+exception\n.\n")
         assert adminOnce(proc.port, "policy * attempts:2,backoff:1s") == b"OK\r\n"
         assert adminOnce(proc.port, "policy other on:lost+timeout") == b"OK\r\n"
-        assert adminOnce(proc.port, "policy other keep:1h") == (
-            b"ERR INVALID_POLICY keep:+kept+results+are+not+available+yet\r\n")
+        assert adminOnce(proc.port, "policy other idempotent:yes") == (
+            b"ERR INVALID_POLICY idempotent:yes+needs+keep:TTL+(the+kept+result+is+what+a"
+            b"+repeated+submission+finds)\r\n")
         assert adminOnce(proc.port, "show policies") == (
             b"*\tattempts:2,backoff:1s,on:lost\n"
             b"flaky\tattempts:3,backoff:300ms..1s,on:fail+exception\n"

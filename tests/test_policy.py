@@ -73,7 +73,11 @@ def test_jobRetriesMapping() -> None:
     ("backoff:1s..", "bad duration ''"),
     ("on:lost+crash", "unknown outcome 'crash'"),
     ("on:", "bad field"),
-    ("keep:1h", "kept results are not available yet"),
+    ("keep:1x", "bad duration '1x'"),
+    ("keep:31d", "bad duration"),
+    ("idempotent:maybe", "idempotent must be yes or no"),
+    ("idempotent:yes", "idempotent:yes needs keep:TTL"),
+    ("keep:0,idempotent:yes", "idempotent:yes needs keep:TTL"),
     ("retries:3", "unknown field 'retries'"),
 ])
 def test_malformedSpecs(spec: str, message: str) -> None:
@@ -135,3 +139,16 @@ def test_tableIsBounded() -> None:
         table.set(b"one-more", "attempts:2")
     table.set(b"f1", "attempts:3")  # changing an existing one is fine
     table.set(b"*", "attempts:3")
+
+
+def test_keepAndIdempotent() -> None:
+    """keep:TTL and idempotent:yes|no parse, print back in the canonical spec, and inherit."""
+    policy = parse("keep:1h,idempotent:yes")
+    assert (policy.keep, policy.idempotent) == (3600.0, True)
+    assert policy.text().endswith(",keep:1h,idempotent:yes")
+    assert parse("attempts:2").text() == "attempts:2,backoff:0,on:lost"
+    assert parsePolicy("attempts:3", policy).keep == 3600.0
+    assert parsePolicy("idempotent:no", policy).idempotent is False
+    with pytest.raises(PolicyError, match="needs keep"):
+        parsePolicy("keep:0", policy)
+    assert parsePolicy("keep:0,idempotent:no", policy).keep == 0.0

@@ -346,6 +346,20 @@ def test_cancelJobNeedsInvokeOnItsFunction(factory, conns):
     assert b"H:t:1" not in factory.state.jobs
 
 
+def test_showResultNeedsInvokeOnItsFunction(factory, conns):
+    """As GET_STATUS: the result of a job whose function one may not invoke looks unknown."""
+    from tests.test_server_kept import complete
+    factory.state.policies.set(b"resize", "keep:1h")
+    client, anonymous, admin = conns("client-app"), conns("anonymous"), conns("ops-admin")
+    client.send(P.SUBMIT_JOB_BG, b"resize", b"u-9", b"a")
+    client.packets()
+    complete(factory.state, b"H:t:1", b"\x00done\n", b"resize")
+    assert client.admin(b"show result H:t:1") == b"OK complete 6\n\x00done\n\n"
+    assert client.admin(b"show result unique resize u-9") == b"OK complete 6\n\x00done\n\n"
+    assert anonymous.admin(b"show result H:t:1") == b"ERR UNKNOWN_JOB\r\n"
+    assert admin.admin(b"show result unique resize u-9") == b"ERR UNKNOWN_JOB\r\n"
+
+
 _ADMIN_LINES = [b"status", b"prioritystatus", b"workers", b"show jobs", b"show unique jobs",
                 b"version", b"getpid", b"verbose", b"show dead", b"show dead resize"]
 

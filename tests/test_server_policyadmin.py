@@ -40,7 +40,7 @@ def test_policyMistakes():
     assert run(b"policy f attempts:x\x01") == (
         b"ERR INVALID_POLICY attempts+must+be+a+whole+number+from+0+(no+limit)+to+1000000,+"
         b"not+'x\\x5cx01'\r\n")
-    assert run(b"policy f keep:1h") == (
-        b"ERR INVALID_POLICY keep:+kept+results+are+not+available+yet\r\n")
+    assert run(b"policy f idempotent:yes").startswith(
+        b"ERR INVALID_POLICY idempotent:yes+needs+keep:TTL")
     assert run(b"policy " + b"f" * 17 + b" attempts:2").startswith(b"ERR ARGUMENT_TOO_LARGE")
     assert list(state.policies.rows()) == [(b"*", "attempts:2,backoff:0,on:lost+timeout")]

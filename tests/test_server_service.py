@@ -87,6 +87,9 @@ class Store:
     def listDead(self, function: Any = None, limit: Any = None) -> Deferred:
         return succeed([])
 
+    def listKept(self, limit: Any = None) -> Deferred:
+        return succeed([])
+
     def close(self) -> Deferred:
         self.events.append("close")
         self.closed = True

@@ -30,7 +30,7 @@ from zope.interface.verify import verifyObject
 from tests._peers import freePort, requirePeer
 from txgear.errors import StoreError, StoreSchemaError
 from txgear.interfaces import IJobStore
-from txgear.jobs import DeadJob, Priority, StoredJob
+from txgear.jobs import DeadJob, KeptResult, Priority, StoredJob
 from txgear.store import (MemoryJobStore, PostgresJobStore, RedisJobStore, SQLiteJobStore,
                           storeFromString)
 
@@ -116,9 +116,10 @@ class MemoryBackend(Backend):
         Backend.__init__(self)
         self.jobs: Dict[int, StoredJob] = {}
         self.dead: Dict[int, DeadJob] = {}
+        self.kept: Dict[int, KeptResult] = {}
 
     def _make(self, **kwargs: Any) -> Any:
-        return MemoryJobStore(self.jobs, self.dead)
+        return MemoryJobStore(self.jobs, self.dead, self.kept)
 
 
 class SQLiteBackend(Backend):
@@ -690,7 +691,7 @@ def test_sqliteVersion1FileIsNotWiped(sqliteBackend: SQLiteBackend) -> Any:
                            " reducer, client_id) VALUES (x'483a31', x'66', x'', x'', 1, 0, x'', x'')")
     connection.close()
     before = _digest(sqliteBackend.path)
-    with pytest.raises(StoreSchemaError, match="schema version 1, this txgear reads version 5"):
+    with pytest.raises(StoreSchemaError, match="schema version 1, this txgear reads version 6"):
         yield wait(sqliteBackend.make().open())
     assert _digest(sqliteBackend.path) == before
 
@@ -1026,7 +1027,7 @@ def test_sqliteVersion3FileIsMigrated(sqliteBackend: SQLiteBackend) -> Any:
     yield wait(store.add(job(2, attempts=1, lastError=b"worker lost")))
     yield wait(store.close())
     with sqlite3.connect(sqliteBackend.path) as connection:
-        assert connection.execute("SELECT value FROM meta WHERE name = 'version'").fetchone() == ("5",)
+        assert connection.execute("SELECT value FROM meta WHERE name = 'version'").fetchone() == ("6",)
     connection.close()
     assert (yield reload(sqliteBackend)) == [job(1), job(2, attempts=1, lastError=b"worker lost")]
 
@@ -1054,7 +1055,7 @@ def test_postgresVersion2TableIsMigrated(postgresBackend: PostgresBackend) -> An
     with psycopg.connect(POSTGRESQL) as connection:
         version = connection.execute(
             f"SELECT value FROM \"{schema}\".txgear_meta WHERE name = 'version'").fetchone()
-    assert version == ("4",)
+    assert version == ("5",)
 
 
 @pytest_twisted.inlineCallbacks
@@ -1069,7 +1070,7 @@ def test_redisVersion2QueueIsMigrated(redisBackend: RedisBackend) -> Any:
     assert (yield wait(store.open())) == [job(1)]
     yield wait(store.add(job(2, attempts=1, lastError=b"WORK_FAIL")))
     yield wait(store.close())
-    assert client.hget(prefix + "meta", "version") == b"4"
+    assert client.hget(prefix + "meta", "version") == b"5"
     client.close()
     assert (yield reload(redisBackend)) == [job(1), job(2, attempts=1, lastError=b"WORK_FAIL")]
 
@@ -1208,7 +1209,7 @@ def test_sqliteVersion4FileIsMigrated(sqliteBackend: SQLiteBackend) -> Any:
     yield wait(store.addDead(job(2, attempts=2), 5))
     yield wait(store.close())
     with sqlite3.connect(sqliteBackend.path) as connection:
-        assert connection.execute("SELECT value FROM meta WHERE name = 'version'").fetchone() == ("5",)
+        assert connection.execute("SELECT value FROM meta WHERE name = 'version'").fetchone() == ("6",)
     connection.close()
     assert (yield reloadDead(sqliteBackend)) == ([job(1)], [dead(2, 5, attempts=2)])
     store = sqliteBackend.make()
@@ -1219,13 +1220,13 @@ def test_sqliteVersion4FileIsMigrated(sqliteBackend: SQLiteBackend) -> Any:
 
 
 @pytest_twisted.inlineCallbacks
-def test_sqliteVersion5WithoutDeadTableIsRefused(sqliteBackend: SQLiteBackend) -> Any:
+def test_sqliteCurrentVersionWithoutDeadTableIsRefused(sqliteBackend: SQLiteBackend) -> Any:
     with sqlite3.connect(sqliteBackend.path) as connection:
         connection.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
         connection.execute("CREATE TABLE log (seq INTEGER PRIMARY KEY, kind INTEGER NOT NULL,"
                            " data BLOB NOT NULL)")
         connection.executemany("INSERT INTO meta VALUES (?, ?)",
-                               [("schema", "txgear-queue"), ("version", "5")])
+                               [("schema", "txgear-queue"), ("version", "6")])
     connection.close()
     store = sqliteBackend.make()
     with pytest.raises(StoreSchemaError, match="no dead table"):
@@ -1257,7 +1258,7 @@ def test_postgresVersion3TableIsMigrated(postgresBackend: PostgresBackend) -> An
     with psycopg.connect(POSTGRESQL) as connection:
         version = connection.execute(
             f"SELECT value FROM \"{schema}\".txgear_meta WHERE name = 'version'").fetchone()
-    assert version == ("4",)
+    assert version == ("5",)
 
 
 @pytest_twisted.inlineCallbacks
@@ -1272,6 +1273,150 @@ def test_redisVersion3QueueIsMigrated(redisBackend: RedisBackend) -> Any:
     assert (yield wait(store.open())) == [job(1, attempts=1)]
     yield wait(store.addDead(job(1, attempts=2), 9))
     yield wait(store.close())
-    assert client.hget(prefix + "meta", "version") == b"4"
+    assert client.hget(prefix + "meta", "version") == b"5"
     client.close()
     assert (yield reloadDead(redisBackend)) == ([], [dead(1, 9, attempts=2)])
+
+
+# Kept results -------------------------------------------------------------------
+
+
+def kept(n: int, status: str = "complete", result: bytes = b"", finishedAt: int = 1000,
+         expiresAt: int = 5000, **kwargs: Any) -> KeptResult:
+    return KeptResult(n, kwargs.pop("function", b"f"), kwargs.pop("unique", b"u%d" % n), status,
+                      result, finishedAt, expiresAt, **kwargs)
+
+
+@defer.inlineCallbacks
+def reloadKept(backend: Backend) -> Any:
+    """Open a fresh store on the same data: its jobs and its kept results; close it."""
+    store = backend.make()
+    jobs = yield wait(store.open())
+    listed = yield wait(store.listKept())
+    yield wait(store.close())
+    return jobs, listed
+
+
+@pytest_twisted.inlineCallbacks
+def test_keptResultsSurviveARestart(backend: Backend) -> Any:
+    """
+    C{addKept} takes a job from the queue and keeps its result (binary
+    bytes intact, status, size, times); kept results survive close/open,
+    list newest first without their bytes, and are read by key.
+    """
+    store = backend.make()
+    yield wait(store.open())
+    yield wait(store.addMany([job(1), job(2, function=b"g"), job(3), job(4)]))
+    binary = b"\x00\n\r\nOK 5\n" + os.urandom(70000) + b"\n"
+    yield wait(defer.gatherResults([
+        store.addKept(kept(1, result=binary, finishedAt=3000, expiresAt=9000)),
+        store.addKept(kept(2, "exception", b"Traceback\x00", 2000, 8000, function=b"g")),
+        store.addKept(kept(3, "fail", b"", 4000, 7000, kept=False, size=5 << 20))]))
+    yield wait(store.close())
+    jobs, listed = yield reloadKept(backend)
+    assert jobs == [job(4)]
+    assert listed == [kept(3, "fail", b"", 4000, 7000, kept=False, size=5 << 20),
+                      kept(1, finishedAt=3000, expiresAt=9000, size=len(binary)),
+                      kept(2, "exception", b"", 2000, 8000, function=b"g", size=10)]
+    store = backend.make()
+    yield wait(store.open())
+    assert (yield wait(store.getKept(1))) == kept(1, result=binary, finishedAt=3000,
+                                                  expiresAt=9000)
+    assert (yield wait(store.getKept(2))).result == b"Traceback\x00"
+    assert (yield wait(store.getKept(99))) is None
+    assert (yield wait(store.listKept(1))) == listed[:1]
+    yield wait(store.close())
+
+
+@pytest_twisted.inlineCallbacks
+def test_addKeptInTheBatchOfItsAdd(backend: Backend) -> Any:
+    """An C{addKept} in the turn of the job's C{add} leaves it kept only, read after write."""
+    store = backend.make()
+    yield wait(store.open())
+    store.add(job(5))
+    store.addKept(kept(5, result=b"r"))
+    assert (yield wait(store.getKept(5))) == kept(5, result=b"r")
+    yield wait(store.close())
+    assert (yield reloadKept(backend)) == ([], [kept(5, size=1)])
+
+
+@pytest_twisted.inlineCallbacks
+def test_expireKeptDeletesAnExpiryRange(backend: Backend) -> Any:
+    """
+    C{expireKept(now)} deletes the results expired at C{now} (expiry at
+    most C{now}) and only those, durably; a replaced result expires at its
+    new time.
+    """
+    store = backend.make()
+    yield wait(store.open())
+    for n, expiresAt in ((1, 30), (2, 10), (3, 20), (4, 40)):
+        store.addKept(kept(n, result=b"x", expiresAt=expiresAt))
+    store.addKept(kept(4, result=b"y", expiresAt=15))
+    assert (yield wait(store.expireKept(9))) == 0
+    assert (yield wait(store.expireKept(20))) == 3
+    assert (yield wait(store.expireKept(20))) == 0
+    yield wait(store.close())
+    jobs, listed = yield reloadKept(backend)
+    assert [k.key for k in listed] == [1]
+    store = backend.make()
+    yield wait(store.open())
+    assert (yield wait(store.purgeKept([1, 99]))) == 1
+    assert (yield wait(store.purgeKept([]))) == 0
+    yield wait(store.close())
+    assert (yield reloadKept(backend)) == ([], [])
+
+
+@pytest_twisted.inlineCallbacks
+def test_sqliteVersion5FileIsMigrated(sqliteBackend: SQLiteBackend) -> Any:
+    """A version 5 file (no kept table) opens with its jobs and dead set, gets the kept table."""
+    store = sqliteBackend.make()
+    yield wait(store.open())
+    yield wait(store.addMany([job(1), job(2)]))
+    yield wait(store.addDead(job(2, attempts=1), 5))
+    yield wait(store.close())
+    with sqlite3.connect(sqliteBackend.path) as connection:
+        connection.execute("DROP TABLE kept")
+        connection.execute("UPDATE meta SET value = '5' WHERE name = 'version'")
+    connection.close()
+    assert (yield reloadDead(sqliteBackend)) == ([job(1)], [dead(2, 5, attempts=1)])
+    store = sqliteBackend.make()
+    yield wait(store.open())
+    yield wait(store.addKept(kept(1, result=b"r")))
+    yield wait(store.close())
+    assert (yield reloadKept(sqliteBackend)) == ([], [kept(1, size=1)])
+    with sqlite3.connect(sqliteBackend.path) as connection:
+        assert connection.execute("SELECT value FROM meta WHERE name = 'version'").fetchone() == ("6",)
+    connection.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_postgresVersion4TableIsMigrated(postgresBackend: PostgresBackend) -> Any:
+    store = postgresBackend.make()
+    yield wait(store.open())
+    yield wait(store.add(job(1)))
+    yield wait(store.close())
+    schema = postgresBackend.schema
+    postgresBackend.execute(f'DROP TABLE "{schema}".txgear_kept')
+    postgresBackend.execute(f"UPDATE \"{schema}\".txgear_meta SET value = '4' WHERE name = 'version'")
+    store = postgresBackend.make()
+    assert (yield wait(store.open())) == [job(1)]
+    yield wait(store.addKept(kept(1, result=b"r")))
+    yield wait(store.close())
+    assert (yield reloadKept(postgresBackend)) == ([], [kept(1, size=1)])
+
+
+@pytest_twisted.inlineCallbacks
+def test_redisVersion4QueueIsMigrated(redisBackend: RedisBackend) -> Any:
+    store = redisBackend.make()
+    yield wait(store.open())
+    yield wait(store.add(job(1)))
+    yield wait(store.close())
+    client = redisBackend.client()
+    client.hset(redisBackend.prefix + "meta", "version", "4")
+    store = redisBackend.make()
+    assert (yield wait(store.open())) == [job(1)]
+    yield wait(store.addKept(kept(1, result=b"r")))
+    yield wait(store.close())
+    assert client.hget(redisBackend.prefix + "meta", "version") == b"5"
+    client.close()
+    assert (yield reloadKept(redisBackend)) == ([], [kept(1, size=1)])

@@ -339,7 +339,7 @@ def test_version2FileIsRefusedUntouched(sqliteBackend: SQLiteBackend) -> Any:
         connection.execute("INSERT INTO jobs VALUES (1, 1, ?)",
                            (_sqlite.packBatch([(1, 1, b"f", b"", b"p", 0, b"", b"", 0, 0, b"")])[13:],))
     connection.close()
-    yield _refusedUntouched(sqliteBackend, "schema version 2, this txgear reads version 5")
+    yield _refusedUntouched(sqliteBackend, "schema version 2, this txgear reads version 6")
 
 
 @pytest.mark.parametrize("kind, data, message", [

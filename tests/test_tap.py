@@ -546,7 +546,7 @@ def test_policyOptions():
     ("=attempts:3", "write FUNCTION=SPEC"),
     ("resize=", "--policy 'resize=': empty policy"),
     ("resize=attempts:x", "attempts must be a whole number"),
-    ("resize=keep:1h", "keep: kept results are not available yet"),
+    ("resize=keep:1x", "bad duration"),
     ("resize=backoff:5s..1s", "the maximum is below the minimum"),
     ("bad\x01name=attempts:2", "is not a valid function name"),
 ])

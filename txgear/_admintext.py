@@ -133,6 +133,16 @@ def formatLines(lines: Iterable[bytes]) -> bytes:
 #: gear's replies to the C{acl} commands (C{\\n} endings, as gear).
 ACL_OK = b"OK\n"
 ACL_DISABLED = b"ERR ACL_DISABLED\n"
+def formatResult(status: bytes, result: bytes) -> bytes:
+    """
+    C{show result} (a txgear extension): C{OK <status> <size>\n}, then
+    exactly <size> bytes of the result, raw (NULs and newlines included),
+    then C{\n}. A reader takes the size from the first line, never looks
+    for a terminator inside the bytes.
+    """
+    return b"OK %s %d\n" % (status, len(result)) + result + b"\n"
+
+
 PERMISSION_DENIED = b"ERR PERMISSION_DENIED\n"
 UNKNOWN_ACL_VERB = b"ERR UNKNOWN_ACL_VERB\n"
 

@@ -118,6 +118,51 @@ class IJobStore(Interface):
         @return: a Deferred firing with the number of jobs in the dead set.
         """
 
+    # Kept results: how background jobs of a C{keep:TTL} policy ended (see
+    # L{txgear.jobs.KeptResult}), under their keys, apart from the queue and
+    # the dead set; ordered with the writes issued before them, as above.
+
+    def addKept(result):  # type: ignore[misc]
+        """
+        Remove the job of C{result.key} from the queue and keep C{result}
+        (a L{txgear.jobs.KeptResult}), in one transaction in the batch of
+        its turn: a crash leaves the job either queued or kept, never both
+        or neither. A result of the same key replaces the one kept.
+
+        @return: a Deferred firing with C{None} once durable.
+        """
+
+    def listKept(limit=None):  # type: ignore[misc]
+        """
+        The kept results, newest first (by finish time, then key), without
+        their bytes (C{result} C{b""}, C{size} kept).
+
+        @return: a Deferred firing with a list of L{txgear.jobs.KeptResult}.
+        """
+
+    def getKept(key):  # type: ignore[misc]
+        """
+        @return: a Deferred firing with the L{txgear.jobs.KeptResult} of
+            C{key}, bytes included, or C{None}; the caller checks
+            C{expiresAt} (one expired but not swept yet is returned).
+        """
+
+    def expireKept(now):  # type: ignore[misc]
+        """
+        Delete the kept results whose C{expiresAt} is at most C{now} (Unix
+        ms), through an index by expiry: the cost is in the number deleted,
+        not the number kept.
+
+        @return: a Deferred firing with the number deleted.
+        """
+
+    def purgeKept(keys):  # type: ignore[misc]
+        """
+        Delete the kept results of C{keys} (unknown keys are skipped).
+
+        @return: a Deferred firing with the number deleted.
+        """
+
     def close():  # type: ignore[misc]
         """
         Flush pending writes and release connections and threads.

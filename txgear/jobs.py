@@ -167,6 +167,66 @@ class DeadJob:
                          self.reducer, self.clientId)
 
 
+#: The statuses of a kept result (L{KeptResult.status}).
+KEPT_COMPLETE, KEPT_FAIL, KEPT_EXCEPTION = "complete", "fail", "exception"
+KEPT_STATUSES = (KEPT_COMPLETE, KEPT_FAIL, KEPT_EXCEPTION)
+
+
+class KeptResult:
+    """
+    How a background job ended, kept for a while by a function's C{keep:TTL}
+    policy (see docs/jobs.md).
+
+    @ivar key: the job's key (its handle is C{<prefix>:<key>}).
+    @ivar function: the function name.
+    @ivar unique: the unique id (may be empty).
+    @ivar status: C{"complete"}, C{"fail"} or C{"exception"}.
+    @ivar result: the WORK_COMPLETE payload, or the WORK_EXCEPTION data
+        (C{b""} for a WORK_FAIL); C{b""} in listings and when not C{kept}.
+    @ivar size: the size of the result in bytes (kept or not).
+    @ivar kept: C{False} for a result above the size limit: its status is
+        known, its bytes were not kept.
+    @ivar finishedAt: when the job ended, in Unix milliseconds.
+    @ivar expiresAt: when the result expires, in Unix milliseconds.
+    """
+
+    __slots__ = ("key", "function", "unique", "status", "result", "size", "kept",
+                 "finishedAt", "expiresAt")
+
+    def __init__(self, key: int, function: bytes, unique: bytes, status: str, result: bytes,
+                 finishedAt: int, expiresAt: int, kept: bool = True,
+                 size: Optional[int] = None) -> None:
+        self.key = key
+        self.function = function
+        self.unique = unique
+        self.status = status
+        self.result = result
+        self.size = len(result) if size is None else size
+        self.kept = kept
+        self.finishedAt = finishedAt
+        self.expiresAt = expiresAt
+
+    def _fields(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, KeptResult):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return "KeptResult({})".format(", ".join(f"{n}={getattr(self, n)!r}"
+                                                 for n in self.__slots__))
+
+    def withoutResult(self) -> "KeptResult":
+        """A copy for listings: the bytes left out, their size kept."""
+        return KeptResult(self.key, self.function, self.unique, self.status, b"",
+                          self.finishedAt, self.expiresAt, self.kept, self.size)
+
+
 class JobStatus:
     """
     The state of a job, as C{GET_STATUS} or C{GET_STATUS_UNIQUE} report it.

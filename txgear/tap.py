@@ -24,6 +24,7 @@ from txgear.server._policy import DEFAULT_NAME, PolicyError, PolicyTable, RetryP
 from txgear.server.service import DEFAULT_SHUTDOWN_GRACE
 from txgear.server._reclaim import reclaimer, tuneAllocator
 from txgear.server._deadset import DEFAULT_DEAD_MAX_AGE, DEFAULT_DEAD_MAX_JOBS
+from txgear.server._kept import DEFAULT_KEEP_MAX_RESULTS, DEFAULT_KEEP_MAX_SIZE
 from txgear.server._state import DEFAULT_MAX_FUNCTIONS
 from txgear.server._protocol import (
     ARGUMENT_ALLOWANCE,
@@ -110,6 +111,12 @@ class Options(PluginOptions):
         ["dead-max-age", None, DEFAULT_DEAD_MAX_AGE,
          "Longest a job stays in the dead set, a duration (90s, 12h, 30d) or seconds; "
          "older ones are dropped. 0: no limit [default: 30d].", _deadAge],
+        ["keep-max-size", None, DEFAULT_KEEP_MAX_SIZE,
+         "Largest result kept by a keep:TTL policy, in bytes; a larger one is recorded as "
+         "not kept (its status and size only) [default: 1048576].", int],
+        ["keep-max-results", None, DEFAULT_KEEP_MAX_RESULTS,
+         "Most kept results at once; past it the oldest are dropped. 0: no limit "
+         "[default: 100000].", int],
         ["worker-wakeup", "w", 1, "Sleeping workers woken (NOOP) per newly runnable job; 0 wakes "
                                   "every sleeping worker of the function, as gearmand's default.",
          _nonNegative],
@@ -263,6 +270,8 @@ class Options(PluginOptions):
             raise usage.UsageError("--output-hard-limit must exceed --max-packet-size + 64 KiB "
                                    "+ --output-soft-limit, so that the largest result still "
                                    "reaches a client that reads")
+        if self["keep-max-size"] < 0 or self["keep-max-results"] < 0:
+            raise usage.UsageError("--keep-max-size and --keep-max-results must be 0 or more")
         if self["packet-deadline"] <= 0:
             raise usage.UsageError("--packet-deadline must be positive")
         self["policies"] = self._policies()
@@ -341,7 +350,9 @@ def makeService(options: Any, reactor: Any = None) -> IService:
                            store=store, onEmptied=reclaimer(),
                            maxFunctions=options["max-functions"], policies=options["policies"],
                            deadMaxJobs=options["dead-max-jobs"],
-                           deadMaxAge=options["dead-max-age"])
+                           deadMaxAge=options["dead-max-age"],
+                           keepMaxSize=options["keep-max-size"],
+                           keepMaxResults=options["keep-max-results"])
     if store is None:
         _log.warn("The queue is memory: background jobs are lost when the server stops "
                   "(--queue sqlite:PATH keeps them)")

@@ -105,12 +105,52 @@ class AdminCommands:
             deadRows = ((e.handle, e.function, e.unique, e.attempts, e.diedAt, e.lastError)
                         for e in self.state.dead.newest(function))
             return _inPieces(deadRows, text.formatDead), None
+        if what[0] == b"result":
+            return self.showResult(args[1:]), None
         if what == [b"policies"]:
             return _inPieces(iter(list(self.state.policies.rows())), text.formatPolicies), None
         if what == [b"unique", b"jobs"]:
             return _inPieces((job.unique for job in list(self.state.jobs.values())),
                              text.formatLines), None
         return text.err(b"UNKNOWN_SHOW_ARGUMENTS"), None
+
+    def showResult(self, args: List[bytes],
+                   visible: Optional[Callable[[bytes], bool]] = None) -> Any:
+        """
+        C{show result HANDLE} or C{show result unique FUNCTION UNIQUE}: a
+        kept result, C{OK <status> <size>\n}, exactly <size> bytes, C{\n}
+        (a Deferred firing with those bytes: they are read from the store);
+        or one C{ERR} line: C{RUNNING}, C{QUEUED}, C{UNKNOWN_JOB} (none kept,
+        expired, or a function C{visible} refuses), C{NOT_KEPT
+        <status>+<size>} (above C{--keep-max-size}).
+        """
+        if len(args) == 3 and args[0].lower() == b"unique":
+            handle = self.state.handleOfUnique(args[1], args[2])
+            if handle is None:
+                return text.err(b"UNKNOWN_JOB")
+        elif len(args) == 1:
+            handle = args[0]
+        else:
+            return text.err(b"UNKNOWN_SHOW_ARGUMENTS")
+        found = self.state.resultOf(handle, visible)
+        if type(found) is bytes:
+            return text.err(found)
+        entry = found
+        if not entry.kept:
+            return text.err(b"NOT_KEPT", entry.status.encode("ascii") + b" %d" % entry.size)
+        d = self.state.kept.fetch(entry)
+
+        def framed(record: Any) -> bytes:
+            if record is None or record.expiresAt <= self.state.kept.now():
+                return text.err(b"UNKNOWN_JOB")
+            return text.formatResult(record.status.encode("ascii"), record.result)
+
+        def failed(failure: Any) -> bytes:
+            self.state._log.failure("Reading the kept result of {handle!r}", failure,
+                                    handle=handle)
+            return text.err(b"STORE_ERROR")
+
+        return d.addCallbacks(framed, failed)
 
     def command_cancel(self, word: bytes, args: List[bytes]) -> Tuple[bytes, Optional[str]]:
         if len(args) < 2:

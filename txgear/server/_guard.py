@@ -44,8 +44,8 @@ ADMIN_COMMANDS = frozenset([b"status", b"prioritystatus", b"workers", b"show", b
 #: L{ADMIN_COMMANDS}, needs C{grant} too.
 GRANT_COMMANDS = frozenset([b"maxqueue", b"create", b"drop", b"shutdown", b"policy", b"retry",
                             b"purge"])
-#: Admin commands checked per use: C{cancel job} (invoke on the job's
-#: function), C{acl} (per verb).
+#: Admin commands checked per use: C{cancel job} and C{show result}
+#: (invoke on the job's function), C{acl} (per verb).
 CHECKED_COMMANDS = frozenset([b"cancel", b"acl"])
 
 Handler = Callable[[Any, bytes], None]
@@ -139,6 +139,17 @@ class AccessGuard:
         access = self.access
         if word == b"acl":
             return self._acl(protocol, line, tokens), None
+        if word == b"show" and len(tokens) > 1 and tokens[1].lower() == b"result":
+            # As GET_STATUS: invoke on the job's function; others look unknown.
+            names = protocol.accessNames()
+
+            def visible(function: bytes) -> bool:
+                if access.allows(names, INVOKE, function):
+                    return True
+                self.denied(protocol, INVOKE, function)
+                return False
+
+            return self.admin.showResult(tokens[2:], visible), None
         if word == b"cancel":
             if len(tokens) == 3 and tokens[1].lower() == b"job":
                 job = self.state.jobs.get(tokens[2])

@@ -11,11 +11,15 @@ FUNCTION=SPEC} and the admin command C{policy FUNCTION SPEC}::
     backoff:MIN..MAX        exponential from MIN, doubling up to MAX, with jitter
     backoff:MIN             fixed (0 = requeued at once)
     on:lost+timeout+fail+exception   the outcomes that retry (any non-empty subset)
+    keep:TTL                how long a background job's result is kept (0 = not kept)
+    idempotent:yes|no       a background submission whose unique names a kept
+                            result answers that job's handle instead of running
+                            again (needs keep)
 
 Durations are a whole number with a unit: C{500ms}, C{2s}, C{10m}, C{1h} (or
 C{0}). A field left out keeps the value of the policy the spec is applied
-over (the server-wide default C{*} for a function). C{keep:TTL} (kept
-results) is refused until kept results exist.
+over (the server-wide default C{*} for a function). Kept results: see
+L{txgear.server._kept}.
 
 Jitter: I{equal jitter, floored at MIN}. The n-th retry's nominal delay is
 C{d = min(MAX, MIN * 2**(n-1))}; the delay is drawn uniformly from
@@ -60,17 +64,23 @@ class RetryPolicy:
     @ivar backoffMin: the first retry's delay, in seconds (0 = at once).
     @ivar backoffMax: the longest delay, in seconds (C{== backoffMin}: fixed).
     @ivar on: the outcomes (of L{OUTCOMES}) that retry a job.
+    @ivar keep: seconds a background job's result is kept (0: not kept).
+    @ivar idempotent: a background submission whose function and unique
+        name a kept result does not run again (only with C{keep}).
     """
 
-    __slots__ = ("attempts", "backoffMin", "backoffMax", "on")
+    __slots__ = ("attempts", "backoffMin", "backoffMax", "on", "keep", "idempotent")
 
     def __init__(self, attempts: int = 1, backoffMin: float = 0.0,
                  backoffMax: Optional[float] = None,
-                 on: Iterable[str] = (LOST,)) -> None:
+                 on: Iterable[str] = (LOST,), keep: float = 0.0,
+                 idempotent: bool = False) -> None:
         self.attempts = attempts
         self.backoffMin = backoffMin
         self.backoffMax = backoffMin if backoffMax is None else backoffMax
         self.on: FrozenSet[str] = frozenset(on)
+        self.keep = keep
+        self.idempotent = idempotent
 
     @classmethod
     def fromJobRetries(cls, jobRetries: int) -> "RetryPolicy":
@@ -112,10 +122,16 @@ class RetryPolicy:
         else:
             backoff = formatDuration(self.backoffMin)
         on = "+".join(o for o in OUTCOMES if o in self.on)
-        return f"attempts:{self.attempts},backoff:{backoff},on:{on}"
+        spec = f"attempts:{self.attempts},backoff:{backoff},on:{on}"
+        if self.keep:
+            spec += f",keep:{formatDuration(self.keep)}"
+        if self.idempotent:
+            spec += ",idempotent:yes"
+        return spec
 
-    def _key(self) -> Tuple[int, float, float, FrozenSet[str]]:
-        return (self.attempts, self.backoffMin, self.backoffMax, self.on)
+    def _key(self) -> Tuple[int, float, float, FrozenSet[str], float, bool]:
+        return (self.attempts, self.backoffMin, self.backoffMax, self.on, self.keep,
+                self.idempotent)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, RetryPolicy):
@@ -170,6 +186,7 @@ def parsePolicy(spec: str, base: RetryPolicy) -> RetryPolicy:
         raise PolicyError("empty policy: give attempts:N, backoff:MIN[..MAX] and/or "
                           "on:lost+timeout+fail+exception")
     attempts, low, high, on = base.attempts, base.backoffMin, base.backoffMax, base.on
+    keep, idempotent = base.keep, base.idempotent
     seen: Dict[str, None] = {}
     for field in spec.split(","):
         name, colon, value = field.strip().partition(":")
@@ -201,10 +218,18 @@ def parsePolicy(spec: str, base: RetryPolicy) -> RetryPolicy:
                                   f"{'+'.join(OUTCOMES)}")
             on = frozenset(outcomes)
         elif name == "keep":
-            raise PolicyError("keep: kept results are not available yet")
+            keep = parseDuration(value)
+        elif name == "idempotent":
+            if value.lower() not in ("yes", "no"):
+                raise PolicyError(f"idempotent must be yes or no, not {value!r}")
+            idempotent = value.lower() == "yes"
         else:
-            raise PolicyError(f"unknown field {name!r}: use attempts, backoff or on")
-    return RetryPolicy(attempts, low, high, on)
+            raise PolicyError(f"unknown field {name!r}: use attempts, backoff, on, keep or "
+                              f"idempotent")
+    if idempotent and not keep:
+        raise PolicyError("idempotent:yes needs keep:TTL (the kept result is what a repeated "
+                          "submission finds)")
+    return RetryPolicy(attempts, low, high, on, keep, idempotent)
 
 
 class PolicyTable:

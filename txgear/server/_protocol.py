@@ -475,6 +475,16 @@ class GearmanServerProtocol(Protocol):
             self._output.flush()
             self.closeWhenWritten()
             return
+        if isinstance(reply, Deferred):
+            # Read from the store (show result): what follows waits for it.
+            answered: List[bytes] = []
+            reply.addCallback(answered.append)
+            if answered:
+                reply = answered[0]
+            else:
+                self._pause(_LISTING)
+                reply.addCallback(lambda _: self._asyncReply(answered[0]))
+                return
         if type(reply) is not bytes:
             # A long listing: produced in pieces as the peer reads them.
             self._listing = iter(cast(Iterable[bytes], reply))
@@ -486,6 +496,16 @@ class GearmanServerProtocol(Protocol):
             self.factory.requestShutdown(graceful=False)
         elif action == GRACEFUL:
             self.factory.requestShutdown(graceful=True)
+
+    def _asyncReply(self, reply: bytes) -> None:
+        """An admin reply read from the store: send it, then read on."""
+        if self.transport.disconnecting:
+            return
+        self.session.write(reply)
+        self._resume(_LISTING)
+        if (not self._stalled and not self._dispatching
+                and (self._held is not None or self._decoder.bufferedBytes())):
+            self._resumeInput()
 
     def _produceListing(self) -> None:
         """Write pieces of the listing in progress while the output has room."""

@@ -45,10 +45,11 @@ from twisted.internet.defer import Deferred
 from txgear._log import logger
 from txgear._peerlog import PeerLog
 from txgear._packet import PacketType, encodeResponse, responseHeader
-from txgear.jobs import Priority
+from txgear.jobs import KEPT_COMPLETE, KEPT_EXCEPTION, KEPT_FAIL, Priority
 from txgear.server._policy import EXCEPTION, FAIL, LOST, TIMEOUT, PolicyTable, RetryPolicy
 from txgear.server._deadset import (DEFAULT_DEAD_MAX_AGE, DEFAULT_DEAD_MAX_JOBS, DeadEntry,
                                     DeadSet, memoryDeadStore)
+from txgear.server._kept import DEFAULT_KEEP_MAX_RESULTS, DEFAULT_KEEP_MAX_SIZE, KeptResults
 from txgear.server._scheduler import EpochScheduler
 from txgear.server._stats import (CANCELLED as OUT_CANCELLED, COMPLETE as OUT_COMPLETE,
                                   DEAD as OUT_DEAD, EXCEPTION as OUT_EXCEPTION, FAIL as OUT_FAIL,
@@ -338,7 +339,10 @@ class JobServerState:
         QUEUE_ERROR}. Jobs loaded from the store are never refused.
     @param deadMaxJobs: the dead set's size limit (0: none).
     @param deadMaxAge: the dead set's age limit in seconds (0: none).
+    @param keepMaxSize: results above this many bytes are not kept.
+    @param keepMaxResults: the kept results' index size limit (0: none).
     @ivar dead: the L{DeadSet}: background jobs that used up their attempts.
+    @ivar kept: the L{KeptResults} of background jobs of C{keep:TTL} policies.
     """
 
     _log = logger()
@@ -350,7 +354,9 @@ class JobServerState:
                  wakeRecheck: float = WAKE_RECHECK, policies: Optional[PolicyTable] = None,
                  random: Callable[[], float] = _random.random,
                  deadMaxJobs: int = DEFAULT_DEAD_MAX_JOBS,
-                 deadMaxAge: float = DEFAULT_DEAD_MAX_AGE) -> None:
+                 deadMaxAge: float = DEFAULT_DEAD_MAX_AGE,
+                 keepMaxSize: int = DEFAULT_KEEP_MAX_SIZE,
+                 keepMaxResults: int = DEFAULT_KEEP_MAX_RESULTS) -> None:
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[no-redef]
         self.clock = clock
@@ -375,6 +381,11 @@ class JobServerState:
                                          self.stats)
         self.dead = DeadSet(store if store is not None else memoryDeadStore(), clock,
                             self.handlePrefix, deadMaxJobs, deadMaxAge)
+        # Without a store, kept results share the dead set's memory store.
+        self.kept = KeptResults(self.dead.store, clock, self.handlePrefix, keepMaxSize,
+                                keepMaxResults)
+        #: Background submissions answered with a kept result's handle.
+        self.idempotentHits = 0
         # Job keys (and handle numbers) continue after the largest one loaded.
         self._nextKey = 1
         self.onEmptied = onEmptied
@@ -808,6 +819,17 @@ class JobServerState:
                 if job is not None:
                     self._attach(session, job, background)
                     return
+            if background and unique != b"-" and self.kept:
+                policy = self.policies.forFunction(name)
+                if policy.idempotent and policy.keep:
+                    entry = self.kept.byUnique(name, unique)
+                    if entry is not None:
+                        # Ran already, its result is kept: the same handle, no new run.
+                        self.idempotentHits += 1
+                        handle = entry.handle
+                        session.write(_H_JOB_CREATED + len(handle).to_bytes(4, "big") + handle)
+                        self._forgetIfUnused(function)
+                        return
         else:
             coalesceKey = None
         if not self.accepting:
@@ -1133,9 +1155,61 @@ class JobServerState:
         if job.background:
             job.func.stats.finished[OUT_DEAD] += 1
             self.dead.add(job)
+            if exception is not None:
+                self._keep(job, KEPT_EXCEPTION, exception)
+            else:
+                self._keep(job, KEPT_FAIL, b"")
             if job.storeState is _S_STORED:
                 job.storeState = _S_NONE  # the dead set's write takes it off the queue
         self._move(job, DONE)
+
+    def _keep(self, job: Job, status: str, body: bytes) -> None:
+        """
+        Keep how the background C{job} ended, if its policy says so; C{body}
+        is the WORK_COMPLETE / WORK_EXCEPTION packet body (handle, NUL,
+        data), or C{b""}. The store's write takes the job off the queue.
+        """
+        ttl = self.policies.forFunction(job.func.name).keep
+        if not ttl:
+            return
+        result = bytes(body[len(job.handle) + 1:]) if body else b""
+        self.kept.add(job, status, result, ttl)
+        if job.storeState is _S_STORED:
+            job.storeState = _S_NONE
+
+    def resultOf(self, handle: bytes, visible: Optional[Callable[[Any], bool]] = None) -> Any:
+        """
+        Admin C{show result HANDLE}: the error code (bytes) of a job whose
+        result cannot be read (C{RUNNING}, C{QUEUED}, C{UNKNOWN_JOB}: none
+        kept, expired, or not C{visible}), else its L{txgear.server._kept.KeptEntry}.
+        """
+        job = self.jobs.get(handle)
+        if job is not None and job.state != DONE and (visible is None or visible(job.func.name)):
+            return b"RUNNING" if job.state == RUNNING else b"QUEUED"
+        entry = self.kept.get(handle)
+        if entry is None or (visible is not None and not visible(entry.function)):
+            return b"UNKNOWN_JOB"
+        return entry
+
+    def handleOfUnique(self, function: bytes, unique: bytes) -> Optional[bytes]:
+        """The handle of C{function}'s live job C{unique}, else of its kept result, or C{None}."""
+        fn = self.functions.get(function)
+        if fn is not None and fn.uniques:
+            job = fn.uniques.get(unique)
+            if job is not None and job.state != DONE:
+                return job.handle
+        entry = self.kept.byUnique(function, unique)
+        return None if entry is None else entry.handle
+
+    def loadKept(self, kept: Sequence[Any]) -> int:
+        """
+        Index the kept results a store listed at start-up; job keys continue
+        after the largest kept one too.
+        """
+        for record in kept:
+            if record.key >= self._nextKey:
+                self._nextKey = record.key + 1
+        return self.kept.load(kept)
 
     # -- the dead set ----------------------------------------------------
 
@@ -1312,6 +1386,8 @@ class JobServerState:
             self._attemptEnded(job, FAIL, b"WORK_FAIL")
         else:
             job.func.stats.finished[OUT_COMPLETE] += 1
+            if job.background:
+                self._keep(job, KEPT_COMPLETE, body)
             self._finish(job, responseHeader(kind, len(body)) + body if len(body) < _BIG
                          else [responseHeader(kind, len(body)), body], session)
 
@@ -1513,6 +1589,7 @@ class JobServerState:
         """Cancel every pending timer (used when the service stops)."""
         self.scheduler.cancel()
         self.dead.stop()
+        self.kept.stop()
         if self._wakeCall is not None and self._wakeCall.active():
             self._wakeCall.cancel()
         self._wakeCall = None

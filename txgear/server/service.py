@@ -123,6 +123,12 @@ class GearmanServerService(Service):
             if dead:
                 self._log.info("Loaded the index of {count} dead jobs",
                                count=self.state.loadDead(dead))
+            kept = await store.listKept()
+            if not self.running:
+                raise CancelledError("stopped while the kept results were loading")
+            if kept:
+                self._log.info("Loaded the index of {count} kept results",
+                               count=self.state.loadKept(kept))
         listeners = [(d, False) for d in self.endpoints] + [(d, True) for d in self.tlsEndpoints]
         for description, secure in listeners:
             endpoint = self._endpoint(description)

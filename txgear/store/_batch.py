@@ -26,7 +26,7 @@ from twisted.python.threadpool import ThreadPool
 
 from txgear._log import logger
 from txgear.errors import StoreError
-from txgear.jobs import DeadJob, StoredJob
+from txgear.jobs import DeadJob, KeptResult, StoredJob
 from txgear.store._record import recordsProblem
 
 _T = TypeVar("_T")
@@ -39,6 +39,9 @@ Operation = Tuple[Any, Any]
 
 #: The kind of an C{addDead} operation.
 BURY = "bury"
+
+#: The kind of an C{addKept} operation.
+KEEP = "keep"
 
 #: The kind of a dead-set call (retry, purge, list, count): run in the
 #: store's thread after every write issued before it, and before any after.
@@ -55,15 +58,31 @@ def splitDead(operations: List[Operation]) -> Tuple[List[Operation], List[DeadJo
         and the dead records to write in the same transaction (the last
         one of a key given twice).
     """
+    queue, dead, kept = splitFinished(operations)
+    assert not kept
+    return queue, dead
+
+
+def splitFinished(operations: List[Operation]
+                  ) -> Tuple[List[Operation], List[DeadJob], List[KeptResult]]:
+    """
+    As L{splitDead}, and the C{addKept}s likewise: each becomes the removal
+    of its key from the queue and a kept result, to write in the same
+    transaction (the last one of a key given twice).
+    """
     dead: Dict[int, DeadJob] = {}
+    kept: Dict[int, KeptResult] = {}
     queue: List[Operation] = []
     for kind, item in operations:
         if kind == BURY:
             queue.append((False, item.key))
             dead[item.key] = item
+        elif kind == KEEP:
+            queue.append((False, item.key))
+            kept[item.key] = item
         else:
             queue.append((kind, item))
-    return queue, list(dead.values())
+    return queue, list(dead.values()), list(kept.values())
 
 
 class ThreadedBatchStore:
@@ -120,6 +139,18 @@ class ThreadedBatchStore:
         raise NotImplementedError()
 
     def _countDeadInThread(self) -> int:
+        raise NotImplementedError()
+
+    def _listKeptInThread(self, limit: Optional[int]) -> List[KeptResult]:
+        raise NotImplementedError()
+
+    def _getKeptInThread(self, key: int) -> Optional[KeptResult]:
+        raise NotImplementedError()
+
+    def _expireKeptInThread(self, now: int) -> int:
+        raise NotImplementedError()
+
+    def _purgeKeptInThread(self, keys: List[int]) -> int:
         raise NotImplementedError()
 
     # IJobStore -------------------------------------------------------------
@@ -207,6 +238,30 @@ class ThreadedBatchStore:
     def countDead(self) -> Deferred[int]:
         """See L{txgear.interfaces.IJobStore.countDead}."""
         return self._deadCall(self._countDeadInThread)
+
+    def addKept(self, result: KeptResult) -> Deferred[None]:
+        """
+        Queue, for the next batch, the removal of the job of C{result.key}
+        from the queue and the keeping of C{result} (see
+        L{txgear.interfaces.IJobStore.addKept}).
+        """
+        return self._enqueue((KEEP, result))
+
+    def listKept(self, limit: Optional[int] = None) -> Deferred[List[KeptResult]]:
+        """See L{txgear.interfaces.IJobStore.listKept}."""
+        return self._deadCall(self._listKeptInThread, limit)
+
+    def getKept(self, key: int) -> Deferred[Optional[KeptResult]]:
+        """See L{txgear.interfaces.IJobStore.getKept}."""
+        return self._deadCall(self._getKeptInThread, key)
+
+    def expireKept(self, now: int) -> Deferred[int]:
+        """See L{txgear.interfaces.IJobStore.expireKept}."""
+        return self._deadCall(self._expireKeptInThread, now)
+
+    def purgeKept(self, keys: Iterable[int]) -> Deferred[int]:
+        """See L{txgear.interfaces.IJobStore.purgeKept}."""
+        return self._deadCall(self._purgeKeptInThread, list(keys))
 
     def close(self) -> Deferred[None]:
         """

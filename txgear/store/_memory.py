@@ -4,6 +4,7 @@ The in-memory job store: the reference L{IJobStore}, and C{--queue memory}.
 """
 from __future__ import annotations
 
+import heapq
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -11,7 +12,7 @@ from zope.interface import implementer
 
 from txgear.errors import StoreError
 from txgear.interfaces import IJobStore
-from txgear.jobs import DeadJob, StoredJob
+from txgear.jobs import DeadJob, KeptResult, StoredJob
 from txgear.store._record import MAX_WHEN
 
 
@@ -21,24 +22,33 @@ class MemoryJobStore:
     Keeps background jobs in a dictionary: nothing survives the process.
 
     Every method returns an already-fired Deferred. Give two instances the same
-    C{jobs} and C{dead} dictionaries to make the second see what the first
-    recorded, as a restart would with a real store (the contract tests do this).
+    C{jobs}, C{dead} and C{kept} dictionaries to make the second see what the
+    first recorded, as a restart would with a real store (the contract tests
+    do this).
 
     @ivar jobs: the recorded jobs by key.
     @ivar dead: the dead set by key.
+    @ivar kept: the kept results by key.
     """
 
     description = "memory"
 
     def __init__(self, jobs: Optional[Dict[int, StoredJob]] = None,
-                 dead: Optional[Dict[int, DeadJob]] = None) -> None:
+                 dead: Optional[Dict[int, DeadJob]] = None,
+                 kept: Optional[Dict[int, KeptResult]] = None) -> None:
         """
         @param jobs: the backing dictionary, shared with another instance to
             simulate a restart; a new empty one by default.
         @param dead: the backing dictionary of the dead set, likewise.
+        @param kept: the backing dictionary of the kept results, likewise.
         """
         self.jobs: Dict[int, StoredJob] = {} if jobs is None else jobs
         self.dead: Dict[int, DeadJob] = {} if dead is None else dead
+        self.kept: Dict[int, KeptResult] = {} if kept is None else kept
+        # (expiresAt, key) of every kept result (and of replaced ones, found
+        # stale when popped): expiry pops only what expires.
+        self._expiry: List[Tuple[int, int]] = [(r.expiresAt, r.key) for r in self.kept.values()]
+        heapq.heapify(self._expiry)
 
     def open(self) -> Deferred[List[StoredJob]]:
         """
@@ -127,6 +137,43 @@ class MemoryJobStore:
         @return: a fired Deferred with the size of the dead set.
         """
         return succeed(len(self.dead))
+
+    def addKept(self, result: KeptResult) -> Deferred[None]:
+        """Take the job of C{result.key} off the queue and keep C{result}."""
+        self.jobs.pop(result.key, None)
+        self.kept[result.key] = result
+        heapq.heappush(self._expiry, (result.expiresAt, result.key))
+        return succeed(None)
+
+    def listKept(self, limit: Optional[int] = None) -> Deferred[List[KeptResult]]:
+        """@return: a fired Deferred with the kept results, newest first, without bytes."""
+        kept = sorted((r.withoutResult() for r in self.kept.values()),
+                      key=lambda r: (-r.finishedAt, -r.key))
+        return succeed(kept if limit is None else kept[:limit])
+
+    def getKept(self, key: int) -> Deferred[Optional[KeptResult]]:
+        """@return: a fired Deferred with the kept result of C{key}, or C{None}."""
+        return succeed(self.kept.get(key))
+
+    def expireKept(self, now: int) -> Deferred[int]:
+        """Delete the kept results expired at C{now} (Unix ms): O(expired log n)."""
+        expiry = self._expiry
+        count = 0
+        while expiry and expiry[0][0] <= now:
+            expiresAt, key = heapq.heappop(expiry)
+            result = self.kept.get(key)
+            if result is not None and result.expiresAt == expiresAt:
+                del self.kept[key]
+                count += 1
+        return succeed(count)
+
+    def purgeKept(self, keys: Iterable[int]) -> Deferred[int]:
+        """Delete the kept results of C{keys} (their expiry entries go stale)."""
+        count = 0
+        for key in keys:
+            if self.kept.pop(key, None) is not None:
+                count += 1
+        return succeed(count)
 
     def close(self) -> Deferred[None]:
         """

@@ -19,9 +19,14 @@ reducer, client_id, attempts, last_error, died_at bigint (Unix ms), payload)},
 indexed by C{(died_at, key)} and C{(function, died_at, key)}. A job moved
 to the dead set is deleted from the jobs table and inserted into the dead
 one in its batch's transaction; a retry moves it back in one transaction.
-A version 2 or 3 queue is migrated when opened, in one transaction: version
+Schema version 5 adds kept results (C{keep:TTL} policies): C{<prefix>kept(key
+bigint PRIMARY KEY, function, uniq, status text, kept boolean, size bigint,
+finished_at bigint, expires_at bigint (Unix ms), result bytea)}, indexed by
+C{(expires_at)} (expiry deletes a range of it); a kept result is inserted in
+the transaction that deletes its job from the jobs table.
+A version 2, 3 or 4 queue is migrated when opened, in one transaction: version
 2 gets the three last columns of the jobs table (0, 0 and empty for the jobs
-it holds), both get the dead table, and the version is set to 4.
+it holds), the tables it lacks (dead, kept) are created, and the version is set to 5.
 """
 from __future__ import annotations
 
@@ -32,16 +37,16 @@ from zope.interface import implementer
 
 from txgear.errors import StoreError, StoreSchemaError
 from txgear.interfaces import IJobStore
-from txgear.jobs import DeadJob, StoredJob
-from txgear.store._batch import Operation, ThreadedBatchStore, splitDead
+from txgear.jobs import DeadJob, KeptResult, StoredJob
+from txgear.store._batch import Operation, ThreadedBatchStore, splitFinished
 from txgear.store._record import Record, collapse, lastOfEachKey
 from txgear.store._url import takeQueryOptions
 
 SCHEMA_NAME = "txgear-queue"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: Older schema versions L{PostgresJobStore.open} migrates to L{SCHEMA_VERSION}.
-MIGRATED_VERSIONS = ("2", "3")
+MIGRATED_VERSIONS = ("2", "3", "4")
 
 #: Options of a C{postgresql:} description that are txgear's, not libpq's.
 STORE_OPTIONS = ("schema", "prefix")
@@ -57,6 +62,8 @@ _DEAD_COLUMNS = ("key, priority, function, uniq, reducer, client_id, attempts, l
                  "died_at, payload")
 _DEAD_LISTED = ("key, function, uniq, priority, reducer, client_id, attempts, last_error, "
                 "died_at, octet_length(payload)")
+
+_KEPT_COLUMNS = "key, function, uniq, status, kept, size, finished_at, expires_at"
 
 _PAIR = re.compile(r"""\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*('(?:[^'\\]|\\.)*'|[^\s']*)""")
 
@@ -176,6 +183,7 @@ class PostgresJobStore(ThreadedBatchStore):
         jobs = sql.Identifier(self.schema, self.prefix + "jobs")
         meta = sql.Identifier(self.schema, self.prefix + "meta")
         dead = sql.Identifier(self.schema, self.prefix + "dead")
+        kept = sql.Identifier(self.schema, self.prefix + "kept")
         columns = sql.SQL(_COLUMNS)
         deadColumns = sql.SQL(_DEAD_COLUMNS)
         self._sql = {
@@ -200,7 +208,34 @@ class PostgresJobStore(ThreadedBatchStore):
                 " ON CONFLICT (key) DO NOTHING").format(jobs=jobs, columns=columns),
             "purge": sql.SQL("DELETE FROM {dead} WHERE key = ANY(%s::int8[])").format(dead=dead),
             "count": sql.SQL("SELECT count(*) FROM {dead}").format(dead=dead),
+            "keep": sql.SQL(
+                "INSERT INTO {kept} ({columns}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (key) DO UPDATE SET function = EXCLUDED.function,"
+                " uniq = EXCLUDED.uniq, status = EXCLUDED.status, kept = EXCLUDED.kept,"
+                " size = EXCLUDED.size, finished_at = EXCLUDED.finished_at,"
+                " expires_at = EXCLUDED.expires_at, result = EXCLUDED.result").format(
+                    kept=kept, columns=sql.SQL(_KEPT_COLUMNS + ", result")),
+            "listKept": sql.SQL("SELECT {columns} FROM {kept} ORDER BY finished_at DESC, key DESC"
+                                ).format(columns=sql.SQL(_KEPT_COLUMNS), kept=kept),
+            "getKept": sql.SQL("SELECT {columns}, result FROM {kept} WHERE key = %s").format(
+                columns=sql.SQL(_KEPT_COLUMNS), kept=kept),
+            "expireKept": sql.SQL("DELETE FROM {kept} WHERE expires_at <= %s").format(kept=kept),
+            "purgeKept": sql.SQL("DELETE FROM {kept} WHERE key = ANY(%s::int8[])").format(
+                kept=kept),
         }
+        createKept = [sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {kept} ("
+            " key bigint PRIMARY KEY,"
+            " function bytea NOT NULL,"
+            " uniq bytea NOT NULL,"
+            " status text NOT NULL,"
+            " kept boolean NOT NULL,"
+            " size bigint NOT NULL,"
+            " finished_at bigint NOT NULL,"
+            " expires_at bigint NOT NULL,"
+            " result bytea NOT NULL)").format(kept=kept),
+            sql.SQL("CREATE INDEX IF NOT EXISTS {name} ON {kept} (expires_at)").format(
+                name=sql.Identifier(self.prefix + "kept_by_expiry"), kept=kept)]
         createDead = [sql.SQL(
             "CREATE TABLE IF NOT EXISTS {dead} ("
             " key bigint PRIMARY KEY,"
@@ -244,7 +279,7 @@ class PostgresJobStore(ThreadedBatchStore):
                         " attempts integer NOT NULL DEFAULT 0,"
                         " retry_at bigint NOT NULL DEFAULT 0,"
                         " last_error bytea NOT NULL DEFAULT ''::bytea)").format(jobs=jobs))
-                    for statement in createDead:
+                    for statement in createDead + createKept:
                         cursor.execute(statement)
                     cursor.execute(sql.SQL("INSERT INTO {meta} (name, value) VALUES (%s, %s), (%s, %s)")
                                    .format(meta=meta),
@@ -263,7 +298,7 @@ class PostgresJobStore(ThreadedBatchStore):
                         " ADD COLUMN IF NOT EXISTS retry_at bigint NOT NULL DEFAULT 0,"
                         " ADD COLUMN IF NOT EXISTS last_error bytea NOT NULL DEFAULT ''::bytea"
                     ).format(jobs=jobs))
-                    for statement in createDead:
+                    for statement in createDead + createKept:
                         cursor.execute(statement)
                     cursor.execute(sql.SQL("UPDATE {meta} SET value = %s WHERE name = 'version'")
                                    .format(meta=meta), (str(SCHEMA_VERSION),))
@@ -294,7 +329,7 @@ class PostgresJobStore(ThreadedBatchStore):
 
     def _writeInThread(self, operations: List[Operation]) -> None:
         import psycopg
-        operations, dead = splitDead(operations)
+        operations, dead, kept = splitFinished(operations)
         records, removed = collapse(operations)
         records = lastOfEachKey(records)
         connection = self._connect()
@@ -311,6 +346,11 @@ class PostgresJobStore(ThreadedBatchStore):
                     cursor.executemany(self._sql["bury"], [
                         (d.key, d.priority, d.function, d.unique, d.reducer, d.clientId,
                          d.attempts, d.lastError, d.diedAt, d.payload) for d in dead])
+            if kept:
+                with connection.cursor() as cursor:
+                    cursor.executemany(self._sql["keep"], [
+                        (k.key, k.function, k.unique, k.status, k.kept, k.size, k.finishedAt,
+                         k.expiresAt, k.result) for k in kept])
             connection.commit()
         except psycopg.Error as e:
             raise self._failed(e) from e
@@ -407,3 +447,54 @@ class PostgresJobStore(ThreadedBatchStore):
         except psycopg.Error as e:
             raise self._failed(e) from e
 
+    # Kept results, in the store's thread -----------------------------------------
+
+    def _listKeptInThread(self, limit: Optional[int]) -> List[KeptResult]:
+        from psycopg import sql
+        query = self._sql["listKept"]
+        args: List[Any] = []
+        if limit is not None:
+            query = sql.SQL("{} LIMIT %s").format(query)
+            args.append(limit)
+        rows = self._query(query, args)
+        return [KeptResult(key, bytes(fn), bytes(unique), status, b"", finishedAt, expiresAt,
+                           kept, size)
+                for (key, fn, unique, status, kept, size, finishedAt, expiresAt) in rows]
+
+    def _getKeptInThread(self, key: int) -> Optional[KeptResult]:
+        rows = self._query(self._sql["getKept"], [key])
+        if not rows:
+            return None
+        key, fn, unique, status, kept, size, finishedAt, expiresAt, result = rows[0]
+        return KeptResult(key, bytes(fn), bytes(unique), status, bytes(result), finishedAt,
+                          expiresAt, kept, size)
+
+    def _expireKeptInThread(self, now: int) -> int:
+        return self._delete(self._sql["expireKept"], [now])
+
+    def _purgeKeptInThread(self, keys: List[int]) -> int:
+        return self._delete(self._sql["purgeKept"], [keys])
+
+    def _query(self, query: Any, args: List[Any]) -> List[Any]:
+        import psycopg
+        connection = self._connect()
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(query, args, binary=True)
+                rows = cursor.fetchall()
+            connection.commit()
+            return rows
+        except psycopg.Error as e:
+            raise self._failed(e) from e
+
+    def _delete(self, query: Any, args: List[Any]) -> int:
+        import psycopg
+        connection = self._connect()
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(query, args, binary=True)
+                count = cursor.rowcount
+            connection.commit()
+            return int(count)
+        except psycopg.Error as e:
+            raise self._failed(e) from e

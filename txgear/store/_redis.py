@@ -19,10 +19,20 @@ Keys, all under one prefix (C{txgear:} by default), schema version 3:
     never read payloads); C{<prefix>deadorder}, a sorted set of job keys
     scored by time of death.
 
+  - kept results (schema version 5): C{<prefix>kept}, a hash from job key to
+    the finish and expiry times (Unix ms, signed 64-bit), the result's size
+    (unsigned 64-bit), its status (8 bits: 0 complete, 1 fail, 2 exception)
+    and whether its bytes were kept (8 bits), the function's length
+    (unsigned 32-bit), big-endian, then the function and the unique;
+    C{<prefix>keptresult}, a hash from job key to the result's bytes;
+    C{<prefix>keptexpiry}, a sorted set of job keys scored by expiry (expiry
+    reads a score range of it).
+
 Version 3 differs from 2 only in the records it writes (format 2: attempts,
-retry time and last error); version 4 adds the dead set's keys. A version 2
-or 3 queue is migrated when opened by setting its version to 4 (its format
-1 records are still read; it has no dead set yet).
+retry time and last error); version 4 adds the dead set's keys, version 5
+the kept results'. A version 2, 3 or 4 queue is migrated when opened by
+setting its version to 5 (its format 1 records are still read; it has no
+dead set or kept results yet).
 
 A batch is one pipelined C{MULTI}/C{EXEC}. C{add} fires once
 Redis has applied the transaction: the job survives a crash of the job server;
@@ -39,19 +49,23 @@ from zope.interface import implementer
 
 from txgear.errors import StoreError, StoreSchemaError
 from txgear.interfaces import IJobStore
-from txgear.jobs import DeadJob, StoredJob
-from txgear.store._batch import Operation, ThreadedBatchStore, splitDead
+from txgear.jobs import KEPT_STATUSES, DeadJob, KeptResult, StoredJob
+from txgear.store._batch import Operation, ThreadedBatchStore, splitFinished
 from txgear.store._record import collapse, packRecord, unpackRecord
 from txgear.store._url import takeQueryOptions
 
 SCHEMA_NAME = b"txgear-queue"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: Older schema versions L{RedisJobStore.open} migrates to L{SCHEMA_VERSION}.
-MIGRATED_VERSIONS = (b"2", b"3")
+MIGRATED_VERSIONS = (b"2", b"3", b"4")
 
 #: In front of a dead job's packed fields: time of death (ms), payload size, priority.
 _DEAD_HEADER = struct.Struct(">qIB")
+
+#: In front of a kept result's function and unique: finish and expiry times
+#: (ms), size, status, kept or not, the function's length.
+_KEPT_HEADER = struct.Struct(">qqQBBI")
 
 #: Options of a C{redis:} URL that are txgear's, not redis-py's.
 STORE_OPTIONS = ("prefix",)
@@ -107,6 +121,9 @@ class RedisJobStore(ThreadedBatchStore):
         self._deadKey = raw + b"dead"
         self._deadPayloadKey = raw + b"deadpayload"
         self._deadOrderKey = raw + b"deadorder"
+        self._keptKey = raw + b"kept"
+        self._keptResultKey = raw + b"keptresult"
+        self._keptExpiryKey = raw + b"keptexpiry"
         self._socketTimeout = socketTimeout
         self._connectTimeout = connectTimeout
         self._client: Any = None
@@ -191,7 +208,7 @@ class RedisJobStore(ThreadedBatchStore):
 
     def _writeInThread(self, operations: List[Operation]) -> None:
         import redis
-        operations, dead = splitDead(operations)
+        operations, dead, kept = splitFinished(operations)
         records, removed = collapse(operations)
         jobsKey, orderKey = self._jobsKey, self._orderKey
         step = _PRIORITY_STEP
@@ -220,6 +237,12 @@ class RedisJobStore(ThreadedBatchStore):
                 pipe.hset(self._deadKey, mapping={b"%d" % d.key: _packDead(d) for d in deadChunk})
                 pipe.hset(self._deadPayloadKey, mapping={b"%d" % d.key: d.payload for d in deadChunk})
                 pipe.zadd(self._deadOrderKey, {b"%d" % d.key: d.diedAt for d in deadChunk})
+            for start in range(0, len(kept), _CHUNK):
+                keptChunk = kept[start:start + _CHUNK]
+                pipe.hset(self._keptKey, mapping={b"%d" % k.key: _packKept(k) for k in keptChunk})
+                pipe.hset(self._keptResultKey, mapping={b"%d" % k.key: k.result
+                                                        for k in keptChunk})
+                pipe.zadd(self._keptExpiryKey, {b"%d" % k.key: k.expiresAt for k in keptChunk})
             if len(pipe):
                 pipe.execute()
         except redis.RedisError as e:
@@ -308,6 +331,82 @@ class RedisJobStore(ThreadedBatchStore):
             return int(self._client.zcard(self._deadOrderKey))
         except redis.RedisError as e:
             raise StoreError(f"{self.description}: {e.__class__.__name__}: {e}") from e
+
+    # Kept results, in the store's thread ---------------------------------------
+
+    def _listKeptInThread(self, limit: Optional[int]) -> List[KeptResult]:
+        import redis
+        try:
+            members = self._client.zrange(self._keptExpiryKey, 0, -1)
+            listed: List[KeptResult] = []
+            for start in range(0, len(members), _CHUNK):
+                chunk = members[start:start + _CHUNK]
+                for member, data in zip(chunk, self._client.hmget(self._keptKey, chunk)):
+                    if data is None:
+                        raise StoreSchemaError(f"{self.description}: kept result {member!r} "
+                                               f"has no record")
+                    listed.append(_unpackKept(int(member), data, b""))
+        except redis.RedisError as e:
+            raise StoreError(f"{self.description}: {e.__class__.__name__}: {e}") from e
+        listed.sort(key=lambda k: (-k.finishedAt, -k.key))
+        return listed if limit is None else listed[:limit]
+
+    def _getKeptInThread(self, key: int) -> Optional[KeptResult]:
+        import redis
+        member = b"%d" % key
+        try:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hget(self._keptKey, member)
+            pipe.hget(self._keptResultKey, member)
+            data, result = pipe.execute()
+        except redis.RedisError as e:
+            raise StoreError(f"{self.description}: {e.__class__.__name__}: {e}") from e
+        return None if data is None else _unpackKept(key, data, result or b"")
+
+    def _expireKeptInThread(self, now: int) -> int:
+        import redis
+        try:
+            members = self._client.zrangebyscore(self._keptExpiryKey, "-inf", now)
+        except redis.RedisError as e:
+            raise StoreError(f"{self.description}: {e.__class__.__name__}: {e}") from e
+        return self._deleteKept(members)
+
+    def _purgeKeptInThread(self, keys: List[int]) -> int:
+        return self._deleteKept([b"%d" % key for key in keys])
+
+    def _deleteKept(self, members: List[bytes]) -> int:
+        import redis
+        count = 0
+        try:
+            pipe = self._client.pipeline(transaction=True)
+            for start in range(0, len(members), _CHUNK):
+                chunk = members[start:start + _CHUNK]
+                pipe.hdel(self._keptKey, *chunk)
+                pipe.hdel(self._keptResultKey, *chunk)
+                pipe.zrem(self._keptExpiryKey, *chunk)
+            if len(pipe):
+                count = sum(pipe.execute()[0::3])
+        except redis.RedisError as e:
+            raise StoreError(f"{self.description}: {e.__class__.__name__}: {e}") from e
+        return count
+
+
+def _packKept(kept: KeptResult) -> bytes:
+    """A kept result's record without its bytes (see the module docstring)."""
+    return _KEPT_HEADER.pack(kept.finishedAt, kept.expiresAt, kept.size,
+                             KEPT_STATUSES.index(kept.status), int(kept.kept),
+                             len(kept.function)) + kept.function + kept.unique
+
+
+def _unpackKept(key: int, data: bytes, result: bytes) -> KeptResult:
+    if len(data) < _KEPT_HEADER.size:
+        raise StoreSchemaError(f"kept result {key}: truncated record ({len(data)} bytes)")
+    finishedAt, expiresAt, size, status, kept, length = _KEPT_HEADER.unpack_from(data)
+    if status >= len(KEPT_STATUSES) or _KEPT_HEADER.size + length > len(data):
+        raise StoreSchemaError(f"kept result {key}: bad record")
+    rest = data[_KEPT_HEADER.size:]
+    return KeptResult(key, rest[:length], rest[length:], KEPT_STATUSES[status], result,
+                      finishedAt, expiresAt, bool(kept), size)
 
 
 def _packDead(dead: DeadJob) -> bytes:

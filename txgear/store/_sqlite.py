@@ -27,10 +27,18 @@ job moved to the dead set is one batch: the log's removes row holds its key,
 and its dead row is inserted in the same transaction. A retry deletes the
 dead rows and appends an adds row to the log, in one transaction.
 
+Schema version 6 adds kept results (C{keep:TTL} policies): C{kept(key
+INTEGER PRIMARY KEY, function BLOB, uniq BLOB, status TEXT, kept INTEGER,
+size INTEGER, finished_at INTEGER, expires_at INTEGER (Unix ms), result
+BLOB)}, indexed by C{(expires_at, key)} (expiry deletes a range of it) and
+C{(finished_at, key)}. A job whose result is kept is one batch: the log's
+removes row holds its key, its kept row is inserted in the same transaction.
+A version 5 file is migrated by creating the kept table.
+
 Version 4 differs from 3 only in the records it writes (format 2: attempts,
-retry time and last error). A version 3 or 4 file is migrated when opened,
-in one transaction: the dead table is created and the version set to 5 (its
-format 1 records stay as they are and are still read). Nothing else is
+retry time and last error). A version 3, 4 or 5 file is migrated when opened,
+in one transaction: the tables it lacks (dead, kept) are created and the
+version set to 6 (its format 1 records stay as they are and are still read). Nothing else is
 rewritten; an older txgear then refuses the file instead of misreading it.
 
 L{SQLiteJobStore.open} replays the log in C{seq} order (adds set a key,
@@ -56,8 +64,8 @@ from zope.interface import implementer
 
 from txgear.errors import StoreError, StoreSchemaError
 from txgear.interfaces import IJobStore
-from txgear.jobs import DeadJob, StoredJob
-from txgear.store._batch import Operation, ThreadedBatchStore, splitDead
+from txgear.jobs import DeadJob, KeptResult, StoredJob
+from txgear.store._batch import Operation, ThreadedBatchStore, splitFinished
 from txgear.store._record import (collapse, packBatch, packBatches, packKeys, recordOf,
                                   unpackBatch, unpackKeys)
 
@@ -66,10 +74,10 @@ from txgear.store._record import (collapse, packBatch, packBatches, packKeys, re
 SCHEMA_NAME = "txgear-queue"
 
 #: The schema version this code reads and writes.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 #: Older schema versions L{SQLiteJobStore.open} migrates to L{SCHEMA_VERSION}.
-MIGRATED_VERSIONS = ("3", "4")
+MIGRATED_VERSIONS = ("3", "4", "5")
 
 #: The C{kind} of a log row of added records.
 ADDS = 0
@@ -88,10 +96,19 @@ _CREATE_DEAD = [
     "CREATE INDEX dead_by_time ON dead (died_at, key)",
     "CREATE INDEX dead_by_function ON dead (function, died_at, key)",
 ]
+_CREATE_KEPT = [
+    "CREATE TABLE kept (key INTEGER PRIMARY KEY, function BLOB NOT NULL, uniq BLOB NOT NULL,"
+    " status TEXT NOT NULL, kept INTEGER NOT NULL, size INTEGER NOT NULL,"
+    " finished_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, result BLOB NOT NULL)",
+    "CREATE INDEX kept_by_expiry ON kept (expires_at, key)",
+    "CREATE INDEX kept_by_time ON kept (finished_at, key)",
+]
 _CREATE = [
     "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE log (seq INTEGER PRIMARY KEY, kind INTEGER NOT NULL, data BLOB NOT NULL)",
-] + _CREATE_DEAD
+] + _CREATE_DEAD + _CREATE_KEPT
+_INSERT_KEPT = "INSERT OR REPLACE INTO kept VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_KEPT_LISTED = "key, function, uniq, status, kept, size, finished_at, expires_at"
 _INSERT_DEAD = "INSERT OR REPLACE INTO dead VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _DEAD_LISTED = ("key, function, uniq, priority, reducer, client_id, attempts, last_error, "
                 "died_at, payload_size")
@@ -217,6 +234,9 @@ class SQLiteJobStore(ThreadedBatchStore):
                     if "dead" not in tables:
                         for statement in _CREATE_DEAD:
                             connection.execute(statement)
+                    if "kept" not in tables:
+                        for statement in _CREATE_KEPT:
+                            connection.execute(statement)
                     connection.execute("UPDATE meta SET value = ? WHERE name = 'version'",
                                        (str(SCHEMA_VERSION),))
                     connection.execute("COMMIT")
@@ -293,9 +313,12 @@ class SQLiteJobStore(ThreadedBatchStore):
                 f"{self.description}: the queue has schema version {version}, this txgear "
                 f"reads version {SCHEMA_VERSION}; the file was left untouched (run the txgear "
                 f"version that wrote it, or move the file aside)")
-        if "log" not in tables or (version == str(SCHEMA_VERSION) and "dead" not in tables):
+        current = version == str(SCHEMA_VERSION)
+        missing = next((name for name in ("log", "dead", "kept") if name not in tables
+                        and (name == "log" or current)), None)
+        if missing is not None:
             raise StoreSchemaError(
-                f"{self.description}: the queue has no {'log' if 'log' not in tables else 'dead'} "
+                f"{self.description}: the queue has no {missing} "
                 f"table (tables: {', '.join(sorted(tables))}); the file was left untouched")
         check = [row[0] for row in connection.execute("PRAGMA quick_check")]
         if check != ["ok"]:
@@ -320,7 +343,7 @@ class SQLiteJobStore(ThreadedBatchStore):
         assert connection is not None
         # Disjoint sets when there is a remove; else every record in order
         # (a key twice: the later wins on replay, as it comes later).
-        operations, dead = splitDead(operations)
+        operations, dead, kept = splitFinished(operations)
         records, removed = collapse(operations)
         rows: List[Tuple[int, bytes]] = []
         if removed:
@@ -333,7 +356,7 @@ class SQLiteJobStore(ThreadedBatchStore):
                 del data
                 rows.extend((ADDS, chunk) for chunk in
                             packBatches(records, len(records), _BATCH_ROW_BYTES))
-        if not rows and not dead:
+        if not rows and not dead and not kept:
             return
         try:
             connection.execute("BEGIN IMMEDIATE")
@@ -345,6 +368,10 @@ class SQLiteJobStore(ThreadedBatchStore):
                         (d.key, d.priority, d.function, d.unique, d.reducer, d.clientId,
                          d.attempts, d.lastError, d.diedAt, d.payloadSize, d.payload)
                         for d in dead])
+                if kept:
+                    connection.executemany(_INSERT_KEPT, [
+                        (k.key, k.function, k.unique, k.status, int(k.kept), k.size,
+                         k.finishedAt, k.expiresAt, k.result) for k in kept])
                 connection.execute("COMMIT")
             except BaseException:
                 if connection.in_transaction:
@@ -504,6 +531,52 @@ class SQLiteJobStore(ThreadedBatchStore):
             return int(self._openConnection().execute("SELECT count(*) FROM dead").fetchone()[0])
         except sqlite3.Error as e:
             raise StoreError(f"{self.description}: {e}") from e
+
+    # Kept results, in the store's thread ---------------------------------------
+
+    def _listKeptInThread(self, limit: Optional[int]) -> List[KeptResult]:
+        query = (f"SELECT {_KEPT_LISTED} FROM kept ORDER BY finished_at DESC, key DESC"
+                 + (" LIMIT ?" if limit is not None else ""))
+        try:
+            return [KeptResult(key, bytes(fn), bytes(unique), status, b"", finishedAt, expiresAt,
+                               bool(kept), size)
+                    for (key, fn, unique, status, kept, size, finishedAt, expiresAt)
+                    in self._openConnection().execute(query, [] if limit is None else [limit])]
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.description}: {e}") from e
+
+    def _getKeptInThread(self, key: int) -> Optional[KeptResult]:
+        try:
+            row = self._openConnection().execute(
+                f"SELECT {_KEPT_LISTED}, result FROM kept WHERE key = ?", (key,)).fetchone()
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.description}: {e}") from e
+        if row is None:
+            return None
+        key, fn, unique, status, kept, size, finishedAt, expiresAt, result = row
+        return KeptResult(key, bytes(fn), bytes(unique), status, bytes(result), finishedAt,
+                          expiresAt, bool(kept), size)
+
+    def _expireKeptInThread(self, now: int) -> int:
+        return self._deleteKept("DELETE FROM kept WHERE expires_at <= ?", [(now,)])
+
+    def _purgeKeptInThread(self, keys: List[int]) -> int:
+        return self._deleteKept("DELETE FROM kept WHERE key = ?", [(key,) for key in keys])
+
+    def _deleteKept(self, statement: str, argsList: List[Tuple[int]]) -> int:
+        connection = self._openConnection()
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                count = sum(connection.execute(statement, args).rowcount for args in argsList)
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.description}: {e}") from e
+        return count
 
     # In the reactor thread -------------------------------------------------
 
