@@ -57,7 +57,7 @@ import errno
 import os
 import sqlite3
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -68,6 +68,8 @@ from txgear.jobs import DeadJob, KeptResult, StoredJob
 from txgear.store._batch import Operation, ThreadedBatchStore, splitFinished
 from txgear.store._record import (collapse, packBatch, packBatches, packKeys, recordOf,
                                   unpackBatch, unpackKeys)
+
+_T = TypeVar("_T")
 
 #: The name recorded in the C{meta} table, telling a txgear queue from any
 #: other SQLite file.
@@ -476,55 +478,40 @@ class SQLiteJobStore(ThreadedBatchStore):
             raise StoreError(f"{self.description}: {e}") from e
 
     def _retryDeadInThread(self, keys: List[int]) -> List[StoredJob]:
-        connection = self._openConnection()
-        try:
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                revived = []
-                for key in keys:
-                    row = connection.execute(
-                        "SELECT key, function, uniq, payload, priority, reducer, client_id"
-                        " FROM dead WHERE key = ?", (key,)).fetchone()
-                    if row is None:
-                        continue
-                    connection.execute("DELETE FROM dead WHERE key = ?", (key,))
-                    key, fn, unique, payload, priority, reducer, clientId = row
-                    revived.append(StoredJob(key, bytes(fn), bytes(unique), bytes(payload),
-                                             priority, 0, bytes(reducer), bytes(clientId)))
-                if revived:
-                    records = [recordOf(job) for job in revived]
-                    for data in packBatches(records, len(records), _BATCH_ROW_BYTES):
-                        connection.execute(_APPEND, (ADDS, data))
-                connection.execute("COMMIT")
-            except BaseException:
-                if connection.in_transaction:
-                    connection.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as e:
-            raise StoreError(f"{self.description}: {e}") from e
+        def revive(connection: sqlite3.Connection) -> List[StoredJob]:
+            revived = []
+            for key in keys:
+                row = connection.execute(
+                    "SELECT key, function, uniq, payload, priority, reducer, client_id"
+                    " FROM dead WHERE key = ?", (key,)).fetchone()
+                if row is None:
+                    continue
+                connection.execute("DELETE FROM dead WHERE key = ?", (key,))
+                key, fn, unique, payload, priority, reducer, clientId = row
+                revived.append(StoredJob(key, bytes(fn), bytes(unique), bytes(payload),
+                                         priority, 0, bytes(reducer), bytes(clientId)))
+            if revived:
+                records = [recordOf(job) for job in revived]
+                for data in packBatches(records, len(records), _BATCH_ROW_BYTES):
+                    connection.execute(_APPEND, (ADDS, data))
+            return revived
+
+        revived = self._transaction(revive)
         self._logged += len(revived)
         self._live += len(revived)
         return revived
 
     def _purgeDeadInThread(self, keys: List[int]) -> int:
-        connection = self._openConnection()
-        try:
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                count = 0
-                for start in range(0, len(keys), 500):
-                    chunk = keys[start:start + 500]
-                    count += connection.execute(
-                        f"DELETE FROM dead WHERE key IN ({','.join('?' * len(chunk))})",
-                        chunk).rowcount
-                connection.execute("COMMIT")
-            except BaseException:
-                if connection.in_transaction:
-                    connection.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as e:
-            raise StoreError(f"{self.description}: {e}") from e
-        return count
+        def purge(connection: sqlite3.Connection) -> int:
+            count = 0
+            for start in range(0, len(keys), 500):
+                chunk = keys[start:start + 500]
+                count += connection.execute(
+                    f"DELETE FROM dead WHERE key IN ({','.join('?' * len(chunk))})",
+                    chunk).rowcount
+            return count
+
+        return self._transaction(purge)
 
     def _countDeadInThread(self) -> int:
         try:
@@ -564,11 +551,16 @@ class SQLiteJobStore(ThreadedBatchStore):
         return self._deleteKept("DELETE FROM kept WHERE key = ?", [(key,) for key in keys])
 
     def _deleteKept(self, statement: str, argsList: List[Tuple[int]]) -> int:
+        return self._transaction(lambda connection: sum(
+            connection.execute(statement, args).rowcount for args in argsList))
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """C{work(connection)} in one immediate transaction, rolled back if it raises."""
         connection = self._openConnection()
         try:
             connection.execute("BEGIN IMMEDIATE")
             try:
-                count = sum(connection.execute(statement, args).rowcount for args in argsList)
+                result = work(connection)
                 connection.execute("COMMIT")
             except BaseException:
                 if connection.in_transaction:
@@ -576,7 +568,7 @@ class SQLiteJobStore(ThreadedBatchStore):
                 raise
         except sqlite3.Error as e:
             raise StoreError(f"{self.description}: {e}") from e
-        return count
+        return result
 
     # In the reactor thread -------------------------------------------------
 
