@@ -309,21 +309,8 @@ class RedisJobStore(ThreadedBatchStore):
         return revived
 
     def _purgeDeadInThread(self, keys: List[int]) -> int:
-        import redis
-        members = [b"%d" % key for key in keys]
-        count = 0
-        try:
-            pipe = self._client.pipeline(transaction=True)
-            for start in range(0, len(members), _CHUNK):
-                chunk = members[start:start + _CHUNK]
-                pipe.hdel(self._deadKey, *chunk)
-                pipe.hdel(self._deadPayloadKey, *chunk)
-                pipe.zrem(self._deadOrderKey, *chunk)
-            if len(pipe):
-                count = sum(pipe.execute()[0::3])
-        except redis.RedisError as e:
-            raise StoreError(f"{self.description}: {e.__class__.__name__}: {e}") from e
-        return count
+        return self._deleteMembers([b"%d" % key for key in keys], self._deadKey,
+                                   self._deadPayloadKey, self._deadOrderKey)
 
     def _countDeadInThread(self) -> int:
         import redis
@@ -375,21 +362,29 @@ class RedisJobStore(ThreadedBatchStore):
         return self._deleteKept([b"%d" % key for key in keys])
 
     def _deleteKept(self, members: List[bytes]) -> int:
+        return self._deleteMembers(members, self._keptKey, self._keptResultKey,
+                                   self._keptExpiryKey)
+
+    def _deleteMembers(self, members: List[bytes], recordKey: bytes, bytesKey: bytes,
+                       orderKey: bytes) -> int:
+        """
+        Delete C{members} from a record hash, its bytes hash and its sorted
+        set, in one transaction; how many records there were.
+        """
         import redis
         count = 0
         try:
             pipe = self._client.pipeline(transaction=True)
             for start in range(0, len(members), _CHUNK):
                 chunk = members[start:start + _CHUNK]
-                pipe.hdel(self._keptKey, *chunk)
-                pipe.hdel(self._keptResultKey, *chunk)
-                pipe.zrem(self._keptExpiryKey, *chunk)
+                pipe.hdel(recordKey, *chunk)
+                pipe.hdel(bytesKey, *chunk)
+                pipe.zrem(orderKey, *chunk)
             if len(pipe):
                 count = sum(pipe.execute()[0::3])
         except redis.RedisError as e:
             raise StoreError(f"{self.description}: {e.__class__.__name__}: {e}") from e
         return count
-
 
 def _packKept(kept: KeptResult) -> bytes:
     """A kept result's record without its bytes (see the module docstring)."""
