@@ -423,3 +423,38 @@ def test_withoutPrometheusClient(monkeypatch):
     body = rendered if isinstance(rendered, bytes) else b"".join(request.written)
     assert request.responseCode == 503
     assert b"pip install 'txgear[http]'" in body
+
+
+def test_keptResultsCountedAndGauged(clock: Clock) -> None:
+    """
+    Kept results: the gauge, kept and not kept (too large), removed by the
+    index limit and by expiry, and idempotent hits, with exact values.
+    """
+    from txgear.server._policy import PolicyTable
+    table = PolicyTable()
+    table.set(b"f", "keep:10s,idempotent:yes")
+    clock.advance(1000)
+    factory = GearmanServerFactory(JobServerState(clock=clock, handlePrefix=b"H:t",
+                                                  policies=table, keepMaxSize=4,
+                                                  keepMaxResults=2))
+    client, worker = Conn(factory), Conn(factory)
+    worker.send(P.CAN_DO, b"f")
+    for unique, result in [(b"a", b"1"), (b"b", b"22"), (b"c", b"too large"), (b"d", b"4")]:
+        client.send(P.SUBMIT_JOB_BG, b"f", unique, b"x")
+        handle, = handles(client, 1)
+        worker.send(P.GRAB_JOB)
+        worker.packets()
+        worker.send(P.WORK_COMPLETE, handle, result)
+    client.send(P.SUBMIT_JOB_BG, b"f", b"d", b"x")  # kept: not run again
+    handles(client, 1)
+    samples = scrape(factory)
+    assert value(samples, "gearman_kept_results") == 2
+    assert value(samples, "gearman_results_kept_total") == 3
+    assert value(samples, "gearman_results_not_kept_total") == 1
+    assert value(samples, "gearman_kept_results_removed_total", reason="limit") == 2
+    assert value(samples, "gearman_kept_results_removed_total", reason="expired") == 0
+    assert value(samples, "gearman_idempotent_hits_total") == 1
+    clock.advance(11)
+    samples = scrape(factory)
+    assert value(samples, "gearman_kept_results") == 0
+    assert value(samples, "gearman_kept_results_removed_total", reason="expired") == 2

@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 
 from txgear._address import parseAddress
 from txgear._admintext import parseWorkers
+from txgear._resultquery import queryResult, showResultCommand
 from txgear._version import __version__
 from txgear.errors import GearmanError, JobException, JobFailed, ServerError, TLSConnectError
 from txgear.jobs import Priority
@@ -627,17 +628,19 @@ ADMIN_COMMANDS: Dict[str, Any] = {
                                      "LAST-ERROR"]),
     "retry-dead": ("retry dead {0}", False, None),
     "purge-dead": ("purge dead {0}", False, None),
+    "result": ("show result {0}", False, None),
 }
 
 
 #: Admin command -> (fewest, most) arguments; the others take none.
 _ADMIN_ARGUMENTS = {"cancel": (1, 1), "maxqueue": (1, 4), "policy": (2, 2), "dead": (0, 1),
-                    "retry-dead": (1, 2), "purge-dead": (0, 1)}
+                    "retry-dead": (1, 2), "purge-dead": (0, 1), "result": (1, 3)}
 _ADMIN_USAGE = {"cancel": "cancel HANDLE", "maxqueue": "maxqueue FUNCTION [N | HIGH NORMAL LOW]",
                 "policy": "policy FUNCTION SPEC  (FUNCTION '*' for the default)",
                 "dead": "dead [FUNCTION]",
                 "retry-dead": "retry-dead HANDLE | retry-dead function FUNCTION",
-                "purge-dead": "purge-dead [FUNCTION]"}
+                "purge-dead": "purge-dead [FUNCTION]",
+                "result": "result HANDLE | result unique FUNCTION UNIQUE"}
 
 #: What a count answering these commands means.
 _COUNTED = {"retry-dead": "retried {0} dead jobs", "purge-dead": "purged {0} dead jobs"}
@@ -693,7 +696,8 @@ def adminParser() -> argparse.ArgumentParser:
     parser.add_argument("command", choices=sorted(ADMIN_COMMANDS),
                         help="status, workers, version, ... (cancel HANDLE, maxqueue FUNCTION "
                              "[N], policy FUNCTION SPEC, dead [FUNCTION], retry-dead HANDLE, "
-                             "retry-dead function FUNCTION, purge-dead [FUNCTION])")
+                             "retry-dead function FUNCTION, purge-dead [FUNCTION], result HANDLE, "
+                             "result unique FUNCTION UNIQUE: a kept result's bytes, raw)")
     parser.add_argument("arguments", nargs="*",
                         help="arguments of cancel/maxqueue/policy/dead/retry-dead/purge-dead")
     return parser
@@ -713,6 +717,8 @@ async def runAdmin(reactor: Any, argv: Sequence[str], stdout: IO[Any] = sys.stdo
             and args.arguments[0] != "function"):
         _say(stderr, f"txgear-admin: {_argumentCountMistake(args.command, args.arguments)}")
         return USAGE
+    if args.command == "result":
+        return await _adminResult(reactor, args, servers, stdout, stderr)
     if "{0}" in line:
         line = line.format(" ".join(args.arguments))
     code = OK
@@ -749,6 +755,49 @@ async def runAdmin(reactor: Any, argv: Sequence[str], stdout: IO[Any] = sys.stdo
         if lines and _isAdminError(lines[0]):
             code = JOB_FAILED
     return code
+
+
+async def _adminResult(reactor: Any, args: Any, servers: List[str], stdout: IO[Any],
+                       stderr: IO[Any]) -> int:
+    """
+    C{txgear-admin result}: the framed C{show result} reply read by size
+    (not by lines), the bytes written raw to stdout. A handle names one
+    server: with several, the first that knows the job answers.
+    """
+    words = args.arguments
+    try:
+        if len(words) == 1:
+            command = showResultCommand(handle=words[0].encode("utf-8"))
+        elif len(words) == 3 and words[0] == "unique":
+            command = showResultCommand(function=words[1].encode("utf-8"),
+                                        unique=words[2].encode("utf-8"))
+        else:
+            raise ValueError(f"use: txgear-admin {_ADMIN_USAGE['result']}")
+    except ValueError as e:
+        _say(stderr, f"txgear-admin: result: {e}")
+        return USAGE
+    errors: List[Tuple[str, str]] = []
+    for server in servers:
+        endpoint = parseAddress(server).endpoint(reactor, timeout=10, tls=args.tls)
+        try:
+            reply = await queryResult(endpoint.connect, reactor, command, timeout=30)
+        except Exception as e:
+            _say(stderr, f"txgear-admin: {server}: {e}")
+            continue
+        if reply.error is None:
+            _write(stdout, reply.data)
+            if reply.status != "complete":
+                _say(stderr, f"txgear-admin: {server}: the job ended with {reply.status}")
+                return JOB_FAILED
+            return OK
+        errors.append((server, reply.errorLine))
+        if reply.error != b"UNKNOWN_JOB":
+            break  # the server that holds the job answered
+    if not errors:
+        return UNREACHABLE
+    server, line = next((e for e in errors if not e[1].startswith("ERR UNKNOWN_JOB")), errors[0])
+    _say(stderr, f"txgear-admin: {server}: {line}")
+    return JOB_FAILED
 
 
 # Entry points

@@ -266,7 +266,8 @@ class GearmanClientProtocol(GearmanPeerProtocol):
             return
         if sub.background:
             server = self.poolServer
-            sub.finish(BackgroundJob(handle, server.name if server is not None else None, sub.unique))
+            sub.finish(BackgroundJob(handle, server.name if server is not None else None, sub.unique,
+                                     sub.function))
             return
         subs = self._byHandle.get(handle)
         if subs is None:

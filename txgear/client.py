@@ -45,6 +45,8 @@ from txgear._pool import PoolServer, PoolService, ServerPool
 if TYPE_CHECKING:
     from txgear._tlsclient import TLSOptions
 from txgear._protocol import toBytes
+from txgear._resultquery import queryResult, showResultCommand
+from txgear._resultwait import ResultWait
 from txgear._submission import DataCallback, StatusCallback, _Submission, makeSubmission
 from txgear.errors import (
     ConnectionLost,
@@ -190,7 +192,74 @@ class GearmanClient(PoolService):
             server accepted the job.
         """
         sub = makeSubmission(function, payload, unique, priority, True, when)
-        return self._start(sub, timeout)
+        return self._start(sub, timeout).addCallback(self._bind)
+
+    def _bind(self, job: BackgroundJob) -> BackgroundJob:
+        job._fetch = self._fetchResult
+        return job
+
+    # Results of background jobs (kept by a keep:TTL policy)
+
+    def backgroundJob(self, handle: Union[bytes, str],
+                      server: Optional[str] = None) -> BackgroundJob:
+        """
+        A background job submitted earlier (by this or another process),
+        named by its handle; call L{BackgroundJob.result} to wait for its
+        kept result.
+
+        @param handle: the job handle (from C{JOB_CREATED}).
+        @param server: the name of the server that gave the handle, one of
+            L{servers}; needed when the client has more than one.
+        @raise ValueError: no C{server} with several servers, or an unknown one.
+        """
+        return self._bind(BackgroundJob(_bytes(handle, "handle"), self._serverOf(server)))
+
+    def backgroundJobByUnique(self, function: Union[bytes, str], unique: Union[bytes, str],
+                              server: Optional[str] = None) -> BackgroundJob:
+        """
+        A background job submitted earlier with a unique id, named by its
+        function and unique; call L{BackgroundJob.result} to wait for its
+        kept result (the live job with that unique, else the kept result).
+
+        @param server: the name of its server; by default the server the
+            unique hashes to, where L{submitBackground} sends it.
+        @raise ValueError: an unknown C{server}, or an empty unique.
+        """
+        function, unique = _bytes(function, "function"), _bytes(unique, "unique")
+        if not unique or unique == b"-":
+            raise ValueError("a job is named by a non-empty unique (not '-')")
+        if server is None:
+            server = self._pool.ringFor(unique)[0].name
+        return self._bind(BackgroundJob(b"", self._serverOf(server), unique, function))
+
+    def _serverOf(self, name: Optional[str]) -> str:
+        if name is None:
+            if len(self._pool.servers) != 1:
+                raise ValueError("a handle names one server: give server= (one of "
+                                 f"{self.servers})")
+            return self._pool.servers[0].name
+        target = self._server(name)
+        assert target is not None
+        return target.name
+
+    def _fetchResult(self, job: BackgroundJob, timeout: Optional[float]) -> Deferred[bytes]:
+        target = self._server(job.server)
+        if target is None:
+            target = self._server(self._serverOf(None))
+        assert target is not None
+        server: PoolServer = target
+        if job.handle:
+            handle = job.handle
+            command = showResultCommand(handle=handle)
+            describe = handle.decode("utf-8", "replace")
+            askStatus = lambda: self._onServer([server], lambda p: p.getStatus(handle))
+        else:
+            unique = job.unique
+            command = showResultCommand(function=job.function, unique=unique)
+            describe = f"{job.function.decode('utf-8', 'replace')}/{unique.decode('utf-8', 'replace')}"
+            askStatus = lambda: self._onServer([server], lambda p: p.getStatusUnique(unique))
+        askResult = lambda: queryResult(server.connectAside, self._clock, command)
+        return ResultWait(askStatus, askResult, self._clock, describe).start(timeout)
 
     def _start(self, sub: _Submission, timeout: Optional[float]) -> Deferred:
         sub.router = self._router

@@ -110,3 +110,30 @@ class StoreSchemaError(StoreError):
     The store holds data in a schema this version does not understand (corrupt,
     or written by another version). Never wiped silently.
     """
+
+
+class ResultNotKept(GearmanError):
+    """
+    A background job finished but its result was not kept: above the
+    server's C{--keep-max-size}. Its status and size are known.
+
+    @ivar status: C{"complete"}, C{"fail"} or C{"exception"}.
+    @ivar size: the size of the result the server did not keep, in bytes.
+    """
+
+    def __init__(self, message: str, status: str = "", size: int = 0) -> None:
+        GearmanError.__init__(self, message)
+        self.message = message
+        self.status = status
+        self.size = size
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ResultUnknown(GearmanError):
+    """
+    The server does not know the job and has no result for it: its function
+    keeps no results (no C{keep:TTL} policy), the result expired, or the
+    handle (or unique) never named a job there.
+    """

@@ -5,7 +5,10 @@ Plain records shared by the server, its stores and the client library.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Optional
+from typing import TYPE_CHECKING, Callable, Optional
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
 
 
 class Priority(IntEnum):
@@ -264,22 +267,58 @@ class JobStatus:
 
 class BackgroundJob:
     """
-    A background job the server accepted.
+    A background job the server accepted, or one named by a client later
+    (L{txgear.client.GearmanClient.backgroundJob},
+    L{txgear.client.GearmanClient.backgroundJobByUnique}).
 
-    @ivar handle: the job handle the server assigned.
+    @ivar handle: the job handle the server assigned; C{b""} for a job
+        named by function and unique only.
     @ivar server: the name (address as given) of the server it lives on;
         pass the whole object to L{GearmanClient.getStatus}.
     @ivar unique: the unique id it was submitted with.
+    @ivar function: the function name, when known (else C{b""}).
     """
 
-    __slots__ = ("handle", "server", "unique")
+    __slots__ = ("handle", "server", "unique", "function", "_fetch")
 
-    def __init__(self, handle: bytes, server: Optional[str], unique: bytes = b"") -> None:
+    def __init__(self, handle: bytes, server: Optional[str], unique: bytes = b"",
+                 function: bytes = b"",
+                 fetch: Optional[Callable[["BackgroundJob", Optional[float]], "Deferred[bytes]"]] = None
+                 ) -> None:
         self.handle = handle
         self.server = server
         self.unique = unique
+        self.function = function
+        self._fetch = fetch
+
+    def result(self, timeout: Optional[float] = None) -> "Deferred[bytes]":
+        """
+        Wait for the job to finish and read its kept result (its function
+        needs a C{keep:TTL} policy on the server; see docs/jobs.md).
+
+        The client polls the job's server with a growing delay (C{GET_STATUS}
+        while it is queued or running, then the admin command C{show result}).
+
+        @param timeout: seconds to wait at most (then C{TimeoutError}); by
+            default it waits as long as the job runs.
+        @return: fires with the result bytes (the C{WORK_COMPLETE} payload);
+            fails with L{txgear.errors.JobFailed} (it ended with C{WORK_FAIL}),
+            L{txgear.errors.JobException} (C{.data}: the exception data),
+            L{txgear.errors.ResultNotKept} (finished, result above the
+            server's size limit), L{txgear.errors.ResultUnknown} (not known
+            and nothing kept: no keep policy, expired, or never there).
+            Cancel it to stop waiting.
+        """
+        if self._fetch is None:
+            from twisted.internet.defer import fail
+
+            return fail(ValueError("this BackgroundJob is not bound to a GearmanClient: use "
+                                   "GearmanClient.submitBackground or GearmanClient.backgroundJob"))
+        return self._fetch(self, timeout)
 
     def __repr__(self) -> str:
+        if not self.handle:
+            return f"BackgroundJob(function={self.function!r}, unique={self.unique!r}, server={self.server!r})"
         return f"BackgroundJob({self.handle!r}, server={self.server!r})"
 
     def __eq__(self, other: object) -> bool:

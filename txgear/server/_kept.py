@@ -62,6 +62,8 @@ class KeptResults:
     @param handlePrefix: handles are C{handlePrefix + key}.
     @param maxSize: results larger than this many bytes are not kept.
     @param maxResults: the index's size limit (0: none).
+    @ivar added: results kept (bytes included) since start.
+    @ivar tooLarge: results recorded without their bytes (above C{maxSize}) since start.
     @ivar dropped: results dropped for the size limit since start.
     @ivar expired: results expired since start.
     @ivar sweepWork: heap entries the sweeps have looked at since start
@@ -78,6 +80,8 @@ class KeptResults:
         self.handlePrefix = handlePrefix
         self.maxSize = maxSize
         self.maxResults = maxResults
+        self.added = 0
+        self.tooLarge = 0
         self.dropped = 0
         self.expired = 0
         self.sweepWork = 0
@@ -107,7 +111,10 @@ class KeptResults:
         kept = size <= self.maxSize
         record = KeptResult(job.key, job.func.name, job.unique, status,
                             result if kept else b"", now, now + int(ttl * 1000), kept, size)
-        if not kept:
+        if kept:
+            self.added += 1
+        else:
+            self.tooLarge += 1
             self._log.info("Result of job {handle!r} not kept: {size} bytes, above "
                            "--keep-max-size {limit}", handle=job.handle, size=size,
                            limit=self.maxSize)

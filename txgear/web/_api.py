@@ -182,6 +182,7 @@ ROUTES: List[Tuple[str, str, str]] = [
     ("GET", "/v1/jobs/{handle}", "getJob"),
     ("DELETE", "/v1/jobs/{handle}", "cancelJob"),
     ("GET", "/v1/jobs/{handle}/events", "jobEvents"),
+    ("GET", "/v1/jobs/{handle}/result", "jobResult"),
     ("GET", "/v1/stats", "stats"),
     ("GET", "/v1/failures", "listFailures"),
     ("GET", "/v1/dead", "listDead"),
@@ -329,7 +330,65 @@ class ApiResource(Resource):
             body["function"] = text(job.func.name)
             body["background"] = bool(job.background)
             body["priority"] = ("high", "normal", "low")[job.priority]
+        elif self._keptResult(requester, body, handle):
+            return jsonBody(request, body, 200)
         return jsonBody(request, body, 200 if known == b"1" else 404)
+
+    def _keptResult(self, requester: Requester, body: Dict[str, Any], handle: bytes) -> bool:
+        """
+        Add the kept result of a finished job C{handle} to C{body} (as
+        C{function} and C{result}), if the requester may see it.
+        """
+        entry = self.api.state.kept.get(handle)
+        if entry is None or not requester.may(INVOKE, entry.function):
+            return False
+        body["handle"] = text(handle)
+        body["function"] = text(entry.function)
+        body["result"] = {"status": entry.status, "size": entry.size, "kept": entry.kept,
+                          "expiresAt": entry.expiresAt / 1000.0}
+        return True
+
+    def jobResult(self, request: Any, parameters: Dict[str, bytes]) -> Any:
+        handle = parameters["handle"]
+        state = self.api.state
+        requester = Requester(request, self.api.factory)
+        found = state.resultOf(handle, lambda function: requester.may(INVOKE, function))
+        if found in (b"RUNNING", b"QUEUED"):
+            return error(request, 409, "the job has not finished",
+                         handle=text(handle), state=found.decode("ascii").lower())
+        if type(found) is bytes:
+            return error(request, 404, "no such job, or no result kept for it",
+                         handle=text(handle))
+        entry = found
+        if not entry.kept:
+            return error(request, 410, "the job finished but its result was not kept "
+                         "(larger than --keep-max-size)", handle=text(handle),
+                         outcome=entry.status, size=entry.size)
+
+        def answer(record: Any) -> None:
+            if request.finished or getattr(request, "_disconnected", False):
+                return
+            if record is None or record.expiresAt <= state.kept.now():
+                body = error(request, 404, "no such job, or no result kept for it",
+                             handle=text(handle))
+            else:
+                body = self.outcomeBody(request, (record.status, handle, record.result))
+            request.setHeader(b"content-length", b"%d" % len(body))
+            request.write(body)
+            request.finish()
+
+        def failed(failure: Any) -> None:
+            state._log.failure("Reading the kept result of {handle!r}", failure, handle=handle)
+            if request.finished or getattr(request, "_disconnected", False):
+                return
+            body = error(request, 500, "the store could not read the result",
+                         handle=text(handle))
+            request.setHeader(b"content-length", b"%d" % len(body))
+            request.write(body)
+            request.finish()
+
+        state.kept.fetch(entry).addCallbacks(answer, failed)
+        return NOT_DONE_YET
 
     def findJob(self, request: Any, parameters: Dict[str, bytes]) -> bytes:
         unique = _param(request, "unique")
@@ -338,10 +397,16 @@ class ApiResource(Resource):
         requester = Requester(request, self.api.factory)
         _, known, running, numerator, denominator, waiting = statusOf(
             self.api.state, unique=unique, visible=self._visible(requester))
-        return jsonBody(request, {"unique": text(unique), "known": known == b"1",
-                                  "running": running == b"1", "numerator": text(numerator),
-                                  "denominator": text(denominator),
-                                  "waiting": int(waiting)}, 200 if known == b"1" else 404)
+        body = {"unique": text(unique), "known": known == b"1", "running": running == b"1",
+                "numerator": text(numerator), "denominator": text(denominator),
+                "waiting": int(waiting)}
+        function = _param(request, "function")
+        if known != b"1" and function:
+            # A kept result is named by function and unique.
+            entry = self.api.state.kept.byUnique(function, unique)
+            if entry is not None and self._keptResult(requester, body, entry.handle):
+                return jsonBody(request, body, 200)
+        return jsonBody(request, body, 200 if known == b"1" else 404)
 
     def cancelJob(self, request: Any, parameters: Dict[str, bytes]) -> bytes:
         handle = parameters["handle"]

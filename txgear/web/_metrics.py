@@ -175,6 +175,28 @@ class ServerCollector:
         dropped.add_metric(["size"], dead.droppedBySize)
         dropped.add_metric(["age"], dead.droppedByAge)
         yield dropped
+        kept = state.kept
+        yield GaugeMetricFamily("gearman_kept_results",
+                                "Results of finished background jobs kept (keep:TTL), "
+                                "unexpired, those recorded without their bytes included.",
+                                value=len(kept))
+        yield CounterMetricFamily("gearman_results_kept",
+                                  "Results of background jobs kept with their bytes since start.",
+                                  value=kept.added)
+        yield CounterMetricFamily("gearman_results_not_kept",
+                                  "Results recorded without their bytes since start (larger "
+                                  "than --keep-max-size).", value=kept.tooLarge)
+        removed = CounterMetricFamily("gearman_kept_results_removed",
+                                      "Kept results removed since start, by reason (limit: "
+                                      "--keep-max-results, expired: their TTL passed).",
+                                      labels=["reason"])
+        removed.add_metric(["limit"], kept.dropped)
+        removed.add_metric(["expired"], kept.expired)
+        yield removed
+        yield CounterMetricFamily("gearman_idempotent_hits",
+                                  "Background submissions answered with the handle of a kept "
+                                  "result instead of running again (idempotent:yes).",
+                                  value=state.idempotentHits)
         storeQueue = state.storeQueue
         yield GaugeMetricFamily("gearman_store_pending_jobs",
                                 "Background jobs handed to the store and not yet durable.",
