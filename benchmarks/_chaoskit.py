@@ -17,8 +17,11 @@ A worker is this file run as a script (C{_chaoskit.py worker ...}); it logs
 each attempt to its own append-only file, one tab-separated line per event:
 C{MONOTONIC WALL EVENT HANDLE UNIQUE [DETAIL]}, EVENT being C{start} or an
 outcome (C{complete}, C{fail}, C{exception} with the error text, C{timeout},
-C{exit}). An outcome is logged just before it is sent (or, for C{exit},
-before the process exits), so a kill between the two counts as the kill's.
+C{exit}), or C{connect} when it has connected to the server. An outcome is
+logged just before it is sent (or, for C{exit}, before the process exits),
+so a kill between the two counts as the kill's. A job belongs to the server
+the worker's connection was made to: a job assigned just before a kill may
+be read, and logged, after it.
 """
 from __future__ import annotations
 
@@ -101,6 +104,7 @@ def runWorker(port: int, logPath: str, seed: int, failRate: float, timeoutMs: in
         except OSError:
             time.sleep(0.1)
             continue
+        _logLine(fd, "connect", b"-", b"-")
         try:
             conn.send(CAN_DO_TIMEOUT, name, str(timeoutMs).encode())
             while True:
@@ -383,13 +387,15 @@ def fetchResults(port: int, handles: Iterable[str]) -> Dict[str, Tuple[str, byte
 class Attempt:
     """One run of a job by a worker, from its log."""
 
-    __slots__ = ("worker", "start", "handle", "unique", "outcome", "logged", "error")
+    __slots__ = ("worker", "start", "handle", "unique", "outcome", "logged", "error", "connected")
 
     def __init__(self, worker: str, start: float, handle: str, unique: str,
                  outcome: Optional[str] = None, logged: Optional[float] = None,
-                 error: str = "") -> None:
+                 error: str = "", connected: Optional[float] = None) -> None:
         self.worker = worker
         self.start = start
+        #: When the worker connected to the server that assigned this run.
+        self.connected = start if connected is None else connected
         self.handle = handle
         self.unique = unique
         self.outcome = outcome
@@ -409,13 +415,16 @@ def parseLog(name: str, text: str) -> List[Attempt]:
     """A worker's log: its attempts in order (an attempt with no outcome line has none)."""
     attempts: List[Attempt] = []
     current: Optional[Attempt] = None
+    connected: Optional[float] = None
     for line in text.splitlines():
         fields = line.split("\t")
         if len(fields) < 5:
             continue  # a line cut by a kill of the worker itself
         mono, event, handle, unique = float(fields[0]), fields[2], fields[3], fields[4]
-        if event == "start":
-            current = Attempt(name, mono, handle, unique)
+        if event == "connect":
+            connected, current = mono, None
+        elif event == "start":
+            current = Attempt(name, mono, handle, unique, connected=connected)
             attempts.append(current)
         elif current is not None and event in OUTCOMES and current.handle == handle:
             current.outcome, current.logged = event, mono
@@ -539,7 +548,7 @@ def check(handles: Dict[str, str], attempts: List[Attempt], kills: List[Tuple[fl
         runs = sorted(byUnique.get(unique, []), key=lambda a: a.start)
         counted: List[Attempt] = []
         for a in runs:
-            k = killAfter(a.start)
+            k = killAfter(a.connected)
             reported = a.reported(timeout)
             if k is not None and (reported is None or reported >= killTimes[k - 1]):
                 report.interrupted[k] = report.interrupted.get(k, 0) + 1
@@ -715,6 +724,8 @@ def run(store: str, jobs: int = 10000, kills: int = 2, workers: int = 32, failRa
                 log(f"kill {len(killed) + 1}: SIGKILL at {at - began:.1f} s with {finished} jobs finished")
                 server.start()
                 killed.append((at, time.monotonic()))
+                with open(os.path.join(workdir, "kills.txt"), "a") as f:
+                    f.write("%.6f\t%.6f\n" % killed[-1])  # monotonic: killed, listening again
                 log(f"  restarted after {killed[-1][1] - at:.1f} s")
                 continue
             if finished != last:

@@ -102,6 +102,29 @@ def test_runsAKillExplainsAreCountedNotReported() -> None:
     assert report.lostOutcomes == {1: 1}
 
 
+def test_aRunReadAfterTheKillBelongsToTheKilledServer() -> None:
+    """
+    A job assigned just before a kill may be read, logged and completed
+    after it: its connection was made before the kill, so the kill cut it,
+    and its run after the restart is not a run after a completion.
+    """
+    text = ("5.0\t1.0\tconnect\t-\t-\t\n"
+            "20.10\t1.0\tstart\tH:x:job-1\tjob-1\t\n"
+            "20.11\t1.0\tcomplete\tH:x:job-1\tjob-1\t\n"
+            "21.0\t1.0\tconnect\t-\t-\t\n"
+            "21.5\t1.0\tstart\tH:x:job-1\tjob-1\t\n"
+            "21.6\t1.0\tcomplete\tH:x:job-1\tjob-1\t\n")
+    runs = chaos.parseLog("w", text)
+    assert [a.connected for a in runs] == [5.0, 21.0]
+    report = checkRuns(runs, kills=[(20.05, 20.9)])
+    assert report.ok, report.problems
+    assert report.interrupted == {1: 1}
+    # Without the connection times (each run's own start), it is a rerun nothing explains.
+    for a in runs:
+        a.connected = a.start
+    assert any("ran again" in p for p in checkRuns(runs, kills=[(20.05, 20.9)]).problems)
+
+
 def test_deadJobMustCarryItsLastError() -> None:
     runs = [attempt("job-1", t, "exception", t + 0.1, "text %d" % t) for t in (0, 10, 20, 30)]
     report = checkRuns(runs, {"job-1": ("H:x:job-1", 4, "text 20")})
