@@ -587,8 +587,8 @@ def check(handles: Dict[str, str], attempts: List[Attempt], kills: List[Tuple[fl
             report.problem(f"{unique}: lost ({handle}): neither completed nor dead, {how}")
 
         # Runs past the limit, and runs after a completion, must be explained by a kill.
-        excuses = [lostBy(a.reported(timeout)) for a in counted[:-1] if a.outcome in FAILURES]
-        excuses = [k for k in excuses if k is not None]
+        maybeLost = [lostBy(a.reported(timeout)) for a in counted[:-1] if a.outcome in FAILURES]
+        excuses = [k for k in maybeLost if k is not None]
         excess = len(counted) - limit if limit else 0
         for _ in range(max(0, excess)):
             if excuses:
