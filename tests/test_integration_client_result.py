@@ -1,6 +1,6 @@
 """
 L{txgear.jobs.BackgroundJob.result} against a real C{twistd gearman}
-process (SQLite store, a keep policy): a binary result, WORK_FAIL, an
+process (each store: SQLite, PostgreSQL, Redis; a keep policy): a binary result, WORK_FAIL, an
 exception with its data, a job read by handle and by unique from another
 client object, a result above the size limit and a function with no keep
 policy. Loopback only, every wait bounded.
@@ -13,6 +13,7 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 
 from tests._peers import freePort, txgearProcess
+from tests._stores import queue  # noqa: F401 (a fixture)
 from tests.test_integration_client import WAIT, closeAll, started, within
 from txgear.client import GearmanClient
 from txgear.errors import JobException, JobFailed, ResultNotKept, ResultUnknown
@@ -30,10 +31,10 @@ async def failsWith(d: Deferred, kind: Any) -> Any:
 
 
 @pytest_twisted.ensureDeferred
-async def test_resultsFromARealServer(tmp_path) -> None:
+async def test_resultsFromARealServer(tmp_path, queue) -> None:
     port = freePort()
     proc = txgearProcess(port=port, cwd=str(tmp_path), extra=[
-        "--queue", f"sqlite:{tmp_path / 'queue.sqlite'}", "--keep-max-size", "20000",
+        "--queue", queue, "--keep-max-size", "20000",
         "--policy", "kept=keep:1h,attempts:1"])
     proc.start(timeout=30)
     address = f"127.0.0.1:{port}"

@@ -1,5 +1,6 @@
 """
-The dead set on a real C{twistd gearman} with the SQLite store: a job that
+The dead set on a real C{twistd gearman} with each store (SQLite,
+PostgreSQL, Redis): a job that
 fails until it is dead, the server killed with SIGKILL and restarted, the
 job still in C{show dead}; C{retry dead} runs it again under its handle and
 unique; the C{txgear-admin} verbs. Bounded waits only, no timed assertions.
@@ -7,6 +8,7 @@ unique; the C{txgear-admin} verbs. Bounded waits only, no timed assertions.
 from __future__ import annotations
 
 from tests._peers import freePort, txgearProcess
+from tests._stores import queue  # noqa: F401 (a fixture)
 from tests._rawclient import RawClient, adminOnce, listing, waitFor
 from tests.test_cli import runScript
 from tests.test_integration_retry import DEADLINE, grabWithin
@@ -17,9 +19,9 @@ def deadLines(port: int) -> list:
     return [line.split(b"\t") for line in listing(adminOnce(port, "show dead"))]
 
 
-def test_deadJobSurvivesKillAndIsRetried(tmp_path) -> None:
+def test_deadJobSurvivesKillAndIsRetried(tmp_path, queue) -> None:
     port = freePort()
-    extra = ["--queue", f"sqlite:{tmp_path / 'queue.sqlite'}",
+    extra = ["--queue", queue,
              "--policy", "flaky=attempts:2,on:fail+exception"]
     proc = txgearProcess(port=port, extra=extra, cwd=str(tmp_path))
     proc.start(timeout=30)

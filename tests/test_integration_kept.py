@@ -1,5 +1,6 @@
 """
-Kept results on a real C{twistd gearman} with the SQLite store: a background
+Kept results on a real C{twistd gearman} with each store (SQLite,
+PostgreSQL, Redis): a background
 job's binary result and another's exception are kept; the server is killed
 with SIGKILL and restarted; C{show result} (by handle and by unique) still
 answers them byte for byte, and an idempotent submission gets the kept
@@ -8,6 +9,7 @@ handle. Bounded waits only, no timed assertions.
 from __future__ import annotations
 
 from tests._peers import freePort, txgearProcess
+from tests._stores import queue  # noqa: F401 (a fixture)
 from tests._rawclient import RawClient
 from tests.test_integration_retry import grabWithin
 from txgear._packet import PacketType as P
@@ -15,9 +17,9 @@ from txgear._packet import PacketType as P
 BINARY = b"\x00result\nOK complete 3\n\r\n\xff" * 100
 
 
-def test_keptResultSurvivesKill(tmp_path) -> None:
+def test_keptResultSurvivesKill(tmp_path, queue) -> None:
     port = freePort()
-    extra = ["--queue", f"sqlite:{tmp_path / 'queue.sqlite'}",
+    extra = ["--queue", queue,
              "--policy", "keepme=keep:1h,idempotent:yes,attempts:1,on:exception"]
     proc = txgearProcess(port=port, extra=extra, cwd=str(tmp_path))
     proc.start(timeout=30)
