@@ -512,6 +512,50 @@ def test_outputOverTheSoftLimitStopsDispatchingInput():
     assert admin.transport.producerState == "producing"
 
 
+def test_adminRepliesTakeABoundedShareOfEachReactorTurn():
+    """
+    A peer asking for long listings over and over (status with many
+    functions) gets at most about ADMIN_TURN_BYTES of replies a reactor turn,
+    the rest in later turns, in order; a bystander is served in between.
+    """
+    from txgear.server._protocol import ADMIN_TURN_BYTES
+
+    class TurnClock(Clock):
+        """Runs, per turn, the calls due when the turn starts (as a reactor does)."""
+
+        def turn(self):
+            for call in [c for c in self.calls if c.getTime() <= self.seconds()]:
+                if call in self.calls:
+                    self.calls.remove(call)
+                    call.called = 1
+                    call.func(*call.args, **call.kw)
+
+    clock = TurnClock()
+    # The default soft limit (1 MiB) is far above a turn's share.
+    factory = GearmanServerFactory(JobServerState(clock=clock, handlePrefix=b"H:t"))
+    for i in range(1000):
+        factory.state.function(b"function-%04d" % i)
+    one = len(b"".join(b"function-%04d\t0\t0\t0\n" % i for i in range(1000))) + 2
+    admin = Conn(factory)
+    admin.sendBytes(b"status\n" * 200)
+    first = admin.text()
+    assert ADMIN_TURN_BYTES < len(first) <= ADMIN_TURN_BYTES + one
+    assert admin.transport.producerState == "paused"  # not read until its next turn
+    bystander = Conn(factory)
+    bystander.send(P.ECHO_REQ, b"hi")
+    assert bystander.packets() == [(P.ECHO_RES, [b"hi"])]
+    got, turns = first, 1
+    while got.count(b"\n.\n") < 200 and turns < 1000:
+        clock.turn()
+        turn = admin.text()
+        assert len(turn) <= ADMIN_TURN_BYTES + one
+        got += turn
+        turns += 1
+    assert got.count(b"\n.\n") == 200 and got.endswith(b"\n.\n")
+    assert turns > 1
+    assert admin.transport.producerState == "producing"
+
+
 def test_longListingLeavesInPiecesAsThePeerReads():
     factory = _ioFactory(outputSoftLimit=8 * 1024)
     for i in range(3000):

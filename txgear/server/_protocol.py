@@ -113,6 +113,14 @@ def _split(body: bytes, kind: int) -> List[bytes]:
 _OUTPUT = "output"    # its output is over the soft limit: its requests would add more
 _LISTING = "listing"  # an admin listing is still being produced for it
 _BUDGET = "budget"    # its unfinished message waits for the partial-packet budget
+_TURN = "turn"        # its admin replies used this reactor turn's share: the rest waits a turn
+
+#: Bytes of admin replies (listings above all) one connection may produce in
+#: one reactor turn; the rest waits for the next turn, so that a peer asking
+#: for long listings over and over never holds the reactor (and every other
+#: peer) for long. Binary packets are not counted: their replies are small
+#: or are the peer's own payloads.
+ADMIN_TURN_BYTES = 128 * 1024
 
 #: Unfinished messages smaller than this never wait for the partial-packet
 #: budget: ordinary requests of bystanders are never held back.
@@ -170,6 +178,7 @@ class GearmanServerProtocol(Protocol):
         # (kinds and bodies alternating, as PacketDecoder.feedFlat gives them).
         self._held: Optional[List[Any]] = None
         self._listing: Optional[Iterator[bytes]] = None
+        self._turnCall: Any = None
         self._reserved = 0
         self._partialSerial = -1
         # The names of its client certificate, once access control asked.
@@ -229,7 +238,7 @@ class GearmanServerProtocol(Protocol):
         if reason not in paused:
             return
         paused.discard(reason)
-        self._stalled = _OUTPUT in paused or _LISTING in paused
+        self._stalled = _OUTPUT in paused or _LISTING in paused or _TURN in paused
         if not paused and not self.transport.disconnecting:
             self.transport.resumeProducing()
 
@@ -239,7 +248,7 @@ class GearmanServerProtocol(Protocol):
 
     def outputDrained(self) -> None:
         self._resume(_OUTPUT)
-        if self._listing is not None:
+        if self._listing is not None and _TURN not in self._pausedFor:
             self._produceListing()
         if (not self._stalled and not self._dispatching and not self.transport.disconnecting
                 and (self._held is not None or self._decoder.bufferedBytes())):
@@ -296,6 +305,8 @@ class GearmanServerProtocol(Protocol):
         transport = self.transport
         packets = self._stats.packetsIn
         roles = _ROLES
+        output = self._output
+        turnStart = output.queued
         # By index: no iterator objects per read (most reads hold one message).
         count = len(messages)
         index = 0
@@ -321,6 +332,9 @@ class GearmanServerProtocol(Protocol):
                     self._stats.roleChanged(self._role, ADMIN)
                     self._role = ADMIN
                 self._adminLine(body)
+                if output.queued - turnStart > ADMIN_TURN_BYTES and not transport.disconnecting:
+                    # This turn's share is used: the rest of the input waits a turn.
+                    self._waitForNextTurn()
             else:
                 self.factory.peerLog.warn(self, "magic", "Response magic on packet {kind} from {peer}",
                                           kind=-kind, peer=self._peer())
@@ -403,6 +417,9 @@ class GearmanServerProtocol(Protocol):
         self._decoder.clear()
         self._held = None
         self._listing = None
+        if self._turnCall is not None:
+            self._turnCall.cancel()
+            self._turnCall = None
         self.__dict__.pop("write", None)
         self.__dict__.pop("writeSequence", None)
         waiters, self._closedWaiters = self._closedWaiters, []
@@ -507,12 +524,38 @@ class GearmanServerProtocol(Protocol):
                 and (self._held is not None or self._decoder.bufferedBytes())):
             self._resumeInput()
 
+    def _waitForNextTurn(self) -> None:
+        """Stop producing and dispatching for this connection until the next reactor turn."""
+        if _TURN in self._pausedFor:
+            return
+        self._pause(_TURN)
+        self._turnCall = self.state.clock.callLater(0, self._nextTurn)
+
+    def _nextTurn(self) -> None:
+        """A new turn: go on with the listing, then with the input that waited."""
+        self._turnCall = None
+        if self.transport.disconnecting:
+            return
+        self._resume(_TURN)
+        if self._listing is not None:
+            self._produceListing()
+        if (not self._stalled and not self._dispatching
+                and (self._held is not None or self._decoder.bufferedBytes())):
+            self._resumeInput()
+
     def _produceListing(self) -> None:
-        """Write pieces of the listing in progress while the output has room."""
+        """
+        Write pieces of the listing in progress while the output has room,
+        at most L{ADMIN_TURN_BYTES} of them a turn.
+        """
         listing = self._listing
         output = self._output
         write = self.session.write
+        turnEnd = output.queued + ADMIN_TURN_BYTES
         while not output.isFull():
+            if output.queued > turnEnd:
+                self._waitForNextTurn()
+                return
             piece = next(listing, None)  # type: ignore[arg-type]
             if piece is None:
                 # Done: the input that waited behind it is dispatched by
