@@ -9,7 +9,7 @@ C{resize}" says more than C{TimeoutError}.
 """
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, Callable, List
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
@@ -74,14 +74,26 @@ def queryStatus(connect: Any, clock: Any, timeout: float = 2.0) -> Deferred[Stat
     @param timeout: seconds before giving up (fails with C{TimeoutError}).
     @return: fires with the table, by function name.
     """
-    answer: Deferred[StatusTable] = Deferred()
-    factory = Factory.forProtocol(lambda: _StatusProtocol(answer))
+    return queryAside(connect, clock, _StatusProtocol, timeout)
+
+
+def queryAside(connect: Any, clock: Any, makeProtocol: Callable[[Deferred], Any],
+               timeout: float) -> Deferred:
+    """
+    One admin query on a connection of its own: C{makeProtocol(answer)}
+    builds the protocol that asks and fires C{answer}.
+
+    @return: fires with what the protocol answered; fails with the
+        connection's failure, or C{TimeoutError} after C{timeout} seconds;
+        cancelling it (or the timeout) stops connecting, or hangs up.
+    """
+    answer: Deferred = Deferred()
+    factory = Factory.forProtocol(lambda: makeProtocol(answer))
     factory.noisy = False
     attempt = connect(factory)
     attempt.addErrback(lambda f: None if answer.called else answer.errback(f))
 
     def giveUp(d: Deferred) -> None:
-        # Called on timeout: stop connecting, or hang up.
         if not attempt.called:
             attempt.cancel()
 
@@ -90,10 +102,10 @@ def queryStatus(connect: Any, clock: Any, timeout: float = 2.0) -> Deferred[Stat
                 proto.transport.abortConnection()
         attempt.addCallback(close)
 
-    result: Deferred[StatusTable] = Deferred(giveUp)
+    result: Deferred = Deferred(giveUp)
     answer.chainDeferred(result)
     result.addTimeout(timeout, clock)
     return result
 
 
-__all__ = ["StatusTable", "queryStatus"]
+__all__ = ["StatusTable", "queryAside", "queryStatus"]

@@ -14,9 +14,10 @@ from __future__ import annotations
 from typing import Any, List, Optional
 
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
+from txgear._adminquery import queryAside
 from txgear.errors import ProtocolError
 
 #: The longest first line read (C{OK <status> <size>} or an C{ERR} line).
@@ -179,25 +180,8 @@ def queryResult(connect: Any, clock: Any, command: bytes, timeout: float = 10.0,
     @return: fires with a L{ShowResultReply} (a result or an C{ERR} line);
         cancelling it hangs up.
     """
-    answer: Deferred[ShowResultReply] = Deferred()
-    factory = Factory.forProtocol(lambda: ShowResultReader(command, answer, maxResult))
-    factory.noisy = False
-    attempt = connect(factory)
-    attempt.addErrback(lambda f: None if answer.called else answer.errback(f))
-
-    def giveUp(d: Deferred) -> None:
-        if not attempt.called:
-            attempt.cancel()
-
-        def close(proto: Any) -> None:
-            if proto is not None and proto.transport is not None:
-                proto.transport.abortConnection()
-        attempt.addCallback(close)
-
-    result: Deferred[ShowResultReply] = Deferred(giveUp)
-    answer.chainDeferred(result)
-    result.addTimeout(timeout, clock)
-    return result
+    return queryAside(connect, clock,
+                      lambda answer: ShowResultReader(command, answer, maxResult), timeout)
 
 
 __all__ = ["DEFAULT_MAX_RESULT", "ShowResultReader", "ShowResultReply", "queryResult",
