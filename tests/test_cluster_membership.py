@@ -21,6 +21,14 @@ from txgear.cluster import (DEFAULT_LEASE, Fence, LeaseLost, Membership, ServerI
                             ServerInfo, fenceCondition, formatShowServers)
 from txgear.errors import StoreError
 
+try:
+    import psycopg  # noqa: F401
+except ImportError:  # PyPy: psycopg has no build for it
+    psycopg = None
+
+# Every test here needs psycopg (even to parse a DSN); a CPython test run has it.
+pytestmark = pytest.mark.skipif(psycopg is None, reason="psycopg is not installed")
+
 
 def _reactor() -> Any:
     from twisted.internet import reactor
