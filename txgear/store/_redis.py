@@ -42,7 +42,7 @@ which the store checks and warns about at start-up.
 from __future__ import annotations
 
 import struct
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import urlsplit, urlunsplit
 
 from zope.interface import implementer
@@ -259,17 +259,11 @@ class RedisJobStore(ThreadedBatchStore):
                           limit: Optional[int]) -> List[DeadJob]:
         import redis
         try:
-            members = self._client.zrange(self._deadOrderKey, 0, -1)
             listed: List[DeadJob] = []
-            for start in range(0, len(members), _CHUNK):
-                chunk = members[start:start + _CHUNK]
-                for member, data in zip(chunk, self._client.hmget(self._deadKey, chunk)):
-                    if data is None:
-                        raise StoreSchemaError(f"{self.description}: dead job {member!r} has no "
-                                               f"record")
-                    entry = _unpackDead(int(member), data)
-                    if function is None or entry.function == function:
-                        listed.append(entry)
+            for member, data in self._records(self._deadOrderKey, self._deadKey, "dead job"):
+                entry = _unpackDead(int(member), data)
+                if function is None or entry.function == function:
+                    listed.append(entry)
         except redis.RedisError as e:
             raise StoreError(f"{self.description}: {e.__class__.__name__}: {e}") from e
         listed.sort(key=lambda d: (-d.diedAt, -d.key))
@@ -324,15 +318,8 @@ class RedisJobStore(ThreadedBatchStore):
     def _listKeptInThread(self, limit: Optional[int]) -> List[KeptResult]:
         import redis
         try:
-            members = self._client.zrange(self._keptExpiryKey, 0, -1)
-            listed: List[KeptResult] = []
-            for start in range(0, len(members), _CHUNK):
-                chunk = members[start:start + _CHUNK]
-                for member, data in zip(chunk, self._client.hmget(self._keptKey, chunk)):
-                    if data is None:
-                        raise StoreSchemaError(f"{self.description}: kept result {member!r} "
-                                               f"has no record")
-                    listed.append(_unpackKept(int(member), data, b""))
+            listed = [_unpackKept(int(member), data, b"") for member, data
+                      in self._records(self._keptExpiryKey, self._keptKey, "kept result")]
         except redis.RedisError as e:
             raise StoreError(f"{self.description}: {e.__class__.__name__}: {e}") from e
         listed.sort(key=lambda k: (-k.finishedAt, -k.key))
@@ -364,6 +351,18 @@ class RedisJobStore(ThreadedBatchStore):
     def _deleteKept(self, members: List[bytes]) -> int:
         return self._deleteMembers(members, self._keptKey, self._keptResultKey,
                                    self._keptExpiryKey)
+
+    def _records(self, orderKey: bytes, recordKey: bytes,
+                 what: str) -> Iterator[Tuple[bytes, bytes]]:
+        """Each member of a sorted set with its record from a hash, read in chunks."""
+        members = self._client.zrange(orderKey, 0, -1)
+        for start in range(0, len(members), _CHUNK):
+            chunk = members[start:start + _CHUNK]
+            for member, data in zip(chunk, self._client.hmget(recordKey, chunk)):
+                if data is None:
+                    raise StoreSchemaError(f"{self.description}: {what} {member!r} has no "
+                                           f"record")
+                yield member, data
 
     def _deleteMembers(self, members: List[bytes], recordKey: bytes, bytesKey: bytes,
                        orderKey: bytes) -> int:

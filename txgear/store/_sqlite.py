@@ -341,8 +341,6 @@ class SQLiteJobStore(ThreadedBatchStore):
             raise
 
     def _writeInThread(self, operations: List[Operation]) -> None:
-        connection = self._connection
-        assert connection is not None
         # Disjoint sets when there is a remove; else every record in order
         # (a key twice: the later wins on replay, as it comes later).
         operations, dead, kept = splitFinished(operations)
@@ -360,27 +358,21 @@ class SQLiteJobStore(ThreadedBatchStore):
                             packBatches(records, len(records), _BATCH_ROW_BYTES))
         if not rows and not dead and not kept:
             return
-        try:
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                for row in rows:
-                    connection.execute(_APPEND, row)
-                if dead:
-                    connection.executemany(_INSERT_DEAD, [
-                        (d.key, d.priority, d.function, d.unique, d.reducer, d.clientId,
-                         d.attempts, d.lastError, d.diedAt, d.payloadSize, d.payload)
-                        for d in dead])
-                if kept:
-                    connection.executemany(_INSERT_KEPT, [
-                        (k.key, k.function, k.unique, k.status, int(k.kept), k.size,
-                         k.finishedAt, k.expiresAt, k.result) for k in kept])
-                connection.execute("COMMIT")
-            except BaseException:
-                if connection.in_transaction:
-                    connection.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as e:
-            raise StoreError(f"{self.description}: {e}") from e
+
+        def write(connection: sqlite3.Connection) -> None:
+            for row in rows:
+                connection.execute(_APPEND, row)
+            if dead:
+                connection.executemany(_INSERT_DEAD, [
+                    (d.key, d.priority, d.function, d.unique, d.reducer, d.clientId,
+                     d.attempts, d.lastError, d.diedAt, d.payloadSize, d.payload)
+                    for d in dead])
+            if kept:
+                connection.executemany(_INSERT_KEPT, [
+                    (k.key, k.function, k.unique, k.status, int(k.kept), k.size,
+                     k.finishedAt, k.expiresAt, k.result) for k in kept])
+
+        self._transaction(write)
         self._logged += len(records) + len(removed)
         # An estimate: a remove of an unknown key or an add of a stored one
         # (the server does neither) makes it drift until the next compaction.
