@@ -90,6 +90,15 @@ def formatWorkers(rows: Iterable[Tuple[bytes, bytes, bytes, Sequence[bytes]]]) -
     return b"".join(out) + END
 
 
+def formatClusterStatus(rows: Iterable[Tuple[bytes, int, int]]) -> bytes:
+    """
+    C{show cluster status}: C{FUNCTION\tQUEUED\tCLAIMED} per function of the
+    cluster's shared queue (queued for any server; claimed by one).
+    """
+    return b"".join(b"%s\t%d\t%d\n" % (escape(name), queued, claimed)
+                    for name, queued, claimed in rows) + END
+
+
 def formatShowJobs(rows: Iterable[Tuple[bytes, int, int, int]]) -> bytes:
     """C{show jobs}: C{HANDLE\\tRETRIES\\tIGNORE\\tPERSISTED} per job."""
     return b"".join(b"%s\t%d\t%d\t%d\n" % (escape(handle), retries, ignore, persisted)

@@ -185,6 +185,14 @@ class Options(PluginOptions):
         ["queue", "q", None, "Where background jobs are kept: sqlite:PATH (a file, relative to the "
                              "working directory), postgresql:<dsn>, redis:<url>, or memory (lost on "
                              "restart). [default: sqlite:txgear-queue.sqlite]"],
+        ["cluster", None, None, "Share the background jobs of --queue postgresql:<dsn> with the "
+                                "other servers of the cluster NAME (see docs/cluster.md)."],
+        ["cluster-id", None, None, "This server's stable id in its cluster "
+                                   "[default: <hostname>:<first port>]."],
+        ["cluster-lease", None, 6.0, "Seconds a server's lease lasts; a dead server's jobs run "
+                                     "elsewhere within about this plus --cluster-poll.", float],
+        ["cluster-poll", None, 1.0, "Seconds between claim and reclaim polls of a cluster "
+                                    "member.", float],
     ])
 
     def __init__(self) -> None:
@@ -263,6 +271,16 @@ class Options(PluginOptions):
             raise usage.UsageError("--max-function-name must be at least 1")
         if self["queue"] is not None:
             _checkQueue(self["queue"])
+        if self["cluster"] is not None:
+            from txgear.cluster._setup import clusterProblem, defaultServerId
+            problem = clusterProblem(self["cluster"], self["queue"], self["cluster-lease"],
+                                     self["cluster-poll"])
+            if problem:
+                raise usage.UsageError(problem)
+            if not self["cluster-id"]:
+                self["cluster-id"] = defaultServerId(self["ports"])
+            elif len(self["cluster-id"]) > 200 or not self["cluster-id"].isprintable():
+                raise usage.UsageError("--cluster-id: at most 200 printable characters")
         if self["output-soft-limit"] < 4096:
             raise usage.UsageError("--output-soft-limit must be at least 4096")
         room = self["max-packet-size"] + ARGUMENT_ALLOWANCE + self["output-soft-limit"]
@@ -344,7 +362,15 @@ def makeService(options: Any, reactor: Any = None) -> IService:
     prefix: Optional[bytes] = None
     if options["job-handle-prefix"]:
         prefix = options["job-handle-prefix"].encode("utf-8")
-    store = _makeStore(options["queue"], reactor)
+    cluster = options.get("cluster")
+    if cluster:
+        from txgear.cluster._setup import makeClusterStore
+        store, _ = makeClusterStore(options["queue"], cluster, options["cluster-id"], reactor,
+                                    lease=options["cluster-lease"])
+        if prefix is None:
+            prefix = b"H:" + cluster.encode("ascii")
+    else:
+        store = _makeStore(options["queue"], reactor)
     state = JobServerState(clock=reactor, handlePrefix=prefix, jobRetries=options["job-retries"],
                            roundRobin=options["round-robin"], workerWakeup=options["worker-wakeup"],
                            store=store, onEmptied=reclaimer(),
@@ -353,6 +379,9 @@ def makeService(options: Any, reactor: Any = None) -> IService:
                            deadMaxAge=options["dead-max-age"],
                            keepMaxSize=options["keep-max-size"],
                            keepMaxResults=options["keep-max-results"])
+    if cluster:
+        from txgear.cluster._setup import joinCluster
+        joinCluster(state, store, clock=reactor, poll=options["cluster-poll"])
     if store is None:
         _log.warn("The queue is memory: background jobs are lost when the server stops "
                   "(--queue sqlite:PATH keeps them)")

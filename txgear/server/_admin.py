@@ -107,6 +107,14 @@ class AdminCommands:
             return _inPieces(deadRows, text.formatDead), None
         if what[0] == b"result":
             return self.showResult(args[1:]), None
+        if what == [b"servers"] or what == [b"cluster", b"status"]:
+            cluster = self.state.cluster
+            if cluster is None:
+                return text.err(b"NOT_A_CLUSTER", b"This server is not a member of a cluster"), None
+            if what == [b"servers"]:
+                return cluster.showServers().addErrback(self._clusterFailed), None
+            return cluster.clusterStatus().addCallbacks(
+                text.formatClusterStatus, self._clusterFailed), None
         if what == [b"policies"]:
             return _inPieces(iter(list(self.state.policies.rows())), text.formatPolicies), None
         if what == [b"unique", b"jobs"]:
@@ -151,6 +159,11 @@ class AdminCommands:
             return text.err(b"STORE_ERROR")
 
         return d.addCallbacks(framed, failed)
+
+    def _clusterFailed(self, failure: Any) -> bytes:
+        self.state._log.warn("Admin query of the cluster failed: {error}",
+                             error=failure.getErrorMessage())
+        return text.err(b"STORE_ERROR")
 
     def command_cancel(self, word: bytes, args: List[bytes]) -> Tuple[bytes, Optional[str]]:
         if len(args) < 2:

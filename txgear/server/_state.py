@@ -55,7 +55,7 @@ from txgear.server._stats import (CANCELLED as OUT_CANCELLED, COMPLETE as OUT_CO
                                   DEAD as OUT_DEAD, EXCEPTION as OUT_EXCEPTION, FAIL as OUT_FAIL,
                                   LOST as OUT_LOST, RETRIED as OUT_RETRIED,
                                   TIMEOUT as OUT_TIMEOUT, FunctionStats, ServerStats)
-from txgear.server._storequeue import ERR_NOT_STORED, StoreQueue, StoreState
+from txgear.server._storequeue import ERR_NOT_STORED, LaterReply, StoreQueue, StoreState
 
 #: A policy's outcome -> the metrics' count of jobs that ended so for good.
 _OUTCOME_COUNTED = {LOST: OUT_LOST, TIMEOUT: OUT_TIMEOUT, FAIL: OUT_FAIL, EXCEPTION: OUT_EXCEPTION}
@@ -406,6 +406,8 @@ class JobServerState:
         # Jobs some worker holds, and who waits for there to be none (a stop).
         self.runningCount = 0
         self._noneRunningWaiters: List[Deferred[None]] = []
+        #: The L{txgear.cluster.ClusterCoordinator} of a cluster member, else C{None}.
+        self.cluster: Any = None
 
     # -- the lifecycle -----------------------------------------------------
 
@@ -916,8 +918,11 @@ class JobServerState:
             storeQueue.write(job)
 
     def _jobsStored(self, batch: List[Job]) -> None:
+        cluster = self.cluster
         for job in batch:
             if job.state == PENDING:
+                if cluster is not None and not cluster.keepStored(job):
+                    continue  # another server of the cluster runs it
                 self._makeRunnable(job)
             elif job.state == DONE:
                 # Finished (cancelled) while being written: forget it again.
@@ -925,7 +930,10 @@ class JobServerState:
                 job.payload = b""
 
     def _jobsNotStored(self, batch: List[Job]) -> None:
+        cluster = self.cluster
         for job in batch:
+            if cluster is not None and job.state == PENDING:
+                cluster.notStored(job)
             if job.state == PENDING:
                 if job.clients:
                     # Foreground clients also wait on it: keep it as a memory job.
@@ -945,9 +953,22 @@ class JobServerState:
         given (priority, then submission), each under its old handle.
         Returns how many were created.
         """
+        return self._load(stored, False)
+
+    def adoptClaimed(self, claimed: Sequence[Any]) -> int:
+        """
+        Take in background jobs this server claimed from its cluster's
+        shared queue (L{txgear.cluster.ClaimedJob}s, each under its cluster
+        handle). A job whose previous server died while running it (C{lost})
+        has that attempt counted as a lost worker's, under its retry policy.
+        Returns how many were taken in.
+        """
+        return self._load(claimed, True)
+
+    def _load(self, stored: Sequence[Any], claimed: bool) -> int:
         count = 0
         for record in stored:
-            if record.key >= self._nextKey:
+            if not claimed and record.key >= self._nextKey:
                 self._nextKey = record.key + 1
             function = self.function(record.function)
             unique = record.unique
@@ -961,6 +982,10 @@ class JobServerState:
                 self._log.warn("Stored job {key!r} loaded twice; ignoring the copy", key=record.key)
                 self._forgetIfUnused(function)
                 continue
+            if claimed and coalesceKey is not None and function.uniques \
+                    and coalesceKey in function.uniques:
+                # A local foreground job has its unique: the cluster's job runs all the same.
+                coalesceKey = None
             if coalesceKey is not None and function.uniques and coalesceKey in function.uniques:
                 self._log.warn("Stored job {key!r} duplicates unique {unique!r}; dropping it",
                                key=record.key, unique=unique)
@@ -980,7 +1005,10 @@ class JobServerState:
             self.jobs[handle] = job
             if coalesceKey is not None:
                 self._index(job, coalesceKey)
-            self._makeRunnable(job)
+            if claimed and getattr(record, "lost", False):
+                self._attemptEnded(job, LOST, b"server lost")
+            else:
+                self._makeRunnable(job)
             count += 1
         if len(self.jobs) >= LARGE_QUEUE:
             self._largeQueue = True
@@ -1015,8 +1043,12 @@ class JobServerState:
             job = self._pickAmong(session, functions)
         if job is None:
             session.write(_NO_JOB)
+            if self.cluster is not None:
+                self.cluster.grabbed(session, None)
             return
         self._assign(session, job, kind)
+        if self.cluster is not None:
+            self.cluster.grabbed(session, job)
 
     def _pickAmong(self, session: Session, functions: List[Function]) -> Optional[Job]:
         count = len(functions)
@@ -1464,8 +1496,18 @@ class JobServerState:
 
     def getStatus(self, session: Session, handle: bytes,
                   visible: Optional[Callable[[Job], bool]] = None) -> None:
-        """GET_STATUS; a job C{visible} refuses is answered as unknown."""
+        """
+        GET_STATUS; a job C{visible} refuses is answered as unknown. A
+        cluster member asks the shared queue about a cluster handle it does
+        not hold (when no access list restricts what the session sees).
+        """
         job = self.jobs.get(handle)
+        if job is None and visible is None and self.cluster is not None:
+            key = self.cluster.ownsHandle(handle)
+            if key is not None:
+                self._answerRemotely(session, self.cluster.remoteStatus(key, None),
+                                     PacketType.STATUS_RES, handle)
+                return
         if job is None or (visible is not None and not visible(job)):
             session.write(encodeResponse(PacketType.STATUS_RES, handle, b"0", b"0", b"0", b"0"))
             return
@@ -1481,6 +1523,10 @@ class JobServerState:
         if jobs:
             job = next(iter(jobs)) if visible is None else next(filter(visible, jobs), None)
         if job is None:
+            if visible is None and self.cluster is not None and unique:
+                self._answerRemotely(session, self.cluster.remoteStatus(None, unique),
+                                     PacketType.STATUS_RES_UNIQUE, unique)
+                return
             session.write(encodeResponse(PacketType.STATUS_RES_UNIQUE, unique,
                                          b"0", b"0", b"0", b"0", b"0"))
             return
@@ -1488,6 +1534,51 @@ class JobServerState:
                                      b"1" if job.state == RUNNING else b"0",
                                      job.numerator, job.denominator,
                                      b"%d" % len(job.clients)))
+
+    def _answerRemotely(self, session: Session, found: "Deferred[Any]", kind: int,
+                        key: bytes) -> None:
+        """
+        Answer a status request from the cluster's shared queue: the reply
+        is held in the session's order until C{found} fires with a
+        L{txgear.cluster.RemoteStatus} (a failure answers unknown).
+        """
+        reply = LaterReply()
+        storeQueue: StoreQueue = self.storeQueue  # type: ignore[assignment]
+        storeQueue.holdReply(session, reply)
+
+        def answer(status: Any) -> None:
+            known = b"1" if status is not None and status.known else b"0"
+            running = b"1" if status is not None and status.running else b"0"
+            fields = [key, known, running, b"0", b"0"]
+            if kind == PacketType.STATUS_RES_UNIQUE:
+                fields.append(b"0")
+            reply.resolve(encodeResponse(kind, *fields))
+            storeQueue.releaseReplies()
+
+        def failed(failure: Any) -> None:
+            self._log.warn("Status of {key!r} from the cluster failed: {error}", key=key,
+                           error=failure.getErrorMessage())
+            answer(None)
+        found.addCallbacks(answer, failed)
+
+    def dropClaimed(self) -> int:
+        """
+        The cluster lease was lost: forget every stored background job held
+        here without writing anything about them (other servers run them
+        again). Running ones are taken from their workers (what those still
+        send is dropped quietly); foreground clients attached to one get
+        WORK_FAIL. Returns how many jobs were dropped.
+        """
+        count = 0
+        for job in list(self.jobs.values()):
+            if job.storeState is not _S_STORED or job.state == DONE:
+                continue
+            count += 1
+            job.storeState = _S_NONE
+            if job.state == RUNNING and job.worker is not None:
+                job.worker._drop(job.handle)
+            self._finish(job, _H_WORK_FAIL + len(job.handle).to_bytes(4, "big") + job.handle)
+        return count
 
     def attach(self, session: Session, handle: bytes) -> bool:
         """

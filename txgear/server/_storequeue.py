@@ -42,6 +42,24 @@ class StoreState(IntEnum):
 NONE, WRITING, STORED, FAILED = StoreState.NONE, StoreState.WRITING, StoreState.STORED, StoreState.FAILED
 
 
+class LaterReply:
+    """
+    A reply held in a session's order until it is known (a status the
+    cluster's shared queue gives): L{WRITING} until L{resolve}.
+    """
+
+    __slots__ = ("storeState", "packet")
+
+    def __init__(self) -> None:
+        self.storeState = WRITING
+        self.packet = b""
+
+    def resolve(self, packet: bytes) -> None:
+        """The reply is C{packet}; send it with the replies it held back."""
+        self.packet = packet
+        self.storeState = STORED
+
+
 class StoreQueue:
     """
     Batches background jobs to an L{txgear.interfaces.IJobStore} and holds
@@ -170,7 +188,9 @@ def _flushReplies(session: Any, stats: Any = None) -> bool:
             state = item.storeState
             if state is WRITING:
                 return False
-            if state is FAILED:
+            if type(item) is LaterReply:
+                item = item.packet
+            elif state is FAILED:
                 item = item.storeError
                 if stats is not None and not session.closed:
                     stats.errorSent(item)
@@ -184,4 +204,4 @@ def _flushReplies(session: Any, stats: Any = None) -> bool:
     return True
 
 
-__all__ = ["StoreQueue", "StoreState"]
+__all__ = ["LaterReply", "StoreQueue", "StoreState"]
