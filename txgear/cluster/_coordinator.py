@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from txgear._log import logger
 from txgear.cluster._membership import formatShowServers
 from txgear.cluster._store import KEY_BITS, ClusterJobStore
-from txgear.server._state import DONE
+from txgear.server._state import DONE, PENDING
 from txgear.server._storequeue import NONE, STORED
 
 #: Seconds between polls (claims for idle workers, reclaiming dead servers' jobs).
@@ -83,6 +83,8 @@ class ClusterCoordinator:
         self._hungry: Dict[Any, None] = {}
         # New jobs written claimed by this server, not yet stored, per function.
         self._claimedPending: Dict[Any, int] = {}
+        # Their keys, and their functions.
+        self._claimedKeys: Dict[int, Any] = {}
         self._claiming = False
         self._again = False
         self._roundCall: Any = None
@@ -144,27 +146,28 @@ class ClusterCoordinator:
             claim = function.queued + pending < prefetchOf(function.workers)
         if claim:
             self._claimedPending[function] = self._claimedPending.get(function, 0) + 1
+            self._claimedKeys[job.key] = function
         return claim
 
     def keepStored(self, job: Any) -> bool:
         """
-        The new background C{job}'s batch is stored: C{True} if it runs
-        here; else it was dropped here (queued for any server, or the same
-        unique is another job of the cluster, whose handle its submitters
-        get).
+        The background C{job}'s batch is stored: C{True} if it runs (or
+        ran) here; else it was dropped here (queued for any server, or the
+        same unique is another job of the cluster, whose handle its
+        submitters get).
         """
-        self._unpend(job.func)
+        self._unpend(job.key)
         claimed, holder = self.store.takeOutcome(job.key)
         if claimed:
             return True
-        state = self.state
-        if job.clients:
-            # A foreground client attached meanwhile: it runs here as a local job.
+        if job.clients or job.state != PENDING:
+            # A foreground client waits on it here, or it was one already:
+            # it runs here as a local job, and the cluster's copy elsewhere.
             job.background = False
             job.storeState = NONE
             return True
         job.storeState = NONE  # not held here: nothing to remove from the store
-        state._move(job, DONE)
+        self.state._move(job, DONE)
         if holder is not None:
             # Its submitters' held JOB_CREATED names the cluster's job.
             job.handle = self.handlePrefix + b"%d" % holder
@@ -172,10 +175,13 @@ class ClusterCoordinator:
 
     def notStored(self, job: Any) -> None:
         """The new job's batch failed."""
-        self._unpend(job.func)
+        self._unpend(job.key)
         self.store.forgetOutcome(job.key)
 
-    def _unpend(self, function: Any) -> None:
+    def _unpend(self, key: int) -> None:
+        function = self._claimedKeys.pop(key, None)
+        if function is None:
+            return
         count = self._claimedPending.get(function, 0)
         if count > 1:
             self._claimedPending[function] = count - 1
@@ -278,10 +284,11 @@ class ClusterCoordinator:
         d.addCallbacks(self._claimedJobs, self._claimFailed)
         d.addBoth(self._roundEnded)
 
-    def _claimedJobs(self, jobs: List[Any]) -> None:
+    def _claimedJobs(self, claimed: Any) -> None:
+        generation, jobs = claimed
         if not jobs:
             return
-        if self.membership.generation is None:
+        if self.membership.generation != generation:
             return  # lost meanwhile: the rows go back with the stale generation
         self.claimed += len(jobs)
         self.state.adoptClaimed(jobs)

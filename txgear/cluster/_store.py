@@ -129,6 +129,8 @@ class ClusterJobStore(PostgresJobStore):
         self._unclaimed: Set[int] = set()
         # Jobs whose unique another job of the cluster holds: local key -> that key.
         self._coalesced: Dict[int, int] = {}
+        # Keys of new jobs whose batch has not been answered yet.
+        self._inserting: Set[int] = set()
 
     # Reactor side ----------------------------------------------------------
 
@@ -178,11 +180,17 @@ class ClusterJobStore(PostgresJobStore):
         now = int(time.time() * 1000)
         decide = self.decideClaim
         unclaimed = self._unclaimed
+        inserting = self._inserting
         for job in jobs:
-            update = job.storeState == STORED  # a retry of a job held here
-            claimed = True if update else bool(decide(job))
-            if not claimed:
-                unclaimed.add(job.key)
+            # A retry of a job held here (or whose insert is on its way).
+            update = job.storeState == STORED or job.key in inserting
+            if update:
+                claimed = True
+            else:
+                claimed = bool(decide(job))
+                inserting.add(job.key)
+                if not claimed:
+                    unclaimed.add(job.key)
             dueAt = max(job.when * 1000, job.retryAt)
             records.append((job.key, job.priority, job.function, job.unique, job.payload,
                             job.when, job.reducer, job.clientId, job.attempts, job.retryAt,
@@ -199,6 +207,7 @@ class ClusterJobStore(PostgresJobStore):
         whether it was written claimed by this server, and the key of the
         job of the cluster that holds its unique, if another one does.
         """
+        self._inserting.discard(key)
         coalesced = self._coalesced.pop(key, None)
         if key in self._unclaimed:
             self._unclaimed.discard(key)
@@ -207,13 +216,16 @@ class ClusterJobStore(PostgresJobStore):
 
     def forgetOutcome(self, key: int) -> None:
         """The batch of C{key} failed: nothing to read about it."""
+        self._inserting.discard(key)
         self._unclaimed.discard(key)
         self._coalesced.pop(key, None)
 
-    def claim(self, wanted: Dict[bytes, int]) -> "Deferred[List[ClaimedJob]]":
+    def claim(self, wanted: Dict[bytes, int]) -> "Deferred[Tuple[int, List[ClaimedJob]]]":
         """
         Claim up to C{wanted[function]} queued jobs of each function, due
         now, by priority then age, skipping rows other servers are claiming.
+
+        @return: fires with the lease generation they are claimed under, and the jobs.
         """
         return self._deadCall(self._claimInThread, dict(wanted))
 
@@ -432,15 +444,20 @@ class ClusterJobStore(PostgresJobStore):
                 finished[item.key] = item if previous is None else (previous, item)
             else:
                 raise AssertionError(f"unexpected operation {kind!r}")
+        if self.membership.generation is None and not inserts:
+            return  # nothing held here can be written about any more
         fence = self._fence()
         connection = self._connect()
         try:
             with connection.cursor() as cursor:
-                cursor.execute(self._sql["fenceHolds"], fence)
-                if not cursor.fetchone()[0]:
-                    from txgear.cluster._membership import LeaseLost
-                    raise LeaseLost(f"{self.description}: the lease of generation"
-                                    f" {fence['fence_generation']} is not live")
+                if inserts:
+                    # New jobs are refused (their submitters hear so) rather than
+                    # written under a lease that is no longer live.
+                    cursor.execute(self._sql["fenceHolds"], fence)
+                    if not cursor.fetchone()[0]:
+                        from txgear.cluster._membership import LeaseLost
+                        raise LeaseLost(f"{self.description}: the lease of generation"
+                                        f" {fence['fence_generation']} is not live")
                 queuedAny, coalesced = self._insertInThread(cursor, inserts, fence)
                 if retried:
                     cursor.executemany(self._sql["retried"], [dict(
@@ -528,7 +545,7 @@ class ClusterJobStore(PostgresJobStore):
                 (k.key, k.function, k.unique, k.status, k.kept, k.size, k.finishedAt,
                  k.expiresAt, k.result) for k in kept])
 
-    def _claimInThread(self, wanted: Dict[bytes, int]) -> List[ClaimedJob]:
+    def _claimInThread(self, wanted: Dict[bytes, int]) -> Tuple[int, List[ClaimedJob]]:
         import psycopg
         fence = self._fence()
         now = int(time.time() * 1000)
@@ -551,7 +568,7 @@ class ClusterJobStore(PostgresJobStore):
         except psycopg.Error as e:
             raise self._failed(e) from e
         claimed.sort(key=lambda job: (job.priority, job.key))
-        return claimed
+        return fence["fence_generation"], claimed
 
     def _reclaimInThread(self, deleteServersAfter: float) -> Tuple[int, int]:
         import psycopg

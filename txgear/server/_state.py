@@ -920,9 +920,9 @@ class JobServerState:
     def _jobsStored(self, batch: List[Job]) -> None:
         cluster = self.cluster
         for job in batch:
+            if cluster is not None and not cluster.keepStored(job):
+                continue  # another server of the cluster runs it
             if job.state == PENDING:
-                if cluster is not None and not cluster.keepStored(job):
-                    continue  # another server of the cluster runs it
                 self._makeRunnable(job)
             elif job.state == DONE:
                 # Finished (cancelled) while being written: forget it again.
@@ -932,7 +932,7 @@ class JobServerState:
     def _jobsNotStored(self, batch: List[Job]) -> None:
         cluster = self.cluster
         for job in batch:
-            if cluster is not None and job.state == PENDING:
+            if cluster is not None:
                 cluster.notStored(job)
             if job.state == PENDING:
                 if job.clients:
