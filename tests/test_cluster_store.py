@@ -319,3 +319,28 @@ def test_showServersAndClusterStatus(cluster):
     from txgear._admintext import formatClusterStatus
     rows = yield wait(b.coordinator.clusterStatus())
     assert formatClusterStatus(rows) == b"f\\x01\t1\t0\n.\n"
+
+
+@pytest_twisted.inlineCallbacks
+def test_metricsSayWhatIsLocalAndWhatIsClusterWide(cluster):
+    pytest.importorskip("prometheus_client")
+    from prometheus_client.exposition import generate_latest
+
+    from txgear.web._metrics import metricsRegistry
+    a = yield cluster.member("a")
+    b = yield cluster.member("b")
+    client, cpeer = a.connect()
+    a.state.submit(client, b"f", b"", b"x", background=True)
+    yield until(created(cpeer), "JOB_CREATED")
+    registry = metricsRegistry(b.state, None, _reactor())
+    generate_latest(registry)  # the first scrape starts the look at the shared queue
+
+    def scraped() -> bytes:
+        return generate_latest(registry)
+    yield until(lambda: b'gearman_cluster_jobs_queued{function="f"} 1.0' in scraped(),
+                "the cluster-wide gauge")
+    text = scraped()
+    assert b"gearman_cluster_lease_valid 1.0" in text
+    assert b"gearman_cluster_jobs_claimed_total 0.0" in text
+    # Local gauges count what this server holds: nothing.
+    assert b'gearman_function_jobs_queued{function="f"' not in text

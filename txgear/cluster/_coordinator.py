@@ -94,6 +94,9 @@ class ClusterCoordinator:
         self._listener: Optional[threading.Thread] = None
         self._stopListening = threading.Event()
         self.running = False
+        self._counts: List[Any] = []
+        self._countedAt = float("-inf")
+        self._counting = False
         state.cluster = self
         store.decideClaim = self.decideClaim
         store.onOpened = self.start
@@ -139,7 +142,8 @@ class ClusterCoordinator:
         function = job.func
         if job.clients:
             claim = True
-        elif not function.workers:
+        elif not function.workers or job.when > self.clock.seconds() + self.poll:
+            # Nobody here runs it, or not now: any server takes it when it is due.
             claim = False
         else:
             pending = self._claimedPending.get(function, 0)
@@ -235,6 +239,28 @@ class ClusterCoordinator:
     def clusterStatus(self) -> Deferred[List[Any]]:
         """Per function: jobs queued for any server and jobs claimed, cluster-wide."""
         return self.store.queuedCounts()
+
+    def recentCounts(self) -> List[Any]:
+        """
+        L{clusterStatus} as of the last look, for a synchronous reader (the
+        metrics); starts a new look if that one is older than a second.
+        """
+        now = self.clock.seconds()
+        if not self._counting and now - self._countedAt >= 1.0 and self.running:
+            self._counting = True
+
+            def counted(rows: List[Any]) -> None:
+                self._counts = rows
+                self._countedAt = self.clock.seconds()
+
+            def failed(failure: Failure) -> None:
+                self._log.warn("Counting the cluster's jobs failed: {error}",
+                               error=failure.getErrorMessage())
+
+            d = self.clusterStatus()
+            d.addCallbacks(counted, failed)
+            d.addBoth(lambda _: setattr(self, "_counting", False))
+        return self._counts
 
     # Claiming ----------------------------------------------------------------
 

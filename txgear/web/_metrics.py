@@ -201,6 +201,37 @@ class ServerCollector:
         yield GaugeMetricFamily("gearman_store_pending_jobs",
                                 "Background jobs handed to the store and not yet durable.",
                                 value=storeQueue.pending if storeQueue is not None else 0)
+        if state.cluster is not None:
+            yield from self._collectCluster(state.cluster)
+
+    @staticmethod
+    def _collectCluster(cluster: Any) -> Iterator[Metric]:
+        """A cluster member's own counters, and the shared queue as of the last look."""
+        yield GaugeMetricFamily("gearman_cluster_lease_valid",
+                                "1 while this server holds a live cluster lease (by its clock).",
+                                value=1 if cluster.membership.leaseValid() else 0)
+        yield CounterMetricFamily("gearman_cluster_jobs_claimed",
+                                  "Jobs this server claimed from the shared queue.",
+                                  value=cluster.claimed)
+        yield CounterMetricFamily("gearman_cluster_jobs_reclaimed",
+                                  "Jobs of servers without a live lease this server returned "
+                                  "to the shared queue.", value=cluster.reclaimed)
+        yield CounterMetricFamily("gearman_cluster_jobs_dropped",
+                                  "Jobs this server dropped because its lease was lost.",
+                                  value=cluster.dropped)
+        queued = GaugeMetricFamily("gearman_cluster_jobs_queued",
+                                   "Jobs of the whole cluster queued for any server, by "
+                                   "function (as of the previous scrape, at most 1 s old).",
+                                   labels=["function"])
+        claimed = GaugeMetricFamily("gearman_cluster_jobs_held",
+                                    "Jobs of the whole cluster claimed by some server, by "
+                                    "function (as of the previous scrape, at most 1 s old).",
+                                    labels=["function"])
+        for name, queuedCount, claimedCount in cluster.recentCounts():
+            queued.add_metric([functionLabel(name)], queuedCount)
+            claimed.add_metric([functionLabel(name)], claimedCount)
+        yield queued
+        yield claimed
 
 
 def metricsRegistry(state: Any, factory: Any, clock: Any) -> CollectorRegistry:
