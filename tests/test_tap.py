@@ -560,3 +560,32 @@ def test_twistdGearmanPolicyMistake(tmp_path):
     assert code == 2 and out == ""
     assert err == ("twistd gearman: --policy 'f=on:crash': unknown outcome 'crash': choose among "
                    "lost+timeout+fail+exception (see twistd gearman --help)\n")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--cluster", "c1"], "needs --queue postgresql"),
+    (["--cluster", "c1", "--queue", "sqlite:q.db"], "needs --queue postgresql"),
+    (["--cluster", "bad name", "--queue", "postgresql:host=x"], "letters, digits"),
+    (["--cluster", "c" * 65, "--queue", "postgresql:host=x"], "letters, digits"),
+    (["--cluster", "c1", "--queue", "postgresql:host=x", "--cluster-lease", "1"], "at least 1.5"),
+    (["--cluster", "c1", "--queue", "postgresql:host=x", "--cluster-poll", "0"], "positive"),
+    (["--cluster", "c1", "--queue", "postgresql:host=x", "--cluster-id", "a\nb"], "printable"),
+])
+def test_clusterOptionsAreCheckedBeforeStart(argv, message):
+    pytest.importorskip("psycopg")
+    with pytest.raises(usage.UsageError, match=message):
+        parse(*argv)
+
+
+def test_clusterServiceUsesTheClusterHandlesAndStore():
+    pytest.importorskip("psycopg")
+    from txgear.cluster._store import ClusterJobStore
+    options = parse("--cluster", "prod", "--queue", "postgresql:host=127.0.0.1 dbname=x",
+                    "--port", "tcp:4999")
+    assert options["cluster-id"].endswith(":4999")
+    service = _makeService("--cluster", "prod", "--queue", "postgresql:host=127.0.0.1 dbname=x",
+                           "--cluster-id", "gear-a")
+    state = service.state
+    assert isinstance(state.store, ClusterJobStore) and state.handlePrefix == b"H:prod:"
+    assert state.cluster is not None and state.cluster.membership.serverId == "gear-a"
+    assert state.cluster.membership.lease == 6.0 and state.cluster.poll == 1.0
