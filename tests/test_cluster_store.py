@@ -344,3 +344,24 @@ def test_metricsSayWhatIsLocalAndWhatIsClusterWide(cluster):
     assert b"gearman_cluster_jobs_claimed_total 0.0" in text
     # Local gauges count what this server holds: nothing.
     assert b'gearman_function_jobs_queued{function="f"' not in text
+
+
+def test_aFailureEveryTickIsLoggedOnceUntilItWorksAgain():
+    from twisted.logger import capturedLogs
+
+    from txgear.cluster._coordinator import ClusterCoordinator
+    from txgear.cluster._setup import makeClusterStore
+    store, _ = makeClusterStore("postgresql:host=127.0.0.1 dbname=x", "c1", "a")
+    coordinator = ClusterCoordinator(JobServerState(clock=task.Clock(), store=store), store,
+                                     clock=task.Clock(), listen=False)
+    with capturedLogs() as events:
+        for _ in range(3):
+            coordinator._trouble("reclaim", "Reclaiming failed: {error}", error="down")
+        coordinator._fine("claim", "Claiming jobs")  # never failed: nothing to say
+        coordinator._fine("reclaim", "Reclaiming jobs")
+        coordinator._trouble("reclaim", "Reclaiming failed: {error}", error="down again")
+    texts = [e["log_format"].format(**{k: v for k, v in e.items() if not k.startswith("log_")})
+             for e in events]
+    assert texts == ["Reclaiming failed: down (logged once until it works again)",
+                     "Reclaiming jobs works again",
+                     "Reclaiming failed: down again (logged once until it works again)"]

@@ -97,6 +97,7 @@ class ClusterCoordinator:
         self._counts: List[Any] = []
         self._countedAt = float("-inf")
         self._counting = False
+        self._troubles: Dict[str, None] = {}
         state.cluster = self
         store.decideClaim = self.decideClaim
         store.onOpened = self.start
@@ -210,8 +211,8 @@ class ClusterCoordinator:
             self._wantRound()
 
     def _startFailed(self, failure: Failure, job: Any) -> None:
-        self._log.warn("Could not mark job {handle!r} started: {error}", handle=job.handle,
-                       error=failure.getErrorMessage())
+        self._trouble("started", "Could not mark jobs started: {error}",
+                      error=failure.getErrorMessage())
 
     def ownsHandle(self, handle: bytes) -> Optional[int]:
         """The key of a handle of this cluster, else C{None}."""
@@ -250,12 +251,13 @@ class ClusterCoordinator:
             self._counting = True
 
             def counted(rows: List[Any]) -> None:
+                self._fine("count", "Counting the cluster's jobs")
                 self._counts = rows
                 self._countedAt = self.clock.seconds()
 
             def failed(failure: Failure) -> None:
-                self._log.warn("Counting the cluster's jobs failed: {error}",
-                               error=failure.getErrorMessage())
+                self._trouble("count", "Counting the cluster's jobs failed: {error}",
+                              error=failure.getErrorMessage())
 
             d = self.clusterStatus()
             d.addCallbacks(counted, failed)
@@ -311,6 +313,7 @@ class ClusterCoordinator:
         d.addBoth(self._roundEnded)
 
     def _claimedJobs(self, claimed: Any) -> None:
+        self._fine("claim", "Claiming jobs")
         generation, jobs = claimed
         if not jobs:
             return
@@ -322,8 +325,8 @@ class ClusterCoordinator:
         self._again = True
 
     def _claimFailed(self, failure: Failure) -> None:
-        self._log.warn("Claiming jobs of cluster {cluster!r} failed: {error}",
-                       cluster=self.store.cluster, error=failure.getErrorMessage())
+        self._trouble("claim", "Claiming jobs of cluster {cluster!r} failed: {error}",
+                      cluster=self.store.cluster, error=failure.getErrorMessage())
 
     def _roundEnded(self, _: Any) -> None:
         self._claiming = False
@@ -355,6 +358,7 @@ class ClusterCoordinator:
         self._log.warn("Taking a new key block failed: {error}", error=failure.getErrorMessage())
 
     def _reclaimedJobs(self, counts: Any) -> None:
+        self._fine("reclaim", "Reclaiming jobs of dead servers")
         count, started = counts
         if count:
             self.reclaimed += count
@@ -363,11 +367,24 @@ class ClusterCoordinator:
                            count=count, cluster=self.store.cluster, started=started)
 
     def _reclaimFailed(self, failure: Failure) -> None:
-        self._log.warn("Reclaiming jobs of dead servers failed: {error}",
-                       error=failure.getErrorMessage())
+        self._trouble("reclaim", "Reclaiming jobs of dead servers failed: {error}",
+                      error=failure.getErrorMessage())
 
     def _reclaimEnded(self, _: Any) -> None:
         self._reclaiming = False
+
+    # Troubles ----------------------------------------------------------------
+
+    def _trouble(self, what: str, message: str, **fields: Any) -> None:
+        """Log the first failure of C{what} in a row (a database away fails every tick)."""
+        if what in self._troubles:
+            return
+        self._troubles[what] = None
+        self._log.warn(message + " (logged once until it works again)", **fields)
+
+    def _fine(self, what: str, doing: str) -> None:
+        if self._troubles.pop(what, 0) is None:
+            self._log.info("{doing} works again", doing=doing)
 
     # Lease lost ------------------------------------------------------------------
 
@@ -390,6 +407,7 @@ class ClusterCoordinator:
                 with psycopg.connect(self.store._conninfo, autocommit=True) as connection:
                     connection.execute(sql.SQL("LISTEN {}").format(
                         sql.Identifier(self.store.channel)))
+                    reactor.callFromThread(self._fine, "listen", "LISTEN for cluster jobs")
                     while not stop.is_set():
                         for notify in connection.notifies(timeout=0.5):
                             if notify.payload == self.store.cluster:
@@ -398,8 +416,8 @@ class ClusterCoordinator:
                                 break
             except Exception as e:
                 if not stop.is_set():
-                    reactor.callFromThread(self._log.warn, "LISTEN for cluster jobs failed: "
-                                           "{error}; polling meanwhile", error=str(e))
+                    reactor.callFromThread(self._trouble, "listen", "LISTEN for cluster jobs "
+                                           "failed: {error}; polling meanwhile", error=str(e))
                     stop.wait(1.0)
 
     def stopped(self) -> Deferred[None]:
