@@ -365,3 +365,30 @@ def test_aFailureEveryTickIsLoggedOnceUntilItWorksAgain():
     assert texts == ["Reclaiming failed: down (logged once until it works again)",
                      "Reclaiming jobs works again",
                      "Reclaiming failed: down again (logged once until it works again)"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_aLocalCopyKeptForAForegroundClientBecomesTheClusterJobWhenClaimed(cluster):
+    a = yield cluster.member("a")
+    # As if the foreground client attached after the batch left: written queued.
+    a.store.decideClaim = lambda job: False
+    background, bpeer = a.connect()
+    foreground, fpeer = a.connect()
+    a.state.submit(background, b"f", b"u", b"x", background=True)
+    a.state.submit(foreground, b"f", b"u", b"x")
+    yield until(created(bpeer), "JOB_CREATED")
+    handle = handleOf(bpeer)
+    job = a.state.jobs[handle]
+    assert job.clients == [foreground] and not job.background and job.storeState == 0
+    assert cluster.rows()[0][1] == 0  # queued for any server
+    worker, wpeer = a.worker()
+    a.state.grab(worker)  # the local copy is queued here
+    [(kind, args)] = wpeer.take()
+    assert (kind, args[0]) == (P.JOB_ASSIGN_UNIQ, handle)
+    a.state.grab(worker)  # nothing else: a claims the row, which is this very job
+    assert wpeer.take() == [(P.NO_JOB, [])]
+    yield until(lambda: cluster.rows()[0][1] == 1, "the row claimed by a")
+    assert a.state.jobs[handle] is job and job.background and job.storeState == 2
+    a.state.workEnd(worker, P.WORK_COMPLETE, handle, handle + b"\0r")
+    assert [p[0] for p in fpeer.take()] == [P.JOB_CREATED, P.WORK_COMPLETE]
+    yield until(lambda: cluster.rows() == [], "the row deleted")

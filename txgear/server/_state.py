@@ -977,6 +977,14 @@ class JobServerState:
             if unique:
                 coalesceKey = unique if unique != b"-" else (
                     (b"-", record.payload) if record.payload else None)
+            if claimed and handle in self.jobs:
+                local = self.jobs[handle]
+                if local.storeState is _S_NONE and local.state != DONE:
+                    # Its local copy (kept for a foreground client) becomes the cluster's job.
+                    local.background = True
+                    local.storeState = _S_STORED
+                    count += 1
+                    continue
             if handle in self.jobs:
                 # Not removed: the store would remove the first one, by key.
                 self._log.warn("Stored job {key!r} loaded twice; ignoring the copy", key=record.key)
