@@ -375,6 +375,12 @@ class ThreadedBatchStore:
 
     def _written(self, result: Any, batch: List[Tuple[Operation, Deferred[None]]]) -> None:
         self._writing = False
+        # The writes that waited behind this batch go to the thread before
+        # this batch's callbacks run: the store writes while the reactor
+        # answers for this one. Their order is kept (they were issued first;
+        # what the callbacks issue goes to the batch after).
+        if self._pending:
+            self._flush()
         if isinstance(result, Failure):
             count = sum(len(items) if isAdd is True else 1 for (isAdd, items), _ in batch)
             self._log.warn("Writing {count} changes to job store {store} failed: {error}",
@@ -393,6 +399,8 @@ class ThreadedBatchStore:
         else:
             for _, d in batch:
                 d.callback(None)
+        if self._writing:
+            return
         if self._pending:
             self._flush()
         elif self._state == "closing":
