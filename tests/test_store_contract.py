@@ -939,6 +939,34 @@ def test_postgresOutageFailsWritesThenRecovers(postgresBackend: PostgresBackend)
 
 
 @pytest_twisted.inlineCallbacks
+def test_postgresOneStatementBatchesLeaveTransactionsOn(postgresBackend: PostgresBackend) -> Any:
+    """
+    A batch of adds only, or of removes only, is written in autocommit mode;
+    the connection is back to transactions afterwards, also after an add of a
+    stored key (written again with its replacement), so that a mixed batch
+    stays one transaction.
+    """
+    store = postgresBackend.make()
+    yield wait(store.open())
+    modes: List[bool] = []
+    original = store._writeBatch
+
+    def spy(connection: Any, *args: Any, **kwargs: Any) -> None:
+        modes.append(connection.autocommit)
+        original(connection, *args, **kwargs)
+
+    store._writeBatch = spy
+    yield wait(store.addMany([job(1), job(2), job(3)]))
+    yield wait(store.remove(job(2)))
+    yield wait(store.add(job(1, payload=b"again")))
+    yield wait(defer.gatherResults([store.remove(job(3)), store.add(job(4))]))
+    assert modes == [True, True, True, False, False]
+    assert store._connection.autocommit is False
+    yield wait(store.close())
+    assert (yield reload(postgresBackend)) == [job(1, payload=b"again"), job(4)]
+
+
+@pytest_twisted.inlineCallbacks
 def test_redisUnreachable(redisBackend: RedisBackend) -> Any:
     store = redisBackend.make(url=f"redis://127.0.0.1:{freePort()}/0", connectTimeout=3)
     with pytest.raises(StoreError, match="onnect"):
