@@ -586,10 +586,10 @@ def test_oneTransactionPerTurnAndWritesQueueBehind(sqliteBackend: SQLiteBackend)
 @pytest_twisted.inlineCallbacks
 def test_nextBatchStartsBeforeCallbacks(sqliteBackend: SQLiteBackend) -> Any:
     """
-    When a batch is written, the writes that waited behind it are handed to
-    the store's thread before the batch's callbacks run (so the store writes
-    while the reactor answers); what those callbacks issue goes to the batch
-    after, in order.
+    When a batch is written, the store's thread takes the writes that waited
+    behind it before the batch's callbacks run (so the store writes while the
+    reactor answers); what those callbacks issue goes to the batch after, in
+    order.
     """
     store = sqliteBackend.make()
     yield wait(store.open())
