@@ -584,6 +584,52 @@ def test_oneTransactionPerTurnAndWritesQueueBehind(sqliteBackend: SQLiteBackend)
 
 
 @pytest_twisted.inlineCallbacks
+def test_nextBatchStartsBeforeCallbacks(sqliteBackend: SQLiteBackend) -> Any:
+    """
+    When a batch is written, the store's thread takes the writes that waited
+    behind it before the batch's callbacks run (so the store writes while the
+    reactor answers); what those callbacks issue goes to the batch after, in
+    order.
+    """
+    store = sqliteBackend.make()
+    yield wait(store.open())
+    batches: List[List[Any]] = []
+    entered, gate = threading.Event(), threading.Event()
+    original = store._writeInThread
+
+    def spy(operations: List[Any]) -> None:
+        batches.append(operations)
+        if len(batches) == 1:
+            entered.set()
+            gate.wait(TIMEOUT)
+        original(operations)
+
+    store._writeInThread = spy
+    seen: List[Any] = []
+    issued: List[defer.Deferred] = []
+
+    def firstWritten(_: Any) -> None:
+        seen.append((store._writing, len(store._pending)))
+        issued.append(store.remove(job(2)))
+
+    try:
+        first = store.add(job(1)).addCallback(firstWritten)
+        while not entered.is_set():
+            yield deferLater(_reactor(), 0.01, lambda: None)
+        second = store.add(job(2))
+        yield turn()
+    finally:
+        gate.set()
+    yield wait(defer.gatherResults([first, second]))
+    yield wait(defer.gatherResults(issued))
+    assert seen == [(True, 0)]
+    assert [[(isAdd, len(items) if isAdd else items) for isAdd, items in b] for b in batches] == [
+        [(True, 1)], [(True, 1)], [(False, 2)]]
+    yield wait(store.close())
+    assert [j.key for j in (yield reload(sqliteBackend))] == [1]
+
+
+@pytest_twisted.inlineCallbacks
 def test_addManyIsOnePendingEntry(sqliteBackend: SQLiteBackend) -> Any:
     """
     C{addMany} queues one entry (one list of records, one Deferred), not one
@@ -890,6 +936,34 @@ def test_postgresOutageFailsWritesThenRecovers(postgresBackend: PostgresBackend)
     finally:
         yield proxy.stop()
     assert (yield reload(postgresBackend)) == [job(4)]
+
+
+@pytest_twisted.inlineCallbacks
+def test_postgresOneStatementBatchesLeaveTransactionsOn(postgresBackend: PostgresBackend) -> Any:
+    """
+    A batch of adds only, or of removes only, is written in autocommit mode;
+    the connection is back to transactions afterwards, also after an add of a
+    stored key (written again with its replacement), so that a mixed batch
+    stays one transaction.
+    """
+    store = postgresBackend.make()
+    yield wait(store.open())
+    modes: List[bool] = []
+    original = store._writeBatch
+
+    def spy(connection: Any, *args: Any, **kwargs: Any) -> None:
+        modes.append(connection.autocommit)
+        original(connection, *args, **kwargs)
+
+    store._writeBatch = spy
+    yield wait(store.addMany([job(1), job(2), job(3)]))
+    yield wait(store.remove(job(2)))
+    yield wait(store.add(job(1, payload=b"again")))
+    yield wait(defer.gatherResults([store.remove(job(3)), store.add(job(4))]))
+    assert modes == [True, True, True, False, False]
+    assert store._connection.autocommit is False
+    yield wait(store.close())
+    assert (yield reload(postgresBackend)) == [job(1, payload=b"again"), job(4)]
 
 
 @pytest_twisted.inlineCallbacks

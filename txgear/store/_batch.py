@@ -14,9 +14,16 @@ Before a batch is written, each C{add}/C{addMany} is checked for a record
 no store can hold (L{recordsProblem}); such a call fails on its own and the
 rest of the batch is written. A batch that fails while being written (a full
 disk, a lost connection) fails as a whole.
+
+When a batch is written, the store's thread takes the writes that waited
+behind it at once (under a lock shared with the reactor thread, which only
+appends) and writes them, without waiting for the reactor to hand them
+over; each batch's outcome goes back to the reactor in order. The thread
+stops at a dead-set call, which the reactor runs on its own as before.
 """
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -111,8 +118,14 @@ class ThreadedBatchStore:
         self._reactor = reactor
         self._pool: Optional[ThreadPool] = None
         self._state = "new"  # opening, open, closing, releasing, closed
+        # Appended to by the reactor thread; taken from by the reactor thread
+        # (a first batch, a dead-set call) and by the store's thread (the
+        # batches after it): both under _lock.
         self._pending: List[Tuple[Operation, Deferred[None]]] = []
+        self._lock = threading.Lock()
         self._flushCall: Any = None
+        # Set and cleared by the reactor thread only: a batch or call is in
+        # the store's thread.
         self._writing = False
         self._closeWaiters: List[Deferred[None]] = []
         self._shutdownTrigger: Any = None
@@ -199,9 +212,11 @@ class ThreadedBatchStore:
         if self._state != "open":
             return fail(StoreError(f"{self.description}: the store is not open"))
         d: Deferred[None] = Deferred()
-        self._pending.append(((True, [(job.key, job.priority, job.function, job.unique, job.payload,
-                                       job.when, job.reducer, job.clientId, job.attempts,
-                                       job.retryAt, job.lastError) for job in jobs]), d))
+        entry = ((True, [(job.key, job.priority, job.function, job.unique, job.payload, job.when,
+                          job.reducer, job.clientId, job.attempts, job.retryAt, job.lastError)
+                         for job in jobs]), d)
+        with self._lock:
+            self._pending.append(entry)
         if self._flushCall is None and not self._writing:
             self._flushCall = self._reactor.callLater(0, self._flush)
         return d
@@ -315,16 +330,16 @@ class ThreadedBatchStore:
         return released
 
     def _deadCall(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        d = self._enqueue((CALL, (function, args)))
-        if not d.called:
-            self._calls += 1
-        return d
+        return self._enqueue((CALL, (function, args)))
 
     def _enqueue(self, operation: Operation) -> Deferred[Any]:
         if self._state != "open":
             return fail(StoreError(f"{self.description}: the store is not open"))
         d: Deferred[Any] = Deferred()
-        self._pending.append((operation, d))
+        with self._lock:
+            self._pending.append((operation, d))
+            if operation[0] == CALL:
+                self._calls += 1
         if self._flushCall is None and not self._writing:
             self._flushCall = self._reactor.callLater(0, self._flush)
         return d
@@ -335,24 +350,62 @@ class ThreadedBatchStore:
             call.cancel()
         if self._writing or not self._pending:
             return
-        if self._calls:
+        with self._lock:
             pending = self._pending
             (kind, item), d = pending[0]
             if kind == CALL:
                 del pending[0]
                 self._calls -= 1
-                self._writing = True
-                function, args = item
-                called = self._callInThread(function, *args)
-                called.addBoth(self._called, d)
-                return
+            else:
+                batch = self._takeWrites()
+        self._writing = True
+        if kind == CALL:
+            function, args = item
+            called = self._callInThread(function, *args)
+            called.addBoth(self._called, d)
+            return
+        assert self._pool is not None
+        self._pool.callInThread(self._writeBatches, batch)
+
+    def _takeWrites(self) -> List[Tuple[Operation, Deferred[None]]]:
+        """
+        With C{_lock} held: take the pending writes up to the first dead-set
+        call (none if it comes first).
+        """
+        pending = self._pending
+        if self._calls:
             end = next(i for i, ((kind, _), _) in enumerate(pending) if kind == CALL)
             batch, self._pending = pending[:end], pending[end:]
         else:
-            batch, self._pending = self._pending, []
-        self._writing = True
-        written = self._callInThread(self._writeValid, [operation for operation, _ in batch])
-        written.addBoth(self._written, batch)
+            batch, self._pending = pending, []
+        return batch
+
+    def _writeBatches(self, batch: List[Tuple[Operation, Deferred[None]]]) -> None:
+        """
+        In the store's thread: write C{batch}, then each batch of the writes
+        issued meanwhile, until none is left or a dead-set call comes first;
+        each batch's outcome is handed to the reactor thread, in order.
+        """
+        while batch:
+            try:
+                result: Any = self._guard(self._writeValid, [operation for operation, _ in batch])
+            except BaseException:
+                result = Failure()
+            following: List[Tuple[Operation, Deferred[None]]] = []
+            if self._keepWriting():
+                with self._lock:
+                    following = self._takeWrites()
+            self._reactor.callFromThread(self._written, result, batch, not following)
+            batch = following
+
+    def _keepWriting(self) -> bool:
+        """
+        In the store's thread, after a batch: whether it may go on with the
+        writes issued meanwhile (else the reactor thread flushes them once it
+        has the batch's outcome). For subclasses with work of their own to run
+        between batches.
+        """
+        return True
 
     def _writeValid(self, operations: List[Operation]) -> Dict[int, str]:
         """
@@ -373,8 +426,13 @@ class ThreadedBatchStore:
             self._writeInThread(operations)
         return problems
 
-    def _written(self, result: Any, batch: List[Tuple[Operation, Deferred[None]]]) -> None:
-        self._writing = False
+    def _written(self, result: Any, batch: List[Tuple[Operation, Deferred[None]]],
+                 last: bool) -> None:
+        """
+        A batch was written (or failed: C{result} is a L{Failure}): fire its
+        Deferreds. If it was the store's thread's C{last}, what is pending
+        now (issued by these callbacks, or a dead-set call) is flushed.
+        """
         if isinstance(result, Failure):
             count = sum(len(items) if isAdd is True else 1 for (isAdd, items), _ in batch)
             self._log.warn("Writing {count} changes to job store {store} failed: {error}",
@@ -393,6 +451,9 @@ class ThreadedBatchStore:
         else:
             for _, d in batch:
                 d.callback(None)
+        if not last:
+            return
+        self._writing = False
         if self._pending:
             self._flush()
         elif self._state == "closing":

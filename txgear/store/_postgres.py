@@ -4,8 +4,11 @@ The PostgreSQL job store (C{--queue postgresql:<dsn>}), with psycopg 3 in the
 store's own thread.
 
 A batch is one transaction: one C{DELETE} of the keys it removes (by arrays of
-keys), then one binary C{COPY} of the added rows straight into the jobs table,
-so a burst of submits costs one round trip or two. An add of a key that is
+keys), then one binary C{COPY} of the added rows straight into the jobs table.
+A batch that is one statement alone (only adds: the C{COPY}; only removes: the
+C{DELETE}) runs in autocommit mode, a transaction of its own without the
+round trips of C{BEGIN} and C{COMMIT}: a burst of submits costs two round
+trips, a burst of finished jobs one. An add of a key that is
 already stored (a retried add) makes the C{COPY} fail on the primary key:
 the batch is then written again, deleting the keys it adds first. A lost connection fails the
 batch in flight with L{StoreError}; the next batch reconnects.
@@ -334,8 +337,15 @@ class PostgresJobStore(ThreadedBatchStore):
         records = lastOfEachKey(records)
         connection = self._connect()
         try:
+            replace = False
+            if not (dead or kept or (records and removed)) and len(removed) <= _CHUNK_ROWS:
+                # One statement (a COPY, or a DELETE): it commits on its own,
+                # without the round trips of BEGIN and COMMIT.
+                replace = not self._writeAlone(connection, records, removed)
+                if not replace:
+                    return
             try:
-                self._writeBatch(connection, records, removed, replace=False)
+                self._writeBatch(connection, records, removed, replace=replace)
             except psycopg.errors.UniqueViolation:
                 # An add of a key already stored (a retried add): write the
                 # batch again, deleting the keys it adds first.
@@ -354,6 +364,24 @@ class PostgresJobStore(ThreadedBatchStore):
             connection.commit()
         except psycopg.Error as e:
             raise self._failed(e) from e
+
+    def _writeAlone(self, connection: Any, records: List[Record], removed: List[int]) -> bool:
+        """
+        Write a batch that is one statement in autocommit mode.
+
+        @return: C{False} if an added key is already stored (nothing was
+            written: the batch must be written with C{replace}).
+        """
+        import psycopg
+        connection.autocommit = True
+        try:
+            self._writeBatch(connection, records, removed, replace=False)
+        except psycopg.errors.UniqueViolation:
+            return False
+        finally:
+            if not connection.closed and not getattr(connection, "broken", False):
+                connection.autocommit = False
+        return True
 
     def _writeBatch(self, connection: Any, records: List[Record], removed: List[int],
                     replace: bool) -> None:

@@ -72,6 +72,10 @@ FORMAT_VERSION = 2
 _HEADER = struct.Struct(">BqqIIIIIII")
 _HEADER_V1 = struct.Struct(">BqIIIII")
 
+#: The fixed header in front of a packed record's fields, for writers that
+#: pack records inline (see L{packRecord}).
+RECORD_HEADER = _HEADER
+
 #: The size of the fixed header in front of the fields.
 HEADER_SIZE = _HEADER.size
 HEADER_SIZE_V1 = _HEADER_V1.size

@@ -34,7 +34,10 @@ the kept results'. A version 2, 3 or 4 queue is migrated when opened by
 setting its version to 5 (its format 1 records are still read; it has no
 dead set or kept results yet).
 
-A batch is one pipelined C{MULTI}/C{EXEC}. C{add} fires once
+A batch is one C{MULTI}/C{EXEC} transaction, sent at once on a connection
+kept for batches; its commands are encoded here, in one pass over the
+records, rather than argument by argument by redis-py (which cost more than
+the rest of a batch). C{add} fires once
 Redis has applied the transaction: the job survives a crash of the job server;
 surviving a crash of Redis itself needs Redis persistence (C{appendonly yes}),
 which the store checks and warns about at start-up.
@@ -51,7 +54,8 @@ from txgear.errors import StoreError, StoreSchemaError
 from txgear.interfaces import IJobStore
 from txgear.jobs import KEPT_STATUSES, DeadJob, KeptResult, StoredJob
 from txgear.store._batch import Operation, ThreadedBatchStore, splitFinished
-from txgear.store._record import collapse, packRecord, unpackRecord
+from txgear.store._record import (FORMAT_VERSION, RECORD_HEADER, Record, collapse, packRecord,
+                                  unpackRecord)
 from txgear.store._url import takeQueryOptions
 
 SCHEMA_NAME = b"txgear-queue"
@@ -71,6 +75,9 @@ _KEPT_HEADER = struct.Struct(">qqQBBI")
 STORE_OPTIONS = ("prefix",)
 
 _CHUNK = 1000
+
+_MULTI = b"*1\r\n$5\r\nMULTI\r\n"
+_EXEC = b"*1\r\n$4\r\nEXEC\r\n"
 
 #: Scores are C{priority * _PRIORITY_STEP + key}.
 _PRIORITY_STEP = 2 ** 51
@@ -127,16 +134,20 @@ class RedisJobStore(ThreadedBatchStore):
         self._socketTimeout = socketTimeout
         self._connectTimeout = connectTimeout
         self._client: Any = None
+        # The connection batches are written on (see _transaction), and the
+        # retry policy it shares with the client.
+        self._writer: Any = None
+        self._retry: Any = None
         self._warning: Optional[str] = None
 
     def _makeClient(self) -> Any:
         import redis
         from redis.backoff import ExponentialBackoff
         from redis.retry import Retry
+        self._retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), 2)
         return redis.Redis.from_url(
             self.url, socket_timeout=self._socketTimeout,
-            socket_connect_timeout=self._connectTimeout,
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2))
+            socket_connect_timeout=self._connectTimeout, retry=self._retry)
 
     def _openInThread(self) -> List[StoredJob]:
         import redis
@@ -211,44 +222,77 @@ class RedisJobStore(ThreadedBatchStore):
         operations, dead, kept = splitFinished(operations)
         records, removed = collapse(operations)
         jobsKey, orderKey = self._jobsKey, self._orderKey
-        step = _PRIORITY_STEP
+        commands: List[bytes] = []
+        for start in range(0, len(removed), _CHUNK):
+            members = [b"%d" % key for key in removed[start:start + _CHUNK]]
+            commands.append(_command(b"HDEL", jobsKey, *members))
+            commands.append(_command(b"ZREM", orderKey, *members))
+        for start in range(0, len(records), _CHUNK):
+            problem = _addCommands(jobsKey, orderKey, records[start:start + _CHUNK], commands)
+            if problem is not None:
+                raise StoreError(f"{self.description}: {problem}")
+        for start in range(0, len(dead), _CHUNK):
+            deadChunk = dead[start:start + _CHUNK]
+            commands.append(_command(b"HSET", self._deadKey, *_pairs(
+                (b"%d" % d.key, _packDead(d)) for d in deadChunk)))
+            commands.append(_command(b"HSET", self._deadPayloadKey, *_pairs(
+                (b"%d" % d.key, d.payload) for d in deadChunk)))
+            commands.append(_command(b"ZADD", self._deadOrderKey, *_pairs(
+                (b"%d" % d.diedAt, b"%d" % d.key) for d in deadChunk)))
+        for start in range(0, len(kept), _CHUNK):
+            keptChunk = kept[start:start + _CHUNK]
+            commands.append(_command(b"HSET", self._keptKey, *_pairs(
+                (b"%d" % k.key, _packKept(k)) for k in keptChunk)))
+            commands.append(_command(b"HSET", self._keptResultKey, *_pairs(
+                (b"%d" % k.key, k.result) for k in keptChunk)))
+            commands.append(_command(b"ZADD", self._keptExpiryKey, *_pairs(
+                (b"%d" % k.expiresAt, b"%d" % k.key) for k in keptChunk)))
+        if not commands:
+            return
         try:
-            pipe = self._client.pipeline(transaction=True)
-            for start in range(0, len(removed), _CHUNK):
-                chunk = [b"%d" % key for key in removed[start:start + _CHUNK]]
-                pipe.hdel(jobsKey, *chunk)
-                pipe.zrem(orderKey, *chunk)
-            for start in range(0, len(records), _CHUNK):
-                values = {}
-                scores = {}
-                # A key twice among the records: the later replaces the earlier.
-                for record in records[start:start + _CHUNK]:
-                    key, priority = record[0], record[1]
-                    if not (0 < key < step and 0 <= priority <= _MAX_PRIORITY):
-                        raise StoreError(f"{self.description}: job key {key} or priority "
-                                         f"{priority} out of range")
-                    member = b"%d" % key
-                    values[member] = packRecord(record)
-                    scores[member] = priority * step + key
-                pipe.hset(jobsKey, mapping=values)
-                pipe.zadd(orderKey, scores)
-            for start in range(0, len(dead), _CHUNK):
-                deadChunk = dead[start:start + _CHUNK]
-                pipe.hset(self._deadKey, mapping={b"%d" % d.key: _packDead(d) for d in deadChunk})
-                pipe.hset(self._deadPayloadKey, mapping={b"%d" % d.key: d.payload for d in deadChunk})
-                pipe.zadd(self._deadOrderKey, {b"%d" % d.key: d.diedAt for d in deadChunk})
-            for start in range(0, len(kept), _CHUNK):
-                keptChunk = kept[start:start + _CHUNK]
-                pipe.hset(self._keptKey, mapping={b"%d" % k.key: _packKept(k) for k in keptChunk})
-                pipe.hset(self._keptResultKey, mapping={b"%d" % k.key: k.result
-                                                        for k in keptChunk})
-                pipe.zadd(self._keptExpiryKey, {b"%d" % k.key: k.expiresAt for k in keptChunk})
-            if len(pipe):
-                pipe.execute()
+            self._transaction(commands)
         except redis.RedisError as e:
             raise StoreError(f"{self.description}: {e.__class__.__name__}: {e}") from e
 
+    def _transaction(self, commands: List[bytes]) -> None:
+        """
+        Send C{commands} (encoded) as one C{MULTI}/C{EXEC} on the batch
+        connection and check every reply; a lost connection is retried as
+        the client's own commands are (the transaction then applies once:
+        Redis runs none of it before C{EXEC}).
+
+        @raise redis.RedisError: if Redis refused a command, or could not be
+            reached.
+        """
+        import redis
+        if self._writer is None:
+            pool = self._client.connection_pool
+            self._writer = pool.connection_class(**pool.connection_kwargs)
+        writer = self._writer
+        data = b"".join([_MULTI, *commands, _EXEC])
+
+        def send() -> Any:
+            try:
+                writer.send_packed_command([data], check_health=False)
+                for _ in range(len(commands) + 1):  # MULTI's OK, then QUEUED each
+                    writer.read_response()
+                return writer.read_response()
+            except BaseException:
+                # Replies may be left unread: never reuse this connection as it is.
+                writer.disconnect()
+                raise
+
+        results = self._retry.call_with_retry(send, lambda error: writer.disconnect())
+        if not isinstance(results, list):
+            raise redis.ResponseError(f"EXEC answered {results!r}")
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+
     def _closeInThread(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.disconnect()
         client, self._client = self._client, None
         if client is not None:
             client.close()
@@ -384,6 +428,61 @@ class RedisJobStore(ThreadedBatchStore):
         except redis.RedisError as e:
             raise StoreError(f"{self.description}: {e.__class__.__name__}: {e}") from e
         return count
+
+def _command(*args: bytes) -> bytes:
+    """One Redis command in the protocol's encoding (RESP): an array of bulk strings."""
+    return b"*%d\r\n" % len(args) + b"".join([b"$%d\r\n%b\r\n" % (len(arg), arg) for arg in args])
+
+
+def _pairs(pairs: Iterator[Tuple[bytes, bytes]]) -> List[bytes]:
+    """C{[(a, b), (c, d)]} flattened to C{[a, b, c, d]}."""
+    return [item for pair in pairs for item in pair]
+
+
+def _addCommands(jobsKey: bytes, orderKey: bytes, records: List[Record],
+                 commands: List[bytes]) -> Optional[str]:
+    """
+    Append to C{commands} the C{HSET} of C{records}' packed values and the
+    C{ZADD} of their scores, each record packed (as L{packRecord} does) and
+    framed in one pass.
+
+    @return: why a record cannot be stored (its key or priority out of
+        range), or C{None}.
+    """
+    pack = RECORD_HEADER.pack
+    headerSize = RECORD_HEADER.size
+    step = _PRIORITY_STEP
+    values: List[bytes] = [b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%b\r\n"
+                           % (2 + 2 * len(records), len(jobsKey), jobsKey)]
+    scores: List[bytes] = [b"*%d\r\n$4\r\nZADD\r\n$%d\r\n%b\r\n"
+                           % (2 + 2 * len(records), len(orderKey), orderKey)]
+    extend = values.extend
+    append = scores.append
+    # A key twice among the records: Redis applies the pairs in order, so the
+    # later record and score replace the earlier.
+    for (key, priority, function, unique, payload, when, reducer, clientId, attempts, retryAt,
+         lastError) in records:
+        if not (0 < key < step and 0 <= priority <= _MAX_PRIORITY):
+            return f"job key {key} or priority {priority} out of range"
+        member = b"%d" % key
+        score = b"%d" % (priority * step + key)
+        functionSize = len(function)
+        uniqueSize = len(unique)
+        reducerSize = len(reducer)
+        clientIdSize = len(clientId)
+        errorSize = len(lastError)
+        payloadSize = len(payload)
+        extend((b"$%d\r\n%b\r\n$%d\r\n" % (
+                    len(member), member, headerSize + functionSize + uniqueSize + reducerSize
+                    + clientIdSize + errorSize + payloadSize),
+                pack(FORMAT_VERSION, when, retryAt, attempts, functionSize, uniqueSize,
+                     reducerSize, clientIdSize, errorSize, payloadSize),
+                function, unique, reducer, clientId, lastError, payload, b"\r\n"))
+        append(b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(score), score, len(member), member))
+    commands.append(b"".join(values))
+    commands.append(b"".join(scores))
+    return None
+
 
 def _packKept(kept: KeptResult) -> bytes:
     """A kept result's record without its bytes (see the module docstring)."""

@@ -564,14 +564,20 @@ class SQLiteJobStore(ThreadedBatchStore):
 
     # In the reactor thread -------------------------------------------------
 
-    def _written(self, result: Any, batch: List[Tuple[Operation, Any]]) -> None:
+    def _keepWriting(self) -> bool:
+        # In the store's thread: a compaction, once due, goes before the next batch.
+        return not self._compactionDue
+
+    def _written(self, result: Any, batch: List[Tuple[Operation, Any]], last: bool) -> None:
         # The pool has one thread, so compaction queued here runs after this
-        # batch and before the next one (or the close), never beside a write.
-        if self._compactionDue:
+        # batch and before the next one (or the close), never beside a write;
+        # the thread stops after the batch that made it due (_keepWriting), so
+        # that batch is its last.
+        if last and self._compactionDue:
             self._compactionDue = False
             d = self._callInThread(self._compactInThread)
             d.addCallbacks(self._compacted, self._compactionFailed)
-        ThreadedBatchStore._written(self, result, batch)
+        ThreadedBatchStore._written(self, result, batch, last)
 
     def _compacted(self, result: Tuple[int, int, float]) -> None:
         before, after, seconds = result
