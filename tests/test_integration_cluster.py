@@ -66,6 +66,13 @@ def joinAll(submitters: List[kit.Submitter], timeout: float = 120.0) -> Dict[byt
     return handles
 
 
+def submitted(port: int, jobs, **options) -> Dict[bytes, str]:
+    """Submit C{jobs} (unique, payload) to one server now; every one acknowledged."""
+    submitter = kit.Submitter(port, jobs, **options)
+    submitter.start()
+    return joinAll([submitter])
+
+
 def test_killedServerLosesNothingAndRerunsOnlyWhatItRan(workdir) -> None:
     """
     20,000 background jobs submitted round-robin to three servers, two
@@ -253,3 +260,86 @@ def test_sameUniqueOnEveryServerAtOnceIsOneJob(workdir) -> None:
         for conn in idle:
             conn.close()
         cluster.close()
+
+
+def _runsByPayload(cluster: kit.Cluster, handles: Dict[bytes, str]) -> Dict[bytes, List[str]]:
+    """Each submitted payload's runs, as C{server:outcome}, found by its handle."""
+    byHandle: Dict[str, List[str]] = {}
+    for serverId, found in cluster.attempts().items():
+        for a in found:
+            byHandle.setdefault(a.handle, []).append(f"{serverId}:{a.outcome}")
+    return {payload: byHandle.get(handle, []) for payload, handle in handles.items()}
+
+
+def test_databaseGoneForOneServer(workdir) -> None:
+    """
+    Server s1 reaches PostgreSQL through a proxy the test cuts for longer
+    than a lease, s2 directly. While cut, s1 refuses background submits
+    with an ERROR and runs foreground jobs; s2 runs its own jobs and those
+    s1 held (claimed, queued locally) once s1's lease expired, and s1 hands
+    none of them to its worker. Restored, s1 takes background jobs again
+    without a restart. Every job runs once.
+    """
+    from tests._peers import TcpProxy
+
+    proxy = TcpProxy(5432).start()
+    cluster = kit.Cluster(2, workdir, ["--cluster-lease", str(LEASE), "--cluster-poll", str(POLL)],
+                          queueFor=lambda index, queue: queue if index else queue.replace(
+                              "port=5432", f"port={proxy.port}"))
+    try:
+        cluster.start()
+        s1, s2 = cluster.members
+        s1.startWorkers(1, seed=1)
+        s2.startWorkers(1, seed=2)
+        handles = submitted(s1.port, [(b"", b"before-%d" % i) for i in range(50)])
+        waitFor(lambda: cluster.jobsLeft() == 0, 30, "the first jobs run")
+        # s1's worker busy: s1 keeps the next jobs claimed in its local queue.
+        s1.pauseWorkers()
+        handles.update(submitted(s1.port, [(b"", b"held-%d" % i)
+                                                       for i in range(10)]))
+        held = cluster.heldBy(s1.serverId)
+
+        proxy.cut()
+        cutAt = time.monotonic()
+        refused = kit.Submitter(s1.port, [(b"", b"during")], timeout=30)
+        refused.run()
+        assert refused.failure is None and not refused.handles, refused.handles
+        assert [code for code, _ in refused.errors] == [b"QUEUE_ERROR"], refused.errors
+        kit.foregroundRoundTrip(s1.port, b"fg")
+        handles.update(submitted(s2.port, [(b"", b"other-%d" % i)
+                                                       for i in range(100)]))
+        # s1's lease runs out (by its own clock first): its held jobs run on s2.
+        waitFor(lambda: cluster.jobsLeft() == 0, LEASE + BOUND, "s1's held jobs run on s2")
+        movedAfter = time.monotonic() - cutAt
+        s1.pauseWorkers(False)  # its worker asks s1 for work again while the database is gone
+        time.sleep(1.0)
+        kit.foregroundRoundTrip(s1.port, b"fg")
+
+        proxy.restore()
+        restoredAt = time.monotonic()
+
+        def accepted() -> bool:
+            probe = kit.Submitter(s1.port, [(b"", b"after-probe")], timeout=15)
+            probe.run()
+            handles.update(probe.handles)
+            return bool(probe.handles)
+        waitFor(accepted, 30, "s1 takes background jobs again", interval=0.5)
+        resumedAfter = time.monotonic() - restoredAt
+        handles.update(submitted(s1.port, [(b"", b"after-%d" % i)
+                                                       for i in range(100)]))
+        waitFor(lambda: cluster.jobsLeft() == 0, 30, "every job run")
+        time.sleep(2 * POLL)
+        servers = kit.showServers(s1.port)
+
+        runs = _runsByPayload(cluster, handles)
+        wrong = {p: r for p, r in runs.items() if r != [r[0]] or not r[0].endswith(":complete")}
+        print(f"\ndatabase cut for s1: its {len(held)} held jobs ran on s2 within "
+              f"{movedAfter:.1f} s of the cut; background submits resumed {resumedAfter:.1f} s "
+              f"after the restore; show servers {servers}")
+        assert held
+        assert not wrong, sorted(wrong.items())[:20]
+        assert all(runs[b"held-%d" % i][0].startswith("s2:") for i in range(10))
+        assert servers[s1.serverId][1] == "live"
+    finally:
+        cluster.close()
+        proxy.stop()
