@@ -343,3 +343,62 @@ def test_databaseGoneForOneServer(workdir) -> None:
     finally:
         cluster.close()
         proxy.stop()
+
+
+def test_lockedRowsAndALongTransactionDoNotStallTheCluster(workdir) -> None:
+    """
+    An idle-in-transaction session holding row locks on queued jobs (and
+    so a snapshot as old as it: vacuum of the churning table is held back)
+    while two servers drain the rest: every other job runs, at a rate
+    printed next to the same drain without it; the locked jobs run once the
+    session ends. Each job runs once.
+    """
+    jobs, locked = 4000, 200
+    cluster = kit.Cluster(2, workdir, ["--cluster-lease", str(LEASE), "--cluster-poll", str(POLL)])
+    session = None
+    try:
+        cluster.start()
+        for number, member in enumerate(cluster.members):
+            member.startWorkers(2, seed=number + 1)
+        ports = [m.port for m in cluster.members]
+
+        def drain(prefix: bytes, left: int) -> float:
+            """Submit C{jobs} with the workers stopped, then time their drain down to C{left}."""
+            for member in cluster.members:
+                member.pauseWorkers()
+            handles.update(joinAll(kit.submitRoundRobin(ports, jobs, prefix=prefix)))
+            if left:
+                nonlocal session
+                session = psycopg.connect(cluster.dsn)
+                keys = session.execute(
+                    f"SELECT key FROM {cluster.table} WHERE state = 0 ORDER BY queued_at"
+                    f" LIMIT %s FOR UPDATE", (left,)).fetchall()
+                assert len(keys) == left
+            began = time.monotonic()
+            for member in cluster.members:
+                member.pauseWorkers(False)
+            waitFor(lambda: cluster.jobsLeft() <= left, 60, f"{jobs - left} jobs run",
+                    interval=0.05)
+            return (jobs - left) / (time.monotonic() - began)
+
+        handles: Dict[bytes, str] = {}
+        plain = drain(b"plain-", 0)
+        blocked = drain(b"locked-", locked)
+        states = cluster.sql(f"SELECT state, count(*) FROM {cluster.table} GROUP BY state")
+        backends = cluster.sql("SELECT count(*) FROM pg_stat_activity WHERE state ="
+                               " 'idle in transaction' AND datname = current_database()")
+        session.rollback()
+        waitFor(lambda: cluster.jobsLeft() == 0, 30, "the locked jobs run once released")
+        time.sleep(2 * POLL)
+        runs = _runsByPayload(cluster, handles)
+        wrong = {p: r for p, r in runs.items() if len(r) != 1 or not r[0].endswith(":complete")}
+        print(f"\n{jobs} jobs drained by 2 servers x 2 workers: {plain:.0f} jobs/s; with an idle"
+              f"-in-transaction session locking {locked} queued rows: {blocked:.0f} jobs/s "
+              f"({blocked / plain:.2f}x); left while locked {states}")
+        assert backends[0][0] >= 1
+        assert states == [(0, locked)]
+        assert not wrong, sorted(wrong.items())[:20]
+    finally:
+        if session is not None:
+            session.close()
+        cluster.close()
