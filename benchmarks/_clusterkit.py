@@ -283,7 +283,7 @@ def foregroundRoundTrip(port: int, function: bytes, timeout: float = 15.0) -> No
     One foreground job of C{function} through C{port}, run by a worker
     connection of this thread's own: proves foreground work flows.
     """
-    from _hostilekit import GRAB_JOB, JOB_ASSIGN, NO_JOB, NOOP, PRE_SLEEP  # noqa: F401
+    from _hostilekit import GRAB_JOB, JOB_ASSIGN
     worker = Conn(port, timeout=timeout)
     client = Conn(port, timeout=timeout)
     try:

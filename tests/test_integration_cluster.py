@@ -76,12 +76,14 @@ def submitted(port: int, jobs, **options) -> Dict[bytes, str]:
 def test_killedServerLosesNothingAndRerunsOnlyWhatItRan(workdir) -> None:
     """
     20,000 background jobs submitted round-robin to three servers, two
-    workers on each; one server SIGKILLed when about a third has run, and
-    restarted once its jobs run elsewhere. Every job completes; a job runs
-    twice only if a worker of the killed server had started it before the
-    kill; the killed server's unstarted jobs start elsewhere within
-    L{BOUND}; the restarted server rejoins under a new generation and runs
-    jobs again, none a second time.
+    workers on each; one server SIGKILLed when a fifth has run (its workers
+    stopped for a moment before, so that it dies holding unstarted jobs),
+    and restarted once its jobs run elsewhere; then 600 jobs more. Every job
+    completes; a job runs twice only if a worker of the killed server had
+    started it before the kill (or, reported apart, if a live server's
+    lease was lost under load); the killed server's jobs start elsewhere
+    within L{BOUND} of the kill; the restarted server rejoins under a new
+    generation and runs jobs again, none a second time.
     """
     jobs = 20000
     cluster = kit.Cluster(3, workdir, ["--cluster-lease", str(LEASE),
