@@ -290,9 +290,27 @@ static void flush_dirty(void)
     ndirty = 0;
 }
 
+/* --port P1,P2,...: new connections go to the ports in turn (servers of one cluster) */
+#define MAX_PORTS 16
+static int ports[MAX_PORTS];
+static int nports, next_port;
+
+static void parse_ports(const char *list)
+{
+    nports = 0;
+    for (const char *p = list; *p && nports < MAX_PORTS;) {
+        ports[nports++] = atoi(p);
+        const char *comma = strchr(p, ',');
+        if (!comma) break;
+        p = comma + 1;
+    }
+    opt.port = ports[0];
+}
+
 static int tcp_connect(void)
 {
-    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(opt.port) };
+    int port = nports ? ports[next_port++ % nports] : opt.port;
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(port) };
     if (inet_pton(AF_INET, opt.host, &sa.sin_addr) != 1) die("bad --host %s (IPv4 address expected)", opt.host);
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     if (fd < 0) die("socket: %s (raise ulimit -n?)", strerror(errno));
@@ -305,7 +323,7 @@ static int tcp_connect(void)
             usleep(100000);
             continue;
         }
-        die("connect %s:%d: %s", opt.host, opt.port, strerror(errno));
+        die("connect %s:%d: %s", opt.host, port, strerror(errno));
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -1129,6 +1147,7 @@ static void usage(void)
         "  idle      --conns C --function F [--duration SEC]     idle registered workers until SIGTERM\n"
         "  unique    --clients C --workers W --jobs ROUNDS --size S   same unique id per round\n"
         "common: --host 127.0.0.1 --port 4730 --function NAME --seq-base K --timeout SEC\n"
+        "        --port P1,P2,... spreads connections over several servers (use --no-status)\n"
         "        --expect-total N (bgsubmit: jobs the server's status must show; -1 = skip)\n"
         "        --no-status (skip the admin \"status\" cross-checks)\n"
         "Prints one JSON line; exits 2 on any correctness error (lost, duplicated or corrupted jobs).\n");
@@ -1150,7 +1169,7 @@ int main(int argc, char **argv)
     while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (ch) {
         case 'H': opt.host = optarg; break;
-        case 'p': opt.port = atoi(optarg); break;
+        case 'p': parse_ports(optarg); break;
         case 'c': opt.conns = atoi(optarg); break;
         case 'd': opt.depth = atoi(optarg); break;
         case 'w': opt.workers = atoi(optarg); break;

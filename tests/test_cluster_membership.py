@@ -164,10 +164,11 @@ async def test_leasesAreJudgedByTheDatabaseClock(db: Database) -> None:
     await wait(member.join())
     await wait(peer.join())
     assert member.leaseValid()
+    fence = member.fence()
     clock.advance(10 ** 6)
     assert not member.leaseValid()
     assert await wait(peer.expiredPeers()) == []
-    assert await wait(member.holdsLease(member.fence()))
+    assert await wait(member.holdsLease(fence))
     db.age("s1", DEFAULT_LEASE + 1, expired=True)
     [expired] = await wait(peer.expiredPeers())
     assert (expired.id, expired.expired) == ("s1", True)
@@ -228,6 +229,39 @@ async def test_theTimerRejoinsAfterALostLease(db: Database) -> None:
     assert member.generation is not None and member.generation > g1
     [row] = await wait(member.listServers())
     assert (row.generation, row.expired) == (member.generation, False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_aLeaseNotRenewedInTimeIsGivenUp(db: Database) -> None:
+    """
+    Renewals that cannot reach the database: once a lease has passed by the
+    local clock since the last renewal was sent, the lease is dropped as
+    lost (peers may be reclaiming its jobs already), at that moment rather
+    than at the next tick, and reported once; the next tick rejoins.
+    """
+    clock = Clock()
+    member = db.member("s1", clock=clock, lease=6.0, renewInterval=2.0)
+    lost: List[int] = []
+    member.onLeaseLost = lost.append
+    g1 = await wait(member.startService())
+    realRenew = member._renewInThread
+
+    def unreachable(generation: int) -> bool:
+        raise OSError("connection refused")
+    member._renewInThread = unreachable  # type: ignore[method-assign]
+    clock.advance(2.0)
+    await wait(member.lastRenewal)
+    clock.advance(2.0)
+    await wait(member.lastRenewal)
+    clock.advance(1.9)
+    assert (lost, member.generation, member.leaseValid()) == ([], g1, True)
+    clock.advance(0.1)
+    assert (lost, member.generation, member.leaseValid()) == ([g1], None, False)
+    member._renewInThread = realRenew  # type: ignore[method-assign]
+    clock.advance(2.0)
+    await wait(member.lastRenewal)
+    assert lost == [g1]
+    assert member.generation is not None and member.generation > g1 and member.leaseValid()
 
 
 @pytest_twisted.ensureDeferred

@@ -208,6 +208,10 @@ class Membership(Service):
         #: The most recent renewal (or rejoin) started by the timer.
         self.lastRenewal: Deferred[None] = succeed(None)
         self._validUntil = 0.0
+        # Fires when the lease runs out by the local clock, unless renewed before.
+        self._expiryCall: Any = None
+        # The last generation reported lost (onLeaseLost is called once per generation).
+        self._lostGeneration: Optional[int] = None
         self._connection: Any = None
         self._pool: Optional[ThreadPool] = None
         self._renewer: Optional[LoopingCall] = None
@@ -249,6 +253,7 @@ class Membership(Service):
         def joined(generation: int) -> int:
             old, self.generation = self.generation, generation
             self._validUntil = sent + self.lease
+            self._armExpiry()
             self._log.info("Joined cluster {cluster!r} as {server!r} (generation {generation},"
                            " previously {old})", cluster=self.cluster, server=self.serverId,
                            generation=generation, old=old)
@@ -273,6 +278,7 @@ class Membership(Service):
             if granted:
                 if self.generation == generation:
                     self._validUntil = sent + self.lease
+                    self._armExpiry()
                 return
             if self.generation == generation:
                 self.generation = None
@@ -288,6 +294,7 @@ class Membership(Service):
         """
         generation, self.generation = self.generation, None
         self._validUntil = 0.0
+        self._disarmExpiry()
         if generation is None or self._pool is None:
             return succeed(None)
         return self._inThread(self._leaveInThread, generation)
@@ -338,6 +345,7 @@ class Membership(Service):
     def stopService(self) -> Deferred[None]:  # type: ignore[override]
         """Stop renewing, leave, and release the connection and thread."""
         Service.stopService(self)
+        self._disarmExpiry()
         if self._renewer is not None and self._renewer.running:
             self._renewer.stop()
         self._renewer = None
@@ -362,12 +370,44 @@ class Membership(Service):
         renewal: Deferred[Any] = self.renew()
         self.lastRenewal = renewal.addErrback(self._renewFailed, generation)
 
+    def _armExpiry(self) -> None:
+        self._disarmExpiry()
+        self._expiryCall = self._clock.callLater(
+            max(0.0, self._validUntil - self._clock.seconds()), self._expired)
+
+    def _disarmExpiry(self) -> None:
+        call, self._expiryCall = self._expiryCall, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _expired(self) -> None:
+        """
+        No renewal went through for a whole lease (by the local clock, which
+        runs out first): peers may be reclaiming this server's jobs already.
+        The lease is given up as lost, never revived: what was held under it
+        is dropped now, and the next tick rejoins with a new generation.
+        """
+        self._expiryCall = None
+        generation = self.generation
+        if generation is None or self.leaseValid():
+            return
+        self.generation = None
+        self._validUntil = 0.0
+        self._lost(generation, "not renewed in time")
+
+    def _lost(self, generation: int, why: str) -> None:
+        if generation == self._lostGeneration:
+            return
+        self._lostGeneration = generation
+        self._log.warn("Lease of {server!r} (generation {generation}) lost ({why}): dropping what"
+                       " it held and rejoining", server=self.serverId, generation=generation,
+                       why=why)
+        if self.onLeaseLost is not None:
+            self.onLeaseLost(generation)
+
     def _renewFailed(self, reason: Failure, generation: int) -> Deferred[None]:
         if reason.check(LeaseLost):
-            self._log.warn("Lease of {server!r} (generation {generation}) lost: dropping what it"
-                           " held and rejoining", server=self.serverId, generation=generation)
-            if self.onLeaseLost is not None:
-                self.onLeaseLost(generation)
+            self._lost(generation, "expired or taken over")
             if self.running:
                 # Chained: lastRenewal fires once the rejoin is through.
                 return self.join().addCallbacks(lambda _: None, self._rejoinFailed)
