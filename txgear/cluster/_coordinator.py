@@ -31,9 +31,12 @@ from txgear.server._storequeue import NONE, STORED
 #: Seconds between polls (claims for idle workers, reclaiming dead servers' jobs).
 DEFAULT_POLL = 1.0
 #: Seconds a notification waits for others before its claim round.
-DEFAULT_DEBOUNCE = 0.05
+DEFAULT_DEBOUNCE = 0.005
 #: Most jobs of one function a server keeps queued locally, whatever its workers.
 MAX_PREFETCH = 256
+#: A backlog (claim rounds that come back full) lets a function's room grow up
+#: to this many times its prefetch, in doublings: fewer, larger rounds.
+MAX_BURST = 8
 #: Functions one claim round asks for at most.
 MAX_FUNCTIONS_PER_ROUND = 1000
 
@@ -85,6 +88,8 @@ class ClusterCoordinator:
         self._claimedPending: Dict[Any, int] = {}
         # Their keys, and their functions.
         self._claimedKeys: Dict[int, Any] = {}
+        # Functions whose last claim rounds came back full: how much to widen the next.
+        self._burst: Dict[Any, int] = {}
         self._claiming = False
         self._again = False
         self._roundCall: Any = None
@@ -290,9 +295,12 @@ class ClusterCoordinator:
             if len(wanted) >= MAX_FUNCTIONS_PER_ROUND:
                 break
             workers = function.workers
-            room = prefetchOf(workers) - function.queued - self._claimedPending.get(function, 0)
+            room = (prefetchOf(workers) * self._burst.get(function, 1) - function.queued
+                    - self._claimedPending.get(function, 0))
             if not workers or room <= 0 or self.state.functions.get(function.name) is not function:
                 del hungry[function]
+                if not workers:
+                    self._burst.pop(function, None)
                 continue
             wanted[function.name] = room
         return wanted
@@ -309,8 +317,25 @@ class ClusterCoordinator:
         self._claiming = True
         self._again = False
         d = self.store.claim(wanted)
+        d.addCallback(self._widen, wanted)
         d.addCallbacks(self._claimedJobs, self._claimFailed)
         d.addBoth(self._roundEnded)
+
+    def _widen(self, claimed: Any, wanted: Dict[bytes, int]) -> Any:
+        """A function whose round came back full has a backlog: widen its next round."""
+        got: Dict[bytes, int] = {}
+        for job in claimed[1]:
+            got[job.function] = got.get(job.function, 0) + 1
+        functions = self.state.functions
+        for name, room in wanted.items():
+            function = functions.get(name)
+            if function is None:
+                continue
+            if got.get(name, 0) >= room:
+                self._burst[function] = min(MAX_BURST, self._burst.get(function, 1) * 2)
+            else:
+                self._burst.pop(function, None)
+        return claimed
 
     def _claimedJobs(self, claimed: Any) -> None:
         self._fine("claim", "Claiming jobs")

@@ -359,6 +359,10 @@ class ClusterJobStore(PostgresJobStore):
                 "SELECT t.key FROM {table} t WHERE t.cluster = %s AND t.function = %s"
                 " AND t.unique_key = %s").format(table=table),
             "notify": sql.SQL("SELECT pg_notify(%s, %s)"),
+            # For transactions that change only claimed rows (claims, starts,
+            # finishing): losing one in a crash of PostgreSQL runs a job again,
+            # which at-least-once delivery allows; new jobs are always synced.
+            "lazyCommit": sql.SQL("SET LOCAL synchronous_commit TO off"),
             "fenceHolds": sql.SQL("SELECT ") + fence,
             "finish": sql.SQL("DELETE FROM {table} WHERE key = ANY(%(keys)s::int8[]) AND ").format(
                 table=table) + mine + sql.SQL(" AND ") + fence + sql.SQL(" RETURNING key"),
@@ -458,6 +462,8 @@ class ClusterJobStore(PostgresJobStore):
                         from txgear.cluster._membership import LeaseLost
                         raise LeaseLost(f"{self.description}: the lease of generation"
                                         f" {fence['fence_generation']} is not live")
+                if not inserts:
+                    cursor.execute(self._sql["lazyCommit"])
                 queuedAny, coalesced = self._insertInThread(cursor, inserts, fence)
                 if retried:
                     cursor.executemany(self._sql["retried"], [dict(
@@ -553,6 +559,7 @@ class ClusterJobStore(PostgresJobStore):
         connection = self._connect()
         try:
             with connection.cursor() as cursor:
+                cursor.execute(self._sql["lazyCommit"])
                 for function, limit in wanted.items():
                     if limit <= 0:
                         continue
