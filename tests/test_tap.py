@@ -589,3 +589,6 @@ def test_clusterServiceUsesTheClusterHandlesAndStore():
     assert isinstance(state.store, ClusterJobStore) and state.handlePrefix == b"H:prod:"
     assert state.cluster is not None and state.cluster.membership.serverId == "gear-a"
     assert state.cluster.membership.lease == 6.0 and state.cluster.poll == 1.0
+    # Its address is where it listens, whatever its id: another server given the
+    # same id elsewhere cannot take its live lease over.
+    assert state.cluster.membership.address.endswith(":4730")

@@ -365,8 +365,10 @@ def makeService(options: Any, reactor: Any = None) -> IService:
     cluster = options.get("cluster")
     if cluster:
         from txgear.cluster._setup import makeClusterStore
+        from txgear.cluster._setup import defaultServerId
         store, _ = makeClusterStore(options["queue"], cluster, options["cluster-id"], reactor,
-                                    lease=options["cluster-lease"])
+                                    lease=options["cluster-lease"],
+                                    address=defaultServerId(options["ports"]))
         if prefix is None:
             prefix = b"H:" + cluster.encode("ascii")
     else:

@@ -44,11 +44,17 @@ def defaultServerId(ports: Any) -> str:
 
 
 def makeClusterStore(queue: str, cluster: str, serverId: str, reactor: Any = None,
-                     lease: float = DEFAULT_LEASE) -> Tuple[ClusterJobStore, Membership]:
+                     lease: float = DEFAULT_LEASE, address: Optional[str] = None
+                     ) -> Tuple[ClusterJobStore, Membership]:
     """
     The store of a cluster member and its membership, from a
     C{postgresql:} queue description (its C{schema} and C{prefix} name the
     tables every member of the cluster shares).
+
+    @param address: where clients reach this server (C{show servers}; a
+        server restarting at the same address takes its own lease over at
+        once, one at another address must wait for it to expire); its id by
+        default.
     """
     from txgear.store._postgres import splitPostgresOptions
     kind, _, rest = queue.partition(":")
@@ -56,7 +62,7 @@ def makeClusterStore(queue: str, cluster: str, serverId: str, reactor: Any = Non
     conninfo, options = splitPostgresOptions(dsn)
     schema = options.get("schema", "public")
     prefix = options.get("prefix", "txgear_")
-    membership = Membership(conninfo, cluster, serverId, serverId, reactor=reactor,
+    membership = Membership(conninfo, cluster, serverId, address or serverId, reactor=reactor,
                             schema=schema, prefix=prefix, lease=lease,
                             renewInterval=lease / 3.0)
     store = ClusterJobStore(conninfo, membership, reactor=reactor, schema=schema, prefix=prefix)
