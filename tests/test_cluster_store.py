@@ -392,3 +392,42 @@ def test_aLocalCopyKeptForAForegroundClientBecomesTheClusterJobWhenClaimed(clust
     a.state.workEnd(worker, P.WORK_COMPLETE, handle, handle + b"\0r")
     assert [p[0] for p in fpeer.take()] == [P.JOB_CREATED, P.WORK_COMPLETE]
     yield until(lambda: cluster.rows() == [], "the row deleted")
+
+
+@pytest_twisted.inlineCallbacks
+def test_theDeadSetAndKeptResultsAreSharedByTheMembers(cluster):
+    policies = PolicyTable(RetryPolicy.fromJobRetries(0))
+    policies.set(b"f", "attempts:1,on:fail,keep:1h")
+    a = yield cluster.member("a", policies=policies)
+    b = yield cluster.member("b", policies=policies)
+    worker, wpeer = a.worker()
+    a.state.grab(worker)
+    a.state.preSleep(worker)
+    client, cpeer = a.connect()
+    a.state.submit(client, b"f", b"dies", b"x", background=True)
+    a.state.submit(client, b"f", b"lives", b"y", background=True)
+    yield until(lambda: len(a.state.jobs) == 2 and all(
+        j.storeState == 2 for j in a.state.jobs.values()), "both held")
+    handles = [args[0] for kind, args in cpeer.take() if kind == P.JOB_CREATED]
+    wpeer.take()
+    for outcome in (P.WORK_FAIL, P.WORK_COMPLETE):
+        a.state.grab(worker)
+        [(kind, args)] = wpeer.take()
+        body = args[0] + (b"\0result" if outcome == P.WORK_COMPLETE else b"")
+        a.state.workEnd(worker, outcome, args[0], body)
+    yield until(lambda: cluster.rows() == [], "both finished")
+    dead, = a.state.dead.newest()
+    assert len(b.state.dead) == 0 and b.state.kept.get(handles[1]) is None
+
+    b.coordinator._syncShared()
+    yield until(lambda: not b.coordinator._syncing, "b's look at the shared tables")
+    assert [e.handle for e in b.state.dead.newest()] == [dead.handle]
+    assert b.state.kept.get(handles[1]).status == "complete"
+    assert b.state.kept.byUnique(b"f", b"lives") is not None
+
+    # b retries the dead job: a forgets it at its next look.
+    assert b.state.retryDeadJob(dead.handle) is None
+    yield until(lambda: any(r[0] == dead.key for r in cluster.rows()), "the job back")
+    a.coordinator._syncShared()
+    yield until(lambda: not a.coordinator._syncing, "a's look at the shared tables")
+    assert len(a.state.dead) == 0

@@ -300,3 +300,19 @@ def test_retryWithoutAStoreKeepsNothingBehind() -> None:
     assert grab(state, worker, wpeer) == (P.JOB_ASSIGN_UNIQ, [handle, b"f", b"u1", b"p"])
     state.workEnd(worker, P.WORK_COMPLETE, handle, handle + b"\0done")
     assert state.jobs == {} and len(state.dead) == 0
+
+
+def test_syncWithASharedDeadSetAddsItsJobsAndForgetsOnlyWhatWasIndexedWhenAsked() -> None:
+    from txgear.server._deadset import DeadSet
+    dead = DeadSet(MemoryJobStore(), Clock(), b"H:c:")
+    dead.load([DeadJob(1, b"f", b"", b"p", diedAt=10), DeadJob(2, b"f", b"", b"p", diedAt=20)])
+    issued = dead.keys()
+    # Died here after the listing was issued: the listing cannot know it yet.
+    dead.load([DeadJob(3, b"g", b"", b"p", diedAt=30)])
+    # The store lists 1 (still dead), not 2 (retried elsewhere), and 4 (died elsewhere).
+    added, forgotten = dead.sync([DeadJob(4, b"f", b"u", b"", attempts=3, diedAt=25),
+                                  DeadJob(1, b"f", b"", b"p", diedAt=10)], issued)
+    assert (added, forgotten) == (1, 1)
+    assert [e.handle for e in dead.newest()] == [b"H:c:3", b"H:c:4", b"H:c:1"]
+    assert dead.counts() == {b"f": 2, b"g": 1}
+    assert dead.get(b"H:c:4").attempts == 3

@@ -37,6 +37,11 @@ MAX_PREFETCH = 256
 #: A backlog (claim rounds that come back full) lets a function's room grow up
 #: to this many times its prefetch, in doublings: fewer, larger rounds.
 MAX_BURST = 8
+#: Seconds between looks at the shared dead set and kept results.
+SHARED_SYNC = 5.0
+#: The newest kept results one look takes in.
+KEPT_SYNC_LIMIT = 10000
+
 #: Functions one claim round asks for at most.
 MAX_FUNCTIONS_PER_ROUND = 1000
 
@@ -95,6 +100,8 @@ class ClusterCoordinator:
         self._roundCall: Any = None
         self._poller: Optional[LoopingCall] = None
         self._reclaiming = False
+        self._syncing = False
+        self._syncedAt = float("-inf")
         self._blockWanted = False
         self._listener: Optional[threading.Thread] = None
         self._stopListening = threading.Event()
@@ -372,7 +379,26 @@ class ClusterCoordinator:
             d = self.store.reclaim(10 * self.membership.lease)
             d.addCallbacks(self._reclaimedJobs, self._reclaimFailed)
             d.addBoth(self._reclaimEnded)
+        if not self._syncing and self.clock.seconds() - self._syncedAt >= SHARED_SYNC:
+            self._syncShared()
         self._wantRound()
+
+    def _syncShared(self) -> None:
+        """Take in what other servers did to the shared dead set and kept results."""
+        self._syncing = True
+        self._syncedAt = self.clock.seconds()
+        state = self.state
+        issued = state.dead.keys()
+        limit = state.dead.maxJobs or None
+        dead = self.store.listDead(None, limit)
+        dead.addCallback(lambda listed: state.dead.sync(listed, issued))
+        kept = dead.addCallback(lambda _: self.store.listKept(KEPT_SYNC_LIMIT))
+        kept.addCallback(state.kept.merge)
+        kept.addCallbacks(lambda _: self._fine("shared", "Reading the shared dead set"),
+                          lambda f: self._trouble("shared", "Reading the shared dead set and "
+                                                  "kept results failed: {error}",
+                                                  error=f.getErrorMessage()))
+        kept.addBoth(lambda _: setattr(self, "_syncing", False))
 
     def _useKeyBlock(self, block: int) -> None:
         self._blockWanted = False

@@ -17,7 +17,7 @@ L{DeadSet.droppedByAge}), logged, and purged from the store.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Dict, Iterable, Iterator, List, Optional
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from txgear._log import logger
 from txgear.jobs import DeadJob
@@ -126,6 +126,38 @@ class DeadSet:
             count += 1
         self._trim()
         return count
+
+    def keys(self) -> "set[int]":
+        """The keys indexed now (for L{sync})."""
+        return set(self._entries)
+
+    def sync(self, listed: Iterable[DeadJob], issued: "set[int]") -> Tuple[int, int]:
+        """
+        Bring the index in line with the store's dead set, shared with other
+        servers (a cluster): index the jobs it lists that are not indexed,
+        and forget the ones that were indexed when the listing was issued
+        (C{issued}, from L{keys}) but that it no longer lists (retried or
+        purged elsewhere). Entries added since the listing was issued stay.
+
+        @return: how many were added, and how many forgotten.
+        """
+        listedKeys = set()
+        fresh = []
+        for job in listed:
+            listedKeys.add(job.key)
+            if job.key not in self._entries:
+                fresh.append(job)
+        gone = [self._entries[key] for key in issued - listedKeys if key in self._entries]
+        for entry in gone:
+            self._unindex(entry)
+        if fresh:
+            for job in fresh:
+                self._index(DeadEntry(job.key, self.handlePrefix + b"%d" % job.key,
+                                      job.function, job.unique, job.attempts, job.lastError,
+                                      job.diedAt, job.payloadSize))
+            self._entries = OrderedDict(sorted(self._entries.items(),
+                                               key=lambda item: (item[1].diedAt, item[0])))
+        return len(fresh), len(gone)
 
     def _index(self, entry: DeadEntry) -> None:
         self._entries[entry.key] = entry

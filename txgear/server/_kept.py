@@ -141,6 +141,22 @@ class KeptResults:
         self._trim()
         return count
 
+    def merge(self, kept: Iterable[KeptResult]) -> int:
+        """
+        Index the kept results another server of a cluster wrote (listed by
+        the shared store) that are not indexed here yet; returns how many.
+        """
+        count = 0
+        now = self.now()
+        for record in sorted(kept, key=lambda r: (r.finishedAt, r.key)):
+            if record.expiresAt <= now or record.key in self._entries:
+                continue
+            self._index(self._entryOf(record, self.handlePrefix + b"%d" % record.key))
+            count += 1
+        if count:
+            self._trim()
+        return count
+
     def _entryOf(self, record: KeptResult, handle: bytes) -> KeptEntry:
         return KeptEntry(record.key, handle, record.function, record.unique, record.status,
                          record.size, record.kept, record.expiresAt)
