@@ -107,6 +107,28 @@ def until(condition: Callable[[], Any], what: str, timeout: float = 10.0) -> Any
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@defer.inlineCallbacks
+def holding(member: Member, *jobs: Any) -> Any:
+    """
+    A sleeping worker for C{f} on C{member}, then background jobs of C{f}
+    (payloads, or (unique, payload) pairs) submitted there and held there
+    (written claimed by it). Returns the worker, its peer, the client's peer
+    and the handles.
+    """
+    worker, wpeer = member.worker()
+    member.state.grab(worker)
+    member.state.preSleep(worker)
+    client, cpeer = member.connect()
+    for job in jobs:
+        unique, payload = job if isinstance(job, tuple) else (b"", job)
+        member.state.submit(client, b"f", unique, payload, background=True)
+    yield until(lambda: len(member.state.jobs) == len(jobs) and all(
+        j.storeState == 2 for j in member.state.jobs.values()), "the jobs held")
+    handles = [args[0] for kind, args in cpeer.take() if kind == P.JOB_CREATED]
+    wpeer.take()
+    return worker, wpeer, cpeer, handles
+
+
 def created(peer: FakePeer) -> Callable[[], Any]:
     return lambda: any(kind == P.JOB_CREATED for kind, _ in peer.packets)
 
@@ -116,14 +138,20 @@ def handleOf(peer: FakePeer) -> bytes:
     return args[0]
 
 
+@defer.inlineCallbacks
+def submitted(member: Member, function: bytes = b"f", payload: bytes = b"x") -> Any:
+    """A background job submitted to C{member}, once created: its client, peer, handle."""
+    client, peer = member.connect()
+    member.state.submit(client, function, b"", payload, background=True)
+    yield until(created(peer), "JOB_CREATED")
+    return client, peer, handleOf(peer)
+
+
 @pytest_twisted.inlineCallbacks
 def test_aJobWithoutLocalWorkersIsQueuedForAnyServerAndRunsWhereAWorkerIsIdle(cluster):
     a = yield cluster.member("a")
     b = yield cluster.member("b")
-    client, cpeer = a.connect()
-    a.state.submit(client, b"f", b"", b"payload", background=True)
-    yield until(created(cpeer), "JOB_CREATED")
-    handle = handleOf(cpeer)
+    _, _, handle = yield submitted(a, payload=b"payload")
     assert handle.startswith(b"H:c1:")
     assert a.state.jobs == {}  # not held on a: it has no worker for f
     [(key, state, claimedBy, started, lost, attempts)] = cluster.rows()
@@ -181,10 +209,7 @@ def test_theSameUniqueOnTwoServersIsOneJob(cluster):
 def test_statusOfAClusterHandleKeepsTheConnectionsReplyOrder(cluster):
     a = yield cluster.member("a")
     b = yield cluster.member("b")
-    c1, p1 = a.connect()
-    a.state.submit(c1, b"f", b"", b"x", background=True)
-    yield until(created(p1), "JOB_CREATED")
-    handle = handleOf(p1)
+    _, _, handle = yield submitted(a)
     c2, p2 = b.connect()
     b.state.getStatus(c2, handle)
     b.state.getStatus(c2, b"H:c1:1")  # unknown to everybody
@@ -200,14 +225,7 @@ def test_statusOfAClusterHandleKeepsTheConnectionsReplyOrder(cluster):
 def test_aDeadServersJobsComeBackAndARunningOneCountsAnAttempt(cluster):
     a = yield cluster.member("a", policies=PolicyTable(RetryPolicy.fromJobRetries(2)))
     b = yield cluster.member("b", policies=PolicyTable(RetryPolicy.fromJobRetries(2)))
-    worker, wpeer = a.worker()
-    a.state.grab(worker)
-    a.state.preSleep(worker)
-    client, cpeer = a.connect()
-    for payload in (b"one", b"two"):
-        a.state.submit(client, b"f", b"", payload, background=True)
-    yield until(lambda: len([p for p in cpeer.packets if p[0] == P.JOB_CREATED]) == 2, "created")
-    wpeer.take()
+    worker, wpeer, _, _ = yield holding(a, b"one", b"two")
     a.state.grab(worker)
     [(kind, args)] = wpeer.take()
     running = args[0]
@@ -238,15 +256,7 @@ def test_aDeadServersJobsComeBackAndARunningOneCountsAnAttempt(cluster):
 @pytest_twisted.inlineCallbacks
 def test_aLostLeaseDropsEverythingHeldAndRejoinsWithANewGeneration(cluster):
     a = yield cluster.member("a")
-    worker, wpeer = a.worker()
-    a.state.grab(worker)
-    a.state.preSleep(worker)
-    client, cpeer = a.connect()
-    a.state.submit(client, b"f", b"", b"x", background=True)
-    a.state.submit(client, b"f", b"", b"y", background=True)
-    yield until(lambda: len(a.state.jobs) == 2 and all(
-        j.storeState == 2 for j in a.state.jobs.values()), "both held")
-    wpeer.take()
+    worker, wpeer, _, _ = yield holding(a, b"x", b"y")
     a.state.grab(worker)
     [(kind, args)] = wpeer.take()
     old = a.membership.generation
@@ -264,15 +274,7 @@ def test_aLostLeaseDropsEverythingHeldAndRejoinsWithANewGeneration(cluster):
 @pytest_twisted.inlineCallbacks
 def test_closingGivesBackWhatWasClaimedButNotStarted(cluster):
     a = yield cluster.member("a")
-    worker, wpeer = a.worker()
-    a.state.grab(worker)
-    a.state.preSleep(worker)
-    client, cpeer = a.connect()
-    for payload in (b"1", b"2", b"3"):
-        a.state.submit(client, b"f", b"", payload, background=True)
-    yield until(lambda: len(a.state.jobs) == 3 and all(
-        j.storeState == 2 for j in a.state.jobs.values()), "three held")
-    wpeer.take()
+    worker, wpeer, _, _ = yield holding(a, b"1", b"2", b"3")
     a.state.grab(worker)
     yield until(lambda: sum(1 for r in cluster.rows() if r[3]) == 1, "one started")
     cluster.members.remove(a)
@@ -289,14 +291,7 @@ def test_aRetryOfAHeldJobIsWrittenAndStaysHere(cluster):
     policies = PolicyTable(RetryPolicy.fromJobRetries(3))
     policies.set(b"f", "attempts:3,on:fail")
     a = yield cluster.member("a", policies=policies)
-    worker, wpeer = a.worker()
-    a.state.grab(worker)
-    a.state.preSleep(worker)
-    client, cpeer = a.connect()
-    a.state.submit(client, b"f", b"", b"x", background=True)
-    yield until(lambda: a.state.jobs and all(
-        j.storeState == 2 for j in a.state.jobs.values()), "held")
-    wpeer.take()
+    worker, wpeer, _, _ = yield holding(a, b"x")
     a.state.grab(worker)
     [(kind, args)] = wpeer.take()
     a.state.workEnd(worker, P.WORK_FAIL, args[0], args[0])
@@ -308,9 +303,7 @@ def test_aRetryOfAHeldJobIsWrittenAndStaysHere(cluster):
 def test_showServersAndClusterStatus(cluster):
     a = yield cluster.member("a")
     b = yield cluster.member("b")
-    client, cpeer = a.connect()
-    a.state.submit(client, b"f\x01", b"", b"x", background=True)
-    yield until(created(cpeer), "JOB_CREATED")
+    yield submitted(a, b"f\x01")
     listing = yield wait(b.coordinator.showServers())
     lines = listing.split(b"\n")
     assert lines[-2:] == [b".", b""]
@@ -329,9 +322,7 @@ def test_metricsSayWhatIsLocalAndWhatIsClusterWide(cluster):
     from txgear.web._metrics import metricsRegistry
     a = yield cluster.member("a")
     b = yield cluster.member("b")
-    client, cpeer = a.connect()
-    a.state.submit(client, b"f", b"", b"x", background=True)
-    yield until(created(cpeer), "JOB_CREATED")
+    yield submitted(a)
     registry = metricsRegistry(b.state, None, _reactor())
     generate_latest(registry)  # the first scrape starts the look at the shared queue
 
@@ -400,16 +391,7 @@ def test_theDeadSetAndKeptResultsAreSharedByTheMembers(cluster):
     policies.set(b"f", "attempts:1,on:fail,keep:1h")
     a = yield cluster.member("a", policies=policies)
     b = yield cluster.member("b", policies=policies)
-    worker, wpeer = a.worker()
-    a.state.grab(worker)
-    a.state.preSleep(worker)
-    client, cpeer = a.connect()
-    a.state.submit(client, b"f", b"dies", b"x", background=True)
-    a.state.submit(client, b"f", b"lives", b"y", background=True)
-    yield until(lambda: len(a.state.jobs) == 2 and all(
-        j.storeState == 2 for j in a.state.jobs.values()), "both held")
-    handles = [args[0] for kind, args in cpeer.take() if kind == P.JOB_CREATED]
-    wpeer.take()
+    worker, wpeer, _, handles = yield holding(a, (b"dies", b"x"), (b"lives", b"y"))
     for outcome in (P.WORK_FAIL, P.WORK_COMPLETE):
         a.state.grab(worker)
         [(kind, args)] = wpeer.take()

@@ -32,7 +32,7 @@ from txgear.errors import StoreError, StoreSchemaError
 from txgear.interfaces import IJobStore
 from txgear.jobs import StoredJob
 from txgear.store._batch import BURY, KEEP, Operation
-from txgear.store._postgres import PostgresJobStore
+from txgear.store._postgres import JOB_COLUMNS_DDL, PostgresJobStore
 
 #: L{txgear.server._storequeue.StoreState.STORED} (not imported: stores do not depend on the server).
 STORED = 2
@@ -306,17 +306,7 @@ class ClusterJobStore(PostgresJobStore):
             sql.SQL(
                 "CREATE TABLE IF NOT EXISTS {table} ("
                 " key bigint PRIMARY KEY,"
-                " cluster text NOT NULL,"
-                " priority smallint NOT NULL,"
-                " function bytea NOT NULL,"
-                " uniq bytea NOT NULL,"
-                " payload bytea NOT NULL,"
-                " run_at bigint NOT NULL,"
-                " reducer bytea NOT NULL,"
-                " client_id bytea NOT NULL,"
-                " attempts integer NOT NULL DEFAULT 0,"
-                " retry_at bigint NOT NULL DEFAULT 0,"
-                " last_error bytea NOT NULL DEFAULT ''::bytea,"
+                " cluster text NOT NULL, " + JOB_COLUMNS_DDL + ","
                 " unique_key bytea,"
                 " queued_at bigint NOT NULL,"
                 " due_at bigint NOT NULL,"
@@ -628,29 +618,15 @@ class ClusterJobStore(PostgresJobStore):
         return {str(server): int(count)
                 for server, count in self._query(self._sql["held"], [self.cluster])}
 
-    def _retryDeadInThread(self, keys: List[int]) -> List[StoredJob]:
-        import psycopg
+    def _requeue(self, cursor: Any, revived: List[StoredJob]) -> None:
+        """Dead jobs come back claimed here: the server that retried them runs them."""
         fence = self._fence()
         now = int(time.time() * 1000)
-        connection = self._connect()
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute(self._sql["revive"], [keys], binary=True)
-                byKey = {key: StoredJob(key, bytes(fn), bytes(unique), bytes(payload), priority, 0,
-                                        bytes(reducer), bytes(clientId))
-                         for (key, fn, unique, payload, priority, reducer, clientId) in cursor}
-                revived = [byKey[key] for key in keys if key in byKey]
-                if revived:
-                    # Back as jobs claimed here: the server that retried them runs them.
-                    cursor.executemany(self._sql["requeueCluster"], [
-                        (job.key, self.cluster, job.priority, job.function, job.unique,
-                         job.payload, 0, job.reducer, job.clientId, 0, 0, b"",
-                         uniqueKey(job.unique, job.payload), now, 0, CLAIMED,
-                         fence["fence_server"], fence["fence_generation"]) for job in revived])
-            connection.commit()
-            return revived
-        except psycopg.Error as e:
-            raise self._failed(e) from e
+        cursor.executemany(self._sql["requeueCluster"], [
+            (job.key, self.cluster, job.priority, job.function, job.unique,
+             job.payload, 0, job.reducer, job.clientId, 0, 0, b"",
+             uniqueKey(job.unique, job.payload), now, 0, CLAIMED,
+             fence["fence_server"], fence["fence_generation"]) for job in revived])
 
 
 __all__ = ["ClaimedJob", "ClusterJobStore", "KEY_BITS", "RemoteStatus", "STARTED", "uniqueKey"]

@@ -68,6 +68,13 @@ _DEAD_LISTED = ("key, function, uniq, priority, reducer, client_id, attempts, la
 
 _KEPT_COLUMNS = "key, function, uniq, status, kept, size, finished_at, expires_at"
 
+#: The columns of a job's record, after its key, as a table of jobs declares them.
+JOB_COLUMNS_DDL = (
+    "priority smallint NOT NULL, function bytea NOT NULL, uniq bytea NOT NULL,"
+    " payload bytea NOT NULL, run_at bigint NOT NULL, reducer bytea NOT NULL,"
+    " client_id bytea NOT NULL, attempts integer NOT NULL DEFAULT 0,"
+    " retry_at bigint NOT NULL DEFAULT 0, last_error bytea NOT NULL DEFAULT ''::bytea")
+
 _PAIR = re.compile(r"""\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*('(?:[^'\\]|\\.)*'|[^\s']*)""")
 
 
@@ -270,18 +277,8 @@ class PostgresJobStore(ThreadedBatchStore):
                         "CREATE TABLE {meta} (name text PRIMARY KEY, value text NOT NULL)"
                     ).format(meta=meta))
                     cursor.execute(sql.SQL(
-                        "CREATE TABLE {jobs} ("
-                        " key bigint PRIMARY KEY,"
-                        " priority smallint NOT NULL,"
-                        " function bytea NOT NULL,"
-                        " uniq bytea NOT NULL,"
-                        " payload bytea NOT NULL,"
-                        " run_at bigint NOT NULL,"
-                        " reducer bytea NOT NULL,"
-                        " client_id bytea NOT NULL,"
-                        " attempts integer NOT NULL DEFAULT 0,"
-                        " retry_at bigint NOT NULL DEFAULT 0,"
-                        " last_error bytea NOT NULL DEFAULT ''::bytea)").format(jobs=jobs))
+                        "CREATE TABLE {jobs} (key bigint PRIMARY KEY, " + JOB_COLUMNS_DDL + ")"
+                    ).format(jobs=jobs))
                     for statement in createDead + createKept:
                         cursor.execute(statement)
                     cursor.execute(sql.SQL("INSERT INTO {meta} (name, value) VALUES (%s, %s), (%s, %s)")
@@ -432,6 +429,12 @@ class PostgresJobStore(ThreadedBatchStore):
         except psycopg.Error as e:
             raise self._failed(e) from e
 
+    def _requeue(self, cursor: Any, revived: List[StoredJob]) -> None:
+        """Queue dead jobs again, with fresh attempts, in the retry's transaction."""
+        cursor.executemany(self._sql["requeue"], [
+            (job.key, job.priority, job.function, job.unique, job.payload, 0,
+             job.reducer, job.clientId, 0, 0, b"") for job in revived])
+
     def _retryDeadInThread(self, keys: List[int]) -> List[StoredJob]:
         import psycopg
         connection = self._connect()
@@ -443,9 +446,7 @@ class PostgresJobStore(ThreadedBatchStore):
                          for (key, fn, unique, payload, priority, reducer, clientId) in cursor}
                 revived = [byKey[key] for key in keys if key in byKey]
                 if revived:
-                    cursor.executemany(self._sql["requeue"], [
-                        (job.key, job.priority, job.function, job.unique, job.payload, 0,
-                         job.reducer, job.clientId, 0, 0, b"") for job in revived])
+                    self._requeue(cursor, revived)
             connection.commit()
             return revived
         except psycopg.Error as e:
