@@ -18,7 +18,7 @@ import sqlite3
 import struct
 import threading
 import uuid
-from typing import Any, Callable, Dict, List, Set
+from typing import Any, Callable, Dict, List, Set, Tuple
 
 import pytest
 import pytest_twisted
@@ -546,14 +546,11 @@ def test_addManyTakesASnapshot(backend: Backend) -> Any:
 # Batching (the threaded stores) -----------------------------------------------
 
 
-@pytest_twisted.inlineCallbacks
-def test_oneTransactionPerTurnAndWritesQueueBehind(sqliteBackend: SQLiteBackend) -> Any:
+def heldFirstBatch(store: Any) -> Tuple[List[List[Any]], threading.Event, threading.Event]:
     """
-    Every write of one turn goes in one batch; writes issued while a batch is
-    being written wait and form the next batch, in order.
+    Record every batch C{store} writes, and hold the first one in the
+    store's thread until C{gate} is set (C{entered} is set once it waits).
     """
-    store = sqliteBackend.make()
-    yield wait(store.open())
     batches: List[List[Any]] = []
     entered, gate = threading.Event(), threading.Event()
     original = store._writeInThread
@@ -566,6 +563,18 @@ def test_oneTransactionPerTurnAndWritesQueueBehind(sqliteBackend: SQLiteBackend)
         original(operations)
 
     store._writeInThread = spy
+    return batches, entered, gate
+
+
+@pytest_twisted.inlineCallbacks
+def test_oneTransactionPerTurnAndWritesQueueBehind(sqliteBackend: SQLiteBackend) -> Any:
+    """
+    Every write of one turn goes in one batch; writes issued while a batch is
+    being written wait and form the next batch, in order.
+    """
+    store = sqliteBackend.make()
+    yield wait(store.open())
+    batches, entered, gate = heldFirstBatch(store)
     try:
         first = [store.add(job(n)) for n in range(1, 101)]
         while not entered.is_set():
@@ -593,18 +602,7 @@ def test_nextBatchStartsBeforeCallbacks(sqliteBackend: SQLiteBackend) -> Any:
     """
     store = sqliteBackend.make()
     yield wait(store.open())
-    batches: List[List[Any]] = []
-    entered, gate = threading.Event(), threading.Event()
-    original = store._writeInThread
-
-    def spy(operations: List[Any]) -> None:
-        batches.append(operations)
-        if len(batches) == 1:
-            entered.set()
-            gate.wait(TIMEOUT)
-        original(operations)
-
-    store._writeInThread = spy
+    batches, entered, gate = heldFirstBatch(store)
     seen: List[Any] = []
     issued: List[defer.Deferred] = []
 

@@ -45,7 +45,7 @@ which the store checks and warns about at start-up.
 from __future__ import annotations
 
 import struct
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import urlsplit, urlunsplit
 
 from zope.interface import implementer
@@ -231,22 +231,10 @@ class RedisJobStore(ThreadedBatchStore):
             problem = _addCommands(jobsKey, orderKey, records[start:start + _CHUNK], commands)
             if problem is not None:
                 raise StoreError(f"{self.description}: {problem}")
-        for start in range(0, len(dead), _CHUNK):
-            deadChunk = dead[start:start + _CHUNK]
-            commands.append(_command(b"HSET", self._deadKey, *_pairs(
-                (b"%d" % d.key, _packDead(d)) for d in deadChunk)))
-            commands.append(_command(b"HSET", self._deadPayloadKey, *_pairs(
-                (b"%d" % d.key, d.payload) for d in deadChunk)))
-            commands.append(_command(b"ZADD", self._deadOrderKey, *_pairs(
-                (b"%d" % d.diedAt, b"%d" % d.key) for d in deadChunk)))
-        for start in range(0, len(kept), _CHUNK):
-            keptChunk = kept[start:start + _CHUNK]
-            commands.append(_command(b"HSET", self._keptKey, *_pairs(
-                (b"%d" % k.key, _packKept(k)) for k in keptChunk)))
-            commands.append(_command(b"HSET", self._keptResultKey, *_pairs(
-                (b"%d" % k.key, k.result) for k in keptChunk)))
-            commands.append(_command(b"ZADD", self._keptExpiryKey, *_pairs(
-                (b"%d" % k.expiresAt, b"%d" % k.key) for k in keptChunk)))
+        _indexedCommands(commands, dead, self._deadKey, _packDead, self._deadPayloadKey,
+                         lambda d: d.payload, self._deadOrderKey, lambda d: d.diedAt)
+        _indexedCommands(commands, kept, self._keptKey, _packKept, self._keptResultKey,
+                         lambda k: k.result, self._keptExpiryKey, lambda k: k.expiresAt)
         if not commands:
             return
         try:
@@ -428,6 +416,24 @@ class RedisJobStore(ThreadedBatchStore):
         except redis.RedisError as e:
             raise StoreError(f"{self.description}: {e.__class__.__name__}: {e}") from e
         return count
+
+def _indexedCommands(commands: List[bytes], items: List[Any], recordKey: bytes,
+                     pack: Callable[[Any], bytes], bytesKey: bytes, bytesOf: Callable[[Any], bytes],
+                     orderKey: bytes, scoreOf: Callable[[Any], int]) -> None:
+    """
+    The commands that write C{items} (dead jobs, kept results) by key: the
+    packed record in one hash, the bytes in another, the key in a sorted set
+    by C{scoreOf}; in chunks.
+    """
+    for start in range(0, len(items), _CHUNK):
+        chunk = items[start:start + _CHUNK]
+        commands.append(_command(b"HSET", recordKey, *_pairs(
+            (b"%d" % item.key, pack(item)) for item in chunk)))
+        commands.append(_command(b"HSET", bytesKey, *_pairs(
+            (b"%d" % item.key, bytesOf(item)) for item in chunk)))
+        commands.append(_command(b"ZADD", orderKey, *_pairs(
+            (b"%d" % scoreOf(item), b"%d" % item.key) for item in chunk)))
+
 
 def _command(*args: bytes) -> bytes:
     """One Redis command in the protocol's encoding (RESP): an array of bulk strings."""
