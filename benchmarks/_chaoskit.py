@@ -37,7 +37,7 @@ import tempfile
 import threading
 import time
 import uuid
-from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
@@ -85,6 +85,24 @@ class Backoff:
 
 # ------------------------------------------------------------------ the worker
 
+def grabNext(conn: Any, sleep: float) -> Any:
+    """
+    One GRAB_JOB_UNIQ: the JOB_ASSIGN_UNIQ's arguments, or C{None} (nothing
+    to do: after NO_JOB, PRE_SLEEP and wait up to C{sleep} s for a NOOP).
+    """
+    conn.send(GRAB_JOB_UNIQ)
+    kind, args = conn.recv(30)
+    if kind == NO_JOB:
+        conn.send(PRE_SLEEP)
+        try:
+            while conn.recv(sleep)[0] != NOOP:
+                pass
+        except socket.timeout:
+            pass
+        return None
+    return args if kind == JOB_ASSIGN_UNIQ else None
+
+
 def _logLine(fd: int, event: str, handle: bytes, unique: bytes, detail: str = "") -> None:
     line = "%.6f\t%.6f\t%s\t%s\t%s\t%s\n" % (time.monotonic(), time.time(), event,
                                             handle.decode("ascii", "replace"),
@@ -108,17 +126,8 @@ def runWorker(port: int, logPath: str, seed: int, failRate: float, timeoutMs: in
         try:
             conn.send(CAN_DO_TIMEOUT, name, str(timeoutMs).encode())
             while True:
-                conn.send(GRAB_JOB_UNIQ)
-                kind, args = conn.recv(30)
-                if kind == NO_JOB:
-                    conn.send(PRE_SLEEP)
-                    try:
-                        while conn.recv(1.0)[0] != NOOP:
-                            pass
-                    except socket.timeout:
-                        pass
-                    continue
-                if kind != JOB_ASSIGN_UNIQ:
+                args = grabNext(conn, 1.0)
+                if args is None:
                     continue
                 handle, unique = args[0], args[2]
                 _logLine(fd, "start", handle, unique)

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -52,8 +51,7 @@ sys.path.insert(0, HERE)
 import _chaoskit as chaos  # noqa: E402
 import run as suite  # noqa: E402
 from _hostilekit import (  # noqa: E402
-    CAN_DO, GRAB_JOB_UNIQ, JOB_ASSIGN_UNIQ, JOB_CREATED, NO_JOB, NOOP, PRE_SLEEP, SUBMIT_JOB_BG,
-    WORK_COMPLETE, Conn, installSignalHandlers, killStarted)
+    CAN_DO, JOB_CREATED, SUBMIT_JOB_BG, WORK_COMPLETE, Conn, installSignalHandlers, killStarted)
 
 CONFIGS = ["sqlite", "postgresql", "cluster1", "cluster2", "cluster3"]
 FUNCTION = "bench_cluster"
@@ -151,17 +149,8 @@ class ProbeWorker(threading.Thread):
         conn = self.conn
         try:
             while not self.halt.is_set():
-                conn.send(GRAB_JOB_UNIQ)
-                kind, args = conn.recv(30)
-                if kind == NO_JOB:
-                    conn.send(PRE_SLEEP)
-                    try:
-                        while conn.recv(0.2)[0] != NOOP:
-                            pass
-                    except socket.timeout:
-                        pass
-                    continue
-                if kind == JOB_ASSIGN_UNIQ:
+                args = chaos.grabNext(conn, 0.2)
+                if args is not None:
                     self.assigned[args[3]] = time.monotonic()
                     conn.send(WORK_COMPLETE, args[0], b"")
         except Exception:  # noqa: BLE001 - closed at the end of the probes
