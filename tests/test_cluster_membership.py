@@ -16,23 +16,13 @@ import pytest_twisted
 from twisted.internet.task import Clock
 
 from tests._peers import freePort, requirePeer
-from tests.test_store_contract import POSTGRESQL, postgresAvailable, wait
+from tests.test_store_contract import POSTGRESQL, _reactor, needsPsycopg, postgresAvailable, wait
 from txgear.cluster import (DEFAULT_LEASE, Fence, LeaseLost, Membership, ServerIdInUse,
                             ServerInfo, fenceCondition, formatShowServers)
 from txgear.errors import StoreError
 
-try:
-    import psycopg  # noqa: F401
-except ImportError:  # PyPy: psycopg has no build for it
-    psycopg = None
-
 # Every test here needs psycopg (even to parse a DSN); a CPython test run has it.
-pytestmark = pytest.mark.skipif(psycopg is None, reason="psycopg is not installed")
-
-
-def _reactor() -> Any:
-    from twisted.internet import reactor
-    return reactor
+pytestmark = needsPsycopg
 
 
 class Database:

@@ -15,21 +15,12 @@ from twisted.internet import defer, task
 
 from tests._peers import requirePeer
 from tests.test_server_state import P, FakePeer
-from tests.test_store_contract import POSTGRESQL, postgresAvailable, wait
+from tests.test_store_contract import POSTGRESQL, _reactor, needsPsycopg, postgresAvailable, wait
 from txgear.server._policy import PolicyTable, RetryPolicy
 from txgear.server._state import JobServerState
 
-try:
-    import psycopg  # noqa: F401
-except ImportError:  # PyPy: psycopg has no build for it
-    psycopg = None
-
-pytestmark = pytest.mark.skipif(psycopg is None, reason="psycopg is not installed")
-
-
-def _reactor() -> Any:
-    from twisted.internet import reactor
-    return reactor
+# Every test here needs psycopg (even to parse a DSN); a CPython test run has it.
+pytestmark = needsPsycopg
 
 
 class Member:

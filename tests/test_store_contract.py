@@ -39,6 +39,17 @@ REDIS = os.environ.get("TXGEAR_TEST_REDIS", "redis://127.0.0.1:6379/0")
 TIMEOUT = 60
 
 
+try:
+    import psycopg as _psycopg  # noqa: F401
+    HAVE_PSYCOPG = True
+except ImportError:  # PyPy: psycopg has no build for it
+    HAVE_PSYCOPG = False
+
+#: Marks tests (or modules, as C{pytestmark}) that need psycopg even to
+#: parse a DSN: skipped where it is not installed (PyPy).
+needsPsycopg = pytest.mark.skipif(not HAVE_PSYCOPG, reason="psycopg is not installed")
+
+
 def _reactor() -> Any:
     from twisted.internet import reactor
     return reactor
