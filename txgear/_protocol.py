@@ -12,6 +12,7 @@ from twisted.internet.protocol import Protocol
 from txgear._log import logger
 
 from txgear._packet import (
+    ARGUMENT_COUNTS,
     DEFAULT_MAX_PACKET,
     MAX_TYPE,
     PacketDecoder,
@@ -57,10 +58,47 @@ def toBytes(value: Any, what: str) -> bytes:
 
 
 def _buildDispatch(cls: type) -> List[Optional[Callable[..., None]]]:
+    """
+    The handler of each packet type, called as C{handler(protocol, body)}.
+
+    A class handles a packet type with C{packet_<NAME>(self, *arguments)},
+    or with C{body_<NAME>(self, body)}, which splits the body itself (the
+    hot packets: no argument list, no extra call). Of the two, the one the
+    most derived class defines wins, so a subclass can override either.
+    """
     table: List[Optional[Callable[..., None]]] = [None] * (MAX_TYPE + 1)
     for kind in PacketType:
-        table[kind] = getattr(cls, "packet_" + kind.name, None)
+        bodyName, packetName = "body_" + kind.name, "packet_" + kind.name
+        for klass in cls.__mro__:
+            if bodyName in vars(klass):
+                table[kind] = getattr(cls, bodyName)
+                break
+            if packetName in vars(klass):
+                table[kind] = _splitting(kind, getattr(cls, packetName))
+                break
     return table
+
+
+def _splitting(kind: int, handler: Callable[..., None]) -> Callable[..., None]:
+    """A C{packet_<NAME>} handler as a C{(protocol, body)} one."""
+    count = ARGUMENT_COUNTS[kind]
+    if count == 1:
+        return handler  # its one argument is the body
+
+    if count == 0:
+        def noArguments(self: Any, body: bytes) -> None:
+            handler(self)
+        return noArguments
+
+    def split(self: Any, body: bytes) -> None:
+        handler(self, *splitArguments(kind, body))
+    return split
+
+
+def missingArguments(kind: int, found: int) -> ProtocolError:
+    """The error of a packet body with too few arguments (as L{splitArguments})."""
+    return ProtocolError(f"packet type {kind} needs {ARGUMENT_COUNTS[kind]} arguments, "
+                         f"body has {found}")
 
 
 class GearmanPeerProtocol(Protocol):
@@ -68,8 +106,9 @@ class GearmanPeerProtocol(Protocol):
     Base class of the client and worker connections (the side that sends
     C{\\0REQ} packets and receives C{\\0RES} ones).
 
-    Subclasses define C{packet_<NAME>(self, *arguments)} methods; a packet type
-    with no method is a protocol error. Bytes that are not valid framing abort
+    Subclasses define C{packet_<NAME>(self, *arguments)} methods (or
+    C{body_<NAME>(self, body)}, see L{_buildDispatch}); a packet type with
+    no method is a protocol error. Bytes that are not valid framing abort
     the connection: nothing after them can be trusted.
 
     @ivar maxPacket: the largest packet body accepted from the server.
@@ -111,7 +150,7 @@ class GearmanPeerProtocol(Protocol):
                 self._protocolViolation(f"unexpected packet {PacketType(kind).name}")
                 return
             try:
-                handler(self, *splitArguments(kind, body))
+                handler(self, body)
             except ProtocolError as e:
                 self._protocolViolation(str(e))
                 return
@@ -153,4 +192,4 @@ def responseSequence(kind: int, args: tuple) -> list:
     return _sequence(responseHeader, kind, args)
 
 
-__all__ = ["GearmanPeerProtocol", "responseSequence", "setNoDelay"]
+__all__ = ["GearmanPeerProtocol", "missingArguments", "responseSequence", "setNoDelay"]
