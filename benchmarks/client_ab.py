@@ -67,6 +67,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5000)
     ap.add_argument("variants", nargs="+", metavar="LABEL=DIR[:EXTRA,ARGS]")
     args = ap.parse_args()
+    if os.sep in args.python:
+        args.python = os.path.abspath(args.python)  # the runs' working directories differ
     variants: List[Tuple[str, str, List[str]]] = []
     for spec in args.variants:
         label, _, rest = spec.partition("=")

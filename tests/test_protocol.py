@@ -157,3 +157,40 @@ def test_clientAndWorkerCheckTheirHotPackets():
     messages = [str(e.get("message")) for e in events]
     assert any("type 13 needs 2 arguments, body has 1" in m for m in messages)
     assert any("type 31 needs 4 arguments, body has 3" in m for m in messages)
+
+
+def test_largeAndSmallPacketsOnTheWire():
+    """Submissions and results, small and large (written without a copy), encode alike."""
+    from txgear._clientprotocol import GearmanClientProtocol
+    from txgear._packet import PacketDecoder, splitArguments
+    from txgear.jobs import Priority
+    from txgear.worker import GearmanWorkerFactory
+
+    def written(transport):
+        decoder = PacketDecoder(expectRequests=True)
+        return [(P(kind).name, splitArguments(kind, body)) for kind, body in decoder.feed(transport.value())]
+
+    big = bytes(range(256)) * 400  # 100 KiB
+    client = GearmanClientProtocol()
+    client.exceptions = False
+    clientTransport = StringTransport()
+    client.makeConnection(clientTransport)
+    client.submit(b"f", b"small", unique=b"u")
+    client.submit(b"f", big, priority=Priority.LOW)
+    client.submitBackground(b"f", b"x", when=1700000000)
+    client.submitBackground(b"f", big, unique=b"v", when=1700000000)
+    assert written(clientTransport) == [
+        ("SUBMIT_JOB", [b"f", b"u", b"small"]), ("SUBMIT_JOB_LOW", [b"f", b"", big]),
+        ("SUBMIT_JOB_EPOCH", [b"f", b"", b"1700000000", b"x"]),
+        ("SUBMIT_JOB_EPOCH", [b"f", b"v", b"1700000000", big])]
+
+    factory = GearmanWorkerFactory(grabAhead=False)
+    factory.register("f", lambda job: big if job.payload == b"big" else b"r")
+    worker = factory.buildProtocol(None)
+    workerTransport = StringTransport()
+    worker.makeConnection(workerTransport)
+    worker.dataReceived(res(P.JOB_ASSIGN_UNIQ, b"H:1", b"f", b"", b"big"))
+    worker.dataReceived(res(P.JOB_ASSIGN_UNIQ, b"H:2", b"f", b"", b"small"))
+    assert written(workerTransport) == [
+        ("CAN_DO", [b"f"]), ("GRAB_JOB_UNIQ", []), ("WORK_COMPLETE", [b"H:1", big]),
+        ("GRAB_JOB_UNIQ", []), ("WORK_COMPLETE", [b"H:2", b"r"]), ("GRAB_JOB_UNIQ", [])]

@@ -131,10 +131,10 @@ class GearmanClientProtocol(GearmanPeerProtocol):
         sub.handle = None
         self._outstanding.append(sub)
         packet = sub.packet()
-        if len(packet) == 1:
-            self._write(packet[0])
+        if type(packet) is bytes:
+            self._write(packet)
         else:
-            self._writeSequence(packet)
+            self._writeSequence(packet)  # type: ignore[arg-type]
 
     def forgetSubmission(self, sub: _Submission) -> None:
         """

@@ -204,6 +204,14 @@ class GearmanPeerProtocol(Protocol):
         except Exception:
             return "?"
 
+    def sendHandlePacket(self, kind: int, handle: bytes, data: bytes) -> None:
+        """Write one request packet of two arguments, a job handle and data."""
+        if len(data) >= _BIG_PAYLOAD:
+            self._writeSequence(_sequence(requestHeader, kind, (handle, data)))
+        else:
+            self._write(b"".join((requestHeader(kind, len(handle) + 1 + len(data)), handle, b"\0",
+                                  data)))
+
     def sendPacket(self, kind: int, *args: bytes) -> None:
         """Write one request packet."""
         if args and len(args[-1]) >= _BIG_PAYLOAD:

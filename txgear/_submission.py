@@ -149,21 +149,25 @@ class _Submission(_Request):
             return (self.function, self.unique, str(self.when).encode("ascii"), payload)
         return (self.function, self.unique, payload)
 
-    def packet(self) -> List[bytes]:
+    def packet(self) -> Union[bytes, List[bytes]]:
         """
-        The submission's request packet, as buffers to write in order: one
-        (the packet) or, for a large payload, two (the payload not copied).
+        The submission's request packet: C{bytes}, or for a large payload a
+        list of two buffers to write in order (the payload not copied).
         """
         payload = self.payload if self.payload is not None else b""
-        if self.kind == PacketType.SUBMIT_JOB_EPOCH:
-            head = b"".join((self.function, b"\0", self.unique, b"\0",
-                             str(self.when).encode("ascii"), b"\0"))
-        else:
-            head = b"".join((self.function, b"\0", self.unique, b"\0"))
-        header = requestHeader(self.kind, len(head) + len(payload))
-        if len(payload) >= _BIG_PAYLOAD:
-            return [header + head, payload]
-        return [b"".join((header, head, payload))]
+        function, unique = self.function, self.unique
+        if self.kind == PacketType.SUBMIT_JOB_EPOCH or len(payload) >= _BIG_PAYLOAD:
+            if self.kind == PacketType.SUBMIT_JOB_EPOCH:
+                head = b"".join((function, b"\0", unique, b"\0", str(self.when).encode("ascii"),
+                                 b"\0"))
+            else:
+                head = b"".join((function, b"\0", unique, b"\0"))
+            header = requestHeader(self.kind, len(head) + len(payload))
+            if len(payload) >= _BIG_PAYLOAD:
+                return [header + head, payload]
+            return b"".join((header, head, payload))
+        header = requestHeader(self.kind, len(function) + len(unique) + 2 + len(payload))
+        return b"".join((header, function, b"\0", unique, b"\0", payload))
 
     def sentOn(self, carrier: SubmissionCarrier, server: Any) -> None:
         """It was written on C{carrier} (to C{server}) and waits for C{JOB_CREATED}."""

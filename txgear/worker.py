@@ -88,7 +88,7 @@ class Job:
     """
 
     __slots__ = ("function", "handle", "unique", "payload", "reducer", "server",
-                 "_protocol", "_state", "_deferred", "_timer")
+                 "_protocol", "_state", "_deferred", "_timer", "_serial")
 
     def __init__(self, function: bytes, handle: bytes, unique: bytes, payload: bytes,
                  reducer: bytes = b"", protocol: Optional["GearmanWorkerProtocol"] = None,
@@ -103,6 +103,7 @@ class Job:
         self._state = _RUNNING
         self._deferred: Optional[Deferred] = None
         self._timer: Any = None
+        self._serial = 0  # its key among the worker's running jobs
 
     def __repr__(self) -> str:
         return f"<Job {self.function!r} {self.handle!r} unique={self.unique!r} {len(self.payload)} bytes>"
@@ -361,7 +362,10 @@ class GearmanWorkerProtocol(GearmanPeerProtocol):
     def finishJob(self, job: Job, kind: int, *args: bytes) -> None:
         """Send the job's final packet, if its connection still stands."""
         if job._protocol is self and not self._lost:
-            self.sendPacket(kind, job.handle, *args)
+            if len(args) == 1:
+                self.sendHandlePacket(kind, job.handle, args[0])
+            else:
+                self.sendPacket(kind, job.handle, *args)
         self.jobs.pop(job.handle, None)
 
     def packet_ERROR(self, code: bytes, text: bytes) -> None:
@@ -443,7 +447,10 @@ class GearmanWorkerFactory(ClientFactory):
         self._timeouts = 0  # registered functions with a timeout
         self._held: Deque[GearmanWorkerProtocol] = deque()  # connections holding a job
         self._waiting: Deque[GearmanWorkerProtocol] = deque()
+        # Running jobs by serial number (not id(): on PyPy, id() of a young
+        # object allocates a copy of it in the old generation).
         self._running: Dict[int, Job] = {}
+        self._serial = 0
         self._idleWaiters: List[Deferred] = []
 
     @property
@@ -591,7 +598,8 @@ class GearmanWorkerFactory(ClientFactory):
             proto.finishJob(job, PacketType.WORK_FAIL)
             self.releaseSlot()
             return
-        self._running[id(job)] = job
+        serial = job._serial = self._serial = self._serial + 1
+        self._running[serial] = job
         clock = self._clockArg or self.clock
         started = clock.seconds()
         try:
@@ -605,7 +613,7 @@ class GearmanWorkerFactory(ClientFactory):
                 # now, without a Deferred (what _jobDone would do).
                 proto._fast = clock.seconds() - started < GRAB_AHEAD_WITHIN
                 job._state = _DONE
-                del self._running[id(job)]
+                del self._running[serial]
                 try:
                     proto.finishJob(job, _WORK_COMPLETE, result)
                 finally:
@@ -648,7 +656,7 @@ class GearmanWorkerFactory(ClientFactory):
             job._timer = None
         state, job._state = job._state, _DONE
         job._deferred = None
-        self._running.pop(id(job), None)
+        self._running.pop(job._serial, None)
         proto = job._protocol
         try:
             if state == _ABANDONED:
