@@ -135,6 +135,8 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
 
     address = f"{args.host}:{args.port}"
     executed = [0]
+    # grabAhead is a keyword of GearmanWorker since issue 14; older code has none.
+    workerOptions = {"grabAhead": False} if args.no_grab_ahead else {}
 
     def echo(job: Any) -> bytes:
         executed[0] += 1
@@ -142,7 +144,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
 
     workers = []
     for _ in range(args.workers):
-        w = GearmanWorker([address], concurrency=1)
+        w = GearmanWorker([address], concurrency=1, **workerOptions)
         w.register(args.function, echo)
         w.register(args.function + "_warmup", echo)
         workers.append(w)
@@ -158,7 +160,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                            pattern, args.timeout)
     if executed[0] != args.jobs:
         raise Failed(f"workers ran {executed[0]} jobs for {args.jobs} submissions")
-    result.update({"mode": "txgear-lib", "size": args.size, "workers": args.workers,
+    result.update({"mode": "txgear-lib", "grab_ahead": not args.no_grab_ahead, "size": args.size, "workers": args.workers,
                    "clients": args.clients, "depth": args.depth,
                    "python": f"{sys.implementation.name} {sys.version.split()[0]}", "errors": 0})
     for s in clients + workers:
@@ -178,6 +180,8 @@ def run() -> None:
     ap.add_argument("--depth", type=int, default=8)
     ap.add_argument("--size", type=int, default=100)
     ap.add_argument("--timeout", type=float, default=60.0)
+    ap.add_argument("--no-grab-ahead", action="store_true",
+                    help="workers with grabAhead=False (one GRAB outstanding per connection)")
     args = ap.parse_args()
     if args.size < 8:
         ap.error("--size must be at least 8")

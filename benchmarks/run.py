@@ -489,19 +489,50 @@ SCENARIOS: Dict[int, Tuple[str, Callable[[Server, Dict[str, int]], Dict[str, flo
 # ---------------------------------------------------------------- client/worker library (scenario 7)
 
 
+def pythonHasGear(python: str) -> bool:
+    try:
+        return subprocess.run([python, "-c", "import gear"], capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
+def gearPython(python: str) -> Optional[str]:
+    """C{python} if it can import gear; into run.py's own PyPy venv, gear is installed first."""
+    if pythonHasGear(python):
+        return python
+    if os.path.realpath(python).startswith(os.path.realpath(PYPY_VENV) + os.sep):
+        log(f"installing gear into {PYPY_VENV}")
+        subprocess.run([python, "-m", "pip", "install", "-q", "gear"], check=False)
+        if pythonHasGear(python):
+            return python
+    log(f"  {python} cannot import gear: no gear column for it")
+    return None
+
+
 def scenario7(args: argparse.Namespace, kinds: List[ServerKind], c: Dict[str, int],
               results: Dict[str, Any]) -> None:
-    """txgear client + workers against gearmand, next to loadgen with the same shape."""
+    """
+    txgear client + workers against gearmand, next to loadgen and to gear's
+    client + workers with the same shape (each against a fresh gearmand).
+    """
     gkind = serverKinds(["gearmand"], args)[0]
-    pythons = []
+    libs: List[Tuple[str, Optional[str], str, List[str]]] = []
     names = [k.name for k in kinds]
+    runners = []
     if "txgear" in names or "txgear-pypy" not in names:
-        pythons.append(("txgear-lib", findCPython(args.python)))
+        runners.append(("", findCPython(args.python)))
     if "txgear-pypy" in names:
-        pythons.append(("txgear-lib-pypy", findPyPy(args.pypy)))
+        runners.append(("-pypy", findPyPy(args.pypy)))
+    for suffix, py in runners:
+        libs.append((f"txgear-lib{suffix}", py, "client_bench.py", []))
+    for suffix, py in runners:
+        gpy = gearPython(py)
+        if gpy is not None:
+            # gear leaves Nagle on (40 ms stalls): measured with TCP_NODELAY, at its best.
+            libs.append((f"gear-lib{suffix}", gpy, "gear_bench.py", ["--nodelay"]))
     shape = ["--workers", "4", "--clients", "8", "--depth", "8", "--size", "100"]
     for rnd in range(args.rounds):
-        for name, py in [("loadgen", None)] + pythons:
+        for name, py, script, extra in [("loadgen", None, "", [])] + libs:
             server = Server(gkind, args.tmpdir)
             try:
                 if py is None:
@@ -509,12 +540,12 @@ def scenario7(args: argparse.Namespace, kinds: List[ServerKind], c: Dict[str, in
                     r = measured(server, "echo", "--function", "bench_lib", "--jobs", c["lib"], *shape)
                 else:
                     cpu0 = server.cpu()
-                    p = subprocess.run([py, os.path.join(HERE, "client_bench.py"), "--port", str(server.port),
-                                        "--jobs", str(c["lib"]), "--warmup", str(c["warmup"])] + shape,
+                    p = subprocess.run([py, os.path.join(HERE, script), "--port", str(server.port),
+                                        "--jobs", str(c["lib"]), "--warmup", str(c["warmup"])] + shape + extra,
                                        capture_output=True, text=True, timeout=900,
                                        env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT)
                     if p.returncode != 0:
-                        raise BenchError(f"client_bench.py ({py}) failed (exit {p.returncode}): "
+                        raise BenchError(f"{script} ({py}) failed (exit {p.returncode}): "
                                          f"{(p.stderr or p.stdout).strip()[-1500:]}")
                     r = json.loads(p.stdout.strip().splitlines()[-1])
                     r["server_cpu_us_per_job"] = (server.cpu() - cpu0) * 1e6 / (r["jobs"] + c["warmup"])
@@ -577,8 +608,10 @@ def table(results: Dict[str, Any]) -> str:
     for scen in sorted(runs, key=int):
         byServer = runs[scen]
         if int(scen) == 7:
-            title = "txgear client + worker libraries vs loadgen, both against gearmand (4 workers, 8x8 in flight, 100 B)"
-            cols = [s for s in ["loadgen", "txgear-lib", "txgear-lib-pypy"] if s in byServer]
+            title = ("txgear client + worker libraries vs loadgen and gear's, all against gearmand "
+                     "(4 workers, 8x8 in flight, 100 B)")
+            cols = [s for s in ["loadgen", "txgear-lib", "txgear-lib-pypy", "gear-lib", "gear-lib-pypy"]
+                    if s in byServer]
             base = "loadgen"
             metrics = LIB_METRICS
         else:

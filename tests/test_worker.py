@@ -3,6 +3,8 @@ Unit tests of L{txgear.worker}: connections in memory, a fake clock.
 """
 from __future__ import annotations
 
+from collections import deque
+
 from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
@@ -70,17 +72,21 @@ class ProtocolTests(SynchronousTestCase):
         t.clear()
         proto.dataReceived(assign(b"H:1", b"f", b"u1", b"abc"))
         self.assertEqual(seen, [(b"f", b"H:1", b"u1", b"abc")])
-        self.assertEqual(t.packets(), [("WORK_COMPLETE", [b"H:1", b"cba"]), ("GRAB_JOB_UNIQ", [])])
+        # The job finished at once: a GRAB for the slot, and one ahead.
+        self.assertEqual(t.packets(), [("WORK_COMPLETE", [b"H:1", b"cba"]), ("GRAB_JOB_UNIQ", []),
+                                       ("GRAB_JOB_UNIQ", [])])
 
     def test_assignSplitAcrossReads(self):
         self.factory.register("f", lambda job: job.payload.upper())
         proto, t = connect(self.factory)
         t.clear()
-        data = assign(b"H:1", b"f", b"u", b"a\0b") + res(P.NO_JOB)
+        data = assign(b"H:1", b"f", b"u", b"a\0b") + res(P.NO_JOB) + res(P.NO_JOB)
         for i in range(len(data)):
             proto.dataReceived(data[i:i + 1])
+        # Two GRABs after a job that finished at once (one ahead); asleep
+        # once both are answered.
         self.assertEqual(t.packets(), [("WORK_COMPLETE", [b"H:1", b"A\0B"]), ("GRAB_JOB_UNIQ", []),
-                                       ("PRE_SLEEP", [])])
+                                       ("GRAB_JOB_UNIQ", []), ("PRE_SLEEP", [])])
 
     def test_plainAndAllAssign(self):
         got = []
@@ -286,6 +292,174 @@ class ConcurrencyTests(SynchronousTestCase):
         self.assertEqual(t.names(), ["WORK_COMPLETE", "GRAB_JOB_UNIQ"])
 
 
+class GrabAheadTests(SynchronousTestCase):
+    """
+    While its jobs finish at once, a connection keeps a second GRAB
+    outstanding behind the slot's: jobs then come two per read.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+
+    def connected(self, function, **kwargs):
+        kwargs.setdefault("concurrency", 1)
+        factory = GearmanWorkerFactory(clock=self.clock, **kwargs)
+        factory.register("f", function)
+        proto, t = connect(factory)
+        self.assertEqual(t.names(), ["CAN_DO", "GRAB_JOB_UNIQ"])  # nothing ahead yet
+        return factory, proto, t
+
+    def test_twoJobsPerRead(self):
+        ran = []
+
+        def f(job):
+            ran.append(job.handle)
+            return job.payload
+
+        factory, proto, t = self.connected(f)
+        proto.dataReceived(assign(b"H:1"))
+        self.assertEqual(t.names(), ["WORK_COMPLETE", "GRAB_JOB_UNIQ", "GRAB_JOB_UNIQ"])
+        # Both GRABs answered in one read: both jobs run, one after the other,
+        # and two GRABs are outstanding again.
+        proto.dataReceived(assign(b"H:2") + assign(b"H:3"))
+        self.assertEqual(ran, [b"H:1", b"H:2", b"H:3"])
+        self.assertEqual(t.packets(), [("WORK_COMPLETE", [b"H:2", b"x"]), ("GRAB_JOB_UNIQ", []),
+                                       ("WORK_COMPLETE", [b"H:3", b"x"]), ("GRAB_JOB_UNIQ", [])])
+        self.assertEqual(factory._busy, 1)  # the slot's GRAB; the other is ahead
+        # Asleep only once both are answered with NO_JOB.
+        proto.dataReceived(res(P.NO_JOB))
+        self.assertEqual(t.names(), [])
+        proto.dataReceived(res(P.NO_JOB))
+        self.assertEqual(t.names(), ["PRE_SLEEP"])
+        self.assertEqual(factory._busy, 0)
+        self.successResultOf(factory.whenIdle())
+        proto.dataReceived(res(P.NOOP))
+        self.assertEqual(t.names(), ["GRAB_JOB_UNIQ", "GRAB_JOB_UNIQ"])
+
+    def test_jobAfterNoJob(self):
+        factory, proto, t = self.connected(lambda job: b"r")
+        proto.dataReceived(assign(b"H:1"))
+        t.clear()
+        # The slot's GRAB finds nothing, the one ahead a job: no sleep, and
+        # the job runs in the slot.
+        proto.dataReceived(res(P.NO_JOB) + assign(b"H:2"))
+        self.assertEqual(t.packets(), [("WORK_COMPLETE", [b"H:2", b"r"]), ("GRAB_JOB_UNIQ", []),
+                                       ("GRAB_JOB_UNIQ", [])])
+        self.assertFalse(proto._sleeping)
+
+    def test_notAfterAPendingDeferred(self):
+        gates = []
+
+        def f(job):
+            gates.append(Deferred())
+            return gates[-1]
+
+        factory, proto, t = self.connected(f)
+        proto.dataReceived(assign(b"H:1"))
+        gates[0].callback(b"r")
+        self.assertEqual(t.names(), ["WORK_COMPLETE", "GRAB_JOB_UNIQ"])
+
+    def test_notAfterASlowJob(self):
+        def f(job):
+            self.clock.advance(0.01)
+            return b"r"
+
+        factory, proto, t = self.connected(f)
+        proto.dataReceived(assign(b"H:1"))
+        self.assertEqual(t.names(), ["WORK_COMPLETE", "GRAB_JOB_UNIQ"])
+
+    def test_notWithTimeouts(self):
+        factory, proto, t = self.connected(lambda job: b"r")
+        factory.register("g", lambda job: b"r", timeout=5)
+        t.clear()
+        proto.dataReceived(assign(b"H:1"))
+        self.assertEqual(t.names(), ["WORK_COMPLETE", "GRAB_JOB_UNIQ"])
+        # Without it, the worker grabs ahead again.
+        factory.unregister("g")
+        t.clear()
+        proto.dataReceived(assign(b"H:2"))
+        self.assertEqual(t.names(), ["WORK_COMPLETE", "GRAB_JOB_UNIQ", "GRAB_JOB_UNIQ"])
+
+    def test_turnedOff(self):
+        factory, proto, t = self.connected(lambda job: b"r", grabAhead=False)
+        proto.dataReceived(assign(b"H:1"))
+        self.assertEqual(t.names(), ["WORK_COMPLETE", "GRAB_JOB_UNIQ"])
+
+    def heldJob(self):
+        """A job grabbed ahead arrives while the one before it still runs."""
+        gates = {}
+        ran = []
+
+        def f(job):
+            ran.append(job.handle)
+            if job.payload == b"wait":
+                gates[job.handle] = Deferred()
+                return gates[job.handle]
+            return b"r"
+
+        factory, proto, t = self.connected(f)
+        proto.dataReceived(assign(b"H:1"))
+        proto.dataReceived(assign(b"H:2", payload=b"wait") + assign(b"H:3"))
+        return factory, proto, t, gates, ran
+
+    def test_heldJobWaitsForTheSlot(self):
+        factory, proto, t, gates, ran = self.heldJob()
+        # H:3 waits: concurrency 1, H:2 runs.
+        self.assertEqual(ran, [b"H:1", b"H:2"])
+        self.assertEqual(t.names(), ["WORK_COMPLETE", "GRAB_JOB_UNIQ", "GRAB_JOB_UNIQ"])
+        self.assertEqual(len(factory.runningJobs()), 1)
+        proto.dataReceived(res(P.NOOP))
+        self.assertEqual(t.names(), [])
+        stopped = factory.whenIdle()
+        self.assertNoResult(stopped)
+        gates[b"H:2"].callback(b"done")
+        # H:3 takes the slot H:2 frees, before anything else is grabbed.
+        self.assertEqual(ran, [b"H:1", b"H:2", b"H:3"])
+        self.assertEqual(t.packets(), [("WORK_COMPLETE", [b"H:2", b"done"]),
+                                       ("WORK_COMPLETE", [b"H:3", b"r"]),
+                                       ("GRAB_JOB_UNIQ", []), ("GRAB_JOB_UNIQ", [])])
+        self.assertNoResult(stopped)
+        proto.dataReceived(res(P.NO_JOB) + res(P.NO_JOB))
+        self.successResultOf(stopped)
+
+    def test_heldJobRunsDuringGracefulStop(self):
+        factory, proto, t, gates, ran = self.heldJob()
+        factory.stopGrabbing()
+        idle = factory.whenIdle()
+        t.clear()
+        gates[b"H:2"].callback(b"done")
+        self.assertEqual(t.names(), ["WORK_COMPLETE", "WORK_COMPLETE"])
+        self.assertEqual(ran, [b"H:1", b"H:2", b"H:3"])
+        self.successResultOf(idle)
+
+    def test_heldJobDroppedWithItsConnection(self):
+        factory, proto, t, gates, ran = self.heldJob()
+        with capturedLogs():
+            t.drop()
+        self.assertEqual(factory._held, deque())
+        self.assertEqual(factory._aheadCount, 0)
+        gates[b"H:2"].callback(b"late")
+        self.assertEqual(ran, [b"H:1", b"H:2"])
+        self.assertEqual(factory._busy, 0)
+        self.successResultOf(factory.whenIdle())
+
+    def test_heldJobDroppedWhenAbandoned(self):
+        factory, proto, t, gates, ran = self.heldJob()
+        factory.stopGrabbing()
+        with capturedLogs():
+            factory.abandonRunning()
+        self.assertEqual(ran, [b"H:1", b"H:2"])
+        self.assertEqual(proto.jobs.keys(), {b"H:2"})
+
+    def test_lostConnectionReleasesBothGrabs(self):
+        factory, proto, t = self.connected(lambda job: b"r")
+        proto.dataReceived(assign(b"H:1"))
+        self.assertEqual((factory._busy, factory._aheadCount), (1, 1))
+        t.drop()
+        self.assertEqual((factory._busy, factory._aheadCount), (0, 0))
+        self.successResultOf(factory.whenIdle())
+
+
 class ServiceTests(SynchronousTestCase):
     def makeWorker(self, *modes, **kwargs):
         self.clock = Clock()
@@ -327,8 +501,9 @@ class ServiceTests(SynchronousTestCase):
         # The slot the lost GRAB held goes to the other connection.
         self.assertEqual(second.transport.names(), ["GRAB_JOB_UNIQ"])
         second.feed(assign(b"H:1"))
-        self.assertEqual(second.transport.names(), ["WORK_COMPLETE", "GRAB_JOB_UNIQ"])
-        second.feed(res(P.NO_JOB))
+        # Finished at once: the slot's GRAB and one ahead.
+        self.assertEqual(second.transport.names(), ["WORK_COMPLETE", "GRAB_JOB_UNIQ", "GRAB_JOB_UNIQ"])
+        second.feed(res(P.NO_JOB) + res(P.NO_JOB))
         self.successResultOf(worker.close())
 
     def test_gracefulStop(self):

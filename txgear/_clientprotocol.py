@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 
 from txgear._log import logger
 from txgear._packet import PacketType
-from txgear._protocol import GearmanPeerProtocol, toBytes
+from txgear._protocol import GearmanPeerProtocol, missingArguments, toBytes
 from txgear._submission import (
     DataCallback,
     StatusCallback,
@@ -30,6 +30,9 @@ from txgear._submission import (
 )
 from txgear.errors import ConnectionLost, JobException, JobFailed, ServerError
 from txgear.jobs import BackgroundJob, JobStatus, Priority
+
+
+_JOB_CREATED = PacketType.JOB_CREATED.value
 
 
 def _int(value: bytes) -> int:
@@ -121,9 +124,17 @@ class GearmanClientProtocol(GearmanPeerProtocol):
         Put C{sub} on this connection (L{SubmissionCarrier}; the caller
         checked it is connected).
         """
-        sub.sentOn(self, self.poolServer)
+        # sub.sentOn(self, self.poolServer), inlined: once per job.
+        sub.carrier = self
+        sub.server = self.poolServer
+        sub.answered = False
+        sub.handle = None
         self._outstanding.append(sub)
-        self.sendPacket(sub.kind, *sub.packetArguments())
+        packet = sub.packet()
+        if type(packet) is bytes:
+            self._write(packet)
+        else:
+            self._writeSequence(packet)  # type: ignore[arg-type]
 
     def forgetSubmission(self, sub: _Submission) -> None:
         """
@@ -256,13 +267,18 @@ class GearmanClientProtocol(GearmanPeerProtocol):
         return None
 
     def packet_JOB_CREATED(self, handle: bytes) -> None:
-        sub = self._take(PacketType.JOB_CREATED)
-        if sub is None:
-            return
+        outstanding = self._outstanding
+        sub: Optional[_Request]
+        if outstanding and outstanding[0].reply == _JOB_CREATED:
+            sub = outstanding.popleft()
+        else:
+            sub = self._take(_JOB_CREATED)
+            if sub is None:
+                return
         assert isinstance(sub, _Submission)
         sub.answered = True
         sub.handle = handle
-        if sub.finished:
+        if sub.cancelled or sub.deferred.called:
             return
         if sub.background:
             server = self.poolServer
@@ -288,6 +304,17 @@ class GearmanClientProtocol(GearmanPeerProtocol):
             return
         for sub in subs:
             sub.finish(result)
+
+    def body_WORK_COMPLETE(self, body: bytes) -> None:
+        handle, separator, result = body.partition(b"\0")
+        if not separator:
+            raise missingArguments(PacketType.WORK_COMPLETE, 1)
+        subs = self._byHandle.pop(handle, None)
+        if subs is None:
+            self._log.debug("Result for unknown or abandoned job {handle!r}", handle=handle)
+            return
+        for sub in subs:
+            sub.complete(result)
 
     def packet_WORK_COMPLETE(self, handle: bytes, result: bytes) -> None:
         self._end(handle, result)

@@ -5,6 +5,7 @@ dispatching packets to C{packet_<NAME>} methods, and writing packets.
 """
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable, ClassVar, List, Optional
 
 from twisted.internet.interfaces import ITCPTransport
@@ -12,6 +13,7 @@ from twisted.internet.protocol import Protocol
 from txgear._log import logger
 
 from txgear._packet import (
+    ARGUMENT_COUNTS,
     DEFAULT_MAX_PACKET,
     MAX_TYPE,
     PacketDecoder,
@@ -26,6 +28,12 @@ from txgear.errors import ProtocolError
 
 #: Payloads at least this large are written without being copied into the packet.
 _BIG_PAYLOAD = 64 * 1024
+
+#: The read sizes of a connection with adaptive reads (see
+#: L{GearmanPeerProtocol.adaptiveReads}): the smallest, and the largest
+#: (Twisted's default).
+SMALL_READ = 1024
+LARGE_READ = 64 * 1024
 
 
 def setNoDelay(transport: Any) -> None:
@@ -57,10 +65,47 @@ def toBytes(value: Any, what: str) -> bytes:
 
 
 def _buildDispatch(cls: type) -> List[Optional[Callable[..., None]]]:
+    """
+    The handler of each packet type, called as C{handler(protocol, body)}.
+
+    A class handles a packet type with C{packet_<NAME>(self, *arguments)},
+    or with C{body_<NAME>(self, body)}, which splits the body itself (the
+    hot packets: no argument list, no extra call). Of the two, the one the
+    most derived class defines wins, so a subclass can override either.
+    """
     table: List[Optional[Callable[..., None]]] = [None] * (MAX_TYPE + 1)
     for kind in PacketType:
-        table[kind] = getattr(cls, "packet_" + kind.name, None)
+        bodyName, packetName = "body_" + kind.name, "packet_" + kind.name
+        for klass in cls.__mro__:
+            if bodyName in vars(klass):
+                table[kind] = getattr(cls, bodyName)
+                break
+            if packetName in vars(klass):
+                table[kind] = _splitting(kind, getattr(cls, packetName))
+                break
     return table
+
+
+def _splitting(kind: int, handler: Callable[..., None]) -> Callable[..., None]:
+    """A C{packet_<NAME>} handler as a C{(protocol, body)} one."""
+    count = ARGUMENT_COUNTS[kind]
+    if count == 1:
+        return handler  # its one argument is the body
+
+    if count == 0:
+        def noArguments(self: Any, body: bytes) -> None:
+            handler(self)
+        return noArguments
+
+    def split(self: Any, body: bytes) -> None:
+        handler(self, *splitArguments(kind, body))
+    return split
+
+
+def missingArguments(kind: int, found: int) -> ProtocolError:
+    """The error of a packet body with too few arguments (as L{splitArguments})."""
+    return ProtocolError(f"packet type {kind} needs {ARGUMENT_COUNTS[kind]} arguments, "
+                         f"body has {found}")
 
 
 class GearmanPeerProtocol(Protocol):
@@ -68,17 +113,29 @@ class GearmanPeerProtocol(Protocol):
     Base class of the client and worker connections (the side that sends
     C{\\0REQ} packets and receives C{\\0RES} ones).
 
-    Subclasses define C{packet_<NAME>(self, *arguments)} methods; a packet type
-    with no method is a protocol error. Bytes that are not valid framing abort
+    Subclasses define C{packet_<NAME>(self, *arguments)} methods (or
+    C{body_<NAME>(self, body)}, see L{_buildDispatch}); a packet type with
+    no method is a protocol error. Bytes that are not valid framing abort
     the connection: nothing after them can be trusted.
 
     @ivar maxPacket: the largest packet body accepted from the server.
+    @ivar adaptiveReads: on a plain TCP or UNIX connection, read no more at
+        once than recent reads brought (from L{SMALL_READ}, doubled while
+        reads fill it, up to L{LARGE_READ}; halved while they use less than
+        a quarter), instead of always Twisted's 64 KiB. On PyPy (the
+        default there) a read's whole buffer is allocated in the young
+        generation, so 64 KiB reads of a few small packets fill it every few
+        jobs, and each minor collection then moves every job in flight to
+        the old generation, for major collections to free: most of a small
+        job's cost. CPython's reads cost the same either way.
     """
 
     _log = logger()
     transport: Any  # a connected transport
     _dispatch: ClassVar[List[Optional[Callable[..., None]]]] = []
     maxPacket = DEFAULT_MAX_PACKET
+    adaptiveReads = sys.implementation.name == "pypy"
+    _sizeReads = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -91,14 +148,30 @@ class GearmanPeerProtocol(Protocol):
         # plain TCP/UNIX connections, where the output can also hold a close
         # until it is sent, whoever closes; others are written at once.
         reactor = getattr(self.transport, "reactor", None)
-        if directSocket(self.transport) is not None and hasattr(reactor, "callLater"):
+        direct = directSocket(self.transport) is not None
+        if direct and hasattr(reactor, "callLater"):
             output: Any = turnWriterFor(reactor).output(self.transport)
         else:
             output = self.transport
         self._write = output.write
         self._writeSequence = output.writeSequence
+        if direct and self.adaptiveReads:
+            # tcp.Connection.doRead reads up to its bufferSize.
+            self._sizeReads = True
+            self.transport.bufferSize = SMALL_READ
+
+    def _sizeNextRead(self, got: int) -> None:
+        transport = self.transport
+        size = transport.bufferSize
+        if got >= size:
+            if size < LARGE_READ:
+                transport.bufferSize = min(size * 2, LARGE_READ)
+        elif got < size // 4 and size > SMALL_READ:
+            transport.bufferSize = max(size // 2, SMALL_READ)
 
     def dataReceived(self, data: bytes) -> None:
+        if self._sizeReads:
+            self._sizeNextRead(len(data))
         decoder = self._decoder
         dispatch = self._dispatch
         messages = iter(decoder.feedFlat(data))
@@ -111,7 +184,7 @@ class GearmanPeerProtocol(Protocol):
                 self._protocolViolation(f"unexpected packet {PacketType(kind).name}")
                 return
             try:
-                handler(self, *splitArguments(kind, body))
+                handler(self, body)
             except ProtocolError as e:
                 self._protocolViolation(str(e))
                 return
@@ -130,6 +203,14 @@ class GearmanPeerProtocol(Protocol):
             return str(self.transport.getPeer())
         except Exception:
             return "?"
+
+    def sendHandlePacket(self, kind: int, handle: bytes, data: bytes) -> None:
+        """Write one request packet of two arguments, a job handle and data."""
+        if len(data) >= _BIG_PAYLOAD:
+            self._writeSequence(_sequence(requestHeader, kind, (handle, data)))
+        else:
+            self._write(b"".join((requestHeader(kind, len(handle) + 1 + len(data)), handle, b"\0",
+                                  data)))
 
     def sendPacket(self, kind: int, *args: bytes) -> None:
         """Write one request packet."""
@@ -153,4 +234,4 @@ def responseSequence(kind: int, args: tuple) -> list:
     return _sequence(responseHeader, kind, args)
 
 
-__all__ = ["GearmanPeerProtocol", "responseSequence", "setNoDelay"]
+__all__ = ["GearmanPeerProtocol", "missingArguments", "responseSequence", "setNoDelay"]

@@ -19,8 +19,8 @@ from typing import Any, Callable, List, Optional, Protocol, Union
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from txgear._packet import PacketType
-from txgear._protocol import toBytes
+from txgear._packet import PacketType, requestHeader
+from txgear._protocol import _BIG_PAYLOAD, toBytes
 from txgear.errors import ConnectionLost
 from txgear.jobs import Priority
 
@@ -149,6 +149,26 @@ class _Submission(_Request):
             return (self.function, self.unique, str(self.when).encode("ascii"), payload)
         return (self.function, self.unique, payload)
 
+    def packet(self) -> Union[bytes, List[bytes]]:
+        """
+        The submission's request packet: C{bytes}, or for a large payload a
+        list of two buffers to write in order (the payload not copied).
+        """
+        payload = self.payload if self.payload is not None else b""
+        function, unique = self.function, self.unique
+        if self.kind == PacketType.SUBMIT_JOB_EPOCH or len(payload) >= _BIG_PAYLOAD:
+            if self.kind == PacketType.SUBMIT_JOB_EPOCH:
+                head = b"".join((function, b"\0", unique, b"\0", str(self.when).encode("ascii"),
+                                 b"\0"))
+            else:
+                head = b"".join((function, b"\0", unique, b"\0"))
+            header = requestHeader(self.kind, len(head) + len(payload))
+            if len(payload) >= _BIG_PAYLOAD:
+                return [header + head, payload]
+            return b"".join((header, head, payload))
+        header = requestHeader(self.kind, len(function) + len(unique) + 2 + len(payload))
+        return b"".join((header, function, b"\0", unique, b"\0", payload))
+
     def sentOn(self, carrier: SubmissionCarrier, server: Any) -> None:
         """It was written on C{carrier} (to C{server}) and waits for C{JOB_CREATED}."""
         self.carrier = carrier
@@ -183,6 +203,16 @@ class _Submission(_Request):
             else:
                 self.deferred.callback(result)
 
+    def complete(self, result: bytes) -> None:
+        """L{finish} with a job's result (C{WORK_COMPLETE}): the hot path, inlined."""
+        self.answered = True
+        self.carrier = None
+        self.payload = None
+        self.onStatus = self.onData = self.onWarning = None
+        deferred = self.deferred
+        if not deferred.called:
+            deferred.callback(result)
+
     def lost(self, created: bool, reason: Failure) -> None:
         """The connection carrying this submission went away."""
         self.carrier = None
@@ -202,22 +232,29 @@ def makeSubmission(function: Union[bytes, str], payload: Union[bytes, str],
                    onWarning: Optional[DataCallback] = None,
                    retries: int = 0) -> _Submission:
     """Check and encode the arguments of a submission."""
-    function = toBytes(function, "function")
-    payload = toBytes(payload, "payload")
-    unique = b"" if unique is None else toBytes(unique, "unique")
-    if len(unique) > MAX_UNIQUE:
-        raise ValueError(f"unique ids are limited to {MAX_UNIQUE} bytes")
-    priority = Priority(priority)
+    if type(function) is not bytes:
+        function = toBytes(function, "function")
+    if type(payload) is not bytes:
+        payload = toBytes(payload, "payload")
+    if unique is None:
+        unique = b""
+    else:
+        unique = toBytes(unique, "unique")
+        if len(unique) > MAX_UNIQUE:
+            raise ValueError(f"unique ids are limited to {MAX_UNIQUE} bytes")
     if when is not None:
+        Priority(priority)
         if not background:
             raise ValueError("a run-at time needs a background job")
         kind: int = PacketType.SUBMIT_JOB_EPOCH
         when = int(when)
-    elif background:
-        kind = _BACKGROUND[priority]
     else:
-        kind = _FOREGROUND[priority]
-    return _Submission(function, unique, payload, kind, background, when,
+        kinds = _BACKGROUND if background else _FOREGROUND
+        try:
+            kind = kinds[priority]
+        except (KeyError, TypeError):
+            kind = kinds[Priority(priority)]  # raises ValueError if it is none
+    return _Submission(function, unique, payload, kind, background, when,  # type: ignore[arg-type]
                        onStatus, onData, onWarning, retries)
 
 

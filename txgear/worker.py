@@ -21,7 +21,10 @@ traceback.
 Each connection grabs with C{GRAB_JOB_UNIQ} (so L{Job.unique} is known),
 sleeps with C{PRE_SLEEP} after C{NO_JOB}, and grabs again on C{NOOP}. A
 connection asks for another job whenever the worker has a free slot, so up
-to C{concurrency} jobs run at once, whichever servers they come from.
+to C{concurrency} jobs run at once, whichever servers they come from. While
+its jobs finish at once (short functions that return a value), a connection
+also grabs one job ahead, so that jobs arrive two to a read (see
+L{GearmanWorkerProtocol}; C{grabAhead=False} turns this off).
 """
 from __future__ import annotations
 
@@ -36,12 +39,12 @@ from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from txgear._log import logger
-from txgear._packet import PacketType
+from txgear._packet import PacketType, encodeRequest
 from txgear._pool import PoolServer, PoolService, ServerPool
 
 if TYPE_CHECKING:
     from txgear._tlsclient import TLSOptions
-from txgear._protocol import GearmanPeerProtocol, toBytes
+from txgear._protocol import GearmanPeerProtocol, missingArguments, toBytes
 from txgear.errors import JobFailed
 
 JobFunction = Callable[["Job"], Any]
@@ -55,6 +58,14 @@ def _resultBytes(value: Any) -> bytes:
         return b""
     return toBytes(value, "a job function's result (bytes, str or None)")
 
+
+_WORK_COMPLETE = PacketType.WORK_COMPLETE.value
+
+#: A connection grabs ahead only while its jobs finish at once and within
+#: this many seconds: the per-job overhead it saves (tens of microseconds)
+#: matters only for short jobs, and a job it grabs ahead waits behind the
+#: job before it.
+GRAB_AHEAD_WITHIN = 0.001
 
 # Job states
 _RUNNING = 0
@@ -77,7 +88,7 @@ class Job:
     """
 
     __slots__ = ("function", "handle", "unique", "payload", "reducer", "server",
-                 "_protocol", "_state", "_deferred", "_timer")
+                 "_protocol", "_state", "_deferred", "_timer", "_serial")
 
     def __init__(self, function: bytes, handle: bytes, unique: bytes, payload: bytes,
                  reducer: bytes = b"", protocol: Optional["GearmanWorkerProtocol"] = None,
@@ -92,6 +103,7 @@ class Job:
         self._state = _RUNNING
         self._deferred: Optional[Deferred] = None
         self._timer: Any = None
+        self._serial = 0  # its key among the worker's running jobs
 
     def __repr__(self) -> str:
         return f"<Job {self.function!r} {self.handle!r} unique={self.unique!r} {len(self.payload)} bytes>"
@@ -139,6 +151,15 @@ class GearmanWorkerProtocol(GearmanPeerProtocol):
     """
     One worker connection to a job server.
 
+    Each connection has at most one GRAB outstanding for a free slot of the
+    worker (see L{GearmanWorkerFactory}). While the jobs it runs finish at
+    once (a result, not a pending L{Deferred}, within L{GRAB_AHEAD_WITHIN}
+    seconds), it also keeps a second GRAB outstanding behind that one, for
+    no slot ("grabbing ahead"): its job usually arrives when the job before
+    it has finished, and the two come and go in one read and one write
+    instead of two each. A job it brings while no slot is free waits here
+    (at most one per connection) and starts first when one frees.
+
     @ivar poolServer: the L{PoolServer} this connection belongs to, if any.
     """
 
@@ -147,13 +168,21 @@ class GearmanWorkerProtocol(GearmanPeerProtocol):
 
     def __init__(self) -> None:
         self.jobs: Dict[bytes, Job] = {}
-        self._grabbing = False
+        # Outstanding GRABs in the order sent (answers come in that order):
+        # False for the one holding a slot, True for the one grabbing ahead.
+        self._grabs: Deque[bool] = deque()
+        self._grabbing = False  # the slot's GRAB is outstanding
+        self._ahead = False  # a GRAB ahead is outstanding
+        self._held: Optional[Job] = None  # assigned, waiting for a slot
+        self._fast = False  # the last job here finished at once: grab ahead
+        self._drained = False  # NO_JOB came and a GRAB is still out: grab no more
         self._sleeping = False
         self._queued = False
         self._lost = False
         self._grabKind: int = PacketType.GRAB_JOB_UNIQ
         self._grabsSent = 0
         self._fence: Optional[int] = None  # GRAB count when an ECHO was sent to check it
+        self._jobServer: Optional[str] = None  # Job.server of its jobs, once known
         self.connected = False
 
     @property
@@ -184,9 +213,16 @@ class GearmanWorkerProtocol(GearmanPeerProtocol):
             # The server requeues (gearmand) or fails (Perl) these jobs; our
             # results for them can no longer be delivered.
             job._protocol = None
-        if self._grabbing:
-            self._grabbing = False
-            core.releaseSlot()
+        if self._held is not None:
+            self._held = None
+            core.dropHeld(self)
+        grabs, self._grabs = self._grabs, deque()
+        self._grabbing = self._ahead = False
+        for ahead in grabs:
+            if ahead:
+                core.aheadAnswered()
+            else:
+                core.releaseSlot()
         if self.poolServer is not None:
             self.poolServer.protocolLost(self)
         if jobs:
@@ -201,17 +237,28 @@ class GearmanWorkerProtocol(GearmanPeerProtocol):
     # Grabbing
 
     def wantWork(self) -> None:
-        """Grab a job if this connection may and the worker has a free slot."""
-        if self._lost or self._grabbing or self._sleeping or self.transport is None:
+        """
+        Grab a job if this connection may and the worker has a free slot;
+        grab ahead too if its jobs finish at once.
+        """
+        if self._lost or self._sleeping or self._drained or self.transport is None:
             return
-        core = self._core
+        core: GearmanWorkerFactory = self.factory  # type: ignore[assignment]
         if core.stopping or not core.functions:
             return
-        if not core.reserveSlot(self):
-            return
-        self._grabbing = True
-        self._grabsSent += 1
-        self.sendPacket(self._grabKind)
+        if not self._grabbing:
+            if self._held is not None or not core.reserveSlot(self):
+                return
+            self._grabbing = True
+            self._grabs.append(False)
+            self._grabsSent += 1
+            self._write(_GRAB_PACKETS[self._grabKind])
+        if self._fast and not self._ahead and self._fence is None and core.mayGrabAhead():
+            self._ahead = True
+            self._grabs.append(True)
+            core.aheadSent()
+            self._grabsSent += 1
+            self._write(_GRAB_PACKETS[self._grabKind])
 
     def wake(self) -> None:
         """Forget any sleep: something may be runnable (new function registered)."""
@@ -224,14 +271,37 @@ class GearmanWorkerProtocol(GearmanPeerProtocol):
             self._sleeping = False
             self.wantWork()
 
+    def _answered(self) -> Optional[bool]:
+        """
+        The oldest outstanding GRAB got its answer: whether it was one
+        grabbing ahead (C{None}: no GRAB was outstanding).
+        """
+        grabs = self._grabs
+        if not grabs:
+            return None
+        ahead = grabs.popleft()
+        if ahead:
+            self._ahead = False
+        else:
+            self._grabbing = False
+        return ahead
+
     def packet_NO_JOB(self) -> None:
-        if not self._grabbing:
+        ahead = self._answered()
+        if ahead is None:
             self._protocolViolation("NO_JOB without a GRAB")
             return
-        self._grabbing = False
-        self._sleeping = True
-        self.sendPacket(PacketType.PRE_SLEEP)
-        self._core.releaseSlot()
+        if self._grabs:
+            # Another GRAB's answer is still to come: sleep (or not) then.
+            self._drained = True
+        else:
+            self._drained = False
+            self._sleeping = True
+            self.sendPacket(PacketType.PRE_SLEEP)
+        if ahead:
+            self._core.aheadAnswered()
+        else:
+            self._core.releaseSlot()
 
     def packet_JOB_ASSIGN(self, handle: bytes, function: bytes, payload: bytes) -> None:
         self._assigned(Job(function, handle, b"", payload))
@@ -239,25 +309,63 @@ class GearmanWorkerProtocol(GearmanPeerProtocol):
     def packet_JOB_ASSIGN_UNIQ(self, handle: bytes, function: bytes, unique: bytes, payload: bytes) -> None:
         self._assigned(Job(function, handle, unique, payload))
 
+    def body_JOB_ASSIGN_UNIQ(self, body: bytes) -> None:
+        arguments = body.split(b"\0", 3)
+        if len(arguments) != 4:
+            raise missingArguments(PacketType.JOB_ASSIGN_UNIQ, len(arguments))
+        handle, function, unique, payload = arguments
+        self._assigned(Job(function, handle, unique, payload))
+
     def packet_JOB_ASSIGN_ALL(self, handle: bytes, function: bytes, unique: bytes,
                               reducer: bytes, payload: bytes) -> None:
         self._assigned(Job(function, handle, unique, payload, reducer))
 
     def _assigned(self, job: Job) -> None:
-        if not self._grabbing:
+        ahead = self._answered()
+        if ahead is None:
             self._protocolViolation("job assigned without a GRAB")
             return
-        self._grabbing = False
+        self._drained = False
         job._protocol = self
-        job.server = self._serverName()
+        server = self._jobServer
+        if server is None:
+            server = self._jobServer = self._serverName()
+        job.server = server
         self.jobs[job.handle] = job
+        core: GearmanWorkerFactory = self.factory  # type: ignore[assignment]
+        if ahead:
+            if core.takeFreeSlot():
+                core.aheadAnswered()
+            elif self._grabbing:
+                # The slot of the GRAB still outstanding goes to this job;
+                # that GRAB now grabs ahead (so as many are ahead as before).
+                self._grabbing = False
+                self._ahead = True
+                self._grabs[0] = True
+            else:
+                self._held = job
+                core.hold(self)
+                core.aheadAnswered()
+                return
+        core.runJob(self, job)
+        self.wantWork()
+
+    def startHeld(self) -> None:
+        """A slot was given to the job held here: run it."""
+        job, self._held = self._held, None
+        if job is None:
+            self._core.releaseSlot()
+            return
         self._core.runJob(self, job)
         self.wantWork()
 
     def finishJob(self, job: Job, kind: int, *args: bytes) -> None:
         """Send the job's final packet, if its connection still stands."""
         if job._protocol is self and not self._lost:
-            self.sendPacket(kind, job.handle, *args)
+            if len(args) == 1:
+                self.sendHandlePacket(kind, job.handle, args[0])
+            else:
+                self.sendPacket(kind, job.handle, *args)
         self.jobs.pop(job.handle, None)
 
     def packet_ERROR(self, code: bytes, text: bytes) -> None:
@@ -265,7 +373,7 @@ class GearmanWorkerProtocol(GearmanPeerProtocol):
             self._log.info("Server {server} no longer knows a job we reported on: {text!r}",
                            server=self._serverName(), text=text)
             return
-        if self._grabbing and self._grabKind != PacketType.GRAB_JOB and self._fence is None:
+        if self._grabs and self._grabKind != PacketType.GRAB_JOB and self._fence is None:
             # Either our GRAB_JOB_UNIQ is refused (an old server, e.g. Perl's,
             # answers server_error) or the ERROR answers an earlier packet and
             # the GRAB's answer is still to come. An ECHO tells them apart (the
@@ -279,8 +387,9 @@ class GearmanWorkerProtocol(GearmanPeerProtocol):
         if data != _GRAB_CHECK or self._fence is None:
             return
         fence, self._fence = self._fence, None
-        if self._grabbing and self._grabsSent == fence:
-            # Nothing answered the GRAB but that ERROR: fall back to GRAB_JOB.
+        if self._grabs and self._grabsSent == fence:
+            # Nothing answered the GRAB but that ERROR: fall back to GRAB_JOB
+            # (the new GRAB takes the refused one's place).
             self._log.info("Server {server} refused GRAB_JOB_UNIQ; using GRAB_JOB",
                            server=self._serverName())
             self._grabKind = PacketType.GRAB_JOB
@@ -301,6 +410,8 @@ class GearmanWorkerFactory(ClientFactory):
     @ivar concurrency: the most jobs run at once across all connections.
     @ivar clientId: sent as C{SET_CLIENT_ID} on connect when not C{None}.
     @ivar stopping: set by L{stopGrabbing}; no new jobs are asked for.
+    @ivar grabAhead: whether connections may grab ahead (see
+        L{GearmanWorkerProtocol}).
     """
 
     protocol = GearmanWorkerProtocol
@@ -308,7 +419,8 @@ class GearmanWorkerFactory(ClientFactory):
     _log = logger()
 
     def __init__(self, concurrency: int = 1, clock: Any = None,
-                 clientId: Optional[Union[bytes, str]] = None, useAsyncio: bool = False) -> None:
+                 clientId: Optional[Union[bytes, str]] = None, useAsyncio: bool = False,
+                 grabAhead: bool = True) -> None:
         """
         @param concurrency: the most jobs run at once, across all connections.
         @param clock: the clock for job timeouts (default: the global reactor).
@@ -316,6 +428,9 @@ class GearmanWorkerFactory(ClientFactory):
         @param useAsyncio: run C{async def} functions as asyncio tasks (with
             the asyncio reactor), so they can await asyncio futures; by
             default they run as Twisted coroutines and await Deferreds.
+        @param grabAhead: while jobs finish at once, keep a second GRAB
+            outstanding on each connection (see L{GearmanWorkerProtocol});
+            never while a function registered with a timeout is.
         """
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -326,9 +441,16 @@ class GearmanWorkerFactory(ClientFactory):
         self.stopping = False
         self.useAsyncio = useAsyncio
         self._protocols: List[GearmanWorkerProtocol] = []
-        self._busy = 0  # running jobs + outstanding GRABs
+        self.grabAhead = grabAhead
+        self._busy = 0  # running jobs + outstanding GRABs for a slot
+        self._aheadCount = 0  # outstanding GRABs ahead, all connections
+        self._timeouts = 0  # registered functions with a timeout
+        self._held: Deque[GearmanWorkerProtocol] = deque()  # connections holding a job
         self._waiting: Deque[GearmanWorkerProtocol] = deque()
+        # Running jobs by serial number (not id(): on PyPy, id() of a young
+        # object allocates a copy of it in the old generation).
         self._running: Dict[int, Job] = {}
+        self._serial = 0
         self._idleWaiters: List[Deferred] = []
 
     @property
@@ -362,6 +484,7 @@ class GearmanWorkerFactory(ClientFactory):
             raise TypeError("function must be callable")
         entry = _Function(_bytes(name, "function name"), function, timeout)
         self.functions[entry.name] = entry
+        self._timeouts = sum(1 for f in self.functions.values() if f.timeout)
         for proto in list(self._protocols):
             proto.sendPacket(*entry.registration())
             proto.wake()
@@ -371,6 +494,7 @@ class GearmanWorkerFactory(ClientFactory):
         key = _bytes(name, "function name")
         if self.functions.pop(key, None) is None:
             return
+        self._timeouts = sum(1 for f in self.functions.values() if f.timeout)
         for proto in list(self._protocols):
             proto.sendPacket(PacketType.CANT_DO, key)
 
@@ -405,14 +529,59 @@ class GearmanWorkerFactory(ClientFactory):
         return False
 
     def releaseSlot(self) -> None:
-        """A GRAB got no job, or a job ended: give its slot to a waiting connection."""
+        """
+        A GRAB got no job, or a job ended: give its slot to a held job, else
+        to a waiting connection.
+        """
         self._busy -= 1
+        held = self._held
+        while held and self._busy < self.concurrency:
+            self._busy += 1
+            held.popleft().startHeld()
         waiting = self._waiting
         while waiting and self._busy < self.concurrency and not self.stopping:
             proto = waiting.popleft()
             proto._queued = False
             proto.wantWork()
-        if self._busy == 0 and self._idleWaiters:
+        self._checkIdle()
+
+    def takeFreeSlot(self) -> bool:
+        """Take a free slot for a job a GRAB ahead brought, if there is one."""
+        if self._busy < self.concurrency and not self._held:
+            self._busy += 1
+            return True
+        return False
+
+    def mayGrabAhead(self) -> bool:
+        """Whether a connection whose jobs finish at once may grab ahead now."""
+        return self.grabAhead and not self._timeouts
+
+    def aheadSent(self) -> None:
+        """A connection sent a GRAB ahead."""
+        self._aheadCount += 1
+
+    def aheadAnswered(self) -> None:
+        """A GRAB ahead was answered (or its connection lost)."""
+        self._aheadCount -= 1
+        self._checkIdle()
+
+    def hold(self, proto: GearmanWorkerProtocol) -> None:
+        """C{proto} holds a job until a slot frees (L{releaseSlot})."""
+        self._held.append(proto)
+
+    def dropHeld(self, proto: GearmanWorkerProtocol) -> None:
+        """C{proto}, which held a job, lost its connection."""
+        try:
+            self._held.remove(proto)
+        except ValueError:
+            pass
+        self._checkIdle()
+
+    def _idle(self) -> bool:
+        return self._busy == 0 and self._aheadCount == 0 and not self._held
+
+    def _checkIdle(self) -> None:
+        if self._idleWaiters and self._idle():
             waiters, self._idleWaiters = self._idleWaiters, []
             for d in waiters:
                 d.callback(None)
@@ -429,13 +598,27 @@ class GearmanWorkerFactory(ClientFactory):
             proto.finishJob(job, PacketType.WORK_FAIL)
             self.releaseSlot()
             return
-        self._running[id(job)] = job
+        serial = job._serial = self._serial = self._serial + 1
+        self._running[serial] = job
+        clock = self._clockArg or self.clock
+        started = clock.seconds()
         try:
             result = entry.callable(job)
         except BaseException:
             d: Deferred = Deferred()
             d.errback(Failure())
         else:
+            if type(result) is bytes and job._state == _RUNNING and job._protocol is proto:
+                # Finished at once with bytes, the common case: complete it
+                # now, without a Deferred (what _jobDone would do).
+                proto._fast = clock.seconds() - started < GRAB_AHEAD_WITHIN
+                job._state = _DONE
+                del self._running[serial]
+                try:
+                    proto.finishJob(job, _WORK_COMPLETE, result)
+                finally:
+                    self.releaseSlot()
+                return
             if isinstance(result, Deferred):
                 d = result
             elif inspect.isawaitable(result):
@@ -451,8 +634,10 @@ class GearmanWorkerFactory(ClientFactory):
                 d = succeed(result)
         if d.called:
             # Finished synchronously: no timer needed.
+            proto._fast = clock.seconds() - started < GRAB_AHEAD_WITHIN
             d.addBoth(self._jobDone, job)
             return
+        proto._fast = False
         job._deferred = d
         if entry.timeout:
             job._timer = self.clock.callLater(entry.timeout, self._timedOut, job)
@@ -471,7 +656,7 @@ class GearmanWorkerFactory(ClientFactory):
             job._timer = None
         state, job._state = job._state, _DONE
         job._deferred = None
-        self._running.pop(id(job), None)
+        self._running.pop(job._serial, None)
         proto = job._protocol
         try:
             if state == _ABANDONED:
@@ -528,8 +713,8 @@ class GearmanWorkerFactory(ClientFactory):
             proto.wake()
 
     def whenIdle(self) -> Deferred[None]:
-        """Fires when no job runs and no GRAB is outstanding."""
-        if self._busy == 0:
+        """Fires when no job runs or waits for a slot and no GRAB is outstanding."""
+        if self._idle():
             return succeed(None)
         def cancel(d: Deferred) -> None:
             if d in self._idleWaiters:
@@ -540,13 +725,28 @@ class GearmanWorkerFactory(ClientFactory):
         return d
 
     def abandonRunning(self) -> None:
-        """Cancel every running job, sending nothing for them."""
+        """
+        Cancel every running job, sending nothing for them; jobs waiting for
+        a slot are dropped (the server takes them back when the connection
+        closes).
+        """
+        held, self._held = self._held, deque()
+        for proto in held:
+            job, proto._held = proto._held, None
+            if job is not None:
+                proto.jobs.pop(job.handle, None)
+                self._log.info("Job {handle!r} dropped at shutdown before it started",
+                               handle=job.handle)
         for job in list(self._running.values()):
             if job._state == _RUNNING:
                 job._state = _ABANDONED
                 if job._deferred is not None:
                     job._deferred.cancel()
 
+
+#: The GRAB packets, encoded once.
+_GRAB_PACKETS: Dict[int, bytes] = {
+    kind: encodeRequest(kind) for kind in (PacketType.GRAB_JOB, PacketType.GRAB_JOB_UNIQ)}
 
 #: The ECHO payload that tells whether an ERROR answered our GRAB_JOB_UNIQ.
 _GRAB_CHECK = b"txgear: GRAB_JOB_UNIQ check"
@@ -592,7 +792,7 @@ class GearmanWorker(PoolService):
                  connectTimeout: float = 30.0,
                  endpointFor: Optional[Callable[[PoolServer], Any]] = None,
                  useAsyncio: bool = False,
-                 tls: Optional["TLSOptions"] = None) -> None:
+                 tls: Optional["TLSOptions"] = None, grabAhead: bool = True) -> None:
         """
         @param servers: server addresses (see L{txgear.client.GearmanClient}).
         @param concurrency: the most jobs run at once, across all servers.
@@ -609,6 +809,9 @@ class GearmanWorker(PoolService):
             C{tls.certificate} (see L{txgear.TLSOptions}).
         @param useAsyncio: run C{async def} functions as asyncio tasks (see
             L{GearmanWorkerFactory}).
+        @param grabAhead: while jobs finish at once, keep a second GRAB
+            outstanding per connection (see L{GearmanWorkerProtocol}); pass
+            C{False} to ask for a job only when a slot is free.
         """
         if reactor is None:
             from twisted.internet import reactor as globalReactor
@@ -616,7 +819,7 @@ class GearmanWorker(PoolService):
             reactor = globalReactor
         self._clock = clock if clock is not None else reactor
         self.grace = grace
-        self.factory = GearmanWorkerFactory(concurrency, self._clock, clientId, useAsyncio)
+        self.factory = GearmanWorkerFactory(concurrency, self._clock, clientId, useAsyncio, grabAhead)
         self._pool = ServerPool(servers, self.factory, reactor=reactor, clock=self._clock,
                                 retryPolicy=retryPolicy, connectTimeout=connectTimeout,
                                 endpointFor=endpointFor, tls=tls)
