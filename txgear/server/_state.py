@@ -330,10 +330,12 @@ class JobServerState:
         next sleepers.
     @param store: an L{txgear.interfaces.IJobStore} for background jobs, or
         C{None} to keep them in memory only.
-    @param onEmptied: called when much of the state was just freed: the last
-        job is gone after at least L{LARGE_QUEUE} were held at once, or a
-        function table of L{LARGE_FUNCTION_TABLE} or more has shrunk to an
-        eighth. The moment to give memory back (see L{txgear.server._reclaim}).
+    @param onEmptied: called when much of the state was just freed: the job
+        table shrank to an eighth of a peak of L{LARGE_QUEUE} or more (it is
+        then rebuilt at its new size), the last job is gone after at least
+        L{LARGE_QUEUE} were held at once, or a function table of
+        L{LARGE_FUNCTION_TABLE} or more has shrunk to an eighth. The moment
+        to give memory back (see L{txgear.server._reclaim}).
     @param maxFunctions: how many functions may exist at once; past it, a
         CAN_DO of a new name is ignored and a submission gets C{ERROR
         QUEUE_ERROR}. Jobs loaded from the store are never refused.
@@ -390,6 +392,9 @@ class JobServerState:
         self._nextKey = 1
         self.onEmptied = onEmptied
         self._largeQueue = False
+        # The most jobs held since the job table was last rebuilt, once it
+        # reached LARGE_QUEUE (0 before): a dict never shrinks by deletion.
+        self._jobsPeak = 0
         self.functions: Dict[bytes, Function] = {}
         self._functionsPeak = 0
         self.jobs: Dict[bytes, Job] = {}
@@ -483,7 +488,9 @@ class JobServerState:
                 self._forgetFunction(function)
             if not self.accepting:
                 self._checkIdle()
-            if self._largeQueue and not self.jobs:
+            if self._jobsPeak and len(self.jobs) * 8 <= self._jobsPeak:
+                self._shrinkJobs()
+            elif self._largeQueue and not self.jobs:
                 self._largeQueue = False
                 if self.onEmptied is not None:
                     self.onEmptied()
@@ -509,11 +516,27 @@ class JobServerState:
         elif new == PENDING:
             function.pending += 1
 
+    def _shrinkJobs(self) -> None:
+        """
+        The job table holds an eighth of its peak: copy it (and the unique
+        index) into tables of their size, and give the memory back. Each
+        copy follows at least seven times as many removals: O(1) per job.
+        """
+        jobs = self.jobs = dict(self.jobs)
+        self._uniqueIndex = dict(self._uniqueIndex)
+        self._jobsPeak = len(jobs) if len(jobs) >= LARGE_QUEUE else 0
+        self._largeQueue = bool(jobs)
+        if self.onEmptied is not None:
+            self.onEmptied()
+
     def _unindex(self, job: Job) -> None:
         """Remove a job from the coalescing indexes (O(1))."""
-        uniques = job.func.uniques
+        function = job.func
+        uniques = function.uniques
         if uniques and uniques.get(job.coalesceKey) is job:
             del uniques[job.coalesceKey]
+            if not uniques:
+                function.uniques = None  # its table may have been large
         index = self._uniqueIndex.get(job.unique)
         if index is not None:
             index.pop(job, None)
@@ -853,8 +876,11 @@ class JobServerState:
         stats.submitted[background] += 1
         jobs = self.jobs
         jobs[handle] = job
-        if len(jobs) >= LARGE_QUEUE:
+        count = len(jobs)
+        if count >= LARGE_QUEUE:
             self._largeQueue = True
+            if count > self._jobsPeak:
+                self._jobsPeak = count
         if coalesceKey is not None:
             self._index(job, coalesceKey)
         if not background:
@@ -984,6 +1010,7 @@ class JobServerState:
             count += 1
         if len(self.jobs) >= LARGE_QUEUE:
             self._largeQueue = True
+            self._jobsPeak = max(self._jobsPeak, len(self.jobs))
         return count
 
     # -- grabbing --------------------------------------------------------
