@@ -366,6 +366,10 @@ class JobServerState:
         if handlePrefix is None:
             handlePrefix = ("H:" + (platform.node() or "localhost")).encode("utf-8")
         self.handlePrefix = handlePrefix + b":"
+        # JOB_CREATED up to a handle's number, by its count of digits: the
+        # reply to a new job is then one concatenation.
+        self._createdHead = [responseHeader(PacketType.JOB_CREATED, len(self.handlePrefix) + digits)
+                             + self.handlePrefix for digits in range(21)]
         self.jobRetries = jobRetries
         self.policies = policies if policies is not None else PolicyTable(
             RetryPolicy.fromJobRetries(jobRetries))
@@ -867,7 +871,8 @@ class JobServerState:
             return
         key = self._nextKey
         self._nextKey = key + 1
-        handle = self.handlePrefix + b"%d" % key
+        number = b"%d" % key
+        handle = self.handlePrefix + number
         job = Job(handle, function, unique, payload, priority, background, when, reducer,
                   session.clientId if session.clientId != b"-" else b"", key)
         stats = function.stats
@@ -890,7 +895,7 @@ class JobServerState:
             self._move(job, PENDING)
             self._persist(job, session)
             return
-        session.write(_H_JOB_CREATED + len(handle).to_bytes(4, "big") + handle)
+        session.write(self._createdHead[len(number)] + number)
         # _makeRunnable, inline: every submit passes here.
         self._move(job, SCHEDULED if when and when > self.clock.seconds() else QUEUED)
 
