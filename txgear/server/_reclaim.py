@@ -9,8 +9,9 @@ separately (and unmaps them when freed) each time such a block is freed, so
 after a burst of large packets later large buffers come from the heap and
 stay. PyPy's collector only runs when its heap has grown well past its last
 size, and what it frees goes back to glibc's malloc, not to the system (its
-small objects live in 256 KiB arenas taken from malloc): after a drain of a
-million jobs a PyPy server stayed at 540 MiB from 98 until C{malloc_trim}.
+small objects live in arenas taken from malloc): after a drain of a
+million jobs, a PyPy process holding the server's state stayed at 540 MiB
+from 98 until C{malloc_trim}.
 Both are tuned here, once, by the server process (C{twistd gearman});
 library users of the server keep their process's own settings.
 """
