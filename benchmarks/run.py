@@ -331,9 +331,9 @@ def warmup(server: Server, c: Dict[str, int]) -> None:
 # (key, label, unit/format, higher_is_better)
 
 FULL = dict(bg=200_000, echo=100_000, echo64k=10_000, drain=100_000, mem1=100_000, mem2=1_000_000,
-            idle_conns=5000, idle_secs=5.0, idle_echo=100_000, storm=2000, lib=20_000, warmup=5000)
+            idle_conns=5000, idle_secs=5.0, idle_echo=50_000, idle_pairs=2, storm=2000, lib=20_000, warmup=5000)
 QUICK = dict(bg=20_000, echo=10_000, echo64k=1000, drain=10_000, mem1=10_000, mem2=100_000,
-             idle_conns=5000, idle_secs=1.0, idle_echo=5000, storm=200, lib=2000, warmup=1000)
+             idle_conns=5000, idle_secs=1.0, idle_echo=5000, idle_pairs=1, storm=200, lib=2000, warmup=1000)
 
 
 def scenario1(server: Server, c: Dict[str, int]) -> Dict[str, float]:
@@ -391,26 +391,34 @@ def scenario4(server: Server, c: Dict[str, int]) -> Dict[str, float]:
             "drained2_mb": drained2 / 2**20, "growth_mb": (drained2 - drained1) / 2**20}
 
 
-def scenario5(server: Server, c: Dict[str, int]) -> Dict[str, float]:
-    warmup(server, c)
-    base = server.rss()
-    argv = [LOADGEN, "idle", "--port", str(server.port), "--conns", str(c["idle_conns"]), "--function", "other"]
-    idle = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=raiseNofile)
-    try:
-        line = idle.stdout.readline()
+class IdleWorkers:
+    """`loadgen idle`: C{conns} registered, sleeping workers of another function, while in the block."""
+
+    def __init__(self, server: Server, conns: int) -> None:
+        self.argv = [LOADGEN, "idle", "--port", str(server.port), "--conns", str(conns), "--function", "other"]
+        self.proc: Optional[subprocess.Popen] = None  # type: ignore[type-arg]
+        self.ready: Dict[str, Any] = {}
+
+    def __enter__(self) -> "IdleWorkers":
+        self.proc = idle = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                            preexec_fn=raiseNofile)
+        line = idle.stdout.readline()  # type: ignore[union-attr]
         if not line:
             idle.wait(30)
-            raise BenchError(f"loadgen idle failed (exit {idle.returncode}): {idle.stderr.read().strip()}")
-        ready = json.loads(line)
+            raise BenchError(f"loadgen idle failed (exit {idle.returncode}): {idle.stderr.read().strip()}")  # type: ignore[union-attr]
+        self.ready = json.loads(line)
         time.sleep(0.5)
-        cpu0, t0 = server.cpu(), time.monotonic()
-        time.sleep(c["idle_secs"])
-        idleCpu = (server.cpu() - cpu0) / (time.monotonic() - t0)
-        connRss = server.rss()
-        r = measured(server, "echo", *echoArgs(c["idle_echo"], 100))
-        if idle.poll() is not None:
-            raise BenchError(f"loadgen idle exited early (exit {idle.returncode}): {idle.stderr.read().strip()}")
-    finally:
+        return self
+
+    def check(self) -> None:
+        idle = self.proc
+        if idle is not None and idle.poll() is not None:
+            raise BenchError(f"loadgen idle exited early (exit {idle.returncode}): {idle.stderr.read().strip()}")  # type: ignore[union-attr]
+
+    def __exit__(self, *exc: Any) -> None:
+        idle = self.proc
+        if idle is None:
+            return
         if idle.poll() is None:
             idle.terminate()
         try:
@@ -418,11 +426,43 @@ def scenario5(server: Server, c: Dict[str, int]) -> Dict[str, float]:
         except subprocess.TimeoutExpired:
             idle.kill()
             idle.wait()
-    if idle.returncode != 0:
-        raise BenchError(f"loadgen idle reported a problem (exit {idle.returncode}): {idle.stderr.read().strip()}")
-    out = echoMetrics(r, "")
-    out.update({"idle_cpu_ms_per_s": idleCpu * 1000, "setup_s": ready["setup_seconds"],
-                "bytes_per_conn": (connRss - base) / c["idle_conns"]})
+        if idle.returncode != 0 and exc[0] is None:
+            raise BenchError(f"loadgen idle reported a problem (exit {idle.returncode}): {idle.stderr.read().strip()}")  # type: ignore[union-attr]
+        time.sleep(1.0)  # let the server see the 5,000 connections go
+
+
+def scenario5(server: Server, c: Dict[str, int]) -> Dict[str, float]:
+    """
+    The 100 B echo with and without 5,000 idle workers, alternating on the same
+    server (with, without, with, without, ...), so that the with/without ratio
+    of each round compares runs a few seconds apart: the best of each (noise
+    from other work on the machine only slows a run down), and the server's CPU
+    per job (median of each).
+    """
+    warmup(server, c)
+    without: List[Dict[str, Any]] = []
+    withIdle: List[Dict[str, Any]] = []
+    out: Dict[str, float] = {}
+    for pair in range(c["idle_pairs"]):
+        # With them first: the RSS they add is then measured right after the
+        # warm-up, as before (PyPy's heap after an echo would blur it).
+        base = server.rss()
+        with IdleWorkers(server, c["idle_conns"]) as idle:
+            if pair == 0:
+                cpu0, t0 = server.cpu(), time.monotonic()
+                time.sleep(c["idle_secs"])
+                out["idle_cpu_ms_per_s"] = (server.cpu() - cpu0) / (time.monotonic() - t0) * 1000
+                out["bytes_per_conn"] = (server.rss() - base) / c["idle_conns"]
+                out["setup_s"] = idle.ready["setup_seconds"]
+            withIdle.append(measured(server, "echo", *echoArgs(c["idle_echo"], 100)))
+            idle.check()
+        without.append(measured(server, "echo", *echoArgs(c["idle_echo"], 100)))
+    best = max(withIdle, key=lambda r: r["jobs_per_s"])
+    out.update(echoMetrics(best, ""))
+    out["without_jobs_per_s"] = max(r["jobs_per_s"] for r in without)
+    out["with_without"] = best["jobs_per_s"] / out["without_jobs_per_s"]
+    out["cpu_with_without"] = (median([r["server_cpu_us_per_job"] for r in withIdle])
+                               / median([r["server_cpu_us_per_job"] for r in without]))
     return out
 
 
@@ -467,7 +507,7 @@ SCENARIOS: Dict[int, Tuple[str, Callable[[Server, Dict[str, int]], Dict[str, flo
         ("drained2_mb", "RSS after fill+drain 2 (MiB)", "{:,.1f}", False),
         ("growth_mb", "growth cycle 1 -> 2 (MiB)", "{:,.1f}", False),
     ]),
-    5: ("5,000 idle workers for another function, then the 100 B echo", scenario5, [
+    5: ("5,000 idle workers for another function, the 100 B echo with and without them (alternating)", scenario5, [
         ("idle_cpu_ms_per_s", "idle CPU with 5,000 idle workers (ms/s)", "{:,.1f}", False),
         ("bytes_per_conn", "RSS per idle worker connection (B)", "{:,.0f}", False),
         ("setup_s", "time to connect+register 5,000 (s)", "{:,.2f}", False),
@@ -475,6 +515,9 @@ SCENARIOS: Dict[int, Tuple[str, Callable[[Server, Dict[str, int]], Dict[str, flo
         ("p50_us", "echo 100 B: p50 latency (us)", "{:,.0f}", False),
         ("p99_us", "echo 100 B: p99 latency (us)", "{:,.0f}", False),
         ("cpu_us_per_job", "echo 100 B: server CPU per job (us)", "{:,.2f}", False),
+        ("without_jobs_per_s", "echo 100 B without them, same server: jobs/s", "{:,.0f}", True),
+        ("with_without", "jobs/s with them / without (best of each, per round)", "{:,.2f}", True),
+        ("cpu_with_without", "CPU per job with them / without (per round)", "{:,.2f}", False),
     ]),
     6: ("unique storm (100 clients submit the same unique id per round, 1 worker)", scenario6, [
         ("rounds_per_s", "rounds/s", "{:,.0f}", True),

@@ -754,3 +754,44 @@ def test_manySmallPacketsDecodeIntoNoTuples(factory):
     decoded = snapshot.filter_traces([tracemalloc.Filter(True, txgear._packet.__file__)])
     blocks = sum(stat.count for stat in decoded.statistics("filename"))
     assert names <= blocks <= names + 50
+
+
+def test_idleConnectionsCostAJobNothing(monkeypatch):
+    """
+    Issue 14: 1,000 registered, sleeping workers of another function cost a
+    job nothing: its turns flush only the outputs they wrote to (the client's
+    and the worker's), write nothing to the idle ones, and arm no timer.
+    Counted, not timed (the same count with 10 idle connections or 1,000).
+    """
+    from txgear._turnwriter import ConnectionOutput
+
+    def jobTurnFlushes(idleCount):
+        factory = GearmanServerFactory(JobServerState(clock=Clock(), handlePrefix=b"H:t"))
+        idle = [Conn(factory, 6000 + i) for i in range(idleCount)]
+        for conn in idle:
+            conn.send(P.CAN_DO, b"other")
+            conn.send(P.PRE_SLEEP)
+        client, worker = Conn(factory), Conn(factory, 5001)
+        worker.send(P.CAN_DO, b"f")
+        factory.flush()
+        for conn in idle:
+            conn.transport.clear()
+        flushed = []
+        original = ConnectionOutput.flush
+        monkeypatch.setattr(ConnectionOutput, "flush", lambda self: (flushed.append(self), original(self)))
+        for i in range(10):
+            client.send(P.SUBMIT_JOB, b"f", b"", b"x")
+            factory.state.clock.advance(0)
+            worker.send(P.GRAB_JOB_UNIQ)
+            factory.state.clock.advance(0)
+            handle = b"H:t:%d" % (i + 1)
+            worker.send(P.WORK_COMPLETE, handle, b"y")
+            factory.state.clock.advance(0)
+        monkeypatch.setattr(ConnectionOutput, "flush", original)
+        assert [kind for kind, _ in client.packets()] == [P.JOB_CREATED, P.WORK_COMPLETE] * 10
+        assert all(conn.transport.value() == b"" for conn in idle)
+        assert factory.state.clock.getDelayedCalls() == []
+        return len(flushed)
+
+    few, many = jobTurnFlushes(10), jobTurnFlushes(1000)
+    assert few == many == 30  # one flush per turn, of the one output written to

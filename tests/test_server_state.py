@@ -744,7 +744,45 @@ def test_onEmptiedAfterALargeQueueDrains():
     for i in range(LARGE_QUEUE):
         handle = grab(state, worker, wpeer)[1][0]
         state.workEnd(worker, P.WORK_COMPLETE, handle, handle + b"\0")
-        assert calls == ([] if i < LARGE_QUEUE - 1 else [0])
+        # Once when the job table is rebuilt at an eighth, once when empty.
+        left = LARGE_QUEUE - 1 - i
+        assert calls == ([] if left > LARGE_QUEUE // 8 else [LARGE_QUEUE // 8] if left else
+                         [LARGE_QUEUE // 8, 0])
+
+
+def test_jobTableShrinksAfterALargeDrain():
+    """
+    A dict never shrinks by deletion: after a large queue drains to an eighth
+    of its peak, the job and unique tables are rebuilt at their size (the
+    memory a million-job table held stayed in the process before), and the
+    same happens again at each eighth, so the copies cost O(1) per job.
+    """
+    from txgear.server._state import LARGE_QUEUE
+
+    calls = []
+    state, _ = makeState(onEmptied=lambda: calls.append(len(state.jobs)))
+    client, cpeer = connect(state)
+    worker, wpeer = connect(state)
+    state.canDo(worker, b"f")
+    total = LARGE_QUEUE * 8
+    for i in range(total):
+        state.submit(client, b"f", b"u%d" % i, b"x", background=True)
+    cpeer.take()
+    table = state.jobs
+    for _ in range(total - LARGE_QUEUE):
+        handle = grab(state, worker, wpeer)[1][0]
+        state.workEnd(worker, P.WORK_COMPLETE, handle, handle + b"\0")
+    assert calls == [LARGE_QUEUE]
+    assert state.jobs is not table and len(state.jobs) == LARGE_QUEUE
+    if platform.python_implementation() == "CPython":
+        assert sys.getsizeof(state.jobs) * 4 < sys.getsizeof(table)
+    assert len(state._uniqueIndex) == LARGE_QUEUE
+    for _ in range(LARGE_QUEUE):
+        handle = grab(state, worker, wpeer)[1][0]
+        state.workEnd(worker, P.WORK_COMPLETE, handle, handle + b"\0")
+    assert calls == [LARGE_QUEUE, LARGE_QUEUE // 8, 0]
+    assert state.jobs == {} and state._uniqueIndex == {}
+    assert state.functions[b"f"].uniques is None  # its large table let go as well
 
 
 def test_refusalsAreLogged():

@@ -8,7 +8,11 @@ blocks for reuse, and raises the size above which it maps large blocks
 separately (and unmaps them when freed) each time such a block is freed, so
 after a burst of large packets later large buffers come from the heap and
 stay. PyPy's collector only runs when its heap has grown well past its last
-size. Both are tuned here, once, by the server process (C{twistd gearman});
+size, and what it frees goes back to glibc's malloc, not to the system (its
+small objects live in arenas taken from malloc): after a drain of a
+million jobs, a PyPy process holding the server's state stayed at 540 MiB
+from 98 until C{malloc_trim}.
+Both are tuned here, once, by the server process (C{twistd gearman});
 library users of the server keep their process's own settings.
 """
 from __future__ import annotations
@@ -28,7 +32,8 @@ _M_MMAP_THRESHOLD = -3
 
 
 def _libc() -> Optional[Any]:
-    if platform.python_implementation() != "CPython" or platform.system() != "Linux":
+    """glibc, through ctypes (CPython and PyPy), or C{None} elsewhere."""
+    if platform.system() != "Linux":
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -54,16 +59,21 @@ def tuneAllocator() -> bool:
 def reclaimer() -> Optional[Callable[[], None]]:
     """
     What to call when much of the server's state was just freed (a large
-    queue drained, most of a large function table forgotten): a full
-    collection on PyPy, C{malloc_trim} on CPython with glibc; C{None} where
-    neither applies.
+    queue drained, most of a large function table forgotten): on PyPy a full
+    collection, then C{malloc_trim} with glibc (the collection gives the
+    memory to malloc only); C{malloc_trim} on CPython with glibc; C{None}
+    where neither applies.
     """
+    libc = _libc()
     if platform.python_implementation() == "PyPy":
+        pypyTrim = libc.malloc_trim if libc is not None else None
+
         def collect() -> None:
             gc.collect()
+            if pypyTrim is not None:
+                pypyTrim(0)
 
         return collect
-    libc = _libc()
     if libc is None:
         return None
     trim = libc.malloc_trim

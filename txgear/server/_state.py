@@ -330,10 +330,12 @@ class JobServerState:
         next sleepers.
     @param store: an L{txgear.interfaces.IJobStore} for background jobs, or
         C{None} to keep them in memory only.
-    @param onEmptied: called when much of the state was just freed: the last
-        job is gone after at least L{LARGE_QUEUE} were held at once, or a
-        function table of L{LARGE_FUNCTION_TABLE} or more has shrunk to an
-        eighth. The moment to give memory back (see L{txgear.server._reclaim}).
+    @param onEmptied: called when much of the state was just freed: the job
+        table shrank to an eighth of a peak of L{LARGE_QUEUE} or more (it is
+        then rebuilt at its new size), the last job is gone after at least
+        L{LARGE_QUEUE} were held at once, or a function table of
+        L{LARGE_FUNCTION_TABLE} or more has shrunk to an eighth. The moment
+        to give memory back (see L{txgear.server._reclaim}).
     @param maxFunctions: how many functions may exist at once; past it, a
         CAN_DO of a new name is ignored and a submission gets C{ERROR
         QUEUE_ERROR}. Jobs loaded from the store are never refused.
@@ -364,6 +366,10 @@ class JobServerState:
         if handlePrefix is None:
             handlePrefix = ("H:" + (platform.node() or "localhost")).encode("utf-8")
         self.handlePrefix = handlePrefix + b":"
+        # JOB_CREATED up to a handle's number, by its count of digits: the
+        # reply to a new job is then one concatenation.
+        self._createdHead = [responseHeader(PacketType.JOB_CREATED, len(self.handlePrefix) + digits)
+                             + self.handlePrefix for digits in range(21)]
         self.jobRetries = jobRetries
         self.policies = policies if policies is not None else PolicyTable(
             RetryPolicy.fromJobRetries(jobRetries))
@@ -390,6 +396,9 @@ class JobServerState:
         self._nextKey = 1
         self.onEmptied = onEmptied
         self._largeQueue = False
+        # The most jobs held since the job table was last rebuilt, once it
+        # reached LARGE_QUEUE (0 before): a dict never shrinks by deletion.
+        self._jobsPeak = 0
         self.functions: Dict[bytes, Function] = {}
         self._functionsPeak = 0
         self.jobs: Dict[bytes, Job] = {}
@@ -485,7 +494,9 @@ class JobServerState:
                 self._forgetFunction(function)
             if not self.accepting:
                 self._checkIdle()
-            if self._largeQueue and not self.jobs:
+            if self._jobsPeak and len(self.jobs) * 8 <= self._jobsPeak:
+                self._shrinkJobs()
+            elif self._largeQueue and not self.jobs:
                 self._largeQueue = False
                 if self.onEmptied is not None:
                     self.onEmptied()
@@ -511,11 +522,27 @@ class JobServerState:
         elif new == PENDING:
             function.pending += 1
 
+    def _shrinkJobs(self) -> None:
+        """
+        The job table holds an eighth of its peak: copy it (and the unique
+        index) into tables of their size, and give the memory back. Each
+        copy follows at least seven times as many removals: O(1) per job.
+        """
+        jobs = self.jobs = dict(self.jobs)
+        self._uniqueIndex = dict(self._uniqueIndex)
+        self._jobsPeak = len(jobs) if len(jobs) >= LARGE_QUEUE else 0
+        self._largeQueue = bool(jobs)
+        if self.onEmptied is not None:
+            self.onEmptied()
+
     def _unindex(self, job: Job) -> None:
         """Remove a job from the coalescing indexes (O(1))."""
-        uniques = job.func.uniques
+        function = job.func
+        uniques = function.uniques
         if uniques and uniques.get(job.coalesceKey) is job:
             del uniques[job.coalesceKey]
+            if not uniques:
+                function.uniques = None  # its table may have been large
         index = self._uniqueIndex.get(job.unique)
         if index is not None:
             index.pop(job, None)
@@ -846,7 +873,8 @@ class JobServerState:
             return
         key = self._nextKey
         self._nextKey = key + 1
-        handle = self.handlePrefix + b"%d" % key
+        number = b"%d" % key
+        handle = self.handlePrefix + number
         job = Job(handle, function, unique, payload, priority, background, when, reducer,
                   session.clientId if session.clientId != b"-" else b"", key)
         stats = function.stats
@@ -855,8 +883,11 @@ class JobServerState:
         stats.submitted[background] += 1
         jobs = self.jobs
         jobs[handle] = job
-        if len(jobs) >= LARGE_QUEUE:
+        count = len(jobs)
+        if count >= LARGE_QUEUE:
             self._largeQueue = True
+            if count > self._jobsPeak:
+                self._jobsPeak = count
         if coalesceKey is not None:
             self._index(job, coalesceKey)
         if not background:
@@ -866,7 +897,7 @@ class JobServerState:
             self._move(job, PENDING)
             self._persist(job, session)
             return
-        session.write(_H_JOB_CREATED + len(handle).to_bytes(4, "big") + handle)
+        session.write(self._createdHead[len(number)] + number)
         # _makeRunnable, inline: every submit passes here.
         self._move(job, SCHEDULED if when and when > self.clock.seconds() else QUEUED)
 
@@ -1020,6 +1051,7 @@ class JobServerState:
             count += 1
         if len(self.jobs) >= LARGE_QUEUE:
             self._largeQueue = True
+            self._jobsPeak = max(self._jobsPeak, len(self.jobs))
         return count
 
     # -- grabbing --------------------------------------------------------
