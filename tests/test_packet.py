@@ -1,6 +1,7 @@
 """Tests for the pure packet codec, txgear._packet."""
 from __future__ import annotations
 
+import os
 import platform
 import struct
 
@@ -248,3 +249,35 @@ def test_clearDropsTheBuffers():
     decoder.feed(encodeRequest(PacketType.ECHO_REQ, b"z" * 100)[:50])
     decoder.clear()
     assert decoder.bufferedBytes() == 0
+
+
+def test_largeBodiesOfViewKindsWholeInOneReadAreViewsOfIt():
+    payload = os.urandom(70000)
+    complete = encodeRequest(PacketType.WORK_COMPLETE, b"H:1", payload)
+    status = encodeRequest(PacketType.WORK_STATUS, b"H:1", b"1", b"2")
+    decoder = PacketDecoder(viewKinds=(PacketType.WORK_COMPLETE,))
+    read = complete + encodeRequest(PacketType.GRAB_JOB) + status
+    kinds, bodies = [], []
+    for kind, body in decoder.feed(read):
+        kinds.append(kind)
+        bodies.append(body)
+    assert kinds == [PacketType.WORK_COMPLETE, PacketType.GRAB_JOB, PacketType.WORK_STATUS]
+    # The large body of a view kind is a read-only view of the read: no copy.
+    assert type(bodies[0]) is memoryview and bodies[0].obj is read and bodies[0].readonly
+    assert bytes(bodies[0]) == b"H:1\0" + payload
+    # Small bodies and other kinds are bytes, as always.
+    assert type(bodies[1]) is bytes and type(bodies[2]) is bytes
+    [(_, body)] = decoder.feed(encodeRequest(PacketType.ECHO_REQ, payload))
+    assert type(body) is bytes and body == payload
+    # A large body that fills less than half of its read is copied (a view
+    # would keep the whole read alive).
+    small = encodeRequest(PacketType.WORK_COMPLETE, b"H:2", b"x" * 65536)
+    read = small + encodeRequest(PacketType.ECHO_REQ, b"y" * 70000)
+    [(_, body), _] = decoder.feed(read)
+    assert type(body) is bytes and body == b"H:2\0" + b"x" * 65536
+    # Split across reads: joined into bytes, as before.
+    body = b"".join(b for _, b in decoder.feed(complete[:40000]) + decoder.feed(complete[40000:]))
+    assert type(body) is bytes and body == b"H:1\0" + payload
+    # Without viewKinds, never a view.
+    [(_, body)] = PacketDecoder().feed(complete)
+    assert type(body) is bytes

@@ -282,6 +282,48 @@ def test_largePayloadIsForwardedIntact(factory):
     assert client.packets()[-1] == (P.WORK_COMPLETE, [args[0], payload[::-1]])
 
 
+def test_largeBodiesWholeInOneReadAreHandledAsViewsOfIt(factory):
+    """
+    A SUBMIT_JOB, WORK_COMPLETE, WORK_DATA or ECHO_REQ of 64 KiB or more that
+    arrives whole in one read is handled as a view of that read: the job
+    holds its workload without a copy, and every reply is the same bytes.
+    """
+    client, worker = Conn(factory), Conn(factory)
+    payload = os.urandom(70000) + b"\0tail"
+    worker.send(P.CAN_DO, b"f")
+    read = encodeRequest(P.SUBMIT_JOB, b"f", b"u1", payload)
+    client.sendBytes(read)
+    [job] = factory.state.jobs.values()
+    assert type(job.payload) is memoryview and job.payload.obj is read
+    assert bytes(job.payload) == payload
+    worker.send(P.GRAB_JOB_UNIQ)
+    [(kind, args)] = worker.packets()
+    assert (kind, args[1:]) == (P.JOB_ASSIGN_UNIQ, [b"f", b"u1", payload])
+    handle = args[0]
+    worker.send(P.WORK_DATA, handle, payload[:66000])
+    worker.send(P.WORK_COMPLETE, handle, payload[::-1])
+    assert client.packets() == [(P.JOB_CREATED, [handle]), (P.WORK_DATA, [handle, payload[:66000]]),
+                                (P.WORK_COMPLETE, [handle, payload[::-1]])]
+    client.send(P.ECHO_REQ, payload)
+    assert client.packets() == [(P.ECHO_RES, [payload])]
+    # The unique "-" names the workload itself: a copy, as the unique is kept.
+    client.send(P.SUBMIT_JOB_BG, b"f", b"-", payload)
+    [job] = [j for j in factory.state.jobs.values() if j.background]
+    assert type(job.payload) is bytes and job.payload == payload
+    # A view without its separators, or with a name too long, is answered as
+    # its bytes would be.
+    client.sendBytes(struct.pack(">4sII", b"\0REQ", P.SUBMIT_JOB, 70000) + b"f" * 70000)
+    client.send(P.SUBMIT_JOB, b"g" * 2000, b"", payload)
+    worker.sendBytes(struct.pack(">4sII", b"\0REQ", P.WORK_COMPLETE, 70000) + b"h" * 70000)
+    worker.send(P.WORK_COMPLETE, b"H:t:" + b"9" * 2000, payload)
+    [(_, created), (malformed, why), (tooLong, what)] = client.packets()
+    assert (malformed, why[0]) == (P.ERROR, b"INVALID_PACKET")
+    assert (tooLong, what[0]) == (P.ERROR, b"ARGUMENT_TOO_LARGE")
+    [(malformed, why), (unknown, what)] = worker.packets()
+    assert (malformed, why[0]) == (P.ERROR, b"INVALID_PACKET")
+    assert (unknown, what[0]) == (P.ERROR, b"JOB_NOT_FOUND")
+
+
 def test_submitJobSchedRunsAtTheNextMatchingMinute():
     import time as _time
 
@@ -795,3 +837,50 @@ def test_idleConnectionsCostAJobNothing(monkeypatch):
 
     few, many = jobTurnFlushes(10), jobTurnFlushes(1000)
     assert few == many == 30  # one flush per turn, of the one output written to
+
+
+def test_readsGrowWhileLargeMessagesArriveAndShrinkBackAfter():
+    """
+    On a plain TCP connection, a read of 64 KiB or more makes the next reads
+    LARGE_READ bytes, so that a 64 KiB message arrives in one read (not
+    two); after LARGE_READS_KEPT smaller reads, the read size goes back.
+    """
+    import socket
+
+    from twisted.internet import tcp
+    from twisted.internet.testing import MemoryReactorClock
+
+    from txgear.server._protocol import LARGE_READ, LARGE_READS_KEPT
+
+    factory = _ioFactory()
+    ours, theirs = socket.socketpair()
+    for sock in (ours, theirs):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    ours.setblocking(False)
+    protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+    conn = tcp.Connection(ours, protocol, MemoryReactorClock())
+    conn.connected = 1
+    protocol.makeConnection(conn)
+    echoes = factory.state.stats.packetsIn
+    try:
+        before = conn.bufferSize
+        message = encodeRequest(P.ECHO_REQ, b"e" * 70000)
+        theirs.sendall(message)
+        conn.doRead()  # Twisted's 64 KiB read: half of it
+        assert echoes[P.ECHO_REQ] == 0 and conn.bufferSize == LARGE_READ
+        conn.doRead()
+        assert echoes[P.ECHO_REQ] == 1
+        theirs.sendall(message)
+        conn.doRead()  # whole, in one read
+        assert echoes[P.ECHO_REQ] == 2
+        for _ in range(LARGE_READS_KEPT):
+            assert conn.bufferSize == LARGE_READ
+            theirs.sendall(encodeRequest(P.ECHO_REQ, b"s"))
+            conn.doRead()
+        assert conn.bufferSize == before
+        assert echoes[P.ECHO_REQ] == 2 + LARGE_READS_KEPT
+    finally:
+        protocol.connectionLost(None)
+        ours.close()
+        theirs.close()

@@ -335,3 +335,42 @@ def test_transportClosingUnregistersOnceAllIsHanded():
     assert paused.value() == b"" and paused.producer is output  # still held: not sent yet
     output.resumeProducing()
     assert paused.value() == b"x" * 1000 and paused.producer is None
+
+
+@pytest.mark.parametrize("viewsApart", [False, True])
+def test_buffersHoldingAViewLeaveOneSendEachWherePyPyWouldCopyThem(monkeypatch, viewsApart):
+    """
+    Where C{sendmsg} copies views (PyPy), buffers that hold a view are sent
+    one C{send} each, stopping at the first one not taken whole; the bytes
+    and the count of what is queued are the same either way.
+    """
+    from twisted.internet.testing import MemoryReactorClock
+
+    from txgear import _turnwriter
+
+    monkeypatch.setattr(_turnwriter, "_GATHER_COPIES_VIEWS", viewsApart)
+    reactor = MemoryReactorClock()
+    conn, theirs = _tcpPair(reactor, sendBuffer=65536)
+    output = TurnWriter(reactor).output(conn)
+    calls = []
+
+    class Recording:
+        def __init__(self, sock):
+            self.sock = sock
+
+        def send(self, data):
+            calls.append("send")
+            return self.sock.send(data)
+
+        def sendmsg(self, buffers):
+            calls.append("sendmsg")
+            return self.sock.sendmsg(buffers)
+
+    output.socket = Recording(output.socket)
+    small = os.urandom(100 * 1024)
+    payload = os.urandom(4 * 1024 * 1024)
+    output.writeSequence([b"hdr1", memoryview(small)[1:]])
+    output.writeSequence([b"hdr2", memoryview(payload)[1:], b"end"])
+    assert calls[0] == ("send" if viewsApart else "sendmsg")
+    assert _drain(conn, theirs) == b"hdr1" + small[1:] + b"hdr2" + payload[1:] + b"end"
+    assert output.queued == 0

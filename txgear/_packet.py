@@ -13,8 +13,9 @@ interleaved with admin text lines (the job server's port accepts both).
 from __future__ import annotations
 
 import struct
+import sys
 from enum import IntEnum
-from typing import Any, List, Optional, Tuple
+from typing import Any, Iterable, List, Optional, Tuple
 
 from txgear.errors import ProtocolError
 
@@ -30,6 +31,10 @@ DEFAULT_MAX_LINE = 8192
 
 #: The C{kind} L{PacketDecoder} gives to an admin text line.
 TEXT = 0
+
+#: Bodies at least this large, of the kinds a L{PacketDecoder} is told, are
+#: given as views of the read that holds them whole, not copied.
+VIEW_SIZE = 64 * 1024
 
 
 class PacketType(IntEnum):
@@ -213,6 +218,13 @@ class PacketDecoder:
     held as a view of that read; if the next read completes it, its body is
     joined from the two (one copy); otherwise it moves to the C{bytearray}.
 
+    With C{viewKinds}, L{feedFlat} gives the body of a message of one of those
+    types that is at least L{VIEW_SIZE} bytes, lies wholly inside one read and
+    fills at least half of it as a C{memoryview} of that read (read-only,
+    since the read is C{bytes}), not a copy: the caller must accept both. A
+    view keeps its whole read alive, hence "at least half": never more than
+    twice the body.
+
     @ivar error: the L{ProtocolError} that stopped decoding, or C{None}.
     @ivar partialSerial: incremented whenever a new unfinished message starts
         being held, so a caller can time how long one message takes to arrive
@@ -220,7 +232,8 @@ class PacketDecoder:
     """
 
     __slots__ = ("_magic", "_otherMagic", "_allowText", "maxPacket", "maxLine", "_buf",
-                 "_pos", "_data", "_off", "_need", "_kind", "_head", "error", "partialSerial")
+                 "_pos", "_data", "_off", "_need", "_kind", "_head", "error", "partialSerial",
+                 "_views", "_viewAt")
 
     def __init__(
         self,
@@ -228,6 +241,7 @@ class PacketDecoder:
         allowText: bool = False,
         maxPacket: int = DEFAULT_MAX_PACKET,
         maxLine: int = DEFAULT_MAX_LINE,
+        viewKinds: Iterable[int] = (),
     ) -> None:
         self._magic = REQ if expectRequests else RES
         self._otherMagic = RES if expectRequests else REQ
@@ -249,6 +263,11 @@ class PacketDecoder:
         self._head: Optional[memoryview] = None
         self.error: Optional[ProtocolError] = None
         self.partialSerial = 0
+        # Bodies of at least _viewAt bytes of these kinds, whole in one read,
+        # are given as views of it: no copy.
+        kinds = frozenset(viewKinds)
+        self._views = tuple(kind in kinds for kind in range(MAX_TYPE + 1))
+        self._viewAt = VIEW_SIZE if kinds else sys.maxsize
 
     def bufferedBytes(self) -> int:
         """How many received bytes have not been returned as messages yet."""
@@ -427,6 +446,7 @@ class PacketDecoder:
         magic = self._magic
         unpack = HEADER.unpack_from
         append = out.append
+        viewAt = self._viewAt
         while offset < end:
             if data[offset] == 0 and end - offset >= HEADER_SIZE:
                 head, kind, size = unpack(data, offset)
@@ -434,7 +454,10 @@ class PacketDecoder:
                 if head == magic and 0 < kind <= MAX_TYPE and size <= self.maxPacket:
                     if stop <= end:
                         append(kind)
-                        append(data[offset + HEADER_SIZE:stop])
+                        if size < viewAt or not self._views[kind] or size + size < end:
+                            append(data[offset + HEADER_SIZE:stop])
+                        else:
+                            append(memoryview(data)[offset + HEADER_SIZE:stop])
                         offset = stop
                         continue
                     # The start of a message that later reads complete: hold it.

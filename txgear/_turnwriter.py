@@ -65,6 +65,11 @@ _LARGE = 64 * 1024
 #: At most this many buffers per gathering send.
 _IOV = 64
 _UNLIMITED = sys.maxsize
+#: PyPy's C{sendmsg} copies each C{memoryview} it is given into a new string
+#: (a large allocation per large payload, which brings its major collections
+#: sooner); its C{send} does not: there, buffers that hold a view leave one
+#: C{send} each.
+_GATHER_COPIES_VIEWS = sys.implementation.name == "pypy"
 
 
 def directSocket(transport: Any) -> Optional[Any]:
@@ -258,6 +263,8 @@ class ConnectionOutput:
         try:
             if len(chunks) == 1:
                 sent = self.socket.send(chunks[0])
+            elif _GATHER_COPIES_VIEWS and memoryview in map(type, chunks):
+                sent = self._sendEach(chunks)
             else:
                 sent = self.socket.sendmsg(chunks[:_IOV])
         except OSError:
@@ -272,6 +279,25 @@ class ConnectionOutput:
                 return chunks[i:]
             sent -= size
         return []
+
+    def _sendEach(self, chunks: List[Any]) -> int:
+        """
+        Send C{chunks} one C{send} each (PyPy: see L{_GATHER_COPIES_VIEWS}),
+        until one is not taken whole; return the bytes sent.
+        """
+        send = self.socket.send
+        sent = 0
+        for chunk in chunks[:_IOV]:
+            try:
+                taken = send(chunk)
+            except OSError:
+                if sent:
+                    return sent
+                raise
+            sent += taken
+            if taken < len(chunk):
+                break
+        return sent
 
     def _feed(self) -> None:
         """Hand the transport pieces of the backlog while it may take them."""

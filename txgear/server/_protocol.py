@@ -42,7 +42,7 @@ from txgear._packet import (
 from txgear._peerlog import PeerLog
 from txgear._protocol import setNoDelay
 from txgear._schedule import ScheduleError, nextRunTime
-from txgear._turnwriter import TurnWriter
+from txgear._turnwriter import TurnWriter, directSocket
 from txgear.server._access import AccessControl
 from txgear.server._admin import CLOSE, GRACEFUL, SHUTDOWN, AdminCommands
 from txgear.server._guard import AccessGuard, guardedDispatch
@@ -67,6 +67,18 @@ DEFAULT_PACKET_DEADLINE = 60.0
 
 #: Workloads at least this large are passed around as memoryviews, not copied.
 _BIG = 64 * 1024
+
+#: Reads of at least this many bytes mean large messages: read more at once
+#: (see L{GearmanServerProtocol._sizeLargeReads}).
+LARGE_READ_FROM = 64 * 1024
+#: The read size while large messages arrive: a message of 64 KiB and its
+#: header whole, below glibc's mmap threshold of 128 KiB.
+LARGE_READ = 124 * 1024
+#: Reads in a row smaller than L{LARGE_READ_FROM} before the read size goes back.
+LARGE_READS_KEPT = 16
+#: A view of a large body (see L{PacketDecoder}) is searched for its short
+#: leading arguments (function, unique, handle) in a copy of this many bytes.
+_VIEW_HEAD = 1024
 
 #: Shortest CAN_DO_TIMEOUT, in milliseconds; shorter ones are raised to it (gearmand's minimum).
 MIN_CAN_DO_TIMEOUT = 1000
@@ -181,6 +193,10 @@ class GearmanServerProtocol(Protocol):
         self._turnCall: Any = None
         self._reserved = 0
         self._partialSerial = -1
+        # Reads left at LARGE_READ (-1: reads are not sized here), and the
+        # read size to go back to.
+        self._largeReads = -1
+        self._smallReadSize = 0
         # The names of its client certificate, once access control asked.
         self._names: Optional[Tuple[str, ...]] = None
         self._table = _DISPATCH
@@ -196,10 +212,14 @@ class GearmanServerProtocol(Protocol):
         self._stats.connections[CLIENT] += 1
         self.session = self.state.connect(self)
         self.session.exceptions = factory.exceptions
-        self._decoder = PacketDecoder(expectRequests=True, allowText=True,
-                                      maxPacket=factory.maxPacket + ARGUMENT_ALLOWANCE)
+        self._decoder = PacketDecoder(
+            expectRequests=True, allowText=True, maxPacket=factory.maxPacket + ARGUMENT_ALLOWANCE,
+            viewKinds=_VIEW_KINDS if self._table is _DISPATCH else ())
         transport = self.transport
         setNoDelay(transport)
+        # Reads sized for large messages (see _sizeLargeReads): only where
+        # the transport reads up to its bufferSize (tcp.Connection).
+        self._largeReads = 0 if directSocket(transport) is not None else -1
         if ITCPTransport.providedBy(transport):
             try:
                 # A peer that vanished without a FIN is noticed eventually.
@@ -263,7 +283,10 @@ class GearmanServerProtocol(Protocol):
     # -- input ------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        self._stats.bytesIn += len(data)
+        got = len(data)
+        self._stats.bytesIn += got
+        if got >= LARGE_READ_FROM or self._largeReads > 0:
+            self._sizeLargeReads(got)
         decoder = self._decoder
         if self._stalled or self._held is not None:
             # Not dispatching now: keep it, undecoded, in order.
@@ -279,6 +302,36 @@ class GearmanServerProtocol(Protocol):
         size = decoder.unfinishedSize()
         if size or self._reserved:
             self._checkUnfinished(size)
+
+    def _sizeLargeReads(self, got: int) -> None:
+        """
+        Size the next read for large messages: after a read of C{got} bytes,
+        at least L{LARGE_READ_FROM}, read up to L{LARGE_READ} bytes at once
+        until L{LARGE_READS_KEPT} reads in a row are smaller, then go back
+        to the size before.
+
+        Twisted's 64 KiB reads split every message of 64 KiB or more in two,
+        which costs a second read, a second pass through the reactor and
+        the decoder, and a copy to join the two; a read of up to
+        L{LARGE_READ} takes such a message whole (and the decoder gives its
+        body as a view of the read). L{LARGE_READ} stays below glibc's
+        mmap threshold (128 KiB), so that CPython's read buffer, allocated
+        at its full size and then shrunk, comes from the heap, not from a
+        fresh mapping. (Separate from any sizing of small reads, which it
+        puts back when large messages stop.)
+        """
+        if self._largeReads < 0:
+            return
+        transport = self.transport
+        if got >= LARGE_READ_FROM:
+            if not self._largeReads:
+                self._smallReadSize = transport.bufferSize
+                transport.bufferSize = LARGE_READ
+            self._largeReads = LARGE_READS_KEPT
+            return
+        self._largeReads -= 1
+        if not self._largeReads:
+            transport.bufferSize = self._smallReadSize
 
     def _resumeInput(self) -> None:
         """Dispatch what was received while dispatching was stopped."""
@@ -628,6 +681,10 @@ class GearmanServerProtocol(Protocol):
         self.state.workStatus(self.session, handle, numerator, denominator, body)
 
     def _workComplete(self, body: bytes) -> None:
+        if type(body) is not bytes:
+            self.state.workEnd(self.session, _WORK_COMPLETE,
+                               _viewHandle(body, PacketType.WORK_COMPLETE), body)
+            return
         end = body.find(b"\0")
         if end < 0:
             raise _Malformed(PacketType.WORK_COMPLETE, 1)
@@ -643,12 +700,20 @@ class GearmanServerProtocol(Protocol):
         self.state.workEnd(self.session, PacketType.WORK_EXCEPTION, body[:end], body)
 
     def _workData(self, body: bytes) -> None:
+        if type(body) is not bytes:
+            self.state.workData(self.session, PacketType.WORK_DATA,
+                                _viewHandle(body, PacketType.WORK_DATA), body)
+            return
         end = body.find(b"\0")
         if end < 0:
             raise _Malformed(PacketType.WORK_DATA, 1)
         self.state.workData(self.session, PacketType.WORK_DATA, body[:end], body)
 
     def _workWarning(self, body: bytes) -> None:
+        if type(body) is not bytes:
+            self.state.workData(self.session, PacketType.WORK_WARNING,
+                                _viewHandle(body, PacketType.WORK_WARNING), body)
+            return
         end = body.find(b"\0")
         if end < 0:
             raise _Malformed(PacketType.WORK_WARNING, 1)
@@ -661,6 +726,9 @@ class GearmanServerProtocol(Protocol):
         self.state.getStatusUnique(self.session, body)
 
     def _echo(self, body: bytes) -> None:
+        if type(body) is not bytes:
+            self.session.writeSequence([_ECHO_HEADER + len(body).to_bytes(4, "big"), body])
+            return
         self.session.write(_ECHO_HEADER + len(body).to_bytes(4, "big") + body)
 
     def _setClientId(self, body: bytes) -> None:
@@ -732,20 +800,48 @@ def _submitter(kind: int, priority: int, background: bool) -> Callable[[GearmanS
                 return
             self.state.submit(self.session, args[0], args[1], args[2], priority, background)
             return
-        # A large workload is kept as a view of the body instead of a copy.
-        first = body.find(b"\0")
-        second = body.find(b"\0", first + 1) if first >= 0 else -1
+        # A large workload is kept as a view of the body instead of a copy
+        # (the body may be a view of its read already: see _VIEW_KINDS).
+        head = body if type(body) is bytes else bytes(body[:_VIEW_HEAD])
+        first = head.find(b"\0")
+        second = head.find(b"\0", first + 1) if first >= 0 else -1
+        if second < 0 and head is not body:
+            head = bytes(body)  # arguments longer than any name or unique
+            first = head.find(b"\0")
+            second = head.find(b"\0", first + 1) if first >= 0 else -1
         if second < 0:
             raise _Malformed(kind, 1 if first < 0 else 2)
-        name = body[:first]
+        name = head[:first]
         if name not in self.state.functions and self._refusedName(name):
             return
-        unique = body[first + 1:second]
-        payload: Any = memoryview(body)[second + 1:] if unique != b"-" else body[second + 1:]
+        unique = head[first + 1:second]
+        payload: Any = memoryview(body)[second + 1:] if unique != b"-" else bytes(body[second + 1:])
         self.state.submit(self.session, name, unique, payload, priority, background)
 
     submit.__name__ = "_submit_" + PacketType(kind).name
     return submit
+
+
+def _viewHandle(body: Any, kind: int) -> bytes:
+    """The handle that starts C{body}, a view (see L{_VIEW_KINDS})."""
+    head = bytes(body[:_VIEW_HEAD])
+    end = head.find(b"\0")
+    if end < 0 and len(body) > _VIEW_HEAD:
+        head = bytes(body)
+        end = head.find(b"\0")
+    if end < 0:
+        raise _Malformed(kind, 1)
+    return head[:end]
+
+
+#: The packet types whose handlers take a large body as a view of its read
+#: (L{PacketDecoder}'s C{viewKinds}): a workload or result passed on as it
+#: came, never copied. Not for connections under access control, whose
+#: guard reads bodies as C{bytes}.
+_VIEW_KINDS = (PacketType.SUBMIT_JOB, PacketType.SUBMIT_JOB_BG, PacketType.SUBMIT_JOB_HIGH,
+               PacketType.SUBMIT_JOB_HIGH_BG, PacketType.SUBMIT_JOB_LOW,
+               PacketType.SUBMIT_JOB_LOW_BG, PacketType.WORK_COMPLETE, PacketType.WORK_DATA,
+               PacketType.WORK_WARNING, PacketType.ECHO_REQ)
 
 
 _HANDLERS: Dict[int, Callable[[GearmanServerProtocol, bytes], None]] = {
