@@ -23,6 +23,7 @@ Log lines a peer causes go through the state's L{PeerLog} (rate-limited).
 """
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple, cast
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -40,9 +41,9 @@ from txgear._packet import (
     encodeResponse,
 )
 from txgear._peerlog import PeerLog
-from txgear._protocol import setNoDelay
+from txgear._protocol import SMALL_READ, setNoDelay, sizeNextRead
 from txgear._schedule import ScheduleError, nextRunTime
-from txgear._turnwriter import TurnWriter
+from txgear._turnwriter import TurnWriter, directSocket
 from txgear.server._access import AccessControl
 from txgear.server._admin import CLOSE, GRACEFUL, SHUTDOWN, AdminCommands
 from txgear.server._guard import AccessGuard, guardedDispatch
@@ -83,6 +84,10 @@ _GRAB_JOB_UNIQ = int(PacketType.GRAB_JOB_UNIQ)
 _GRAB_JOB_ALL = int(PacketType.GRAB_JOB_ALL)
 _WORK_COMPLETE = int(PacketType.WORK_COMPLETE)
 _WORK_FAIL = int(PacketType.WORK_FAIL)
+_SUBMIT_JOB_BG = int(PacketType.SUBMIT_JOB_BG)
+#: Bytes of output one background submission may cause besides the handle
+#: prefix: its JOB_CREATED (header, number) and a NOOP to itself.
+_REPLY_ROOM = 12 + 20 + 12
 
 #: The latest SUBMIT_JOB_EPOCH time accepted: the end of year 9999 UTC, well
 #: within what every store holds (signed 64 bits).
@@ -164,6 +169,10 @@ class GearmanServerProtocol(Protocol):
     """
 
     _log = logger()
+    #: Size reads as L{txgear._protocol.GearmanPeerProtocol.adaptiveReads}
+    #: does (PyPy: a read's buffer is allocated in its nursery).
+    adaptiveReads = sys.implementation.name == "pypy"
+    _sizeReads = False
     factory: "GearmanServerFactory"
     session: Session
     transport: Any  # a connected transport (ITCPTransport and IPushProducer)
@@ -206,6 +215,10 @@ class GearmanServerProtocol(Protocol):
                 transport.setTcpKeepAlive(True)
             except OSError:
                 pass
+        if self.adaptiveReads and directSocket(transport) is not None:
+            # tcp.Connection.doRead reads up to its bufferSize.
+            self._sizeReads = True
+            transport.bufferSize = SMALL_READ
         self._output = output = factory.writer.output(
             transport, self, factory.outputSoftLimit, factory.outputHardLimit)
         self.write = output.write  # type: ignore[method-assign]
@@ -263,6 +276,8 @@ class GearmanServerProtocol(Protocol):
     # -- input ------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if self._sizeReads:
+            sizeNextRead(self.transport, len(data))
         self._stats.bytesIn += len(data)
         decoder = self._decoder
         if self._stalled or self._held is not None:
@@ -314,6 +329,19 @@ class GearmanServerProtocol(Protocol):
             kind = messages[index]
             body = messages[index + 1]
             index += 2
+            if (kind == _SUBMIT_JOB_BG and index < count and messages[index] == _SUBMIT_JOB_BG
+                    and dispatch is _DISPATCH):
+                # A run of background submissions (a pipelining client).
+                taken = self._submitRun(messages, index - 2, count)
+                if taken:
+                    index += 2 * taken - 2
+                    if transport.disconnecting:
+                        return
+                    if self._stalled:
+                        if index < count:
+                            self._held = messages[index:]
+                        return
+                    continue
             if kind > 0:
                 packets[kind] += 1
                 role = roles[kind]
@@ -358,6 +386,48 @@ class GearmanServerProtocol(Protocol):
             else:
                 self._output.discard()
                 self.transport.abortConnection()
+
+    def _submitRun(self, messages: List[Any], start: int, count: int) -> int:
+        """
+        Make the SUBMIT_JOB_BG requests at C{messages[start:]} (kinds and
+        bodies alternating) in one call of
+        L{JobServerState.submitBackgroundMany}, as many as follow in a row
+        for one known function without a unique id, and as the output has
+        room for their replies under its soft limit. Return how many were
+        taken (0: none, the first is for L{_submitter}'s path).
+        """
+        body = messages[start + 1]
+        end = body.find(b"\0")
+        if end < 0 or len(body) <= end + 1 or body[end + 1] != 0 or len(body) >= _BIG:
+            return 0
+        state = self.state
+        name = body[:end]
+        if name not in state.functions:
+            return 0  # checked and created by the generic path first
+        output = self._output
+        # Their replies are written at once: never past the soft limit.
+        room = (output.softLimit - output.queued) // (_REPLY_ROOM + len(state.handlePrefix))
+        stop = min(count, start + 2 * room)
+        prefix = body[:end + 2]
+        skip = end + 2
+        payloads: List[bytes] = []
+        index = start
+        while index < stop and messages[index] == _SUBMIT_JOB_BG:
+            body = messages[index + 1]
+            if len(body) >= _BIG or not body.startswith(prefix):
+                break
+            payloads.append(body[skip:])
+            index += 2
+        taken = len(payloads)
+        if not taken:
+            return 0
+        stats = self._stats
+        stats.packetsIn[_SUBMIT_JOB_BG] += taken
+        if self._role != CLIENT:
+            stats.roleChanged(self._role, CLIENT)
+            self._role = CLIENT
+        state.submitBackgroundMany(self.session, name, payloads)
+        return taken
 
     def _checkUnfinished(self, size: int) -> None:
         """

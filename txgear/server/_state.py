@@ -901,6 +901,70 @@ class JobServerState:
         # _makeRunnable, inline: every submit passes here.
         self._move(job, SCHEDULED if when and when > self.clock.seconds() else QUEUED)
 
+    def submitBackgroundMany(self, session: Session, name: bytes, payloads: List[bytes]) -> None:
+        """
+        Several SUBMIT_JOB_BG requests of one session for function C{name},
+        without unique ids, in order: the same as L{submit} for each, with
+        their JOB_CREATED replies written together.
+
+        A pipelining client sends hundreds of them in one read. Where
+        nothing but queueing applies (no store, the function known and
+        without limits, the server accepting, no reply of the session held
+        back) they are made in one loop; otherwise each goes through
+        L{submit}.
+        """
+        function = self.functions.get(name)
+        if (function is None or self.storeQueue is not None or not self.accepting
+                or session.replies is not None or function.maxQueue[NORMAL]):
+            submit = self.submit
+            for payload in payloads:
+                submit(session, name, b"", payload, NORMAL, True)
+            return
+        if function.queues is None:
+            function.queues = (deque(), deque(), deque())
+            function.priorityCounts = [0, 0, 0]
+        if function.stats is None:
+            function.stats = self.stats.forFunction(name)
+        clientId = session.clientId if session.clientId != b"-" else b""
+        prefix = self.handlePrefix
+        heads = self._createdHead
+        jobs = self.jobs
+        queue = function.queues[NORMAL]
+        submitted = function.stats.submitted
+        now = self.clock.seconds()
+        key = self._nextKey
+        replies: List[bytes] = []
+        append = replies.append
+        for payload in payloads:
+            number = b"%d" % key
+            handle = prefix + number
+            job = Job(handle, function, b"", payload, NORMAL, True, 0, b"", clientId, key)
+            key += 1
+            jobs[handle] = job
+            submitted[True] += 1
+            append(heads[len(number)] + number)
+            # _move(job, QUEUED), inline.
+            job.state = QUEUED
+            job.since = now
+            queue.append(job)
+            function.queued += 1
+            function.priorityCounts[NORMAL] += 1
+            if function.sleepers:
+                # Woken in order: this session's replies so far go first
+                # (it may be one of the sleepers).
+                self._nextKey = key
+                session.peer.write(b"".join(replies))
+                del replies[:]
+                self._wake(function)
+        self._nextKey = key
+        if replies:
+            session.peer.write(replies[0] if len(replies) == 1 else b"".join(replies))
+        count = len(jobs)
+        if count >= LARGE_QUEUE:
+            self._largeQueue = True
+            if count > self._jobsPeak:
+                self._jobsPeak = count
+
     def _index(self, job: Job, coalesceKey: Any) -> None:
         job.coalesceKey = coalesceKey
         uniques = job.func.uniques
