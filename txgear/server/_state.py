@@ -209,10 +209,25 @@ class Job:
         queue wait and run time histograms).
     """
 
-    __slots__ = ("handle", "func", "unique", "payload", "priority", "background",
-                 "when", "reducer", "clientId", "key", "clients", "worker", "numerator",
-                 "denominator", "attempts", "state", "coalesceKey", "timeoutCall",
-                 "storeState", "storeError", "lastError", "retryAt", "since")
+    # What every job sets has a slot; what few jobs ever set (epoch, reduce,
+    # client id, status, retries, timeouts, store errors) is a class default,
+    # shadowed in the instance's dictionary, made only by the first such
+    # assignment: smaller jobs, fewer stores per new job (and on PyPy, whose
+    # collector copies and marks every live job, less to copy and mark).
+    __slots__ = ("handle", "func", "unique", "payload", "priority", "background", "key",
+                 "clients", "worker", "state", "coalesceKey", "storeState", "since",
+                 "__dict__")
+
+    when = 0
+    reducer = b""
+    clientId = b""
+    numerator = b"0"
+    denominator = b"0"
+    attempts = 0
+    lastError = b""
+    retryAt = 0
+    timeoutCall: Any = None
+    storeError = b""
 
     def __init__(self, handle: bytes, function: Function, unique: bytes, payload: bytes,
                  priority: int, background: bool, when: int, reducer: bytes,
@@ -223,23 +238,19 @@ class Job:
         self.payload = payload
         self.priority = priority
         self.background = background
-        self.when = when
-        self.reducer = reducer
-        self.clientId = clientId
         self.key = key
         self.clients: Any = ()  # a list once a client attaches; most jobs have none
         self.worker: Optional[Session] = None
-        self.numerator = b"0"
-        self.denominator = b"0"
-        self.attempts = 0
-        self.lastError = b""
-        self.retryAt = 0
         self.state = NEW
         self.coalesceKey: Any = None
-        self.timeoutCall: Any = None
         self.storeState = _S_NONE
-        self.storeError = b""
         self.since = 0.0
+        if when:
+            self.when = when
+        if reducer:
+            self.reducer = reducer
+        if clientId:
+            self.clientId = clientId
 
     @property
     def function(self) -> bytes:
@@ -935,17 +946,33 @@ class JobServerState:
         key = self._nextKey
         replies: List[bytes] = []
         append = replies.append
+        new = object.__new__
         for payload in payloads:
             number = b"%d" % key
             handle = prefix + number
-            job = Job(handle, function, b"", payload, NORMAL, True, 0, b"", clientId, key)
+            # Job(handle, function, b"", payload, NORMAL, True, 0, b"", clientId,
+            # key), then _move(job, QUEUED), inline (the same fields: a test
+            # compares them).
+            job = new(Job)
+            job.handle = handle
+            job.func = function
+            job.unique = b""
+            job.payload = payload
+            job.priority = NORMAL
+            job.background = True
+            job.key = key
+            job.clients = ()
+            job.worker = None
+            job.state = QUEUED
+            job.coalesceKey = None
+            job.storeState = _S_NONE
+            job.since = now
+            if clientId:
+                job.clientId = clientId
             key += 1
             jobs[handle] = job
             submitted[True] += 1
             append(heads[len(number)] + number)
-            # _move(job, QUEUED), inline.
-            job.state = QUEUED
-            job.since = now
             queue.append(job)
             function.queued += 1
             function.priorityCounts[NORMAL] += 1
