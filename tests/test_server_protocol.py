@@ -842,13 +842,16 @@ def _bg(name, unique, payload):
     return (P.SUBMIT_JOB_BG, (name, unique, payload))
 
 
-def test_aRunOfBackgroundSubmissionsIsTheSameAsEachAlone():
+@pytest.mark.parametrize("known", [False, True])
+def test_aRunOfBackgroundSubmissionsIsTheSameAsEachAlone(known):
     """
     A read of many SUBMIT_JOB_BG packets (a pipelining client) is made in
     runs of one function without uniques: the same replies, in the same
     order, and the same jobs, queues and counts as one packet at a time.
     Whatever does not fit a run (a new function, a unique, another
     function, a malformed packet, a foreground job) takes the usual path.
+    With the function known, the read starts with a run, taken straight
+    from the read.
     """
     packets = ([_bg(b"f", b"", b"first")]  # a new function: made by the usual path
                + [_bg(b"f", b"", b"p%d\0with nul" % i) for i in range(20)]
@@ -857,17 +860,44 @@ def test_aRunOfBackgroundSubmissionsIsTheSameAsEachAlone():
                + [_bg(b"f", b"u1", b"unique"), _bg(b"f", b"", b"after unique"),
                   _bg(b"f", b"u1", b"coalesced")]
                + [(P.SUBMIT_JOB_BG, (b"f\0only-two",)), _bg(b"f", b"", b"after malformed")]
+               # A body cut short, whose next bytes (the next header) would
+               # complete the run's "f\0\0".
+               + [_bg(b"f", b"", b"before short"), (P.SUBMIT_JOB_BG, (b"f\0",)),
+                  _bg(b"f", b"", b"after short")]
                + [(P.SUBMIT_JOB, (b"f", b"", b"fg")), _bg(b"f", b"", b"x"), _bg(b"f", b"", b"y")]
                + [_bg(b"g", b"", b"g%d" % i) for i in range(5)])
-    oneRead, bytewise, runs, alone = _runBothWays(packets)
+    oneRead, bytewise, runs, alone = _runBothWays(
+        packets, lambda factory, conns: [factory.state.function(name) for name in (b"f", b"g")]
+        if known else None)
     assert oneRead == bytewise
     replies = oneRead[0][0]
-    assert [kind for kind, _ in replies].count(P.JOB_CREATED) == len(packets) - 1
-    assert (P.ERROR, [b"INVALID_PACKET", b"SUBMIT_JOB_BG needs 3 arguments, got 2"]) in replies
-    assert runs == [(False, b"f", 20), (False, b"f", 3), (False, b"f", 1), (False, b"f", 2),
-                    (False, b"g", 5)]
-    # The first of each function, those with a unique, and the foreground one.
-    assert alone == 6
+    assert [kind for kind, _ in replies].count(P.JOB_CREATED) == len(packets) - 2
+    assert replies.count((P.ERROR, [b"INVALID_PACKET", b"SUBMIT_JOB_BG needs 3 arguments, got 2"])) == 2
+    assert runs == ([(False, b"f", 21), (False, b"g", 1)] if known else [(False, b"f", 20)]) + [
+        (False, b"f", 3), (False, b"f", 1), (False, b"f", 2), (False, b"f", 2), (False, b"g", 5)]
+    # The first of each function (unless known), those with a unique, the
+    # one after a malformed packet and the foreground one.
+    assert alone == (4 if known else 6)
+
+
+@pytest.mark.parametrize("short", [b"f", b"f\0", b"f\0\0"])
+def test_aRunTakenFromTheReadStopsAtABodyCutShort(short):
+    """
+    A run taken straight from a read checks each body's own bytes: one too
+    short to hold the function's name and an empty unique (whatever bytes
+    follow it in the read) is malformed, or an empty workload, as alone.
+    """
+    packets = [_bg(b"f", b"", b"1"), _bg(b"f", b"", b"2"), (P.SUBMIT_JOB_BG, (short,)),
+               _bg(b"f", b"", b"3"), _bg(b"f", b"", b"4")]
+    oneRead, bytewise, runs, alone = _runBothWays(
+        packets, lambda factory, conns: factory.state.function(b"f"))
+    assert oneRead == bytewise
+    kinds = [kind for kind, _ in oneRead[0][0]]
+    if short == b"f\0\0":
+        assert kinds == [P.JOB_CREATED] * 5
+    else:
+        assert kinds == [P.JOB_CREATED] * 2 + [P.ERROR] + [P.JOB_CREATED] * 2
+    assert runs[0] == (False, b"f", 5 if short == b"f\0\0" else 2)
 
 
 def test_aRunWakesSleepersInOrder():

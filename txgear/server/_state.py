@@ -379,8 +379,9 @@ class JobServerState:
         self.handlePrefix = handlePrefix + b":"
         # JOB_CREATED up to a handle's number, by its count of digits: the
         # reply to a new job is then one concatenation.
-        self._createdHead = [responseHeader(PacketType.JOB_CREATED, len(self.handlePrefix) + digits)
-                             + self.handlePrefix for digits in range(21)]
+        self._createdHeader = [responseHeader(PacketType.JOB_CREATED, len(self.handlePrefix) + digits)
+                               for digits in range(21)]
+        self._createdHead = [header + self.handlePrefix for header in self._createdHeader]
         self.jobRetries = jobRetries
         self.policies = policies if policies is not None else PolicyTable(
             RetryPolicy.fromJobRetries(jobRetries))
@@ -938,7 +939,8 @@ class JobServerState:
             function.stats = self.stats.forFunction(name)
         clientId = session.clientId if session.clientId != b"-" else b""
         prefix = self.handlePrefix
-        heads = self._createdHead
+        # Each reply is a shared header and the job's handle, joined once.
+        headers = self._createdHeader
         jobs = self.jobs
         queue = function.queues[NORMAL]
         submitted = function.stats.submitted
@@ -972,7 +974,8 @@ class JobServerState:
             key += 1
             jobs[handle] = job
             submitted[True] += 1
-            append(heads[len(number)] + number)
+            append(headers[len(number)])
+            append(handle)
             queue.append(job)
             function.queued += 1
             function.priorityCounts[NORMAL] += 1
@@ -985,7 +988,7 @@ class JobServerState:
                 self._wake(function)
         self._nextKey = key
         if replies:
-            session.peer.write(replies[0] if len(replies) == 1 else b"".join(replies))
+            session.peer.write(b"".join(replies))
         count = len(jobs)
         if count >= LARGE_QUEUE:
             self._largeQueue = True
