@@ -286,7 +286,8 @@ class GearmanServerProtocol(Protocol):
             sizeNextRead(self.transport, len(data))
         self._stats.bytesIn += len(data)
         decoder = self._decoder
-        if (data.startswith(_SUBMIT_JOB_BG_HEAD) and self._table is _DISPATCH
+        # (Its type's last byte first: the cheapest test that fails for other reads.)
+        if (len(data) > HEADER_SIZE and data[7] == _SUBMIT_JOB_BG and self._table is _DISPATCH
                 and not self._stalled and self._held is None and decoder.error is None
                 and not decoder.bufferedBytes()):
             # A pipelining client's background submissions: taken straight
@@ -421,7 +422,7 @@ class GearmanServerProtocol(Protocol):
         the output's room; the decoder then checks what follows.
         """
         end = len(data)
-        if end < HEADER_SIZE:
+        if end < HEADER_SIZE or not data.startswith(_SUBMIT_JOB_BG_HEAD):
             return 0
         size = _UINT32.unpack_from(data, 8)[0]
         stop = HEADER_SIZE + size
