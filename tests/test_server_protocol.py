@@ -841,9 +841,11 @@ def test_idleConnectionsCostAJobNothing(monkeypatch):
 
 def test_readsGrowWhileLargeMessagesArriveAndShrinkBackAfter():
     """
-    On a plain TCP connection, a read of 64 KiB or more makes the next reads
-    LARGE_READ bytes, so that a 64 KiB message arrives in one read (not
-    two); after LARGE_READS_KEPT smaller reads, the read size goes back.
+    On a plain TCP connection, a message of 64 KiB or more split across
+    reads makes the next reads LARGE_READ bytes, so that the next such
+    message arrives in one read (not two); after LARGE_READS_KEPT smaller
+    reads, the read size goes back. (A full read of small packets does not
+    count: test_adaptiveReadSizeOnTheServer.)
     """
     import socket
 
@@ -867,10 +869,10 @@ def test_readsGrowWhileLargeMessagesArriveAndShrinkBackAfter():
         before = conn.bufferSize
         message = encodeRequest(P.ECHO_REQ, b"e" * 70000)
         theirs.sendall(message)
-        conn.doRead()  # Twisted's 64 KiB read: half of it
-        assert echoes[P.ECHO_REQ] == 0 and conn.bufferSize == LARGE_READ
-        conn.doRead()
-        assert echoes[P.ECHO_REQ] == 1
+        conn.doRead()  # Twisted's 64 KiB read: most of it
+        assert echoes[P.ECHO_REQ] == 0 and conn.bufferSize == before
+        conn.doRead()  # the rest: the message was split, so reads grow
+        assert echoes[P.ECHO_REQ] == 1 and conn.bufferSize == LARGE_READ
         theirs.sendall(message)
         conn.doRead()  # whole, in one read
         assert echoes[P.ECHO_REQ] == 2
@@ -884,3 +886,238 @@ def test_readsGrowWhileLargeMessagesArriveAndShrinkBackAfter():
         protocol.connectionLost(None)
         ours.close()
         theirs.close()
+
+
+def _summary(factory):
+    """What a state holds of its background jobs, in queue order."""
+    state = factory.state
+    functions = {}
+    for name, function in sorted(state.functions.items()):
+        queues = [[(job.handle, job.unique, bytes(job.payload), job.clientId, job.since)
+                   for job in queue if job.state == 1] for queue in (function.queues or ())]
+        submitted = list(function.stats.submitted) if function.stats else None
+        functions[name] = (queues, function.queued, list(function.priorityCounts), submitted)
+    return functions, sorted(state.jobs), list(state.stats.packetsIn)
+
+
+def _runBothWays(packets, setup=lambda factory, conns: None, factoryArgs=None):
+    """
+    C{packets} sent by the first of two connections in one read, then (on
+    a fresh server) one byte at a time, which dispatches each message
+    alone: what each connection got, and the states, as C{(oneRead,
+    bytewise, runs, alone)}: C{runs} the calls of the fast path, C{alone}
+    how many submissions of the one read took the usual one.
+    """
+    results = []
+    runs = []
+    alone = []
+    for bytewise in (False, True):
+        factory = _ioFactory(**(factoryArgs or {}))
+        state = factory.state
+        original = state.submitBackgroundMany
+        state.submitBackgroundMany = lambda session, name, payloads: (
+            runs.append((bytewise, name, len(payloads))), original(session, name, payloads))
+        submit = state.submit
+        state.submit = lambda *args: (alone.append(bytewise), submit(*args))
+        conns = [Conn(factory), Conn(factory, 5001)]
+        setup(factory, conns)
+        for conn in conns:
+            conn.packets()
+        conns[0].sendBytes(b"".join(encodeRequest(kind, *args) for kind, args in packets), bytewise)
+        results.append(([conn.packets() for conn in conns], _summary(factory)))
+    assert not [run for run in runs if run[0]], "one message per read never takes the fast path"
+    return results[0], results[1], runs, alone.count(False)
+
+
+def _bg(name, unique, payload):
+    return (P.SUBMIT_JOB_BG, (name, unique, payload))
+
+
+@pytest.mark.parametrize("known", [False, True])
+def test_aRunOfBackgroundSubmissionsIsTheSameAsEachAlone(known):
+    """
+    A read of many SUBMIT_JOB_BG packets (a pipelining client) is made in
+    runs of one function without uniques: the same replies, in the same
+    order, and the same jobs, queues and counts as one packet at a time.
+    Whatever does not fit a run (a new function, a unique, another
+    function, a malformed packet, a foreground job) takes the usual path.
+    With the function known, the read starts with a run, taken straight
+    from the read.
+    """
+    packets = ([_bg(b"f", b"", b"first")]  # a new function: made by the usual path
+               + [_bg(b"f", b"", b"p%d\0with nul" % i) for i in range(20)]
+               + [_bg(b"g", b"", b"new")]
+               + [_bg(b"f", b"", b"")] * 3
+               + [_bg(b"f", b"u1", b"unique"), _bg(b"f", b"", b"after unique"),
+                  _bg(b"f", b"u1", b"coalesced")]
+               + [(P.SUBMIT_JOB_BG, (b"f\0only-two",)), _bg(b"f", b"", b"after malformed")]
+               # A body cut short, whose next bytes (the next header) would
+               # complete the run's "f\0\0".
+               + [_bg(b"f", b"", b"before short"), (P.SUBMIT_JOB_BG, (b"f\0",)),
+                  _bg(b"f", b"", b"after short")]
+               + [(P.SUBMIT_JOB, (b"f", b"", b"fg")), _bg(b"f", b"", b"x"), _bg(b"f", b"", b"y")]
+               + [_bg(b"g", b"", b"g%d" % i) for i in range(5)])
+    oneRead, bytewise, runs, alone = _runBothWays(
+        packets, lambda factory, conns: [factory.state.function(name) for name in (b"f", b"g")]
+        if known else None)
+    assert oneRead == bytewise
+    replies = oneRead[0][0]
+    assert [kind for kind, _ in replies].count(P.JOB_CREATED) == len(packets) - 2
+    assert replies.count((P.ERROR, [b"INVALID_PACKET", b"SUBMIT_JOB_BG needs 3 arguments, got 2"])) == 2
+    assert runs == ([(False, b"f", 21), (False, b"g", 1)] if known else [(False, b"f", 20)]) + [
+        (False, b"f", 3), (False, b"f", 1), (False, b"f", 2), (False, b"f", 2), (False, b"g", 5)]
+    # The first of each function (unless known), those with a unique, the
+    # one after a malformed packet and the foreground one.
+    assert alone == (4 if known else 6)
+
+
+@pytest.mark.parametrize("short", [b"f", b"f\0", b"f\0\0"])
+def test_aRunTakenFromTheReadStopsAtABodyCutShort(short):
+    """
+    A run taken straight from a read checks each body's own bytes: one too
+    short to hold the function's name and an empty unique (whatever bytes
+    follow it in the read) is malformed, or an empty workload, as alone.
+    """
+    packets = [_bg(b"f", b"", b"1"), _bg(b"f", b"", b"2"), (P.SUBMIT_JOB_BG, (short,)),
+               _bg(b"f", b"", b"3"), _bg(b"f", b"", b"4")]
+    oneRead, bytewise, runs, alone = _runBothWays(
+        packets, lambda factory, conns: factory.state.function(b"f"))
+    assert oneRead == bytewise
+    kinds = [kind for kind, _ in oneRead[0][0]]
+    if short == b"f\0\0":
+        assert kinds == [P.JOB_CREATED] * 5
+    else:
+        assert kinds == [P.JOB_CREATED] * 2 + [P.ERROR] + [P.JOB_CREATED] * 2
+    assert runs[0] == (False, b"f", 5 if short == b"f\0\0" else 2)
+
+
+def test_aRunWakesSleepersInOrder():
+    """
+    Sleeping workers of the function are woken one per job, as alone; when
+    the submitter is one of them, its NOOP follows the JOB_CREATED of the
+    job that woke it (the second: the other worker slept first).
+    """
+    def sleepers(factory, conns):
+        conns[1].send(P.CAN_DO, b"f")
+        conns[1].send(P.PRE_SLEEP)
+        conns[0].send(P.CAN_DO, b"f")
+        conns[0].send(P.PRE_SLEEP)
+        factory.state.function(b"f")  # known: the first packet starts a run
+
+    packets = [_bg(b"f", b"", b"%d" % i) for i in range(6)]
+    oneRead, bytewise, runs, alone = _runBothWays(packets, sleepers)
+    assert oneRead == bytewise
+    assert runs == [(False, b"f", 6)] and alone == 0
+    submitter, other = oneRead[0]
+    assert [kind for kind, _ in other] == [P.NOOP]
+    assert [kind for kind, _ in submitter] == [P.JOB_CREATED] * 2 + [P.NOOP] + [P.JOB_CREATED] * 4
+
+
+def test_aRunIsNotAShortcutPastLimitsOrAccessControl():
+    """
+    A queue limit, a server that stopped accepting and access control each
+    give every submission of a run the usual answer.
+    """
+    packets = [_bg(b"f", b"", b"%d" % i) for i in range(5)]
+
+    def limited(factory, conns):
+        factory.state.function(b"f")
+        factory.state.setMaxQueue(b"f", [3, 3, 3])
+
+    oneRead, bytewise, runs, alone = _runBothWays(packets, limited)
+    assert oneRead == bytewise
+    assert [kind for kind, _ in oneRead[0][0]] == [P.JOB_CREATED] * 3 + [P.ERROR] * 2
+
+    def stopped(factory, conns):
+        factory.state.function(b"f").kept = True
+        factory.state.stopAccepting()
+
+    oneRead, bytewise, runs, alone = _runBothWays(packets, stopped)
+    assert oneRead == bytewise
+    assert [kind for kind, _ in oneRead[0][0]] == [P.ERROR] * 5
+
+    from txgear.server._access import AccessControl, parseRules
+    access = AccessControl(parseRules("[anonymous]\ninvoke = g\n").values())
+    oneRead, bytewise, runs, alone = _runBothWays(
+        packets, lambda factory, conns: factory.state.function(b"f"), {"access": access})
+    assert oneRead == bytewise
+    assert [kind for kind, _ in oneRead[0][0]] == [P.ERROR] * 5
+    assert runs == []  # guarded connections always take the usual path
+
+
+def test_aRunStopsAtTheSoftLimitOfTheOutput():
+    """
+    The replies of a run are written together, so a run is cut where they
+    would pass the output's soft limit: the rest waits, unread, as with
+    one packet at a time, and all are answered once the peer reads.
+    """
+    factory = _ioFactory(outputSoftLimit=4096)
+    factory.state.function(b"f")
+    client = Conn(factory)
+    output = client.protocol._output
+    output.pauseProducing()  # its transport's buffer is full
+    client.sendBytes(b"".join(encodeRequest(P.SUBMIT_JOB_BG, b"f", b"", b"%d" % i)
+                              for i in range(1000)))
+    factory.flush()
+    assert 4096 - 64 < output.queued <= 4096 + 64
+    assert client.protocol._held is not None
+    assert len(factory.state.jobs) < 1000
+    answered = []
+    for _ in range(1000):
+        output.resumeProducing()
+        factory.flush()
+        answered += client.packets()
+        if len(answered) == 1000:
+            break
+    assert answered == [(P.JOB_CREATED, [b"H:t:%d" % (i + 1)]) for i in range(1000)]
+    assert client.transport.producerState == "producing"
+
+
+def test_adaptiveReadSizeOnTheServer():
+    """
+    With adaptive reads (PyPy's default), a server connection on a TCP
+    socket reads 1 KiB at first and sizes its reads as the client library's
+    do; without them, Twisted's 64 KiB.
+    """
+    import socket
+
+    from twisted.internet import tcp
+    from twisted.internet.protocol import Protocol
+    from twisted.internet.testing import MemoryReactorClock
+
+    from txgear._protocol import LARGE_READ, SMALL_READ
+    from txgear.server._protocol import GearmanServerProtocol
+
+    for adaptive in (True, False):
+        factory = _ioFactory()
+        ours, theirs = socket.socketpair()
+        theirs.setblocking(False)
+        conn = tcp.Connection(ours, Protocol(), MemoryReactorClock())
+        conn.connected = 1
+        protocol = factory.buildProtocol(None)
+        assert isinstance(protocol, GearmanServerProtocol)
+        protocol.adaptiveReads = adaptive
+        conn.protocol = protocol
+        protocol.makeConnection(conn)
+        try:
+            sizes = [conn.bufferSize]
+            packet = encodeRequest(P.SUBMIT_JOB_BG, b"f", b"", b"x" * 200)
+            stream = packet * 4000
+            sent = 0
+            # Reads that fill the buffer, then small ones.
+            for small in [False] * 7 + [True] * 3:
+                size = 30 if small else conn.bufferSize
+                theirs.sendall(stream[sent:sent + size])
+                sent += size
+                conn.doRead()
+                sizes.append(conn.bufferSize)
+            if adaptive:
+                assert sizes == [SMALL_READ * 2 ** i for i in range(7)] + [LARGE_READ,
+                                 LARGE_READ // 2, LARGE_READ // 4, LARGE_READ // 8]
+            else:
+                assert sizes == [LARGE_READ] * 11
+            assert len(factory.state.jobs) == sent // len(packet)
+        finally:
+            protocol._output.stopProducing()
+            theirs.close()
+            ours.close()

@@ -851,3 +851,46 @@ def test_functionMemory():
     assert len(functions) == len(names)
     perFunction = (held - sys.getsizeof(functions)) / len(names)
     assert perFunction < 200, perFunction
+
+
+@pytest.mark.parametrize("clientId", [b"-", b"submitter"])
+@pytest.mark.parametrize("known", [False, True])
+def test_submitBackgroundManyMakesTheJobsSubmitMakes(clientId, known):
+    """
+    L{JobServerState.submitBackgroundMany} (a run of SUBMIT_JOB_BG) builds
+    its jobs inline: every field, slots and instance dictionary alike, is
+    what L{JobServerState.submit} gives the same requests, and so are the
+    replies, the queue and the counts.
+    """
+    from txgear.server._state import Job
+
+    def made(many):
+        clock = Clock()
+        clock.advance(1234.5)
+        state = JobServerState(clock=clock, handlePrefix=b"H:t")
+        peer = FakePeer()
+        session = state.connect(peer)
+        state.setClientId(session, clientId)
+        if known:
+            # A function with queues and counters already (the fast loop).
+            state.submit(session, b"f", b"", b"first", NORMAL, True)
+        payloads = [b"a", b"b\0c", b""]
+        if many:
+            state.submitBackgroundMany(session, b"f", payloads)
+        else:
+            for payload in payloads:
+                state.submit(session, b"f", b"", payload, NORMAL, True)
+        fields = [name for name in Job.__slots__ if name != "__dict__"]
+        jobs = [({name: getattr(job, name) for name in fields}, vars(job))
+                for job in state.jobs.values()]
+        function = state.functions[b"f"]
+        for fields, _ in jobs:
+            assert fields.pop("func") is function
+        return (jobs, peer.take(), [[job.handle for job in queue] for queue in function.queues],
+                function.queued, function.priorityCounts, list(function.stats.submitted),
+                state._nextKey)
+
+    assert made(True) == made(False)
+    jobs = made(True)[0]
+    assert [fields["since"] for fields, _ in jobs] == [1234.5] * len(jobs)
+    assert all(extra == ({"clientId": clientId} if clientId != b"-" else {}) for _, extra in jobs)

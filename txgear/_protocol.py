@@ -48,6 +48,26 @@ def setNoDelay(transport: Any) -> None:
             pass
 
 
+def sizeNextRead(transport: Any, got: int) -> None:
+    """
+    Size a TCP transport's next read (its C{bufferSize}, what
+    C{tcp.Connection.doRead} asks C{recv} for) after a read of C{got} bytes:
+    doubled while reads fill it, up to L{LARGE_READ}; halved while they use
+    less than a quarter of it, down to L{SMALL_READ}.
+
+    On PyPy a read's whole buffer is allocated in the young generation
+    (its nursery, 1 MiB): Twisted's fixed 64 KiB reads of a few small
+    packets fill it every few reads, and each minor collection then moves
+    everything young and alive (jobs in flight) to the old generation.
+    """
+    size = transport.bufferSize
+    if got >= size:
+        if size < LARGE_READ:
+            transport.bufferSize = min(size * 2, LARGE_READ)
+    elif got < size // 4 and size > SMALL_READ:
+        transport.bufferSize = max(size // 2, SMALL_READ)
+
+
 def toBytes(value: Any, what: str) -> bytes:
     """
     Accept C{bytes}, C{str} (encoded as UTF-8), C{bytearray} or C{memoryview}
@@ -160,18 +180,9 @@ class GearmanPeerProtocol(Protocol):
             self._sizeReads = True
             self.transport.bufferSize = SMALL_READ
 
-    def _sizeNextRead(self, got: int) -> None:
-        transport = self.transport
-        size = transport.bufferSize
-        if got >= size:
-            if size < LARGE_READ:
-                transport.bufferSize = min(size * 2, LARGE_READ)
-        elif got < size // 4 and size > SMALL_READ:
-            transport.bufferSize = max(size // 2, SMALL_READ)
-
     def dataReceived(self, data: bytes) -> None:
         if self._sizeReads:
-            self._sizeNextRead(len(data))
+            sizeNextRead(self.transport, len(data))
         decoder = self._decoder
         dispatch = self._dispatch
         messages = iter(decoder.feedFlat(data))
@@ -234,4 +245,5 @@ def responseSequence(kind: int, args: tuple) -> list:
     return _sequence(responseHeader, kind, args)
 
 
-__all__ = ["GearmanPeerProtocol", "missingArguments", "responseSequence", "setNoDelay"]
+__all__ = ["GearmanPeerProtocol", "missingArguments", "responseSequence", "setNoDelay",
+           "sizeNextRead"]

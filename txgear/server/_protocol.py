@@ -23,6 +23,8 @@ Log lines a peer causes go through the state's L{PeerLog} (rate-limited).
 """
 from __future__ import annotations
 
+import struct
+import sys
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple, cast
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -33,14 +35,16 @@ from txgear._log import logger
 from txgear._packet import (
     ARGUMENT_COUNTS,
     DEFAULT_MAX_PACKET,
+    HEADER_SIZE,
     MAX_TYPE,
+    REQ,
     TEXT,
     PacketDecoder,
     PacketType,
     encodeResponse,
 )
 from txgear._peerlog import PeerLog
-from txgear._protocol import setNoDelay
+from txgear._protocol import SMALL_READ, setNoDelay, sizeNextRead
 from txgear._schedule import ScheduleError, nextRunTime
 from txgear._turnwriter import TurnWriter, directSocket
 from txgear.server._access import AccessControl
@@ -95,6 +99,13 @@ _GRAB_JOB_UNIQ = int(PacketType.GRAB_JOB_UNIQ)
 _GRAB_JOB_ALL = int(PacketType.GRAB_JOB_ALL)
 _WORK_COMPLETE = int(PacketType.WORK_COMPLETE)
 _WORK_FAIL = int(PacketType.WORK_FAIL)
+_SUBMIT_JOB_BG = int(PacketType.SUBMIT_JOB_BG)
+#: The first 8 bytes of every SUBMIT_JOB_BG request (magic and type).
+_SUBMIT_JOB_BG_HEAD = REQ + _SUBMIT_JOB_BG.to_bytes(4, "big")
+_UINT32 = struct.Struct(">I")
+#: Bytes of output one background submission may cause besides the handle
+#: prefix: its JOB_CREATED (header, number) and a NOOP to itself.
+_REPLY_ROOM = 12 + 20 + 12
 
 #: The latest SUBMIT_JOB_EPOCH time accepted: the end of year 9999 UTC, well
 #: within what every store holds (signed 64 bits).
@@ -176,6 +187,10 @@ class GearmanServerProtocol(Protocol):
     """
 
     _log = logger()
+    #: Size reads as L{txgear._protocol.GearmanPeerProtocol.adaptiveReads}
+    #: does (PyPy: a read's buffer is allocated in its nursery).
+    adaptiveReads = sys.implementation.name == "pypy"
+    _sizeReads = False
     factory: "GearmanServerFactory"
     session: Session
     transport: Any  # a connected transport (ITCPTransport and IPushProducer)
@@ -196,6 +211,7 @@ class GearmanServerProtocol(Protocol):
         # Reads left at LARGE_READ (-1: reads are not sized here), and the
         # read size to go back to.
         self._largeReads = -1
+        self._lastRead = 0
         self._smallReadSize = 0
         # The names of its client certificate, once access control asked.
         self._names: Optional[Tuple[str, ...]] = None
@@ -226,6 +242,10 @@ class GearmanServerProtocol(Protocol):
                 transport.setTcpKeepAlive(True)
             except OSError:
                 pass
+        if self.adaptiveReads and directSocket(transport) is not None:
+            # tcp.Connection.doRead reads up to its bufferSize.
+            self._sizeReads = True
+            transport.bufferSize = SMALL_READ
         self._output = output = factory.writer.output(
             transport, self, factory.outputSoftLimit, factory.outputHardLimit)
         self.write = output.write  # type: ignore[method-assign]
@@ -285,9 +305,37 @@ class GearmanServerProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         got = len(data)
         self._stats.bytesIn += got
-        if got >= LARGE_READ_FROM or self._largeReads > 0:
-            self._sizeLargeReads(got)
         decoder = self._decoder
+        largeReads = self._largeReads
+        if largeReads > 0:
+            self._sizeLargeReads(got)
+        elif (largeReads == 0 and self._lastRead >= LARGE_READ_FROM
+              and decoder.unfinishedSize() >= LARGE_READ_FROM):
+            # A large message was split across reads: read such messages
+            # whole from now on (a full read of small packets does not count).
+            self._sizeLargeReads(LARGE_READ_FROM)
+        elif self._sizeReads:
+            sizeNextRead(self.transport, got)
+        self._lastRead = got
+        # (Its type's last byte first: the cheapest test that fails for other reads.)
+        if (len(data) > HEADER_SIZE and data[7] == _SUBMIT_JOB_BG and self._table is _DISPATCH
+                and not self._stalled and self._held is None and decoder.error is None
+                and not decoder.bufferedBytes()):
+            # A pipelining client's background submissions: taken straight
+            # from the read, no message list, no copy of each body.
+            self._dispatching = True
+            try:
+                taken = self._submitRunInRead(data)
+            finally:
+                self._dispatching = False
+            if taken:
+                if self.transport.disconnecting:
+                    return
+                if taken == len(data):
+                    if self._reserved:
+                        self._checkUnfinished(0)
+                    return
+                data = data[taken:]
         if self._stalled or self._held is not None:
             # Not dispatching now: keep it, undecoded, in order.
             decoder.add(data)
@@ -305,10 +353,12 @@ class GearmanServerProtocol(Protocol):
 
     def _sizeLargeReads(self, got: int) -> None:
         """
-        Size the next read for large messages: after a read of C{got} bytes,
-        at least L{LARGE_READ_FROM}, read up to L{LARGE_READ} bytes at once
-        until L{LARGE_READS_KEPT} reads in a row are smaller, then go back
-        to the size before.
+        Size the next read for large messages: once a message of
+        L{LARGE_READ_FROM} bytes or more was split across reads (called with
+        C{got} = L{LARGE_READ_FROM}), and after every read of at least that
+        many bytes, read up to L{LARGE_READ} bytes at once, until
+        L{LARGE_READS_KEPT} reads in a row are smaller; then go back to the
+        size before.
 
         Twisted's 64 KiB reads split every message of 64 KiB or more in two,
         which costs a second read, a second pass through the reactor and
@@ -367,6 +417,19 @@ class GearmanServerProtocol(Protocol):
             kind = messages[index]
             body = messages[index + 1]
             index += 2
+            if (kind == _SUBMIT_JOB_BG and index < count and messages[index] == _SUBMIT_JOB_BG
+                    and dispatch is _DISPATCH):
+                # A run of background submissions (a pipelining client).
+                taken = self._submitRun(messages, index - 2, count)
+                if taken:
+                    index += 2 * taken - 2
+                    if transport.disconnecting:
+                        return
+                    if self._stalled:
+                        if index < count:
+                            self._held = messages[index:]
+                        return
+                    continue
             if kind > 0:
                 packets[kind] += 1
                 role = roles[kind]
@@ -411,6 +474,100 @@ class GearmanServerProtocol(Protocol):
             else:
                 self._output.discard()
                 self.transport.abortConnection()
+
+    def _submitRunInRead(self, data: bytes) -> int:
+        """
+        Make the complete SUBMIT_JOB_BG packets at the start of C{data} (a
+        read, nothing held before it) as L{_submitRun} does, reading their
+        payloads straight from it; return how many bytes they took (0: none,
+        the decoder takes the read as usual). Anything else stops the run:
+        another type or function, a unique id, a large or unfinished packet,
+        the output's room; the decoder then checks what follows.
+        """
+        end = len(data)
+        if end < HEADER_SIZE or not data.startswith(_SUBMIT_JOB_BG_HEAD):
+            return 0
+        size = _UINT32.unpack_from(data, 8)[0]
+        stop = HEADER_SIZE + size
+        first = data.find(b"\0", HEADER_SIZE, stop)
+        if stop > end or first < 0 or first + 2 > stop or data[first + 1] != 0:
+            return 0
+        state = self.state
+        name = data[HEADER_SIZE:first]
+        if name not in state.functions:
+            return 0  # checked and created by the generic path first
+        head = data[HEADER_SIZE:first + 2]
+        skip = first + 2
+        shortest = skip - HEADER_SIZE
+        left = self._runRoom()
+        payloads: List[bytes] = []
+        offset = 0
+        while left:
+            # The header, then the function's name and an empty unique, in
+            # the body (not in the bytes after a body cut short).
+            if (size >= _BIG or size < shortest
+                    or not data.startswith(head, offset + HEADER_SIZE)):
+                break
+            payloads.append(data[offset + skip:stop])
+            left -= 1
+            offset = stop
+            if end - offset < HEADER_SIZE or not data.startswith(_SUBMIT_JOB_BG_HEAD, offset):
+                break
+            size = _UINT32.unpack_from(data, offset + 8)[0]
+            stop = offset + HEADER_SIZE + size
+            if stop > end:
+                break
+        if payloads:
+            self._submitPayloads(name, payloads)
+        return offset
+
+    def _runRoom(self) -> int:
+        """How many background submissions' replies the output has room for."""
+        output = self._output
+        room = (output.softLimit - output.queued) // (_REPLY_ROOM + len(self.state.handlePrefix))
+        return room if room > 0 else 0
+
+    def _submitPayloads(self, name: bytes, payloads: List[bytes]) -> None:
+        """Count and make a run of background submissions for function C{name}."""
+        stats = self._stats
+        stats.packetsIn[_SUBMIT_JOB_BG] += len(payloads)
+        if self._role != CLIENT:
+            stats.roleChanged(self._role, CLIENT)
+            self._role = CLIENT
+        self.state.submitBackgroundMany(self.session, name, payloads)
+
+    def _submitRun(self, messages: List[Any], start: int, count: int) -> int:
+        """
+        Make the SUBMIT_JOB_BG requests at C{messages[start:]} (kinds and
+        bodies alternating) in one call of
+        L{JobServerState.submitBackgroundMany}, as many as follow in a row
+        for one known function without a unique id, and as the output has
+        room for their replies under its soft limit. Return how many were
+        taken (0: none, the first is for L{_submitter}'s path).
+        """
+        body = messages[start + 1]
+        end = body.find(b"\0")
+        if end < 0 or len(body) <= end + 1 or body[end + 1] != 0 or len(body) >= _BIG:
+            return 0
+        state = self.state
+        name = body[:end]
+        if name not in state.functions:
+            return 0  # checked and created by the generic path first
+        # Their replies are written at once: never past the soft limit.
+        stop = min(count, start + 2 * self._runRoom())
+        prefix = body[:end + 2]
+        skip = end + 2
+        payloads: List[bytes] = []
+        index = start
+        while index < stop and messages[index] == _SUBMIT_JOB_BG:
+            body = messages[index + 1]
+            if len(body) >= _BIG or not body.startswith(prefix):
+                break
+            payloads.append(body[skip:])
+            index += 2
+        if payloads:
+            self._submitPayloads(name, payloads)
+        return len(payloads)
 
     def _checkUnfinished(self, size: int) -> None:
         """
