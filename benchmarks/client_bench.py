@@ -168,11 +168,12 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
     print(json.dumps(result), flush=True)
 
 
-def run() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def loadArguments(description: str, function: str) -> argparse.ArgumentParser:
+    """The options of scenario 7's shape, shared by this script and gear_bench.py."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=4730)
-    ap.add_argument("--function", default="bench_lib")
+    ap.add_argument("--function", default=function)
     ap.add_argument("--jobs", type=int, default=20000)
     ap.add_argument("--warmup", type=int, default=2000, help="jobs run first and not measured")
     ap.add_argument("--workers", type=int, default=4)
@@ -180,6 +181,11 @@ def run() -> None:
     ap.add_argument("--depth", type=int, default=8)
     ap.add_argument("--size", type=int, default=100)
     ap.add_argument("--timeout", type=float, default=60.0)
+    return ap
+
+
+def run() -> None:
+    ap = loadArguments(__doc__.split("\n\n")[0], "bench_lib")
     ap.add_argument("--no-grab-ahead", action="store_true",
                     help="workers with grabAhead=False (one GRAB outstanding per connection)")
     args = ap.parse_args()

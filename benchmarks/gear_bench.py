@@ -39,7 +39,7 @@ import threading
 import time
 from typing import Any, Dict, List
 
-from client_bench import Failed, cpuSeconds, makePattern
+from client_bench import Failed, cpuSeconds, loadArguments, makePattern
 
 
 class _Waiter:
@@ -247,17 +247,7 @@ def _gearVersion() -> str:
 
 
 def run() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=4730)
-    ap.add_argument("--function", default="bench_gear")
-    ap.add_argument("--jobs", type=int, default=20000)
-    ap.add_argument("--warmup", type=int, default=2000, help="jobs run first and not measured")
-    ap.add_argument("--workers", type=int, default=4)
-    ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--depth", type=int, default=8)
-    ap.add_argument("--size", type=int, default=100)
-    ap.add_argument("--timeout", type=float, default=60.0)
+    ap = loadArguments(__doc__.split("\n\n")[0], "bench_gear")
     ap.add_argument("--nodelay", action="store_true",
                     help="set TCP_NODELAY on gear's sockets (gear leaves Nagle on)")
     args = ap.parse_args()
