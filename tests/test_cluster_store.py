@@ -232,7 +232,8 @@ def test_aDeadServersJobsComeBackAndARunningOneCountsAnAttempt(cluster):
 
     # a, fenced, finishes its job: nothing is written.
     a.state.workEnd(worker, P.WORK_COMPLETE, running, running + b"\0late")
-    yield task.deferLater(_reactor(), 0.2, lambda: None)
+    # A store call runs after every write issued before it: the fenced delete is done.
+    yield wait(a.store.countDead())
     assert len(cluster.rows()) == 2
 
     bworker, bpeer = b.worker()
