@@ -241,10 +241,13 @@ class Submitter(threading.Thread):
         self.handles: Dict[bytes, str] = {}
         self.errors: List[Tuple[bytes, bytes]] = []
         self.failure: Optional[BaseException] = None
+        #: Set once connected (and waiting for C{start}, if given).
+        self.connected = threading.Event()
 
     def run(self) -> None:
         try:
             conn = Conn(self.port, timeout=self.timeout)
+            self.connected.set()
             try:
                 if self.startSignal is not None:
                     self.startSignal.wait(30)

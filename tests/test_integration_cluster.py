@@ -232,7 +232,8 @@ def test_sameUniqueOnEveryServerAtOnceIsOneJob(workdir) -> None:
         submitters = [kit.Submitter(m.port, jobs, window=50, start=go) for m in cluster.members]
         for submitter in submitters:
             submitter.start()
-        time.sleep(0.5)  # each has connected and waits
+        for submitter in submitters:
+            assert submitter.connected.wait(30), "a submitter could not connect"
         go.set()
         joinAll(submitters)
         split = cluster.sql(f"SELECT state, count(*) FROM {cluster.table} GROUP BY state")
