@@ -22,7 +22,7 @@ import json
 import resource
 import sys
 import time
-from typing import Any, List
+from typing import Any, Dict, List
 
 PATTERN_SEED = 0x9E3779B97F4A7C15
 
@@ -111,8 +111,12 @@ async def runLoad(reactor: Any, clients: List[Any], function: str, jobs: int, de
             submitOne(client)
     reactor.callLater(1, watchdog)
     await finished
-    elapsed = time.perf_counter() - start
-    cpu = cpuSeconds() - cpu0
+    return summary(jobs, time.perf_counter() - start, cpuSeconds() - cpu0, done, latencies)
+
+
+def summary(jobs: int, elapsed: float, cpu: float, done: List[int],
+            latencies: List[float]) -> Dict[str, Any]:
+    """A measured run's figures (shared with gear_bench.py); fails if a job never completed."""
     missing = done.count(0)
     if missing:
         raise Failed(f"{missing} jobs never completed")

@@ -39,7 +39,7 @@ import threading
 import time
 from typing import Any, Dict, List
 
-from client_bench import Failed, cpuSeconds, loadArguments, makePattern
+from client_bench import Failed, cpuSeconds, loadArguments, makePattern, summary
 
 
 class _Waiter:
@@ -152,16 +152,7 @@ def runLoad(gear: Any, clients: List[Any], function: str, jobs: int, depth: int,
     cpu = cpuSeconds() - cpu0
     if state["error"] is not None:
         raise Failed(str(state["error"]))
-    missing = done.count(0)
-    if missing:
-        raise Failed(f"{missing} jobs never completed")
-    latencies.sort()
-    n = len(latencies)
-    return {"jobs": jobs, "seconds": round(elapsed, 4), "jobs_per_s": round(jobs / elapsed, 1),
-            "p50_us": round(latencies[(n - 1) * 50 // 100] * 1e6),
-            "p99_us": round(latencies[(n - 1) * 99 // 100] * 1e6),
-            "max_us": round(latencies[-1] * 1e6),
-            "client_cpu_us_per_job": round(cpu * 1e6 / jobs, 2)}
+    return summary(jobs, elapsed, cpu, done, latencies)
 
 
 def main(args: argparse.Namespace) -> Dict[str, Any]:

@@ -187,13 +187,10 @@ class Membership(Service):
             from twisted.internet import reactor as globalReactor
             reactor = globalReactor
         import psycopg.conninfo
-        try:
-            params = psycopg.conninfo.conninfo_to_dict(conninfo)
-        except psycopg.Error as e:
-            raise ValueError(f"invalid PostgreSQL connection string: {e}") from e
-        params.setdefault("connect_timeout", connectTimeout)
-        params.setdefault("application_name", "txgear-cluster")
-        self._conninfo = psycopg.conninfo.make_conninfo("", **params)
+
+        from txgear.store._postgres import connectionParams
+        self._conninfo = psycopg.conninfo.make_conninfo(
+            "", **connectionParams(conninfo, connectTimeout, "txgear-cluster"))
         self._reactor = reactor
         self._clock = clock if clock is not None else reactor
         self.cluster = cluster

@@ -108,6 +108,23 @@ def splitPostgresOptions(dsn: str) -> Tuple[str, Dict[str, str]]:
     return " ".join(kept), options
 
 
+def connectionParams(conninfo: str, connectTimeout: int, applicationName: str) -> Dict[str, Any]:
+    """
+    The libpq parameters of C{conninfo}, with a connection timeout and an
+    application name unless it sets them.
+
+    @raise ValueError: if C{conninfo} is invalid.
+    """
+    import psycopg.conninfo
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(conninfo)
+    except psycopg.Error as e:
+        raise ValueError(f"invalid PostgreSQL connection string: {e}") from e
+    params.setdefault("connect_timeout", connectTimeout)
+    params.setdefault("application_name", applicationName)
+    return params
+
+
 @implementer(IJobStore)
 class PostgresJobStore(ThreadedBatchStore):
     """
@@ -134,12 +151,7 @@ class PostgresJobStore(ThreadedBatchStore):
         """
         ThreadedBatchStore.__init__(self, reactor)
         import psycopg.conninfo
-        try:
-            params = psycopg.conninfo.conninfo_to_dict(conninfo)
-        except psycopg.Error as e:
-            raise ValueError(f"invalid PostgreSQL connection string: {e}") from e
-        params.setdefault("connect_timeout", connectTimeout)
-        params.setdefault("application_name", "txgear")
+        params = connectionParams(conninfo, connectTimeout, "txgear")
         self._conninfo = psycopg.conninfo.make_conninfo("", **params)
         self.schema = schema
         self.prefix = prefix
