@@ -32,7 +32,7 @@ from txgear.errors import StoreError, StoreSchemaError
 from txgear.interfaces import IJobStore
 from txgear.jobs import DeadJob, KeptResult, Priority, StoredJob
 from txgear.store import (MemoryJobStore, PostgresJobStore, RedisJobStore, SQLiteJobStore,
-                          storeFromString)
+                          _batch, storeFromString)
 
 POSTGRESQL = os.environ.get("TXGEAR_TEST_POSTGRESQL", "host=127.0.0.1 dbname=test user=postgres")
 REDIS = os.environ.get("TXGEAR_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -636,6 +636,120 @@ def test_nextBatchStartsBeforeCallbacks(sqliteBackend: SQLiteBackend) -> Any:
         [(True, 1)], [(True, 1)], [(False, 2)]]
     yield wait(store.close())
     assert [j.key for j in (yield reload(sqliteBackend))] == [1]
+
+
+def recordedBatches(store: Any) -> List[List[Any]]:
+    """Record the operations of every batch C{store} writes."""
+    batches: List[List[Any]] = []
+    original = store._writeInThread
+
+    def spy(operations: List[Any]) -> None:
+        batches.append(operations)
+        original(operations)
+
+    store._writeInThread = spy
+    return batches
+
+
+@pytest_twisted.inlineCallbacks
+def test_removalsAloneWaitForAnAdd(sqliteBackend: SQLiteBackend, monkeypatch: Any) -> Any:
+    """
+    Removals issued over several turns, with nothing else pending, wait
+    (up to REMOVE_LINGER); an add then takes them along in its batch, in
+    order.
+    """
+    monkeypatch.setattr(_batch, "REMOVE_LINGER", TIMEOUT * 2)
+    store = sqliteBackend.make()
+    yield wait(store.open())
+    yield wait(store.addMany([job(n) for n in range(1, 11)]))
+    batches = recordedBatches(store)
+    removed = []
+    for n in range(1, 6):
+        removed.append(store.remove(job(n)))
+        yield turn()
+    yield turn()
+    assert batches == [] and not any(d.called for d in removed)
+    added = store.add(job(11))
+    yield wait(defer.gatherResults(removed + [added]))
+    assert [[(isAdd, len(items) if isAdd is True else items) for isAdd, items in b] for b in batches] == [
+        [(False, 1), (False, 2), (False, 3), (False, 4), (False, 5), (True, 1)]]
+    yield wait(store.close())
+    assert [j.key for j in (yield reload(sqliteBackend))] == list(range(6, 12))
+
+
+@pytest_twisted.inlineCallbacks
+def test_removalsAloneAreWrittenAfterTheLinger(sqliteBackend: SQLiteBackend, monkeypatch: Any) -> Any:
+    """Removals alone are written in one batch once REMOVE_LINGER has passed."""
+    monkeypatch.setattr(_batch, "REMOVE_LINGER", 0.2)
+    store = sqliteBackend.make()
+    yield wait(store.open())
+    yield wait(store.addMany([job(n) for n in range(1, 4)]))
+    batches = recordedBatches(store)
+    removed = [store.remove(job(1)), store.remove(job(2))]
+    yield turn()
+    assert batches == []
+    yield wait(defer.gatherResults(removed))
+    assert batches == [[(False, 1), (False, 2)]]
+    yield wait(store.close())
+    assert [j.key for j in (yield reload(sqliteBackend))] == [3]
+
+
+@pytest_twisted.inlineCallbacks
+def test_enoughRemovalsAreWrittenAtOnce(sqliteBackend: SQLiteBackend, monkeypatch: Any) -> Any:
+    """
+    REMOVE_BATCH pending removals are written at the end of the turn, and
+    the store's thread takes that many behind a batch without waiting.
+    """
+    monkeypatch.setattr(_batch, "REMOVE_LINGER", TIMEOUT * 2)
+    monkeypatch.setattr(_batch, "REMOVE_BATCH", 4)
+    store = sqliteBackend.make()
+    yield wait(store.open())
+    yield wait(store.addMany([job(n) for n in range(1, 21)]))
+    batches, entered, gate = heldFirstBatch(store)
+    try:
+        first = [store.remove(job(n)) for n in range(1, 5)]
+        while not entered.is_set():
+            yield deferLater(_reactor(), 0.01, lambda: None)
+        second = [store.remove(job(n)) for n in range(5, 9)]
+        yield turn()
+    finally:
+        gate.set()
+    yield wait(defer.gatherResults(first + second))
+    assert [[key for _, key in b] for b in batches] == [[1, 2, 3, 4], [5, 6, 7, 8]]
+    yield wait(store.close())
+    assert [j.key for j in (yield reload(sqliteBackend))] == list(range(9, 21))
+
+
+@pytest_twisted.inlineCallbacks
+def test_closeWritesLingeringRemovals(sqliteBackend: SQLiteBackend, monkeypatch: Any) -> Any:
+    """C{close} writes the removals that were waiting for more, at once."""
+    monkeypatch.setattr(_batch, "REMOVE_LINGER", TIMEOUT * 2)
+    store = sqliteBackend.make()
+    yield wait(store.open())
+    yield wait(store.addMany([job(n) for n in range(1, 4)]))
+    removed = store.remove(job(2))
+    yield wait(store.close())
+    assert removed.called
+    assert [j.key for j in (yield reload(sqliteBackend))] == [1, 3]
+
+
+@needsPsycopg
+def test_postgresDumpsByteaAsBytes(postgresBackend: PostgresBackend) -> None:
+    """
+    The PostgreSQL store's connection dumps C{bytea} values looked up by type
+    (its COPY) with its C{bytes} dumper, not psycopg's DB-API C{Binary} one.
+    """
+    from psycopg.adapt import PyFormat
+    from psycopg.pq import Format
+
+    store = postgresBackend.make()
+    connection = store._connect()
+    try:
+        bytea = connection.adapters.types["bytea"].oid
+        byType = connection.adapters.get_dumper_by_oid(bytea, Format.BINARY)
+        assert byType is connection.adapters.get_dumper(bytes, PyFormat.BINARY)
+    finally:
+        connection.close()
 
 
 @pytest_twisted.inlineCallbacks

@@ -20,6 +20,16 @@ behind it at once (under a lock shared with the reactor thread, which only
 appends) and writes them, without waiting for the reactor to hand them
 over; each batch's outcome goes back to the reactor in order. The thread
 stops at a dead-set call, which the reactor runs on its own as before.
+
+Removals alone wait: while nothing but removals is pending, they are written
+L{REMOVE_LINGER} seconds after the first, or once L{REMOVE_BATCH} are
+pending, whichever comes first; anything else (an add, whose submitter waits
+for it) brings them along at the end of its turn. Nobody waits for a
+removal (the job has ended), and each statement has a fixed cost: a drain
+finishes a few jobs per turn, which made a batch of a few keys each (16,000
+statements for 100,000 jobs, 35 µs of the store's thread per job). A removal
+not yet written when the server dies means that job runs again after a
+restart, as before for one in flight.
 """
 from __future__ import annotations
 
@@ -53,6 +63,11 @@ KEEP = "keep"
 #: The kind of a dead-set call (retry, purge, list, count): run in the
 #: store's thread after every write issued before it, and before any after.
 CALL = "call"
+
+#: Removals alone are written this many seconds after the first of them...
+REMOVE_LINGER = 0.01
+#: ...or once this many operations are pending, whichever comes first.
+REMOVE_BATCH = 500
 
 
 def splitDead(operations: List[Operation]) -> Tuple[List[Operation], List[DeadJob]]:
@@ -124,6 +139,10 @@ class ThreadedBatchStore:
         self._pending: List[Tuple[Operation, Deferred[None]]] = []
         self._lock = threading.Lock()
         self._flushCall: Any = None
+        # The flush scheduled is REMOVE_LINGER away (only removals pending).
+        self._flushLingers = False
+        # Pending operations other than removals (under _lock).
+        self._urgent = 0
         # Set and cleared by the reactor thread only: a batch or call is in
         # the store's thread.
         self._writing = False
@@ -217,8 +236,9 @@ class ThreadedBatchStore:
                          for job in jobs]), d)
         with self._lock:
             self._pending.append(entry)
-        if self._flushCall is None and not self._writing:
-            self._flushCall = self._reactor.callLater(0, self._flush)
+            self._urgent += 1
+        if not self._writing:
+            self._scheduleFlush(True)
         return d
 
     def remove(self, job: Any) -> Deferred[None]:
@@ -336,13 +356,40 @@ class ThreadedBatchStore:
         if self._state != "open":
             return fail(StoreError(f"{self.description}: the store is not open"))
         d: Deferred[Any] = Deferred()
+        urgent = operation[0] is not False
         with self._lock:
             self._pending.append((operation, d))
-            if operation[0] == CALL:
-                self._calls += 1
-        if self._flushCall is None and not self._writing:
-            self._flushCall = self._reactor.callLater(0, self._flush)
+            if urgent:
+                self._urgent += 1
+                if operation[0] == CALL:
+                    self._calls += 1
+        if not self._writing:
+            self._scheduleFlush(urgent)
         return d
+
+    def _scheduleFlush(self, urgent: bool) -> None:
+        """
+        In the reactor thread, with no batch in the store's thread: flush at
+        the end of this turn, or, for removals alone (not C{urgent}, fewer
+        than L{REMOVE_BATCH} pending), L{REMOVE_LINGER} after the first.
+        """
+        call = self._flushCall
+        if urgent or len(self._pending) >= REMOVE_BATCH:
+            if call is None:
+                self._flushCall = self._reactor.callLater(0, self._flush)
+            elif self._flushLingers:
+                call.reset(0)
+            self._flushLingers = False
+        elif call is None:
+            self._flushCall = self._reactor.callLater(REMOVE_LINGER, self._flush)
+            self._flushLingers = True
+
+    def _flushPending(self) -> None:
+        """In the reactor thread, once the store's thread is idle: flush what is pending, or schedule it."""
+        if self._state == "closing" or self._urgent or len(self._pending) >= REMOVE_BATCH:
+            self._flush()
+        else:
+            self._scheduleFlush(False)
 
     def _flush(self) -> None:
         call, self._flushCall = self._flushCall, None
@@ -356,6 +403,7 @@ class ThreadedBatchStore:
             if kind == CALL:
                 del pending[0]
                 self._calls -= 1
+                self._urgent -= 1
             else:
                 batch = self._takeWrites()
         self._writing = True
@@ -376,8 +424,10 @@ class ThreadedBatchStore:
         if self._calls:
             end = next(i for i, ((kind, _), _) in enumerate(pending) if kind == CALL)
             batch, self._pending = pending[:end], pending[end:]
+            self._urgent = sum(1 for (kind, _), _ in self._pending if kind is not False)
         else:
             batch, self._pending = pending, []
+            self._urgent = 0
         return batch
 
     def _writeBatches(self, batch: List[Tuple[Operation, Deferred[None]]]) -> None:
@@ -394,7 +444,9 @@ class ThreadedBatchStore:
             following: List[Tuple[Operation, Deferred[None]]] = []
             if self._keepWriting():
                 with self._lock:
-                    following = self._takeWrites()
+                    # Removals alone wait for more (see the module docstring).
+                    if self._urgent or len(self._pending) >= REMOVE_BATCH:
+                        following = self._takeWrites()
             self._reactor.callFromThread(self._written, result, batch, not following)
             batch = following
 
@@ -455,7 +507,7 @@ class ThreadedBatchStore:
             return
         self._writing = False
         if self._pending:
-            self._flush()
+            self._flushPending()
         elif self._state == "closing":
             self._release()
 
@@ -469,7 +521,7 @@ class ThreadedBatchStore:
         else:
             d.callback(result)
         if self._pending:
-            self._flush()
+            self._flushPending()
         elif self._state == "closing":
             self._release()
 
