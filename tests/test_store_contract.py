@@ -760,14 +760,7 @@ def test_addManyIsOnePendingEntry(sqliteBackend: SQLiteBackend) -> Any:
     """
     store = sqliteBackend.make()
     yield wait(store.open())
-    batches: List[List[Any]] = []
-    original = store._writeInThread
-
-    def spy(operations: List[Any]) -> None:
-        batches.append(operations)
-        original(operations)
-
-    store._writeInThread = spy
+    batches = recordedBatches(store)
     many = store.addMany([job(n) for n in range(1, 401)])
     assert len(store._pending) == 1
     one = store.add(job(401))
