@@ -894,3 +894,58 @@ def test_submitBackgroundManyMakesTheJobsSubmitMakes(clientId, known):
     jobs = made(True)[0]
     assert [fields["since"] for fields, _ in jobs] == [1234.5] * len(jobs)
     assert all(extra == ({"clientId": clientId} if clientId != b"-" else {}) for _, extra in jobs)
+
+
+@pytest.mark.parametrize("clientId", [b"-", b"submitter"])
+@pytest.mark.parametrize("held", [False, True])
+def test_submitBackgroundManyWithAStoreMakesTheJobsSubmitMakes(clientId, held):
+    """
+    With a store, L{JobServerState.submitBackgroundMany} builds its jobs
+    inline too: each job, the batch the store is given, the JOB_CREATED
+    replies held until the store has them (behind a reply already held),
+    and, once stored, the queue and counts are what L{JobServerState.submit}
+    gives the same requests.
+    """
+    from txgear.server._state import Job
+
+    def snapshot(state):
+        fields = [name for name in Job.__slots__ if name not in ("__dict__", "func")]
+        function = state.functions[b"f"]
+        return ([({name: getattr(job, name) for name in fields}, vars(job), job.func is function)
+                 for job in state.jobs.values()],
+                [[job.handle for job in queue] for queue in function.queues or ()],
+                function.queued, function.pending, function.priorityCounts,
+                list(function.stats.submitted), state._nextKey)
+
+    def made(many):
+        store = RecordingStore()
+        state, clock = makeState(store=store)
+        clock.advance(1234.5)
+        session, peer = connect(state)
+        state.setClientId(session, clientId)
+        state.submit(session, b"f", b"", b"first", NORMAL, True)
+        if not held:
+            clock.advance(0)
+            store.adds[0][1].callback(None)
+        payloads = [b"a", b"b\0c", b""]
+        if many:
+            state.submitBackgroundMany(session, b"f", payloads)
+        else:
+            for payload in payloads:
+                state.submit(session, b"f", b"", payload, NORMAL, True)
+        before = (snapshot(state), peer.take())
+        clock.advance(0)
+        batches = [[job.handle for job in batch] for batch in store.batches]
+        clock.advance(1)
+        for d in {id(d): d for _, d in store.adds}.values():
+            if not d.called:
+                d.callback(None)
+        return before, batches, snapshot(state), peer.take()
+
+    assert made(True) == made(False)
+    before, batches, after, replies = made(True)
+    assert before[1] == ([] if held else [(P.JOB_CREATED, [b"H:t:1"])])
+    assert batches[-1][-3:] == [b"H:t:2", b"H:t:3", b"H:t:4"]
+    assert [kind for kind, _ in replies] == [P.JOB_CREATED] * (4 if held else 3)
+    assert after[2] == 4 and after[3] == 0
+    assert [fields["since"] for fields, _, _ in after[0]] == [1235.5 if held else 1234.5] + [1235.5] * 3

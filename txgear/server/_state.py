@@ -920,17 +920,21 @@ class JobServerState:
         their JOB_CREATED replies written together.
 
         A pipelining client sends hundreds of them in one read. Where
-        nothing but queueing applies (no store, the function known and
-        without limits, the server accepting, no reply of the session held
-        back) they are made in one loop; otherwise each goes through
-        L{submit}.
+        nothing but queueing applies (the function known and without limits,
+        the server accepting; without a store, no reply of the session held
+        back; with one, not a cluster member) they are made in one loop;
+        otherwise each goes through L{submit}.
         """
         function = self.functions.get(name)
-        if (function is None or self.storeQueue is not None or not self.accepting
-                or session.replies is not None or function.maxQueue[NORMAL]):
+        storeQueue = self.storeQueue
+        if (function is None or not self.accepting or function.maxQueue[NORMAL]
+                or (session.replies is not None if storeQueue is None else self.cluster is not None)):
             submit = self.submit
             for payload in payloads:
                 submit(session, name, b"", payload, NORMAL, True)
+            return
+        if storeQueue is not None:
+            self._submitStoredMany(session, function, payloads)
             return
         if function.queues is None:
             function.queues = (deque(), deque(), deque())
@@ -995,6 +999,54 @@ class JobServerState:
             if count > self._jobsPeak:
                 self._jobsPeak = count
 
+    def _submitStoredMany(self, session: Session, function: Function, payloads: List[bytes]) -> None:
+        """
+        L{submitBackgroundMany}'s loop with a store: each job waits in
+        PENDING for this turn's batch, its JOB_CREATED held until the store
+        has it (L{submit} then L{_persist} for each, inline).
+        """
+        if function.stats is None:
+            function.stats = self.stats.forFunction(function.name)
+        clientId = session.clientId if session.clientId != b"-" else b""
+        prefix = self.handlePrefix
+        jobs = self.jobs
+        key = self._nextKey
+        made: List[Job] = []
+        append = made.append
+        new = object.__new__
+        for payload in payloads:
+            handle = prefix + b"%d" % key
+            # Job(handle, function, b"", payload, NORMAL, True, 0, b"", clientId,
+            # key), then _move(job, PENDING), inline (a test compares them).
+            job = new(Job)
+            job.handle = handle
+            job.func = function
+            job.unique = b""
+            job.payload = payload
+            job.priority = NORMAL
+            job.background = True
+            job.key = key
+            job.clients = ()
+            job.worker = None
+            job.state = PENDING
+            job.coalesceKey = None
+            job.storeState = _S_NONE
+            job.since = 0.0
+            if clientId:
+                job.clientId = clientId
+            key += 1
+            jobs[handle] = job
+            append(job)
+        self._nextKey = key
+        function.stats.submitted[True] += len(made)
+        function.pending += len(made)
+        self.storeQueue.holdAndWrite(session, made)  # type: ignore[union-attr]
+        count = len(jobs)
+        if count >= LARGE_QUEUE:
+            self._largeQueue = True
+            if count > self._jobsPeak:
+                self._jobsPeak = count
+
     def _index(self, job: Job, coalesceKey: Any) -> None:
         job.coalesceKey = coalesceKey
         uniques = job.func.uniques
@@ -1044,11 +1096,28 @@ class JobServerState:
 
     def _jobsStored(self, batch: List[Job]) -> None:
         cluster = self.cluster
+        now = self.clock.seconds()
         for job in batch:
             if cluster is not None and not cluster.keepStored(job):
                 continue  # another server of the cluster runs it
             if job.state == PENDING:
-                self._makeRunnable(job)
+                if job.when or job.retryAt:
+                    self._makeRunnable(job)
+                    continue
+                # _move(job, QUEUED), inline: every stored job passes here.
+                function = job.func
+                function.pending -= 1
+                job.state = QUEUED
+                queues = function.queues
+                if queues is None:
+                    queues = function.queues = (deque(), deque(), deque())
+                    function.priorityCounts = [0, 0, 0]
+                queues[job.priority].append(job)
+                job.since = now
+                function.queued += 1
+                function.priorityCounts[job.priority] += 1
+                if function.sleepers:
+                    self._wake(function)
             elif job.state == DONE:
                 # Finished (cancelled) while being written: forget it again.
                 self.storeQueue.remove(job)  # type: ignore[union-attr]

@@ -120,6 +120,23 @@ class StoreQueue:
         session.replies.append(job)
         self._holding[session] = None
 
+    def holdAndWrite(self, session: Any, jobs: List[Any]) -> None:
+        """L{holdReply} then L{write} for each of C{jobs}, new jobs of C{session}, in order."""
+        replies = session.replies
+        if replies is None:
+            replies = session.replies = deque()
+        replies.extend(jobs)
+        self._holding[session] = None
+        for job in jobs:
+            job.storeState = WRITING
+            if type(job.payload) is not bytes:
+                job.payload = bytes(job.payload)  # a large one arrived as a view
+        unstored = self._unstored
+        first = not unstored
+        unstored.extend(jobs)
+        if first and unstored:
+            self._clock.callLater(0, self._flush)
+
     def forget(self, session: Any) -> None:
         """C{session} is gone: nothing to send it any more."""
         self._holding.pop(session, None)
