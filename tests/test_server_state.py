@@ -9,7 +9,7 @@ import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
-from txgear._packet import PacketDecoder, PacketType, splitArguments
+from txgear._packet import PacketDecoder, PacketType, encodeResponse, splitArguments
 from txgear.errors import StoreError
 from txgear.server._state import HIGH, LOW, NORMAL, JobServerState
 
@@ -894,6 +894,39 @@ def test_submitBackgroundManyMakesTheJobsSubmitMakes(clientId, known):
     jobs = made(True)[0]
     assert [fields["since"] for fields, _ in jobs] == [1234.5] * len(jobs)
     assert all(extra == ({"clientId": clientId} if clientId != b"-" else {}) for _, extra in jobs)
+
+
+def test_storedRepliesLeaveInOneWrite():
+    """
+    A stored batch's JOB_CREATED replies to one session, and the replies
+    held behind them, are written at once, in order, up to a job still
+    being written.
+    """
+    store = RecordingStore()
+    state, clock = makeState(store=store)
+    session, peer = connect(state)
+    writes: List[bytes] = []
+    original = peer.write
+
+    def write(data: bytes) -> None:
+        writes.append(data)
+        original(data)
+
+    peer.write = write  # type: ignore[method-assign]
+    state.submitBackgroundMany(session, b"f", [b"a", b"b", b"c"])
+    session.write(encodeResponse(P.ECHO_RES, b"after"))  # a reply that must wait behind them
+    clock.advance(0)
+    state.submit(session, b"f", b"", b"d", NORMAL, True)
+    clock.advance(0)
+    assert writes == []
+    store.adds[0][1].callback(None)
+    assert len(writes) == 1
+    assert [(kind, args[0]) for kind, args in peer.take()] == [
+        (P.JOB_CREATED, b"H:t:1"), (P.JOB_CREATED, b"H:t:2"), (P.JOB_CREATED, b"H:t:3"),
+        (P.ECHO_RES, b"after")]
+    store.adds[-1][1].callback(None)
+    assert len(writes) == 2
+    assert [(kind, args[0]) for kind, args in peer.take()] == [(P.JOB_CREATED, b"H:t:4")]
 
 
 @pytest.mark.parametrize("clientId", [b"-", b"submitter"])

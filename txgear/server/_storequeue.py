@@ -199,12 +199,16 @@ class StoreQueue:
 def _flushReplies(session: Any, stats: Any = None) -> bool:
     """Send C{session}'s held replies up to the first job still being written."""
     replies = session.replies
+    # Joined into one write: a batch answers up to hundreds of one session's jobs.
+    out: List[bytes] = []
+    done = True
     while replies:
         item = replies[0]
         if type(item) is not bytes:
             state = item.storeState
             if state is WRITING:
-                return False
+                done = False
+                break
             if type(item) is LaterReply:
                 item = item.packet
             elif state is FAILED:
@@ -215,10 +219,12 @@ def _flushReplies(session: Any, stats: Any = None) -> bool:
                 handle = item.handle
                 item = _H_JOB_CREATED + len(handle).to_bytes(4, "big") + handle
         replies.popleft()
-        if not session.closed:
-            session.peer.write(item)
-    session.replies = None
-    return True
+        out.append(item)
+    if out and not session.closed:
+        session.peer.write(out[0] if len(out) == 1 else b"".join(out))
+    if done:
+        session.replies = None
+    return done
 
 
 __all__ = ["LaterReply", "StoreQueue", "StoreState"]
