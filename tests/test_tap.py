@@ -592,3 +592,38 @@ def test_clusterServiceUsesTheClusterHandlesAndStore():
     # Its address is where it listens, whatever its id: another server given the
     # same id elsewhere cannot take its live lease over.
     assert state.cluster.membership.address.endswith(":4730")
+
+
+class _Stats:
+    def __init__(self, nursery: str) -> None:
+        self.nursery_size = nursery
+
+
+@pytest.mark.parametrize("shown, size, warned", [
+    ("150.0MB", 150 * 2**20, True),
+    ("1.0MB", 2**20, False),
+    ("16.0MB", 16 * 2**20, False),
+])
+def test_pypyNurseryOutOfProportionIsWarnedOf(shown: str, size: int, warned: bool) -> None:
+    """
+    A PyPy nursery over 16 MiB (PyPy takes half the cache size /proc/cpuinfo
+    reports) is logged as a warning naming PYPY_GC_NURSERY; a usual one is not.
+    """
+    from twisted.logger import capturedLogs
+
+    from txgear.tap import checkPyPyNursery
+
+    with capturedLogs() as events:
+        assert checkPyPyNursery(lambda: _Stats(shown)) == size
+    warnings = [e for e in events if e["log_level"] == LogLevel.warn]
+    assert len(warnings) == (1 if warned else 0)
+    if warned:
+        assert "PYPY_GC_NURSERY" in warnings[0]["log_format"] and warnings[0]["size"] == 150
+
+
+def test_pypyNurseryCheckIgnoresWhatItCannotRead() -> None:
+    """Stats without a readable nursery size: no warning, no size."""
+    from txgear.tap import checkPyPyNursery
+
+    assert checkPyPyNursery(lambda: _Stats("?")) is None
+    assert checkPyPyNursery(lambda: object()) is None

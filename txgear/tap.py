@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import signal
+import sys
 from typing import Any, List, Optional
 
 from twisted.application.service import IService
@@ -358,6 +359,7 @@ def makeService(options: Any, reactor: Any = None) -> IService:
         from twisted.internet import reactor  # type: ignore[no-redef]
     setLogLevel(options["log-level"])
     _tuneGarbageCollector()
+    checkPyPyNursery()
     tuneAllocator()
     prefix: Optional[bytes] = None
     if options["job-handle-prefix"]:
@@ -433,6 +435,40 @@ def _tuneGarbageCollector() -> None:
     """
     if hasattr(gc, "set_threshold"):  # CPython; PyPy's collector is incremental
         gc.set_threshold(20000, 50, 100)
+
+
+#: PyPy's nursery above this size is out of proportion for a server (see L{checkPyPyNursery}).
+PYPY_NURSERY_WARN = 16 * 2**20
+
+
+def checkPyPyNursery(getStats: Any = None) -> Optional[int]:
+    """
+    On PyPy, warn when the nursery (the young generation, allocated whole
+    and collected each time it fills) is larger than L{PYPY_NURSERY_WARN};
+    return its size in bytes, or C{None} elsewhere.
+
+    PyPy sizes it at half the "cache size" C{/proc/cpuinfo} reports, which
+    on some processors is the whole last-level cache (300 MB on recent
+    Xeons: a 150 MB nursery, resident in full, and more between collections
+    of what passed through it). The environment variable C{PYPY_GC_NURSERY}
+    sets it, read only when the interpreter starts.
+    """
+    if getStats is None:
+        if sys.implementation.name != "pypy":
+            return None
+        getStats = getattr(gc, "get_stats", None)
+        if getStats is None:
+            return None
+    try:
+        shown = str(getStats().nursery_size)  # "150.0MB"
+        size = int(float(shown[:-2]) * 2**20) if shown.endswith("MB") else int(shown)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if size > PYPY_NURSERY_WARN:
+        _log.warn("PyPy's nursery is {size} MiB (half the cache size /proc/cpuinfo reports): "
+                  "the server's memory grows by that much and more; start PyPy with "
+                  "PYPY_GC_NURSERY=1MB (docs/server.md)", size=size // 2**20)
+    return size
 
 
 def _makeStore(description: Optional[str], reactor: Any) -> Any:
