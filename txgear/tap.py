@@ -466,8 +466,9 @@ def checkPyPyNursery(getStats: Any = None) -> Optional[int]:
         return None
     if size > PYPY_NURSERY_WARN:
         _log.warn("PyPy's nursery is {size} MiB (half the cache size /proc/cpuinfo reports): "
-                  "the server's memory grows by that much and more; start PyPy with "
-                  "PYPY_GC_NURSERY=1MB (docs/server.md)", size=size // 2**20)
+                  "the server holds that much memory more, and more between collections; "
+                  "PYPY_GC_NURSERY (for example 1MB) bounds it (docs/server.md)",
+                  size=size // 2**20)
     return size
 
 
