@@ -853,6 +853,16 @@ def test_functionMemory():
     assert perFunction < 200, perFunction
 
 
+def submitThree(state, session, many):
+    """Three background submissions to C{f}: one run (C{many}), or one by one."""
+    payloads = [b"a", b"b\0c", b""]
+    if many:
+        state.submitBackgroundMany(session, b"f", payloads)
+    else:
+        for payload in payloads:
+            state.submit(session, b"f", b"", payload, NORMAL, True)
+
+
 @pytest.mark.parametrize("clientId", [b"-", b"submitter"])
 @pytest.mark.parametrize("known", [False, True])
 def test_submitBackgroundManyMakesTheJobsSubmitMakes(clientId, known):
@@ -874,12 +884,7 @@ def test_submitBackgroundManyMakesTheJobsSubmitMakes(clientId, known):
         if known:
             # A function with queues and counters already (the fast loop).
             state.submit(session, b"f", b"", b"first", NORMAL, True)
-        payloads = [b"a", b"b\0c", b""]
-        if many:
-            state.submitBackgroundMany(session, b"f", payloads)
-        else:
-            for payload in payloads:
-                state.submit(session, b"f", b"", payload, NORMAL, True)
+        submitThree(state, session, many)
         fields = [name for name in Job.__slots__ if name != "__dict__"]
         jobs = [({name: getattr(job, name) for name in fields}, vars(job))
                 for job in state.jobs.values()]
@@ -960,12 +965,7 @@ def test_submitBackgroundManyWithAStoreMakesTheJobsSubmitMakes(clientId, held):
         if not held:
             clock.advance(0)
             store.adds[0][1].callback(None)
-        payloads = [b"a", b"b\0c", b""]
-        if many:
-            state.submitBackgroundMany(session, b"f", payloads)
-        else:
-            for payload in payloads:
-                state.submit(session, b"f", b"", payload, NORMAL, True)
+        submitThree(state, session, many)
         before = (snapshot(state), peer.take())
         clock.advance(0)
         batches = [[job.handle for job in batch] for batch in store.batches]
