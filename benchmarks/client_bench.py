@@ -188,13 +188,19 @@ def loadArguments(description: str, function: str) -> argparse.ArgumentParser:
     return ap
 
 
+def parseLoadArguments(ap: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parse C{ap} (from L{loadArguments}); payloads carry an 8-byte sequence number."""
+    args = ap.parse_args()
+    if args.size < 8:
+        ap.error("--size must be at least 8")
+    return args
+
+
 def run() -> None:
     ap = loadArguments(__doc__.split("\n\n")[0], "bench_lib")
     ap.add_argument("--no-grab-ahead", action="store_true",
                     help="workers with grabAhead=False (one GRAB outstanding per connection)")
-    args = ap.parse_args()
-    if args.size < 8:
-        ap.error("--size must be at least 8")
+    args = parseLoadArguments(ap)
 
     from twisted.internet import task
     from twisted.internet.defer import Deferred

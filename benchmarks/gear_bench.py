@@ -39,7 +39,7 @@ import threading
 import time
 from typing import Any, Dict, List
 
-from client_bench import Failed, cpuSeconds, loadArguments, makePattern, summary
+from client_bench import Failed, cpuSeconds, loadArguments, makePattern, parseLoadArguments, summary
 
 
 class _Waiter:
@@ -241,9 +241,7 @@ def run() -> None:
     ap = loadArguments(__doc__.split("\n\n")[0], "bench_gear")
     ap.add_argument("--nodelay", action="store_true",
                     help="set TCP_NODELAY on gear's sockets (gear leaves Nagle on)")
-    args = ap.parse_args()
-    if args.size < 8:
-        ap.error("--size must be at least 8")
+    args = parseLoadArguments(ap)
     try:
         result = main(args)
     except Failed as e:

@@ -421,16 +421,11 @@ class GearmanServerProtocol(Protocol):
                     and dispatch is _DISPATCH):
                 # A run of background submissions (a pipelining client).
                 taken = self._submitRun(messages, index - 2, count)
-                if taken:
-                    index += 2 * taken - 2
-                    if transport.disconnecting:
-                        return
-                    if self._stalled:
-                        if index < count:
-                            self._held = messages[index:]
-                        return
-                    continue
-            if kind > 0:
+            else:
+                taken = 0
+            if taken:
+                index += 2 * taken - 2
+            elif kind > 0:
                 packets[kind] += 1
                 role = roles[kind]
                 if role is not None and role != self._role:
